@@ -1,0 +1,1 @@
+"""tfp_ood (bootstrap)."""

@@ -1,0 +1,130 @@
+"""The interface every density model of the package implements.
+
+A model scores uint8 images `[batch, H, W, C]` with values `0..255`. Models
+are continuous densities on dequantized inputs
+
+```none
+x = (k + u) / 256 - 1/2,     u in [0, 1)^D,   D = H * W * C,
+log P(k) ~= log p(x) - D log 256,
+bits/dim = -log P(k) / (D ln 2).
+```
+
+Training draws `u ~ U[0, 1)^D` (uniform dequantization, whose expectation
+lower-bounds `log P(k)`). Scoring uses the deterministic midpoint `u = 1/2`
+by default, so a score is a function of the image alone; pass `noise` to use
+other draws. Every log-likelihood is in nats per image; bits/dim is derived
+from it, never recomputed.
+"""
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ['DensityModel', 'bits_per_dim', 'check_images', 'dequantize',
+           'NUM_BINS']
+
+NUM_BINS = 256
+
+
+def bits_per_dim(log_prob, num_dims: int):
+    """Bits per dimension from a log-likelihood in nats per image."""
+    return -log_prob / (num_dims * math.log(2.0))
+
+
+def dequantize(images: tf.Tensor, noise: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Maps uint8 images to `(k + u) / 256 - 1/2`, `u = noise` or `1/2`."""
+    x = tf.cast(images, tf.float32)
+    x = x + (0.5 if noise is None else noise)
+    return x / NUM_BINS - 0.5
+
+
+def check_images(images, image_shape: Sequence[int], what: str = 'images'):
+    """Validates a batch of images for a model of `image_shape`.
+
+    Accepts a NumPy array or a `tf.Tensor` `[batch, H, W, C]` of uint8, or of
+    another integer type with values in `0..255` (cast to uint8).
+
+    Returns:
+      The images as a uint8 `tf.Tensor`.
+
+    Raises:
+      ValueError: wrong rank or shape, a float dtype, or values outside
+        `0..255`; the message says what was expected and what was seen.
+    """
+    expected = '[batch, ' + ', '.join(str(d) for d in image_shape) + ']'
+    dtype = tf.as_dtype(images.dtype)
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise ValueError(f'{what}: expected a rank-4 batch of images {expected} '
+                         f'(add a batch axis for a single image); got rank '
+                         f'{len(shape)} with shape {list(shape)}.')
+    seen = tuple(shape[1:])
+    if any(s is not None and s != e for s, e in zip(seen, image_shape)):
+        raise ValueError(f'{what}: expected images of shape {expected} '
+                         f'(H, W, C); got {list(shape)}. Resize or convert '
+                         f'the images first.')
+    if dtype == tf.uint8:
+        return tf.convert_to_tensor(images)
+    if not dtype.is_integer:
+        raise ValueError(
+            f'{what}: expected uint8 images with integer values 0..255; got '
+            f'dtype {dtype.name}. Floats are ambiguous (0..1 or 0..255?): '
+            f'convert explicitly, e.g. np.round(x * 255).astype(np.uint8).')
+    values = np.asarray(images)
+    if values.size:
+        low, high = values.min(), values.max()
+        if low < 0 or high > 255:
+            raise ValueError(f'{what}: expected values in 0..255; got values '
+                             f'from {low} to {high} (dtype {dtype.name}).')
+    return tf.convert_to_tensor(values.astype(np.uint8))
+
+
+class DensityModel(tf.Module):
+    """Base class of the package's density models on uint8 images.
+
+    Subclasses implement `log_prob_terms(images, noise=None)`, returning a
+    dict of per-image tensors with at least `'log_prob'` (nats), and list
+    their keys in `term_names`. `score_batch` is the one traced function the
+    evaluator (and export) runs: a `tf.function` with the input signature
+    `[None, H, W, C]` uint8.
+    """
+
+    #: Keys of `log_prob_terms`, besides `'log_prob'`.
+    term_names: Tuple[str, ...] = ()
+
+    def __init__(self, image_shape: Sequence[int], name: Optional[str] = None):
+        super().__init__(name=name)
+        self._image_shape = tuple(int(d) for d in image_shape)
+        if len(self._image_shape) != 3:
+            raise ValueError(f'image_shape must be (H, W, C); got '
+                             f'{image_shape}.')
+        self.score_batch = tf.function(
+            self._score_batch,
+            input_signature=[tf.TensorSpec((None,) + self._image_shape,
+                                           tf.uint8, name='images')])
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return self._image_shape
+
+    @property
+    def num_dims(self) -> int:
+        """`D = H * W * C`."""
+        return int(np.prod(self._image_shape))
+
+    def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def log_prob(self, images, noise=None) -> tf.Tensor:
+        """Discrete log-likelihood `log P(k)` in nats per image, `[batch]`."""
+        return self.log_prob_terms(images, noise)['log_prob']
+
+    def bits_per_dim(self, log_prob):
+        return bits_per_dim(log_prob, self.num_dims)
+
+    def _score_batch(self, images):
+        terms = dict(self.log_prob_terms(images))
+        terms['bits_per_dim'] = self.bits_per_dim(terms['log_prob'])
+        return terms
