@@ -1,0 +1,344 @@
+"""Datasets by their TFDS names, with an offline path and synthetic inputs.
+
+`load(name, split)` returns a `tf.data.Dataset` of
+`{'image': uint8 [H, W, C], 'label': int64}` (label `-1` where the dataset
+has none) and accepts TFDS split strings with slicing (`'train[:5000]'`,
+`'test[7000:]'`, `'train[:10%]'`, `'train+test'`).
+
+Where the images come from:
+
+- **local arrays** `<data_dir>/<name>_<split>.npz` (`/` in the name becomes
+  `_`, e.g. `downsampled_imagenet_32x32_train.npz`), each holding `images`
+  (uint8 `[N, H, W, C]`) and optionally `labels` (`[N]`), when a data directory
+  is given (the `data_dir` argument, or the environment variable
+  `TFP_OOD_DATA_DIR`) and the file exists;
+- otherwise **TFDS**, from data already prepared in `tfds_data_dir`, or
+  downloaded when `download=True`.
+
+With neither, `load` fails at once with `DataNotFoundError`, naming the file it
+looked for and the TFDS name; it never waits on download retries unless asked
+to download.
+
+Images whose native size differs from the registry's (CelebA, 218x178) are
+centre-cropped to a square and resized with area averaging, as in the paper's
+32x32 CelebA.
+"""
+
+import dataclasses
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'constant_images',
+    'grayscale', 'load', 'load_arrays', 'local_path', 'to_grayscale',
+    'uniform_noise_images',
+]
+
+DATA_DIR_ENV = 'TFP_OOD_DATA_DIR'
+SOURCES = ('auto', 'local', 'tfds')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset of the registry.
+
+    Attributes:
+      name: the TFDS name.
+      image_shape: `(H, W, C)` of the images `load` returns.
+      splits: the split names.
+      label_key: the TFDS feature holding the class label, or `None`.
+      resize: whether native images are cropped and resized to `image_shape`.
+    """
+
+    name: str
+    image_shape: Tuple[int, int, int]
+    splits: Tuple[str, ...]
+    label_key: Optional[str] = 'label'
+    resize: bool = False
+
+
+DATASETS: Dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (
+        DatasetSpec('cifar10', (32, 32, 3), ('train', 'test')),
+        DatasetSpec('svhn_cropped', (32, 32, 3), ('train', 'test', 'extra')),
+        DatasetSpec('mnist', (28, 28, 1), ('train', 'test')),
+        DatasetSpec('fashion_mnist', (28, 28, 1), ('train', 'test')),
+        DatasetSpec('cifar100', (32, 32, 3), ('train', 'test')),
+        DatasetSpec('celeb_a', (32, 32, 3), ('train', 'validation', 'test'),
+                    label_key=None, resize=True),
+        DatasetSpec('downsampled_imagenet/32x32', (32, 32, 3),
+                    ('train', 'validation'), label_key=None, resize=True),
+    )
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Neither a local array nor a prepared TFDS copy of a dataset exists."""
+
+
+def _spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f'Unknown dataset {name!r}; expected one of '
+                         f'{sorted(DATASETS)}.')
+    return DATASETS[name]
+
+
+def _data_dir(data_dir: Optional[str]) -> Optional[str]:
+    return data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+
+
+def local_path(name: str, split_name: str, data_dir: str) -> str:
+    """Path of the local array of split `split_name` (no slicing) of `name`."""
+    return os.path.join(data_dir, f'{name.replace("/", "_")}_{split_name}.npz')
+
+
+def _parse_split(spec: DatasetSpec, split: str):
+    """Parses a TFDS split string into `[(split_name, instruction)]`."""
+    import tensorflow_datasets as tfds  # Imported lazily: slow to import.
+    if not isinstance(split, str) or not split:
+        raise ValueError(f'split must be a non-empty string such as "test" or '
+                         f'"train[:5000]"; got {split!r}.')
+    parts = []
+    for part in split.split('+'):
+        part = part.strip()
+        try:
+            instruction = tfds.core.ReadInstruction.from_spec(part)
+        except (ValueError, AssertionError) as e:
+            raise ValueError(f'Cannot parse split {split!r} of {spec.name!r}: '
+                             f'{e}') from None
+        if instruction.split_name not in spec.splits:
+            raise ValueError(f'Unknown split {instruction.split_name!r} of '
+                             f'{spec.name!r}; expected one of {spec.splits} '
+                             f'(with optional slicing, e.g. "test[:1000]").')
+        parts.append(instruction)
+    return parts
+
+
+def _slice_bounds(instruction, num_examples: int, split: str) -> Tuple[int, int]:
+    """Absolute `[from, to)` of a parsed TFDS slice of a split of `num_examples`."""
+    from_, to = instruction.from_, instruction.to
+    if instruction.unit == '%':
+        from_ = 0 if from_ is None else int(round(from_ * num_examples / 100))
+        to = num_examples if to is None else int(round(to * num_examples / 100))
+    elif instruction.unit == 'abs':
+        from_ = 0 if from_ is None else from_
+        to = num_examples if to is None else to
+    else:
+        raise ValueError(f'Split {split!r}: unit {instruction.unit!r} is not '
+                         f'supported for local arrays (use absolute or %).')
+    if abs(from_) > num_examples or abs(to) > num_examples:
+        raise ValueError(f'Split {split!r} asks for [{from_}:{to}] of a split '
+                         f'with {num_examples} examples.')
+    from_ = from_ + num_examples if from_ < 0 else from_
+    to = to + num_examples if to < 0 else to
+    return from_, to
+
+
+def _fit_shape(images: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
+    """Centre-crops to a square and area-resizes a uint8 batch or image."""
+    height, width = images.shape[-3], images.shape[-2]
+    if (height, width) == spec.image_shape[:2] or not spec.resize:
+        return images
+    if height is None or width is None:
+        shape = tf.shape(images)
+        height, width = shape[-3], shape[-2]
+    size = tf.minimum(height, width)
+    top, left = (height - size) // 2, (width - size) // 2
+    images = images[..., top:top + size, left:left + size, :]
+    images = tf.image.resize(tf.cast(images, tf.float32), spec.image_shape[:2],
+                             method='area')
+    images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
+    return tf.ensure_shape(images, images.shape[:-3].concatenate(spec.image_shape))
+
+
+def _read_npz(path: str, spec: DatasetSpec) -> Tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as f:
+        if 'images' not in f:
+            raise ValueError(f'{path}: expected an array named "images" '
+                             f'(and "labels"); found {sorted(f.files)}.')
+        images = f['images']
+        labels = f['labels'] if 'labels' in f else None
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f'{path}: "images" must be uint8 [N, H, W, C]; got '
+                         f'{images.dtype} {list(images.shape)}.')
+    if images.shape[-1] != spec.image_shape[-1] or (
+            images.shape[1:3] != spec.image_shape[:2] and not spec.resize):
+        raise ValueError(f'{path}: {spec.name!r} images must be '
+                         f'{list(spec.image_shape)}; the file holds '
+                         f'{list(images.shape[1:])}.')
+    if labels is None:
+        labels = np.full(len(images), -1, np.int64)
+    if len(labels) != len(images):
+        raise ValueError(f'{path}: {len(images)} images but {len(labels)} labels.')
+    return images, labels.astype(np.int64)
+
+
+def _missing(spec: DatasetSpec, split: str, data_dir: Optional[str],
+             tfds_data_dir: Optional[str], reason: str) -> DataNotFoundError:
+    if data_dir is None:
+        local = (f'no data directory was given (argument data_dir or '
+                 f'${DATA_DIR_ENV}), so no local array was looked for')
+    else:
+        names = sorted({local_path(spec.name, p.split('[')[0].strip(), data_dir)
+                        for p in split.split('+')})
+        local = f'looked for the local array {", ".join(names)}: not found'
+    where = tfds_data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+    return DataNotFoundError(
+        f'No copy of {spec.name!r} split {split!r}: {local}; and TFDS dataset '
+        f'{spec.name!r} is not prepared in {where} ({reason}). Give a data '
+        f'directory holding {spec.name.replace("/", "_")}_<split>.npz, or load '
+        f'with download=True on a machine with internet access.')
+
+
+def load_arrays(name: str, split: str, data_dir: Optional[str] = None
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    """Loads a split from local arrays as NumPy `(images, labels)`.
+
+    Args:
+      name: a registry name (`DATASETS`).
+      split: a TFDS split string, e.g. `'test[7000:]'`.
+      data_dir: directory of `<name>_<split>.npz` files.
+        Default value: `$TFP_OOD_DATA_DIR`.
+
+    Raises:
+      ValueError: unknown name or split, a malformed split or file.
+      DataNotFoundError: a file is missing.
+    """
+    spec = _spec(name)
+    instructions = _parse_split(spec, split)
+    data_dir = _data_dir(data_dir)
+    if data_dir is None:
+        raise _missing(spec, split, None, None, 'not looked for: local arrays only')
+    images, labels = [], []
+    for instruction in instructions:
+        path = local_path(name, instruction.split_name, data_dir)
+        if not os.path.exists(path):
+            raise DataNotFoundError(
+                f'No local array for {name!r} split {split!r}: looked for '
+                f'{path}. (TFDS name: {name!r}.)')
+        part_images, part_labels = _read_npz(path, spec)
+        start, stop = _slice_bounds(instruction, len(part_images), split)
+        images.append(part_images[start:stop])
+        labels.append(part_labels[start:stop])
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if len(images) == 0:
+        raise ValueError(f'Split {split!r} of {name!r} selects no images.')
+    return images, labels
+
+
+def _load_tfds(spec: DatasetSpec, split: str, tfds_data_dir: Optional[str],
+               download: bool, data_dir: Optional[str]) -> tf.data.Dataset:
+    import tensorflow_datasets as tfds  # Imported lazily: slow to import.
+    try:
+        ds = tfds.load(spec.name, split=split, data_dir=tfds_data_dir,
+                       download=download, shuffle_files=False)
+    except AssertionError as e:  # TFDS: "could not find data in ...".
+        raise _missing(spec, split, data_dir, tfds_data_dir, str(e).split('.')[0]) from None
+
+    def to_example(example):
+        image = _fit_shape(example['image'], spec)
+        image = tf.ensure_shape(image, spec.image_shape)
+        label = (tf.cast(example[spec.label_key], tf.int64) if spec.label_key
+                 else tf.constant(-1, tf.int64))
+        return {'image': image, 'label': label}
+
+    return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load(name: str, split: str, data_dir: Optional[str] = None,
+         source: str = 'auto', tfds_data_dir: Optional[str] = None,
+         download: bool = False) -> tf.data.Dataset:
+    """Loads a dataset of the registry as uint8 images and labels.
+
+    Args:
+      name: a TFDS name in `DATASETS`: `'cifar10'`, `'svhn_cropped'`,
+        `'mnist'`, `'fashion_mnist'`, `'cifar100'`, `'celeb_a'`,
+        `'downsampled_imagenet/32x32'`.
+      split: a TFDS split string with optional slicing, e.g. `'test'`,
+        `'train[:5000]'`, `'test[7000:]'`, `'train[:10%]'`.
+      data_dir: directory of local arrays `<name>_<split>.npz`.
+        Default value: `$TFP_OOD_DATA_DIR` if set.
+      source: `'auto'` (local arrays if found, else TFDS), `'local'` or
+        `'tfds'`.
+        Default value: `'auto'`.
+      tfds_data_dir: TFDS data directory.
+        Default value: TFDS's own default.
+      download: let TFDS download and prepare the dataset (needs internet;
+        offline, TFDS retries for minutes before it fails).
+        Default value: `False`.
+
+    Returns:
+      A `tf.data.Dataset` of `{'image': uint8 [H, W, C], 'label': int64}`,
+      in the dataset's original order.
+
+    Raises:
+      ValueError: an unknown dataset, split or source.
+      DataNotFoundError: no local array and no prepared TFDS copy.
+    """
+    spec = _spec(name)
+    if source not in SOURCES:
+        raise ValueError(f'source must be one of {SOURCES}; got {source!r}.')
+    instructions = _parse_split(spec, split)
+    data_dir = _data_dir(data_dir)
+    have_local = data_dir is not None and all(
+        os.path.exists(local_path(name, i.split_name, data_dir)) for i in instructions)
+    if source == 'local' or (source == 'auto' and have_local):
+        images, labels = load_arrays(name, split, data_dir)
+        ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
+        if images.shape[1:] != spec.image_shape:
+            ds = ds.map(lambda e: {'image': _fit_shape(e['image'], spec),
+                                   'label': e['label']})
+        return ds
+    return _load_tfds(spec, split, tfds_data_dir, download, data_dir)
+
+
+def _synthetic(images: np.ndarray) -> tf.data.Dataset:
+    labels = np.full(len(images), -1, np.int64)
+    return tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
+
+
+def constant_images(value: int, image_shape: Sequence[int], num_images: int
+                    ) -> tf.data.Dataset:
+    """`num_images` images with every pixel equal to `value` (0..255)."""
+    if not 0 <= int(value) <= 255:
+        raise ValueError(f'value must be in 0..255; got {value}.')
+    if num_images < 1:
+        raise ValueError(f'num_images must be >= 1; got {num_images}.')
+    shape = (num_images,) + tuple(int(d) for d in image_shape)
+    return _synthetic(np.full(shape, value, np.uint8))
+
+
+def uniform_noise_images(image_shape: Sequence[int], num_images: int,
+                         seed: int = 0) -> tf.data.Dataset:
+    """`num_images` images with i.i.d. uniform pixel values in 0..255."""
+    if num_images < 1:
+        raise ValueError(f'num_images must be >= 1; got {num_images}.')
+    rng = np.random.default_rng(seed)
+    shape = (num_images,) + tuple(int(d) for d in image_shape)
+    return _synthetic(rng.integers(0, 256, size=shape, dtype=np.uint8))
+
+
+def to_grayscale(images: tf.Tensor) -> tf.Tensor:
+    """Replaces each pixel by its luma (ITU-R BT.601), copied to every channel.
+
+    Works on uint8 `[..., H, W, C]`; single-channel images are returned as
+    they are.
+    """
+    images = tf.convert_to_tensor(images)
+    if images.shape[-1] == 1:
+        return images
+    if images.shape[-1] != 3:
+        raise ValueError(f'Grayscale needs RGB images [..., H, W, 3]; got '
+                         f'shape {images.shape}.')
+    luma = tf.image.rgb_to_grayscale(tf.cast(images, tf.float32))
+    luma = tf.cast(tf.clip_by_value(tf.round(luma), 0, 255), images.dtype)
+    return tf.repeat(luma, 3, axis=-1)
+
+
+def grayscale(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The dataset with every image replaced by `to_grayscale(image)`."""
+    return dataset.map(lambda e: dict(e, image=to_grayscale(e['image'])),
+                       num_parallel_calls=tf.data.AUTOTUNE)

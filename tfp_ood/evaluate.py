@@ -1,0 +1,182 @@
+"""The shared evaluator: any model and dataset to per-image scores.
+
+`score(model, data)` batches the images through a prefetching `tf.data`
+pipeline into the model's one traced function, `model.score_batch` (a
+`tf.function` with input signature uint8 `[None, H, W, C]`; it runs on a GPU
+when TensorFlow sees one, on the CPU otherwise), and returns a `ScoreResult`
+of per-image NumPy arrays: `log_prob` (nats), `bits_per_dim`, and the model's
+terms (for flows `log_pz`, `log_det`, `dequant_const`).
+"""
+
+import dataclasses
+import json
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tqdm.auto import tqdm
+
+from tfp_ood.models.base import DensityModel, check_images
+
+__all__ = ['ScoreResult', 'score']
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    """Per-image scores of one dataset under one model.
+
+    Attributes:
+      name: what was scored, e.g. `'svhn_cropped/test'`.
+      scores: per-image arrays `[N]`: `'log_prob'` (nats per image),
+        `'bits_per_dim'`, and the model's terms.
+      labels: `[N]` class labels (`-1` where unknown), aligned with `scores`.
+      image_shape: `(H, W, C)`.
+      model: a name for the model, for plots and tables.
+    """
+
+    name: str
+    scores: Dict[str, np.ndarray]
+    labels: np.ndarray
+    image_shape: Tuple[int, int, int]
+    model: str = ''
+
+    @property
+    def log_prob(self) -> np.ndarray:
+        return self.scores['log_prob']
+
+    @property
+    def bits_per_dim(self) -> np.ndarray:
+        return self.scores['bits_per_dim']
+
+    @property
+    def num_images(self) -> int:
+        return len(self.log_prob)
+
+    @property
+    def num_nonfinite(self) -> int:
+        """Images whose log-likelihood is NaN or infinite."""
+        return int(np.sum(~np.isfinite(self.log_prob)))
+
+    def summary(self) -> Dict[str, float]:
+        """Mean and standard deviation of bits/dim and nats over finite scores."""
+        finite = np.isfinite(self.log_prob)
+        bpd, nats = self.bits_per_dim[finite], self.log_prob[finite]
+        return {
+            'num_images': self.num_images,
+            'num_nonfinite': self.num_nonfinite,
+            'bpd_mean': float(np.mean(bpd)) if bpd.size else float('nan'),
+            'bpd_std': float(np.std(bpd)) if bpd.size else float('nan'),
+            'log_prob_mean': float(np.mean(nats)) if nats.size else float('nan'),
+            'log_prob_std': float(np.std(nats)) if nats.size else float('nan'),
+        }
+
+    def save(self, path: str) -> None:
+        """Writes the scores as `.npz` (arrays plus a JSON `meta` entry)."""
+        meta = json.dumps({'name': self.name, 'model': self.model,
+                           'image_shape': list(self.image_shape)})
+        with open(path, 'wb') as f:  # np.savez would append '.npz'.
+            np.savez(f, labels=self.labels, meta=np.array(meta),
+                     **{f'score_{k}': v for k, v in self.scores.items()})
+
+    @classmethod
+    def load(cls, path: str) -> 'ScoreResult':
+        with np.load(path) as f:
+            meta = json.loads(str(f['meta']))
+            scores = {k[len('score_'):]: f[k] for k in f.files if k.startswith('score_')}
+            labels = f['labels']
+        return cls(name=meta['name'], scores=scores, labels=labels,
+                   image_shape=tuple(meta['image_shape']), model=meta['model'])
+
+
+def _as_dataset(data, model: DensityModel, name: str) -> tf.data.Dataset:
+    """Validates `data` and returns an unbatched dataset of (image, label)."""
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if isinstance(spec, dict):
+            if 'image' not in spec:
+                raise ValueError(f'{name}: dataset elements are dicts without '
+                                 f'an "image" key; keys: {sorted(spec)}.')
+            image_spec = spec['image']
+            has_label = 'label' in spec
+            ds = data.map(lambda e: (e['image'], e['label'] if has_label
+                                     else tf.constant(-1, tf.int64)))
+        elif isinstance(spec, tuple):
+            image_spec = spec[0]
+            ds = data.map(lambda *e: (e[0], tf.cast(e[1], tf.int64) if len(e) > 1
+                                      else tf.constant(-1, tf.int64)))
+        else:
+            image_spec = spec
+            ds = data.map(lambda image: (image, tf.constant(-1, tf.int64)))
+        expected = list(model.image_shape)
+        if image_spec.dtype != tf.uint8:
+            raise ValueError(f'{name}: expected uint8 images with values '
+                             f'0..255; the dataset holds {image_spec.dtype.name}. '
+                             f'Convert explicitly before scoring.')
+        shape = image_spec.shape
+        if shape.rank == 4:  # Already batched.
+            ds = ds.unbatch()
+            shape = shape[1:]
+        if shape.rank != 3 or any(s is not None and s != e
+                                  for s, e in zip(shape, expected)):
+            raise ValueError(f'{name}: expected images of shape {expected} '
+                             f'(H, W, C); the dataset holds images of shape '
+                             f'{shape}.')
+        return ds
+    images = check_images(data, model.image_shape, what=name)
+    labels = tf.fill(tf.shape(images)[:1], tf.constant(-1, tf.int64))
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def score(model: DensityModel,
+          data: Union[tf.data.Dataset, np.ndarray, tf.Tensor],
+          name: str = 'data',
+          batch_size: int = 256,
+          progress: bool = True,
+          model_name: Optional[str] = None) -> ScoreResult:
+    """Scores every image of `data` under `model`.
+
+    Args:
+      model: a `DensityModel`.
+      data: a `tf.data.Dataset` of `{'image', 'label'}` dicts (as
+        `tfp_ood.data.load` returns), of `(image, label)` tuples or of images,
+        batched or not; or a uint8 array `[N, H, W, C]`.
+      name: what is scored, for messages, plots and tables.
+      batch_size: images per call of the traced function. Scores do not
+        depend on it.
+        Default value: `256`.
+      progress: show a progress bar (stderr).
+        Default value: `True`.
+      model_name: name of the model for plots and tables.
+        Default value: `model.name`.
+
+    Returns:
+      A `ScoreResult` with one entry per image, in the order of `data`.
+
+    Raises:
+      ValueError: images of the wrong dtype, rank or shape for the model, or
+        an empty dataset.
+    """
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1; got {batch_size}.')
+    ds = _as_dataset(data, model, name)
+    num_images = int(ds.cardinality())
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    chunks, labels = [], []
+    with tqdm(total=num_images if num_images >= 0 else None, desc=f'scoring {name}',
+              unit='img', disable=not progress, leave=False) as bar:
+        for images, batch_labels in ds:
+            chunks.append({k: v.numpy() for k, v in model.score_batch(images).items()})
+            labels.append(batch_labels.numpy())
+            bar.update(len(batch_labels))
+    if not chunks:
+        raise ValueError(f'{name}: the dataset is empty; nothing to score.')
+    scores = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    result = ScoreResult(name=name, scores=scores, labels=np.concatenate(labels),
+                         image_shape=model.image_shape,
+                         model=model_name or model.name)
+    if result.num_nonfinite:
+        logging.warning('%s: %d of %d images have a non-finite log-likelihood '
+                        '(kept in the scores, counted in summary()).', name,
+                        result.num_nonfinite, result.num_images)
+    return result

@@ -1,0 +1,93 @@
+"""Histograms of scores, in the style of the paper's figures (PNG, matplotlib)."""
+
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')  # Files only; no display needed.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tfp_ood.evaluate import ScoreResult  # noqa: E402
+
+__all__ = ['plot_histograms', 'plot_term_histograms']
+
+_LABELS = {
+    'bits_per_dim': 'bits/dim (lower = more likely)',
+    'log_prob': 'log p(x) (nats per image)',
+    'log_pz': 'distribution term log p(z) (nats per image)',
+    'log_det': 'volume term log |det df/dx| (nats per image)',
+}
+
+
+def _hist(ax, results: Sequence[ScoreResult], key: str, bins: int) -> None:
+    values = [r.scores[key][np.isfinite(r.scores[key])] for r in results]
+    pooled = np.concatenate([v for v in values if v.size]) if any(v.size for v in values) \
+        else np.zeros(1)
+    low, high = float(pooled.min()), float(pooled.max())
+    if high - low < 1e-6 * max(1.0, abs(low)):  # A constant term (CV-Glow volume).
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, bins + 1)
+    for result, v in zip(results, values):
+        label = f'{result.name} (mean {np.mean(v):.4g}' if v.size else f'{result.name} ('
+        label += f', N={v.size}'
+        dropped = result.scores[key].size - v.size
+        if dropped:
+            label += f', {dropped} non-finite not shown'
+        ax.hist(v, bins=edges, density=True, alpha=0.5, label=label + ')')
+    ax.set_xlabel(_LABELS.get(key, key))
+    ax.set_ylabel('density')
+    ax.legend(fontsize='small')
+
+
+def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_per_dim',
+                    title: Optional[str] = None, bins: int = 80) -> str:
+    """Overlaid, normalised histograms of one score for several datasets.
+
+    Args:
+      results: the score sets, e.g. CIFAR-10 test and SVHN test.
+      path: PNG file to write.
+      key: the score to plot: `'bits_per_dim'`, `'log_prob'`, or a term.
+      title: figure title.
+        Default value: the model name and the key.
+      bins: number of bins over the pooled range.
+
+    Returns:
+      `path`.
+    """
+    if not results:
+        raise ValueError('plot_histograms: no score sets given.')
+    missing = [r.name for r in results if key not in r.scores]
+    if missing:
+        raise ValueError(f'plot_histograms: score {key!r} missing from {missing}; '
+                         f'available: {sorted(results[0].scores)}.')
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _hist(ax, results, key, bins)
+    ax.set_title(title or f'{results[0].model}: {key}')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_term_histograms(results: Sequence[ScoreResult], path: str,
+                         title: Optional[str] = None, bins: int = 80) -> str:
+    """The paper's decomposition figure: log p(x), distribution and volume terms.
+
+    One panel per term (`log_prob`, `log_pz`, `log_det`) with every dataset
+    overlaid. A term that is the same for every image (the volume term of
+    CV-Glow) shows as a single bar.
+    """
+    keys = [k for k in ('log_prob', 'log_pz', 'log_det')
+            if all(k in r.scores for r in results)]
+    if not results or len(keys) < 3:
+        raise ValueError('plot_term_histograms needs flow scores with log_pz and '
+                         'log_det for every result.')
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    for ax, key in zip(axes, keys):
+        _hist(ax, results, key, bins)
+    fig.suptitle(title or f'{results[0].model}: log p(x) = log p(z) + log|det| + const')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
