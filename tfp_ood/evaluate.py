@@ -89,43 +89,47 @@ class ScoreResult:
                    image_shape=tuple(meta['image_shape']), model=meta['model'])
 
 
+def _no_labels(image):
+    return tf.fill(tf.shape(image)[:-3], tf.constant(-1, tf.int64))
+
+
 def _as_dataset(data, model: DensityModel, name: str) -> tf.data.Dataset:
     """Validates `data` and returns an unbatched dataset of (image, label)."""
-    if isinstance(data, tf.data.Dataset):
-        spec = data.element_spec
-        if isinstance(spec, dict):
-            if 'image' not in spec:
-                raise ValueError(f'{name}: dataset elements are dicts without '
-                                 f'an "image" key; keys: {sorted(spec)}.')
-            image_spec = spec['image']
-            has_label = 'label' in spec
-            ds = data.map(lambda e: (e['image'], e['label'] if has_label
-                                     else tf.constant(-1, tf.int64)))
-        elif isinstance(spec, tuple):
-            image_spec = spec[0]
-            ds = data.map(lambda *e: (e[0], tf.cast(e[1], tf.int64) if len(e) > 1
-                                      else tf.constant(-1, tf.int64)))
+    if not isinstance(data, tf.data.Dataset):
+        images = check_images(data, model.image_shape, what=name)
+        return tf.data.Dataset.from_tensor_slices((images, _no_labels(images)))
+    spec = data.element_spec
+    if isinstance(spec, dict):
+        if 'image' not in spec:
+            raise ValueError(f'{name}: dataset elements are dicts without an "image" '
+                             f'key; keys: {sorted(spec)}.')
+        image_spec = spec['image']
+        if 'label' in spec:
+            ds = data.map(lambda e: (e['image'], tf.cast(e['label'], tf.int64)))
         else:
-            image_spec = spec
-            ds = data.map(lambda image: (image, tf.constant(-1, tf.int64)))
-        expected = list(model.image_shape)
-        if image_spec.dtype != tf.uint8:
-            raise ValueError(f'{name}: expected uint8 images with values '
-                             f'0..255; the dataset holds {image_spec.dtype.name}. '
-                             f'Convert explicitly before scoring.')
-        shape = image_spec.shape
-        if shape.rank == 4:  # Already batched.
-            ds = ds.unbatch()
-            shape = shape[1:]
-        if shape.rank != 3 or any(s is not None and s != e
-                                  for s, e in zip(shape, expected)):
-            raise ValueError(f'{name}: expected images of shape {expected} '
-                             f'(H, W, C); the dataset holds images of shape '
-                             f'{shape}.')
-        return ds
-    images = check_images(data, model.image_shape, what=name)
-    labels = tf.fill(tf.shape(images)[:1], tf.constant(-1, tf.int64))
-    return tf.data.Dataset.from_tensor_slices((images, labels))
+            ds = data.map(lambda e: (e['image'], _no_labels(e['image'])))
+    elif isinstance(spec, tuple):
+        image_spec = spec[0]
+        if len(spec) > 1:
+            ds = data.map(lambda *e: (e[0], tf.cast(e[1], tf.int64)))
+        else:
+            ds = data.map(lambda *e: (e[0], _no_labels(e[0])))
+    else:
+        image_spec = spec
+        ds = data.map(lambda image: (image, _no_labels(image)))
+    expected = list(model.image_shape)
+    if image_spec.dtype != tf.uint8:
+        raise ValueError(f'{name}: expected uint8 images with values 0..255; the '
+                         f'dataset holds {image_spec.dtype.name}. Convert explicitly '
+                         f'before scoring.')
+    shape = image_spec.shape
+    if shape.rank == 4:  # Already batched.
+        ds = ds.unbatch()
+        shape = shape[1:]
+    if shape.rank != 3 or any(s is not None and s != e for s, e in zip(shape, expected)):
+        raise ValueError(f'{name}: expected images of shape {expected} (H, W, C); the '
+                         f'dataset holds images of shape {shape}.')
+    return ds
 
 
 def score(model: DensityModel,

@@ -1,0 +1,165 @@
+"""Tests of the data layer: local arrays, TFDS (mocked), splits, synthetic data."""
+
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl.testing import parameterized
+
+from tfp_ood import data
+
+
+def _write_npz(directory, name, split, n=20, shape=(32, 32, 3), labels=True):
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones(shape, np.uint8)
+    arrays = {'images': images}
+    if labels:
+        arrays['labels'] = np.arange(n, dtype=np.int64) % 10
+    np.savez(data.local_path(name, split, directory), **arrays)
+    return images
+
+
+def _first_pixels(ds):
+    return [int(e['image'][0, 0, 0]) for e in ds.as_numpy_iterator()]
+
+
+class LocalArraysTest(tf.test.TestCase, parameterized.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.create_tempdir().full_path
+        _write_npz(self.dir, 'cifar10', 'test', n=20)
+        _write_npz(self.dir, 'cifar10', 'train', n=10)
+
+    @parameterized.named_parameters(
+        ('Whole', 'test', list(range(20))),
+        ('Head', 'test[:5]', list(range(5))),
+        ('Tail', 'test[15:]', list(range(15, 20))),
+        ('Negative', 'test[-3:]', [17, 18, 19]),
+        ('Percent', 'test[10%:20%]', [2, 3]),
+        ('Sum', 'train[:2]+test[:1]', [0, 1, 0]))
+    def test_split_slicing(self, split, expected):
+        ds = data.load('cifar10', split, data_dir=self.dir)
+        self.assertEqual(_first_pixels(ds), expected)
+        spec = ds.element_spec
+        self.assertEqual(spec['image'].dtype, tf.uint8)
+        self.assertEqual(spec['image'].shape, (32, 32, 3))
+        self.assertEqual(spec['label'].dtype, tf.int64)
+
+    def test_environment_variable_and_labels(self):
+        os.environ[data.DATA_DIR_ENV] = self.dir
+        try:
+            images, labels = data.load_arrays('cifar10', 'test[3:6]')
+        finally:
+            del os.environ[data.DATA_DIR_ENV]
+        self.assertEqual(images.shape, (3, 32, 32, 3))
+        self.assertAllEqual(labels, [3, 4, 5])
+
+    def test_missing_labels_are_minus_one(self):
+        _write_npz(self.dir, 'mnist', 'test', n=4, shape=(28, 28, 1), labels=False)
+        ds = data.load('mnist', 'test', data_dir=self.dir)
+        self.assertAllEqual([e['label'] for e in ds.as_numpy_iterator()], [-1] * 4)
+
+    def test_offline_without_copy_fails_fast_and_names_what_it_looked_for(self):
+        start = time.monotonic()
+        with self.assertRaises(data.DataNotFoundError) as cm:
+            data.load('svhn_cropped', 'test', data_dir=self.dir,
+                      tfds_data_dir=self.create_tempdir().full_path)
+        self.assertLess(time.monotonic() - start, 10.)
+        message = str(cm.exception)
+        self.assertIn(os.path.join(self.dir, 'svhn_cropped_test.npz'), message)
+        self.assertIn("TFDS dataset 'svhn_cropped'", message)
+        with self.assertRaisesRegex(data.DataNotFoundError, 'no data directory was given'):
+            data.load('mnist', 'test', tfds_data_dir=self.create_tempdir().full_path)
+        with self.assertRaisesRegex(data.DataNotFoundError, 'svhn_cropped_test.npz'):
+            data.load('svhn_cropped', 'test', data_dir=self.dir, source='local')
+
+    def test_bad_names_and_splits(self):
+        with self.assertRaisesRegex(ValueError, r"Unknown dataset 'cifar11'; expected one of"):
+            data.load('cifar11', 'test', data_dir=self.dir)
+        with self.assertRaisesRegex(ValueError, r"Unknown split 'valid' of 'cifar10'; expected "
+                                                r"one of \('train', 'test'\)"):
+            data.load('cifar10', 'valid', data_dir=self.dir)
+        with self.assertRaisesRegex(ValueError, "Cannot parse split 'test\\[:x\\]'"):
+            data.load('cifar10', 'test[:x]', data_dir=self.dir)
+        with self.assertRaisesRegex(ValueError, r'asks for \[0:50\] of a split with 20'):
+            data.load('cifar10', 'test[:50]', data_dir=self.dir)
+        with self.assertRaisesRegex(ValueError, 'selects no images'):
+            data.load('cifar10', 'test[5:5]', data_dir=self.dir)
+        with self.assertRaisesRegex(ValueError, 'source must be one of'):
+            data.load('cifar10', 'test', data_dir=self.dir, source='web')
+
+    def test_malformed_file(self):
+        np.savez(data.local_path('cifar10', 'test', self.dir),
+                 images=np.zeros((2, 28, 28, 1), np.uint8))
+        with self.assertRaisesRegex(ValueError, r'must be \[32, 32, 3\]; the file holds '
+                                                r'\[28, 28, 1\]'):
+            data.load('cifar10', 'test', data_dir=self.dir)
+        np.savez(data.local_path('cifar10', 'test', self.dir), x=np.zeros(2))
+        with self.assertRaisesRegex(ValueError, 'expected an array named "images"'):
+            data.load('cifar10', 'test', data_dir=self.dir)
+
+    def test_celeb_a_is_cropped_and_resized(self):
+        _write_npz(self.dir, 'celeb_a', 'test', n=3, shape=(218, 178, 3), labels=False)
+        ds = data.load('celeb_a', 'test', data_dir=self.dir)
+        images = np.stack([e['image'] for e in ds.as_numpy_iterator()])
+        self.assertEqual(images.shape, (3, 32, 32, 3))
+        self.assertAllEqual(images[:, 5, 5, 0], [0, 1, 2])  # Constant images stay constant.
+
+
+class TfdsTest(tf.test.TestCase):
+
+    def test_tfds_path_with_mock_data(self):
+        # mock_data makes num_examples per split and ignores slicing; the slicing
+        # itself is TFDS's (tested on local arrays above for our own parser).
+        with tfds.testing.mock_data(num_examples=12):
+            ds = data.load('cifar10', 'train[:5]')
+            self.assertLen(list(ds), 12)
+            self.assertEqual(ds.element_spec['image'].shape, (32, 32, 3))
+            self.assertEqual(ds.element_spec['label'].dtype, tf.int64)
+            svhn = data.load('svhn_cropped', 'test', source='tfds')
+            self.assertLen(list(svhn), 12)
+
+    def test_tfds_unlabelled_and_resized(self):
+        with tfds.testing.mock_data(num_examples=2):
+            ds = data.load('celeb_a', 'test')
+            for example in ds.as_numpy_iterator():
+                self.assertEqual(example['image'].shape, (32, 32, 3))
+                self.assertEqual(example['image'].dtype, np.uint8)
+                self.assertEqual(example['label'], -1)
+
+
+class SyntheticTest(tf.test.TestCase):
+
+    def test_constant_and_noise(self):
+        images = np.stack([e['image'] for e in
+                           data.constant_images(128, (8, 8, 3), 4).as_numpy_iterator()])
+        self.assertEqual(images.shape, (4, 8, 8, 3))
+        self.assertTrue(np.all(images == 128))
+        noise = np.stack([e['image'] for e in
+                          data.uniform_noise_images((28, 28, 1), 50, seed=1).as_numpy_iterator()])
+        self.assertEqual(noise.dtype, np.uint8)
+        self.assertGreater(noise.std(), 60)  # Uniform on 0..255: std 73.9.
+        again = next(data.uniform_noise_images((28, 28, 1), 50, seed=1).as_numpy_iterator())
+        self.assertAllEqual(again['image'], noise[0])
+        with self.assertRaisesRegex(ValueError, 'value must be in 0..255; got 256'):
+            data.constant_images(256, (8, 8, 3), 1)
+
+    def test_grayscale(self):
+        rgb = np.array([[[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]]], np.uint8)
+        gray = data.to_grayscale(rgb).numpy()
+        luma = np.round(rgb.astype(np.float64) @ [0.2989, 0.5870, 0.1140])
+        self.assertAllClose(gray[..., 0], luma, atol=1)
+        self.assertAllEqual(gray[..., 0], gray[..., 1])
+        self.assertAllEqual(gray[..., 0], gray[..., 2])
+        ds = data.grayscale(tf.data.Dataset.from_tensor_slices({'image': rgb, 'label': [3]}))
+        example = next(ds.as_numpy_iterator())
+        self.assertAllEqual(example['image'], gray[0])
+        self.assertEqual(example['label'], 3)
+        mono = np.zeros((1, 4, 4, 1), np.uint8)
+        self.assertAllEqual(data.to_grayscale(mono), mono)
+
+
+if __name__ == '__main__':
+    tf.test.main()

@@ -1,0 +1,156 @@
+"""Tests of the shared evaluator, the OOD metrics and the histograms."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_ood import data, plotting
+from tfp_ood.config import GlowConfig
+from tfp_ood.evaluate import ScoreResult, score
+from tfp_ood.metrics import ood_metrics
+from tfp_ood.models import DensityModel, FlowModel
+
+SHAPE = (8, 8, 3)
+
+
+def _uint8(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n,) + SHAPE, dtype=np.uint8)
+
+
+class _NaNForDarkImages(DensityModel):
+    """A stand-in model whose log-likelihood is NaN for all-zero images."""
+
+    def log_prob_terms(self, images, noise=None):
+        mean = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3])
+        return {'log_prob': tf.where(mean > 0, -mean, np.nan)}
+
+
+class EvaluateTest(tf.test.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.model = FlowModel.from_config(GlowConfig(
+            image_shape=SHAPE, num_levels=2, num_steps_per_level=1, hidden_channels=8))
+        cls.model.initialize(_uint8(32, seed=9))
+        for v in cls.model.trainable_variables:  # Non-trivial networks.
+            v.assign_add(0.05 * tf.random.stateless_normal(v.shape, seed=[1, 2]))
+
+    def test_scores_equal_direct_calls_and_do_not_depend_on_batch_size(self):
+        images = _uint8(37)
+        labels = np.arange(37) % 10
+        ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
+        direct = {k: v.numpy() for k, v in self.model.log_prob_terms(images).items()}
+        results = [score(self.model, ds, name='x', batch_size=b, progress=False)
+                   for b in (1, 8, 64)]
+        for result in results:
+            self.assertEqual(result.num_images, 37)
+            self.assertAllEqual(result.labels, labels)
+            for key in ('log_prob', 'log_pz', 'log_det', 'dequant_const'):
+                self.assertAllClose(result.scores[key], direct[key], rtol=1e-5, atol=1e-3)
+            self.assertAllClose(result.bits_per_dim,
+                                -direct['log_prob'] / (np.prod(SHAPE) * np.log(2)), rtol=1e-5)
+        # Arrays, tuples, bare images and pre-batched datasets all work.
+        for data_ in (images, tf.data.Dataset.from_tensor_slices((images, labels)),
+                      tf.data.Dataset.from_tensor_slices(images).batch(5)):
+            self.assertAllClose(score(self.model, data_, progress=False).log_prob,
+                                direct['log_prob'], rtol=1e-5)
+
+    def test_synthetic_and_grayscale_datasets(self):
+        result = score(self.model, data.grayscale(data.constant_images(128, SHAPE, 3)),
+                       progress=False)
+        self.assertEqual(result.num_images, 3)
+        self.assertAllEqual(result.labels, [-1] * 3)
+        self.assertEqual(np.ptp(result.log_prob), 0.)
+
+    def test_save_load_summary(self):
+        result = score(self.model, _uint8(5), name='cifar10/test', progress=False)
+        path = os.path.join(self.create_tempdir().full_path, 'scores.npz')
+        result.save(path)
+        loaded = ScoreResult.load(path)
+        self.assertEqual(loaded.name, 'cifar10/test')
+        self.assertEqual(loaded.image_shape, SHAPE)
+        for key, value in result.scores.items():
+            self.assertAllEqual(loaded.scores[key], value)
+        summary = loaded.summary()
+        self.assertAlmostEqual(summary['bpd_mean'], float(np.mean(result.bits_per_dim)), 5)
+        self.assertEqual(summary['num_nonfinite'], 0)
+
+    def test_histograms_are_written(self):
+        a = score(self.model, _uint8(20, seed=1), name='a', progress=False)
+        b = score(self.model, data.constant_images(0, SHAPE, 20), name='b', progress=False)
+        directory = self.create_tempdir().full_path
+        for path in (plotting.plot_histograms([a, b], os.path.join(directory, 'bpd.png')),
+                     plotting.plot_term_histograms([a, b], os.path.join(directory, 't.png'))):
+            with open(path, 'rb') as f:
+                self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+        with self.assertRaisesRegex(ValueError, "score 'log_pz' missing"):
+            c = ScoreResult('c', {'log_prob': np.zeros(2), 'bits_per_dim': np.zeros(2)},
+                            np.zeros(2), SHAPE)
+            plotting.plot_histograms([c], os.path.join(directory, 'c.png'), key='log_pz')
+
+    def test_bad_inputs(self):
+        floats = tf.data.Dataset.from_tensor_slices(np.zeros((2,) + SHAPE, np.float32))
+        with self.assertRaisesRegex(ValueError, r'svhn: expected uint8 images.*holds float32'):
+            score(self.model, floats, name='svhn', progress=False)
+        wrong = tf.data.Dataset.from_tensor_slices(np.zeros((2, 8, 8, 1), np.uint8))
+        with self.assertRaisesRegex(ValueError, r'expected images of shape \[8, 8, 3\].*'
+                                                r'\(8, 8, 1\)'):
+            score(self.model, wrong, progress=False)
+        with self.assertRaisesRegex(ValueError, r'expected images of shape \[batch, 8, 8, 3\]'):
+            score(self.model, np.zeros((2, 16, 16, 3), np.uint8), progress=False)
+        with self.assertRaisesRegex(ValueError, 'got dtype float64'):
+            score(self.model, np.zeros((2,) + SHAPE), progress=False)
+        with self.assertRaisesRegex(ValueError, 'values from 256 to 256'):
+            score(self.model, np.full((2,) + SHAPE, 256), progress=False)
+        empty = tf.data.Dataset.from_tensor_slices(np.zeros((0,) + SHAPE, np.uint8))
+        with self.assertRaisesRegex(ValueError, 'empty: the dataset is empty'):
+            score(self.model, empty, name='empty', progress=False)
+        with self.assertRaisesRegex(ValueError, 'without an "image" key'):
+            score(self.model, tf.data.Dataset.from_tensor_slices({'x': [1]}), progress=False)
+
+    def test_nonfinite_scores_are_counted_not_dropped(self):
+        images = _uint8(6)
+        images[[1, 4]] = 0
+        result = score(_NaNForDarkImages(SHAPE), images, progress=False)
+        self.assertEqual(result.num_images, 6)
+        self.assertEqual(result.num_nonfinite, 2)
+        self.assertEqual(result.summary()['num_nonfinite'], 2)
+        with self.assertRaisesRegex(ValueError, '2 of 6 scores are not finite'):
+            ood_metrics(result.log_prob, np.zeros(3))
+        metrics = ood_metrics(result.log_prob, np.zeros(3), nonfinite='lowest')
+        self.assertEqual(metrics['num_nonfinite_in'], 2)
+
+
+class MetricsTest(tf.test.TestCase):
+
+    def test_hand_computed_case(self):
+        # In: 3, 4, 5; out: 1, 2, 3.5. Of the 9 (in, out) pairs, in wins in 8 and
+        # loses (3 < 3.5) in 1: AUROC = 8/9.
+        metrics = ood_metrics([3., 4., 5.], [1., 2., 3.5])
+        self.assertAlmostEqual(metrics['auroc'], 8 / 9)
+        # Keeping 95% of in-distribution needs the threshold at 3: out 3.5 passes.
+        self.assertAlmostEqual(metrics['fpr_at_95_tpr'], 1 / 3)
+        # Ranked (desc): 5 in, 4 in, 3.5 out, 3 in, ... AP_in = (1 + 1 + 3/4) / 3.
+        self.assertAlmostEqual(metrics['aupr_in'], (1 + 1 + 0.75) / 3)
+        # Out as positive, scores negated: 1 out, 2 out, 3 in, 3.5 out: (1 + 1 + 3/4) / 3.
+        self.assertAlmostEqual(metrics['aupr_out'], (1 + 1 + 0.75) / 3)
+
+    def test_ties_and_reversed(self):
+        self.assertAlmostEqual(ood_metrics([1., 1.], [1., 1.])['auroc'], 0.5)
+        self.assertAlmostEqual(ood_metrics([0., 1.], [2., 3.])['auroc'], 0.)
+        self.assertAlmostEqual(ood_metrics([2., 3.], [0., 1.])['fpr_at_95_tpr'], 0.)
+
+    def test_lowest_policy_ranks_nonfinite_last(self):
+        metrics = ood_metrics([1., 2.], [-np.inf, np.nan, 0.], nonfinite='lowest')
+        self.assertAlmostEqual(metrics['auroc'], 1.)
+        self.assertEqual(metrics['num_nonfinite_out'], 2)
+        with self.assertRaisesRegex(ValueError, 'nonfinite must be one of'):
+            ood_metrics([1.], [0.], nonfinite='drop')
+        with self.assertRaisesRegex(ValueError, 'no scores'):
+            ood_metrics([], [0.])
+
+
+if __name__ == '__main__':
+    tf.test.main()
