@@ -33,7 +33,7 @@ import tensorflow as tf
 
 __all__ = [
     'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'constant_images',
-    'grayscale', 'load', 'load_arrays', 'local_path', 'to_grayscale',
+    'grayscale', 'images_array', 'load', 'load_arrays', 'local_path', 'to_grayscale',
     'uniform_noise_images',
 ]
 
@@ -293,6 +293,16 @@ def load(name: str, split: str, data_dir: Optional[str] = None,
                                    'label': e['label']})
         return ds
     return _load_tfds(spec, split, tfds_data_dir, download, data_dir)
+
+
+def images_array(dataset: tf.data.Dataset, limit: Optional[int] = None) -> np.ndarray:
+    """The images of a dataset of `{'image', ...}` as one uint8 array `[N, H, W, C]`."""
+    if limit is not None:
+        dataset = dataset.take(limit)
+    batches = [b['image'] for b in dataset.batch(1024).as_numpy_iterator()]
+    if not batches:
+        raise ValueError('The dataset is empty: no images.')
+    return np.concatenate(batches)
 
 
 def _synthetic(images: np.ndarray) -> tf.data.Dataset:

@@ -1,0 +1,140 @@
+"""Score several datasets under several models and write the tables and figures.
+
+The experiment scripts in `examples/` are thin: they choose models and
+datasets and call these functions, which write into a results folder:
+
+- `scores/<model>__<set>.npz`: per-image scores (`ScoreResult.save`);
+- `bpd_table.csv` and `bpd_table.md`: mean and standard deviation of bits/dim
+  per (model, training set, scored set), with the paper's number beside ours
+  where it reports one;
+- histograms (`plotting`) and `metrics.json` (AUROC, AUPR, FPR at 95% TPR).
+"""
+
+import csv
+import dataclasses
+import json
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from tfp_ood import plotting
+from tfp_ood.evaluate import ScoreResult, score
+from tfp_ood.metrics import ood_metrics
+from tfp_ood.models.base import DensityModel
+
+__all__ = ['PAPER_BPD', 'Row', 'bpd_rows', 'score_all', 'write_bpd_table', 'write_ood_report']
+
+# Bits/dim reported by Nalisnick et al. (2019), keyed by
+# (model family, training set, scored set).
+PAPER_BPD: Dict[Tuple[str, str, str], float] = {
+    ('glow', 'cifar10', 'cifar10/train'): 3.386,
+    ('glow', 'cifar10', 'cifar10/test'): 3.464,
+    ('glow', 'cifar10', 'svhn_cropped/test'): 2.389,
+    ('glow', 'svhn_cropped', 'svhn_cropped/test'): 2.057,
+    ('glow', 'fashion_mnist', 'fashion_mnist/test'): 2.96,
+    ('glow', 'fashion_mnist', 'mnist/test'): 1.83,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the bits/dim table."""
+
+    model: str
+    family: str
+    trained_on: str
+    scored_set: str
+    num_images: int
+    num_nonfinite: int
+    bpd_mean: float
+    bpd_std: float
+    paper_bpd: Optional[float]
+
+
+def score_all(models: Mapping[str, DensityModel],
+              datasets: Mapping[str, tf.data.Dataset],
+              out_dir: Optional[str] = None,
+              batch_size: int = 256,
+              progress: bool = True) -> Dict[Tuple[str, str], ScoreResult]:
+    """Scores every dataset under every model (with matching image shape).
+
+    Returns `{(model_name, set_name): ScoreResult}`; with `out_dir`, each is
+    also saved to `out_dir/scores/<model>__<set>.npz`.
+    """
+    results = {}
+    for model_name, model in models.items():
+        for set_name, ds in datasets.items():
+            image_shape = tuple(ds.element_spec['image'].shape)
+            if image_shape != model.image_shape:
+                continue
+            result = score(model, ds, name=set_name, batch_size=batch_size,
+                           progress=progress, model_name=model_name)
+            results[(model_name, set_name)] = result
+            if out_dir:
+                os.makedirs(os.path.join(out_dir, 'scores'), exist_ok=True)
+                safe = f'{model_name}__{set_name}'.replace('/', '_')
+                result.save(os.path.join(out_dir, 'scores', f'{safe}.npz'))
+    return results
+
+
+def bpd_rows(results: Mapping[Tuple[str, str], ScoreResult],
+             families: Mapping[str, str],
+             trained_on: Mapping[str, str]) -> List[Row]:
+    """The table rows, with the paper's bits/dim where it reports the same case."""
+    rows = []
+    for (model_name, set_name), result in results.items():
+        summary = result.summary()
+        family, train = families[model_name], trained_on[model_name]
+        rows.append(Row(model=model_name, family=family, trained_on=train,
+                        scored_set=set_name, num_images=summary['num_images'],
+                        num_nonfinite=summary['num_nonfinite'],
+                        bpd_mean=summary['bpd_mean'], bpd_std=summary['bpd_std'],
+                        paper_bpd=PAPER_BPD.get((family, train, set_name))))
+    return rows
+
+
+def write_bpd_table(rows: Sequence[Row], out_dir: str) -> Tuple[str, str]:
+    """Writes `bpd_table.csv` and `bpd_table.md`; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = os.path.join(out_dir, 'bpd_table.csv')
+    with open(csv_path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in dataclasses.fields(Row)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(dataclasses.asdict(row))
+    md_path = os.path.join(out_dir, 'bpd_table.md')
+    lines = ['| model | trained on | scored set | images | bits/dim (mean ± std) | paper |',
+             '|---|---|---|---:|---:|---:|']
+    for r in rows:
+        paper = f'{r.paper_bpd:.3f}' if r.paper_bpd is not None else '–'
+        bad = f' ({r.num_nonfinite} non-finite)' if r.num_nonfinite else ''
+        lines.append(f'| {r.model} | {r.trained_on} | {r.scored_set} | {r.num_images}{bad} | '
+                     f'{r.bpd_mean:.3f} ± {r.bpd_std:.3f} | {paper} |')
+    with open(md_path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return csv_path, md_path
+
+
+def write_ood_report(results: Mapping[Tuple[str, str], ScoreResult], models: Sequence[str],
+                     in_set: str, out_set: str, out_dir: str,
+                     term_histograms: bool = True) -> Dict[str, Dict[str, float]]:
+    """Histograms and detection metrics of `in_set` against `out_set` per model.
+
+    Writes `<model>_log_prob.png` (the paper's Figure 1: log p(x) of both
+    sets), `<model>_terms.png` for flows (distribution and volume terms) and
+    `metrics.json` (raw likelihood as the score, `in_set` positive).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    report = {}
+    for model_name in models:
+        pair = [results[(model_name, in_set)], results[(model_name, out_set)]]
+        plotting.plot_histograms(pair, os.path.join(out_dir, f'{model_name}_log_prob.png'),
+                                 key='log_prob', title=f'{model_name}: log p(x)')
+        if term_histograms and all('log_det' in r.scores for r in pair):
+            plotting.plot_term_histograms(pair, os.path.join(out_dir, f'{model_name}_terms.png'))
+        metrics = ood_metrics(pair[0].log_prob, pair[1].log_prob, nonfinite='lowest')
+        report[model_name] = dict(metrics, in_set=in_set, out_set=out_set)
+    with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+        json.dump(report, f, indent=2)
+    return report
