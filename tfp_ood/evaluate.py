@@ -10,6 +10,7 @@ terms (for flows `log_pz`, `log_det`, `dequant_const`).
 
 import dataclasses
 import json
+import sys
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -167,8 +168,10 @@ def score(model: DensityModel,
     num_images = int(ds.cardinality())
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     chunks, labels = [], []
+    # Redraw at most every second on a terminal, every 30 s into a log file.
+    interval = 1.0 if sys.stderr.isatty() else 30.0
     with tqdm(total=num_images if num_images >= 0 else None, desc=f'scoring {name}',
-              unit='img', disable=not progress, leave=False) as bar:
+              unit='img', disable=not progress, leave=False, mininterval=interval) as bar:
         for images, batch_labels in ds:
             chunks.append({k: v.numpy() for k, v in model.score_batch(images).items()})
             labels.append(batch_labels.numpy())
