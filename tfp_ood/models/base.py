@@ -117,6 +117,14 @@ class DensityModel(tf.Module):
     def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
         raise NotImplementedError
 
+    def get_config(self) -> Dict:
+        """JSON-able configuration with a `'family'` key; see `models.from_config`."""
+        raise NotImplementedError(f'{type(self).__name__} has no get_config().')
+
+    def initialize(self, images, seed: int = 0) -> None:
+        """Data-dependent initialisation before training; nothing by default."""
+        del images, seed
+
     def log_prob(self, images, noise=None) -> tf.Tensor:
         """Discrete log-likelihood `log P(k)` in nats per image, `[batch]`."""
         return self.log_prob_terms(images, noise)['log_prob']

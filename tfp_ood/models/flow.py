@@ -76,6 +76,13 @@ class FlowModel(DensityModel):
         return cls(glow(config), config.image_shape, config=config,
                    name=config.family)
 
+    def get_config(self) -> Dict:
+        """The model's configuration as JSON-able data (`models.from_config` rebuilds it)."""
+        if self.config is None:
+            raise ValueError('This FlowModel was built from a bijector, not a GlowConfig; '
+                             'it has no configuration to save.')
+        return dict(family=self.config.family, **self.config.to_dict())
+
     @property
     def dequant_const(self) -> float:
         """`-D log 256`, in nats per image."""

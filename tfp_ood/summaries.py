@@ -1,0 +1,85 @@
+"""TensorBoard summaries of training and scoring.
+
+Tags written:
+
+- `train/loss`, `train/bits_per_dim`, `train/learning_rate`, `train/grad_norm`,
+  `train/images_per_s`, `train/skipped_steps` (scalars);
+- `eval/<set>/bits_per_dim` (scalar) and `eval/<set>/log_prob`, plus for flows
+  `eval/<set>/log_pz` and `eval/<set>/log_det` (histograms of per-image values);
+- `samples/temperature_0.7`, `samples/temperature_1.0` (images, flows);
+- `config` (text: the run's configuration as JSON).
+"""
+
+import json
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_ood.evaluate import ScoreResult
+
+__all__ = ['Summaries', 'HISTOGRAM_TERMS', 'SAMPLE_TEMPERATURES']
+
+HISTOGRAM_TERMS = ('log_prob', 'log_pz', 'log_det')
+SAMPLE_TEMPERATURES = (0.7, 1.0)
+
+
+class Summaries:
+    """A TensorBoard event-file writer for one run directory."""
+
+    def __init__(self, logdir: str):
+        self.logdir = logdir
+        self._writer = tf.summary.create_file_writer(logdir)
+
+    def config(self, config: Mapping[str, Any], step: int = 0) -> None:
+        text = '```\n' + json.dumps(config, indent=2, sort_keys=True) + '\n```'
+        with self._writer.as_default():
+            tf.summary.text('config', text, step=step)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        with self._writer.as_default():
+            for tag, value in values.items():
+                tf.summary.scalar(tag, value, step=step)
+
+    def scores(self, results: Mapping[str, ScoreResult], step: int,
+               prefix: str = 'eval') -> Dict[str, float]:
+        """Mean bits/dim and histograms of the per-image terms of each set.
+
+        Non-finite values are left out of the histograms (they are counted in
+        `ScoreResult.summary()`).
+
+        Returns:
+          `{'<prefix>/<set>/bits_per_dim': mean}`.
+        """
+        means = {}
+        with self._writer.as_default():
+            for name, result in results.items():
+                summary = result.summary()
+                tag = f'{prefix}/{name}/bits_per_dim'
+                means[tag] = summary['bpd_mean']
+                tf.summary.scalar(tag, summary['bpd_mean'], step=step)
+                if summary['num_nonfinite']:
+                    tf.summary.scalar(f'{prefix}/{name}/num_nonfinite',
+                                      summary['num_nonfinite'], step=step)
+                for key in HISTOGRAM_TERMS:
+                    if key in result.scores:
+                        values = result.scores[key]
+                        tf.summary.histogram(f'{prefix}/{name}/{key}',
+                                             values[np.isfinite(values)], step=step)
+        return means
+
+    def images(self, tag: str, images, step: int, max_outputs: int = 16) -> None:
+        with self._writer.as_default():
+            tf.summary.image(tag, images, step=step, max_outputs=max_outputs)
+
+    def samples(self, model, step: int, num_images: int = 16,
+                seed: Optional[int] = 0) -> None:
+        """Image summaries of samples at `SAMPLE_TEMPERATURES` (models that sample)."""
+        if not hasattr(model, 'sample'):
+            return
+        for temperature in SAMPLE_TEMPERATURES:
+            images = model.sample(num_images, temperature=temperature, seed=seed)
+            self.images(f'samples/temperature_{temperature}', images, step, num_images)
+
+    def flush(self) -> None:
+        self._writer.flush()

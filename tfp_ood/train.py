@@ -1,0 +1,461 @@
+"""Training: one `fit` for every model family of the package.
+
+`fit(model, train_images, config, workdir)` minimises the mean bits/dim of
+uniformly dequantized training images with Adam (linear warm-up, gradient
+clipping by global norm), and writes into `workdir`:
+
+```none
+workdir/
+  config.json        the model and training configuration of the run
+  checkpoints/       tf.train.CheckpointManager: model, optimizer, step, wall time
+  logs/              TensorBoard (tfp_ood.summaries)
+  history.jsonl      one line per evaluation: step, wall time, bits/dim per set
+  provenance.json    what trained the model: data, steps, wall time, final bits/dim
+```
+
+**Resuming.** Calling `fit` again with the same configuration and `workdir`
+resumes from the last checkpoint with the same optimizer state, step counter
+and data position: batch `s` is a function of `(seed, s)` alone (a fresh
+permutation of the training set per epoch, and dequantization noise drawn from
+`(seed, s)`), so a resumed run sees exactly the batches the uninterrupted run
+would have. A checkpoint is written every `checkpoint_every` steps and when the
+run ends, including on SIGINT or SIGTERM; after SIGKILL at most
+`checkpoint_every` steps are lost. A `workdir` holding a run of another
+configuration is refused before anything is loaded.
+
+**Distribution.** `fit` runs under any `tf.distribute.Strategy` with no code
+change: pass `strategy=` and build the model inside `strategy.scope()`. Each
+global batch is split across replicas, and gradients and losses are summed
+across them, so the update does not depend on the number of devices (up to
+floating-point summation order). On several GPUs use
+`tf.distribute.MirroredStrategy()`; across machines
+`tf.distribute.MultiWorkerMirroredStrategy()`, launching the same command on
+every machine with `TF_CONFIG` describing the cluster (see the README).
+
+**Non-finite steps.** A step whose loss or gradient norm is not finite is
+skipped (no parameter or optimizer update) and counted; after
+`max_consecutive_nonfinite` skipped steps in a row `fit` stops with
+`TrainingDivergedError`, keeping the last good checkpoint.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tqdm.auto import tqdm
+
+from tfp_ood.evaluate import score
+from tfp_ood.models.base import DensityModel, check_images
+from tfp_ood.summaries import Summaries
+
+__all__ = ['ConfigMismatchError', 'LinearWarmup', 'TrainConfig', 'TrainResult',
+           'TrainingDivergedError', 'fit', 'load_run_config', 'restore_latest']
+
+# Training-config fields that may change between a run and its resumption.
+_RESUMABLE_CHANGES = ('num_steps', 'checkpoint_every', 'eval_every', 'log_every',
+                      'keep_checkpoints', 'num_eval_images', 'sample_every')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+      num_steps: total optimizer steps (skipped non-finite steps count).
+      batch_size: global batch size (split across replicas).
+      learning_rate: peak Adam learning rate.
+      warmup_steps: steps of linear warm-up from 0 to `learning_rate`.
+      clip_norm: gradients are clipped to this global norm.
+      max_consecutive_nonfinite: stop after this many skipped steps in a row.
+      checkpoint_every: steps between checkpoints.
+      eval_every: steps between evaluations of the held-out sets.
+      log_every: steps between training scalars.
+      sample_every: steps between sample images (0: with every evaluation).
+      num_init_images: training images for data-dependent initialisation.
+      num_eval_images: at most this many images of each held-out set.
+      keep_checkpoints: checkpoints kept on disk.
+      seed: seed of the data order and the dequantization noise.
+    """
+
+    num_steps: int = 10000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 500
+    clip_norm: float = 50.0
+    max_consecutive_nonfinite: int = 20
+    checkpoint_every: int = 500
+    eval_every: int = 1000
+    log_every: int = 50
+    sample_every: int = 0
+    num_init_images: int = 512
+    num_eval_images: int = 2000
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ('num_steps', 'batch_size', 'checkpoint_every', 'eval_every', 'log_every',
+                     'max_consecutive_nonfinite', 'num_init_images', 'keep_checkpoints'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'TrainConfig.{name} must be >= 1; got {getattr(self, name)}.')
+        if self.learning_rate <= 0 or self.clip_norm <= 0 or self.warmup_steps < 0:
+            raise ValueError(f'learning_rate and clip_norm must be > 0 and warmup_steps '
+                             f'>= 0; got {self.learning_rate}, {self.clip_norm}, '
+                             f'{self.warmup_steps}.')
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class ConfigMismatchError(ValueError):
+    """The work directory holds a run of another configuration."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `fit` did: the final step, the evaluation history and the stop reason."""
+
+    step: int
+    wall_time: float
+    skipped_steps: int
+    history: List[Dict[str, Any]]
+    stop_reason: str
+
+
+class LinearWarmup(tf_keras.optimizers.schedules.LearningRateSchedule):
+    """`learning_rate * min(1, (step + 1) / warmup_steps)`."""
+
+    def __init__(self, learning_rate: float, warmup_steps: int):
+        self.learning_rate = learning_rate
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        if not self.warmup_steps:
+            return tf.constant(self.learning_rate, tf.float32)
+        fraction = tf.cast(step + 1, tf.float32) / float(self.warmup_steps)
+        return self.learning_rate * tf.minimum(1.0, fraction)
+
+    def get_config(self):
+        return {'learning_rate': self.learning_rate, 'warmup_steps': self.warmup_steps}
+
+
+def load_run_config(workdir: str) -> Optional[Dict[str, Any]]:
+    """The `config.json` of a run directory, or `None` if there is none."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _check_same_run(saved: Dict[str, Any], current: Dict[str, Any], workdir: str) -> None:
+    problems = []
+    if saved.get('model') != current['model']:
+        problems.append(f'model {saved.get("model")} != {current["model"]}')
+    saved_train = {k: v for k, v in saved.get('train', {}).items()
+                   if k not in _RESUMABLE_CHANGES}
+    current_train = {k: v for k, v in current['train'].items() if k not in _RESUMABLE_CHANGES}
+    if saved_train != current_train:
+        diff = sorted(k for k in set(saved_train) | set(current_train)
+                      if saved_train.get(k) != current_train.get(k))
+        problems.append('training settings ' + ', '.join(
+            f'{k}: {saved_train.get(k)} != {current_train.get(k)}' for k in diff))
+    if saved.get('data') != current['data']:
+        problems.append(f'data {saved.get("data")} != {current["data"]}')
+    if problems:
+        raise ConfigMismatchError(
+            f'{workdir} holds a run of another configuration; refusing to resume from its '
+            f'checkpoints ({"; ".join(problems)}). Use a new directory, or the same '
+            f'configuration to resume.')
+
+
+def _batch(images: np.ndarray, step: int, batch_size: int, seed: int):
+    """Indices and dequantization noise of global batch `step` (a function of step)."""
+    steps_per_epoch = len(images) // batch_size
+    epoch, position = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(len(images))
+    index = np.sort(order[position * batch_size:(position + 1) * batch_size])
+    noise = np.random.default_rng([seed, 1_000_003, step]).random(
+        (batch_size,) + images.shape[1:], dtype=np.float32)
+    return index, noise
+
+
+def _distributed_batches(strategy, images: np.ndarray, config: TrainConfig, start: int):
+    """Per-replica slices of the global batches from step `start` on."""
+    shape = images.shape[1:]
+
+    def dataset_fn(context: tf.distribute.InputContext):
+        per_replica = context.get_per_replica_batch_size(config.batch_size)
+        replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        first = context.input_pipeline_id * replicas
+
+        def generate():
+            for step in range(start, config.num_steps):
+                index, noise = _batch(images, step, config.batch_size, config.seed)
+                for replica in range(first, first + replicas):
+                    part = slice(replica * per_replica, (replica + 1) * per_replica)
+                    yield images[index[part]], noise[part]
+
+        spec = (tf.TensorSpec((per_replica,) + shape, tf.uint8),
+                tf.TensorSpec((per_replica,) + shape, tf.float32))
+        return tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(4)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _make_train_step(model: DensityModel, optimizer, strategy, config: TrainConfig):
+    variables = model.trainable_variables
+
+    def apply_if_finite(distribution, grads, ok):
+        # A cond whose branch calls apply_gradients (which calls merge_call) must
+        # run in cross-replica context, as tf_keras's LossScaleOptimizer does.
+        ok = distribution.experimental_local_results(ok)[0]
+
+        def apply():
+            distribution.extended.call_for_each_replica(
+                lambda g: optimizer.apply_gradients(zip(g, variables),
+                                                    skip_gradients_aggregation=True),
+                args=(grads,))
+            return tf.constant(True)
+
+        return tf.cond(ok, apply, lambda: tf.constant(False))
+
+    def replica_step(images, noise):
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            bpd = model.bits_per_dim(model.log_prob(images, noise))
+            loss = tf.reduce_sum(bpd) / config.batch_size
+        grads = tape.gradient(loss, variables)
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+        grads, norm = tf.clip_by_global_norm(grads, config.clip_norm)
+        ok = tf.math.is_finite(norm) & tf.math.is_finite(loss)
+        context.merge_call(apply_if_finite, args=(grads, ok))
+        return loss, norm, ok
+
+    @tf.function
+    def train_step(images, noise):
+        outputs = strategy.run(replica_step, args=(images, noise))
+        # Identical on every replica (all-reduced): take the first.
+        return tuple(strategy.experimental_local_results(o)[0] for o in outputs)
+
+    return train_step
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """Turns SIGINT and SIGTERM into a request to checkpoint and stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        del frame
+        stop.set()
+        stop.signal = signal.Signals(signum).name
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def restore_latest(model: DensityModel, workdir: str) -> int:
+    """Loads the model weights of the last checkpoint in `workdir`; returns its step.
+
+    The optimizer state is not needed (and not loaded) for scoring or export.
+    """
+    saved = load_run_config(workdir)
+    if saved is None:
+        raise FileNotFoundError(f'{workdir} is not a training run: no config.json.')
+    if saved['model'] != model.get_config():
+        raise ConfigMismatchError(f'The checkpoint in {workdir} is of model '
+                                  f'{saved["model"]}, not {model.get_config()}.')
+    path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+    if path is None:
+        raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}.')
+    step = tf.Variable(0, dtype=tf.int64)
+    tf.train.Checkpoint(model=model, step=step).read(path).expect_partial()
+    return int(step)
+
+
+def _read_history(path: str, up_to_step: int) -> List[Dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r['step'] <= up_to_step]
+
+
+def fit(model: DensityModel,
+        train_images: np.ndarray,
+        config: TrainConfig,
+        workdir: str,
+        eval_sets: Optional[Mapping[str, np.ndarray]] = None,
+        strategy: Optional[tf.distribute.Strategy] = None,
+        data_info: Optional[Mapping[str, Any]] = None,
+        progress: bool = True) -> TrainResult:
+    """Trains `model` on `train_images`, resuming from `workdir` if it holds the run.
+
+    Args:
+      model: any `DensityModel` with `get_config()`; built inside
+        `strategy.scope()` when a strategy is given.
+      train_images: uint8 `[N, H, W, C]`, `N >= batch_size`.
+      config: the `TrainConfig`.
+      workdir: run directory (created if missing).
+      eval_sets: held-out uint8 image arrays by name, scored every
+        `eval_every` steps (at most `num_eval_images` each).
+      strategy: a `tf.distribute.Strategy`.
+        Default value: the current (default) strategy.
+      data_info: what `train_images` is, e.g. `{'dataset': 'cifar10', 'split':
+        'train'}`; part of the run's identity and of the provenance.
+      progress: show a progress bar with bits/dim and images/s.
+
+    Returns:
+      A `TrainResult`.
+
+    Raises:
+      ConfigMismatchError: `workdir` holds a run of another configuration.
+      TrainingDivergedError: too many non-finite steps in a row.
+      ValueError: bad images or too few of them.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    train_images = check_images(train_images, model.image_shape, 'train_images').numpy()
+    if len(train_images) < config.batch_size:
+        raise ValueError(f'train_images: {len(train_images)} images are fewer than one '
+                         f'batch of {config.batch_size}.')
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
+                         f'{strategy.num_replicas_in_sync} replicas.')
+    eval_sets = {name: check_images(images[:config.num_eval_images], model.image_shape,
+                                    f'eval_sets[{name!r}]').numpy()
+                 for name, images in (eval_sets or {}).items()}
+    run_config = {'model': model.get_config(), 'train': dataclasses.asdict(config),
+                  'data': dict(data_info or {})}
+    os.makedirs(workdir, exist_ok=True)
+    saved = load_run_config(workdir)
+    if saved is not None:
+        _check_same_run(saved, run_config, workdir)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        json.dump(run_config, f, indent=2)
+
+    with strategy.scope():
+        optimizer = tf_keras.optimizers.Adam(LinearWarmup(config.learning_rate,
+                                                          config.warmup_steps))
+        optimizer.build(model.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+        wall_var = tf.Variable(0., dtype=tf.float64, trainable=False, name='wall_time')
+        skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='skipped')
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
+                                     wall_time=wall_var, skipped=skipped_var)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, 'checkpoints'),
+                                         max_to_keep=config.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    else:
+        init = train_images[:config.num_init_images]
+        model.initialize(init, seed=config.seed)
+    start = int(step_var)
+    history_path = os.path.join(workdir, 'history.jsonl')
+    history = _read_history(history_path, start)
+    with open(history_path, 'w') as f:  # Drop rows past the restored step.
+        f.writelines(json.dumps(r) + '\n' for r in history)
+
+    summaries = Summaries(os.path.join(workdir, 'logs'))
+    if start == 0:
+        summaries.config(run_config)
+    train_step = _make_train_step(model, optimizer, strategy, config)
+    batches = _distributed_batches(strategy, train_images, config, start)
+
+    def evaluate(step):
+        results = {name: score(model, images, name=name, progress=False)
+                   for name, images in eval_sets.items()}
+        means = summaries.scores(results, step)
+        row = {'step': step, 'wall_time': float(wall_var) + time.monotonic() - t0,
+               **{k[len('eval/'):]: v for k, v in means.items()}}
+        history.append(row)
+        with open(history_path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        sample_every = config.sample_every or config.eval_every
+        if step % sample_every == 0 or step == config.num_steps:
+            summaries.samples(model, step)
+        return row
+
+    def save(step):
+        wall_var.assign(float(wall_var) + time.monotonic() - t0)
+        manager.save(checkpoint_number=step)
+        return time.monotonic()
+
+    stop = threading.Event()
+    stop.signal = None
+    step, consecutive, last_saved = start, 0, start
+    losses, norms, interval_start = [], [], time.monotonic()
+    t0 = time.monotonic()
+    stop_reason = 'completed'
+    try:
+        with _stop_on_signals(stop), tqdm(initial=start, total=config.num_steps,
+                                          desc='training', unit='step', disable=not progress,
+                                          mininterval=1.0) as bar:
+            for images, noise in batches:
+                loss, norm, ok = train_step(images, noise)
+                step += 1
+                step_var.assign(step)
+                if bool(ok):
+                    consecutive = 0
+                    losses.append(float(loss))
+                    norms.append(float(norm))
+                else:
+                    consecutive += 1
+                    skipped_var.assign_add(1)
+                    if consecutive >= config.max_consecutive_nonfinite:
+                        raise TrainingDivergedError(
+                            f'{consecutive} consecutive steps with a non-finite loss or '
+                            f'gradient (last loss {float(loss)}, gradient norm '
+                            f'{float(norm)}) at step {step}; stopping. The last good '
+                            f'checkpoint is in {manager.directory}. Try a lower '
+                            f'learning_rate or clip_norm.')
+                bar.update(1)
+                if step % config.log_every == 0 and losses:
+                    elapsed = time.monotonic() - interval_start
+                    images_per_s = config.log_every * config.batch_size / elapsed
+                    summaries.scalars({
+                        'train/loss': np.mean(losses), 'train/bits_per_dim': np.mean(losses),
+                        'train/grad_norm': np.mean(norms),
+                        'train/learning_rate': float(optimizer.learning_rate),
+                        'train/images_per_s': images_per_s,
+                        'train/skipped_steps': int(skipped_var)}, step)
+                    bar.set_postfix(bpd=f'{np.mean(losses):.3f}', img_s=f'{images_per_s:.0f}')
+                    losses, norms, interval_start = [], [], time.monotonic()
+                if eval_sets and (step % config.eval_every == 0 or step == config.num_steps):
+                    evaluate(step)
+                if step % config.checkpoint_every == 0:
+                    t0, last_saved = save(step), step
+                if stop.is_set():
+                    stop_reason = f'stopped by {stop.signal}'
+                    break
+    finally:
+        if step > last_saved or not manager.latest_checkpoint:
+            t0 = save(step)
+        summaries.flush()
+    final = {k: v for k, v in (history[-1] if history else {}).items()
+             if k not in ('step', 'wall_time')}
+    provenance = {'data': dict(data_info or {}), 'steps': step,
+                  'wall_time_s': round(float(wall_var), 1), 'skipped_steps': int(skipped_var),
+                  'final_eval': final, 'train_config': dataclasses.asdict(config),
+                  'stop_reason': stop_reason}
+    with open(os.path.join(workdir, 'provenance.json'), 'w') as f:
+        json.dump(provenance, f, indent=2)
+    return TrainResult(step=step, wall_time=float(wall_var), skipped_steps=int(skipped_var),
+                       history=history, stop_reason=stop_reason)
