@@ -1,15 +1,17 @@
 """The `tfp-ood` command line: train, export, score and compare.
 
     tfp-ood train   --model glow --config cpu --dataset cifar10 --workdir runs/glow_cifar10
-    tfp-ood export  --workdir runs/glow_cifar10 --out saved_models/glow_cifar10
-    tfp-ood score   --model-dir saved_models/glow_cifar10 --dataset svhn_cropped --split test
-    tfp-ood compare --in scores_cifar10.npz --out scores_svhn.npz
+    tfp-ood export  --workdir runs/glow_cifar10 --output saved_models/glow_cifar10
+    tfp-ood score   --model-dir saved_models/glow_cifar10 --dataset svhn_cropped \\
+                    --split test --output scores/svhn
+    tfp-ood compare scores/cifar10/scores.npz scores/svhn/scores.npz --output compare/
 
 Every verb has `--help`. Errors (a missing path, a corrupt SavedModel, images
 of the wrong size) print one line and exit with status 2.
 """
 
 import argparse
+import json
 import os
 import sys
 from typing import List, Optional
@@ -80,6 +82,44 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument('--no-progress', dest='progress', action='store_false',
                        help='no progress bar')
     _add_data_args(train)
+
+    export = verbs.add_parser(
+        'export', help='write the last checkpoint of a run as a SavedModel',
+        description='Export the last checkpoint of a training run as a SavedModel that '
+        'plain TensorFlow can load (signatures serving_default, log_prob, sample).')
+    export.add_argument('--workdir', required=True, help='run directory of tfp-ood train')
+    export.add_argument('--output', required=True, help='SavedModel directory to write')
+    export.add_argument('--overwrite', action='store_true', help='replace --output')
+
+    score = verbs.add_parser(
+        'score', help='score images with a SavedModel',
+        description='Score images with an exported SavedModel. Writes scores.csv and '
+        'scores.npz (per image), summary.json and summary.md, and histogram.png.')
+    score.add_argument('--model-dir', required=True, help='SavedModel from tfp-ood export')
+    inputs = score.add_mutually_exclusive_group(required=True)
+    inputs.add_argument('--dataset', help='a dataset name (with --split)')
+    inputs.add_argument('--npz', help='an .npz file with a uint8 "images" array')
+    inputs.add_argument('--images-dir', help='a folder of PNG/JPEG images')
+    score.add_argument('--split', default='test', help='split of --dataset (default: test)')
+    score.add_argument('--name', default=None, help='name of the scored set (for tables)')
+    score.add_argument('--output', required=True, help='output folder')
+    score.add_argument('--resize', action='store_true',
+                       help='resize (and convert channels of) images that do not match the '
+                            'model; without it they are an error')
+    score.add_argument('--batch-size', type=int, default=256, help='images per batch')
+    score.add_argument('--overwrite', action='store_true', help='replace existing outputs')
+    _add_data_args(score)
+
+    compare = verbs.add_parser(
+        'compare', help='detection metrics and histogram of two score files',
+        description='AUROC, AUPR and FPR at 95%% TPR of telling the in-distribution '
+        'scores from the out-of-distribution ones (score: log-likelihood, higher = more '
+        'in-distribution), and their overlaid histogram.')
+    compare.add_argument('in_scores', help='scores.npz of the in-distribution set')
+    compare.add_argument('out_scores', help='scores.npz of the out-of-distribution set')
+    compare.add_argument('--output', required=True, help='output folder')
+    compare.add_argument('--key', default='log_prob', help='score to plot (default: log_prob)')
+    compare.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     return parser
 
 
@@ -134,11 +174,167 @@ def _train(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from tfp_ood import export, models, train
+    if not os.path.isdir(args.workdir):
+        raise CommandError(f'no run directory at {args.workdir}')
+    run_config = train.load_run_config(args.workdir)
+    if run_config is None:
+        raise CommandError(f'{args.workdir} is not a run directory of tfp-ood train '
+                           f'(no config.json)')
+    model = models.from_config(run_config['model'])
+    step = train.restore_latest(model, args.workdir)
+    provenance_path = os.path.join(args.workdir, 'provenance.json')
+    provenance = {}
+    if os.path.exists(provenance_path):
+        with open(provenance_path) as f:
+            provenance = json.load(f)
+    provenance['checkpoint_step'] = step
+    try:
+        export.export(model, args.output, provenance=provenance, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise CommandError(str(e)) from None
+    print(f'exported step {step} of {args.workdir} to {args.output}')
+    return 0
+
+
+def _check_outputs(paths, overwrite: bool):
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not overwrite:
+        raise CommandError(f'{", ".join(existing)} already exist(s); pass --overwrite to '
+                           f'replace')
+
+
+def _fit_images(images, shape, resize: bool, what: str):
+    """Checks `images` against the model's shape, resizing only when asked."""
+    import numpy as np
+    import tensorflow as tf
+    if images.shape[1:] == tuple(shape):
+        return images
+    if not resize:
+        raise CommandError(f'{what}: images are {list(images.shape[1:])} but the model '
+                           f'expects {list(shape)} (H, W, C); pass --resize to resize them')
+    x = tf.convert_to_tensor(images)
+    if x.shape[-1] != shape[-1]:
+        x = (tf.image.rgb_to_grayscale(x) if shape[-1] == 1 else
+             tf.image.grayscale_to_rgb(x[..., :1]) if x.shape[-1] == 1 else x[..., :3])
+    x = tf.image.resize(tf.cast(x, tf.float32), shape[:2], method='area', antialias=True)
+    return np.asarray(tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8))
+
+
+def _read_image_folder(folder: str, shape, resize: bool):
+    import numpy as np
+    import tensorflow as tf
+    if not os.path.isdir(folder):
+        raise CommandError(f'no folder at {folder}')
+    names = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith(('.png', '.jpg', '.jpeg')))
+    if not names:
+        raise CommandError(f'no PNG or JPEG images in {folder}')
+    images = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy()
+        except tf.errors.InvalidArgumentError as e:
+            raise CommandError(f'{path}: not a readable image ({e.message})') from None
+        images.append(_fit_images(image[None], shape, resize, path)[0])
+    return np.stack(images), names
+
+
+def _score(args) -> int:
+    import csv
+
+    import numpy as np
+
+    from tfp_ood import data, export, plotting
+    from tfp_ood.evaluate import score
+    model = export.load(args.model_dir)
+    shape = model.image_shape
+    out = args.output
+    files = {k: os.path.join(out, k) for k in ('scores.csv', 'scores.npz', 'summary.json',
+                                               'summary.md', 'histogram.png')}
+    _check_outputs(files.values(), args.overwrite)
+    sources = None
+    if args.dataset:
+        name = args.name or f'{args.dataset}/{args.split}'
+        ds = data.load(args.dataset, args.split, data_dir=args.data_dir, source=args.source,
+                       download=args.download)
+        images = data.images_array(ds)
+        labels = np.concatenate([b['label'] for b in ds.batch(4096).as_numpy_iterator()])
+    elif args.npz:
+        if not os.path.exists(args.npz):
+            raise CommandError(f'no file at {args.npz}')
+        with np.load(args.npz) as f:
+            if 'images' not in f:
+                raise CommandError(f'{args.npz}: no "images" array (found {sorted(f.files)})')
+            images = f['images']
+            labels = f['labels'] if 'labels' in f else None
+        name = args.name or os.path.splitext(os.path.basename(args.npz))[0]
+    else:
+        images, sources = _read_image_folder(args.images_dir, shape, args.resize)
+        labels = None
+        name = args.name or os.path.basename(os.path.normpath(args.images_dir))
+    images = _fit_images(images, shape, args.resize, name)
+    result = score(model, images, name=name, batch_size=args.batch_size,
+                   model_name=os.path.basename(os.path.normpath(args.model_dir)))
+    if labels is not None:
+        result.labels = np.asarray(labels, np.int64)
+    os.makedirs(out, exist_ok=True)
+    result.save(files['scores.npz'])
+    keys = ['log_prob', 'bits_per_dim'] + [k for k in ('log_pz', 'log_det') if k in result.scores]
+    with open(files['scores.csv'], 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['index', 'source', 'label'] + keys)
+        for i in range(result.num_images):
+            writer.writerow([i, sources[i] if sources else i, int(result.labels[i])]
+                            + [f'{result.scores[k][i]:.6g}' for k in keys])
+    summary = dict(result.summary(), name=name, model_dir=args.model_dir)
+    with open(files['summary.json'], 'w') as f:
+        json.dump(summary, f, indent=2)
+    with open(files['summary.md'], 'w') as f:
+        f.write('| set | images | non-finite | bits/dim (mean ± std) | log p(x) nats (mean) |\n'
+                '|---|---:|---:|---:|---:|\n'
+                f'| {name} | {summary["num_images"]} | {summary["num_nonfinite"]} | '
+                f'{summary["bpd_mean"]:.4f} ± {summary["bpd_std"]:.4f} | '
+                f'{summary["log_prob_mean"]:.1f} |\n')
+    plotting.plot_histograms([result], files['histogram.png'], key='bits_per_dim')
+    print(f'{name}: {summary["num_images"]} images, bits/dim {summary["bpd_mean"]:.4f} ± '
+          f'{summary["bpd_std"]:.4f} ({summary["num_nonfinite"]} non-finite); wrote {out}')
+    return 0
+
+
+def _compare(args) -> int:
+    from tfp_ood import plotting
+    from tfp_ood.evaluate import ScoreResult
+    from tfp_ood.metrics import ood_metrics
+    results = []
+    for path in (args.in_scores, args.out_scores):
+        if not os.path.exists(path):
+            raise CommandError(f'no score file at {path}')
+        try:
+            results.append(ScoreResult.load(path))
+        except (KeyError, OSError, ValueError) as e:
+            raise CommandError(f'{path} is not a score file of tfp-ood score ({e})') from None
+    files = {k: os.path.join(args.output, k) for k in ('metrics.json', 'histogram.png')}
+    _check_outputs(files.values(), args.overwrite)
+    os.makedirs(args.output, exist_ok=True)
+    metrics = ood_metrics(results[0].log_prob, results[1].log_prob, nonfinite='lowest')
+    metrics.update(in_set=results[0].name, out_set=results[1].name)
+    with open(files['metrics.json'], 'w') as f:
+        json.dump(metrics, f, indent=2)
+    plotting.plot_histograms(results, files['histogram.png'], key=args.key)
+    print(f'{results[0].name} (in) vs {results[1].name} (out): AUROC {metrics["auroc"]:.4f}, '
+          f'AUPR-in {metrics["aupr_in"]:.4f}, AUPR-out {metrics["aupr_out"]:.4f}, '
+          f'FPR@95%TPR {metrics["fpr_at_95_tpr"]:.4f}; wrote {args.output}')
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     from tfp_ood import data, train
-    handlers = {'train': _train}
+    handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare}
     try:
         return handlers[args.verb](args)
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,

@@ -1,0 +1,168 @@
+"""SavedModel export that anyone can load with plain TensorFlow.
+
+The exported SavedModel has:
+
+- `serving_default` and `log_prob` signatures: one argument named `images`,
+  uint8 `[None, H, W, C]`, returning a dict of `[batch]` float32 tensors:
+  `log_prob` (nats per image), `bits_per_dim`, and for flows `log_pz` (the
+  distribution term) and `log_det` (the volume term);
+- a `sample` signature for models that can sample: `num_images` (int32
+  scalar) and `temperature` (float32 scalar) to uint8 images `images`;
+- the asset `assets/tfp_ood.json`: the model configuration, the image shape,
+  the outputs, and the training provenance (dataset and split, steps, wall
+  time, final bits/dim).
+
+Loading needs TensorFlow only, not tfp_ood or TFP:
+
+```python
+import tensorflow as tf
+model = tf.saved_model.load('saved_models/glow_cifar10')
+scores = model.signatures['serving_default'](images=tf.constant(images_uint8))
+scores['bits_per_dim']
+```
+
+`tfp_ood.export.load(path)` wraps a SavedModel as a `DensityModel`, so the
+shared evaluator and the command line score it like any other model.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Mapping, Optional
+
+import tensorflow as tf
+
+from tfp_ood.models.base import DensityModel
+
+__all__ = ['FLOW_OUTPUTS', 'METADATA_FILE', 'SavedModelAdapter', 'export', 'load',
+           'read_metadata']
+
+METADATA_FILE = 'tfp_ood.json'
+FORMAT = 'tfp_ood.saved_model/1'
+FLOW_OUTPUTS = ('log_pz', 'log_det')
+
+
+class _ExportModule(tf.Module):
+    """What is saved: the model's variables and three traced functions."""
+
+    def __init__(self, model: DensityModel, metadata_path: str):
+        super().__init__(name='tfp_ood_export')
+        self.model = model
+        self.metadata = tf.saved_model.Asset(metadata_path)
+        images = tf.TensorSpec((None,) + model.image_shape, tf.uint8, name='images')
+        self.log_prob = tf.function(self._log_prob, input_signature=[images])
+        if hasattr(model, 'sample'):
+            self.sample = tf.function(self._sample, input_signature=[
+                tf.TensorSpec([], tf.int32, name='num_images'),
+                tf.TensorSpec([], tf.float32, name='temperature')])
+
+    def _log_prob(self, images):
+        terms = self.model.log_prob_terms(images)
+        outputs = {'log_prob': terms['log_prob'],
+                   'bits_per_dim': self.model.bits_per_dim(terms['log_prob'])}
+        outputs.update({k: terms[k] for k in FLOW_OUTPUTS if k in terms})
+        return outputs
+
+    def _sample(self, num_images, temperature):
+        return {'images': self.model.sample(num_images, temperature=temperature)}
+
+
+def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any]] = None,
+           overwrite: bool = False) -> str:
+    """Writes `model` as a SavedModel at `path` (see the module docstring).
+
+    Args:
+      model: a `DensityModel` with `get_config()`.
+      path: output directory.
+      provenance: training provenance for the metadata asset (as `fit` writes
+        to `provenance.json`).
+      overwrite: replace an existing `path`.
+        Default value: `False`.
+
+    Returns:
+      `path`.
+
+    Raises:
+      FileExistsError: `path` exists and `overwrite` is `False`.
+    """
+    if os.path.exists(path):
+        if not overwrite:
+            raise FileExistsError(f'{path} already exists; pass overwrite=True (--overwrite) '
+                                  f'to replace it.')
+        shutil.rmtree(path)
+    metadata = {
+        'format': FORMAT,
+        'model': model.get_config(),
+        'image_shape': list(model.image_shape),
+        'outputs': ['log_prob', 'bits_per_dim'] + [
+            k for k in FLOW_OUTPUTS if k in model.term_names],
+        'can_sample': hasattr(model, 'sample'),
+        'provenance': dict(provenance or {}),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        metadata_path = os.path.join(tmp, METADATA_FILE)
+        with open(metadata_path, 'w') as f:
+            json.dump(metadata, f, indent=2)
+        module = _ExportModule(model, metadata_path)
+        signatures = {'serving_default': module.log_prob, 'log_prob': module.log_prob}
+        if metadata['can_sample']:
+            signatures['sample'] = module.sample
+        tf.saved_model.save(module, path, signatures=signatures)
+    return path
+
+
+def read_metadata(path: str) -> Dict[str, Any]:
+    """The `tfp_ood.json` asset of an exported SavedModel."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'No SavedModel directory at {path}.')
+    if not os.path.exists(os.path.join(path, 'saved_model.pb')):
+        raise FileNotFoundError(f'{path} is not a SavedModel: no saved_model.pb in it.')
+    metadata_path = os.path.join(path, 'assets', METADATA_FILE)
+    if not os.path.exists(metadata_path):
+        raise FileNotFoundError(f'{path} is a SavedModel but not a tfp_ood export: no '
+                                f'assets/{METADATA_FILE}.')
+    with open(metadata_path) as f:
+        metadata = json.load(f)
+    if metadata.get('format') != FORMAT:
+        raise ValueError(f'{metadata_path}: unknown format {metadata.get("format")!r}; '
+                         f'expected {FORMAT!r}.')
+    return metadata
+
+
+class SavedModelAdapter(DensityModel):
+    """An exported SavedModel seen as a `DensityModel` (for the evaluator)."""
+
+    def __init__(self, path: str):
+        metadata = read_metadata(path)
+        super().__init__(metadata['image_shape'], name='saved_model')
+        try:
+            self._loaded = tf.saved_model.load(path)
+        except Exception as e:  # TF raises assorted errors on corrupt files.
+            raise ValueError(f'Cannot load the SavedModel at {path}: {e}') from e
+        self.metadata = metadata
+        self.path = path
+        self.term_names = tuple(k for k in metadata['outputs']
+                                if k not in ('log_prob', 'bits_per_dim'))
+
+    def get_config(self) -> Dict[str, Any]:
+        return dict(self.metadata['model'])
+
+    def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
+        if noise is not None:
+            raise ValueError('A SavedModel scores with its built-in (midpoint) '
+                             'dequantization; noise cannot be passed.')
+        outputs = self._loaded.log_prob(images)
+        return {k: v for k, v in outputs.items() if k != 'bits_per_dim'}
+
+    def sample(self, num_images: int, temperature: float = 1.0, seed=None) -> tf.Tensor:
+        del seed
+        if not self.metadata['can_sample']:
+            raise ValueError(f'The model at {self.path} cannot sample.')
+        return self._loaded.sample(tf.constant(num_images, tf.int32),
+                                   tf.constant(temperature, tf.float32))['images']
+
+
+def load(path: str) -> SavedModelAdapter:
+    """Loads an exported SavedModel as a `DensityModel`."""
+    return SavedModelAdapter(path)
