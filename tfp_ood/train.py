@@ -352,12 +352,13 @@ def fit(model: DensityModel,
         json.dump(run_config, f, indent=2)
 
     with strategy.scope():
-        optimizer = tf_keras.optimizers.Adam(LinearWarmup(config.learning_rate,
-                                                          config.warmup_steps))
+        schedule = LinearWarmup(config.learning_rate, config.warmup_steps)
+        optimizer = tf_keras.optimizers.Adam(schedule)
         optimizer.build(model.trainable_variables)
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
-        wall_var = tf.Variable(0., dtype=tf.float64, trainable=False, name='wall_time')
-        skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='skipped')
+    # Host-side counters, outside the strategy's scope (not mirrored).
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+    wall_var = tf.Variable(0., dtype=tf.float64, trainable=False, name='wall_time')
+    skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='skipped')
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
                                      wall_time=wall_var, skipped=skipped_var)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, 'checkpoints'),
@@ -433,7 +434,7 @@ def fit(model: DensityModel,
                     summaries.scalars({
                         'train/loss': np.mean(losses), 'train/bits_per_dim': np.mean(losses),
                         'train/grad_norm': np.mean(norms),
-                        'train/learning_rate': float(optimizer.learning_rate),
+                        'train/learning_rate': float(schedule(optimizer.iterations.numpy())),
                         'train/images_per_s': images_per_s,
                         'train/skipped_steps': int(skipped_var)}, step)
                     bar.set_postfix(bpd=f'{np.mean(losses):.3f}', img_s=f'{images_per_s:.0f}')

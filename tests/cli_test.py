@@ -1,0 +1,219 @@
+"""The tfp-ood command line: every verb on tiny data, its error paths, and a real
+training subprocess killed and resumed."""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_ood import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_data(directory, n_train=128, n_test=48):
+    rng = np.random.default_rng(0)
+    for split, n in (('train', n_train), ('test', n_test)):
+        np.savez(os.path.join(directory, f'cifar10_{split}.npz'),
+                 images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                 labels=rng.integers(0, 10, n).astype(np.int64))
+
+
+def _run(*argv):
+    """Runs the CLI in-process; returns (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _train_args(workdir, data_dir, steps):
+    return ['train', '--config', 'tiny', '--dataset', 'cifar10', '--workdir', workdir,
+            '--steps', steps, '--batch-size', 16, '--checkpoint-every', 10,
+            '--eval-every', 100, '--num-eval-images', 32, '--data-dir', data_dir,
+            '--no-progress']
+
+
+class CliTest(tf.test.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.create_tempdir().full_path
+        self.data = os.path.join(self.dir, 'data')
+        os.makedirs(self.data)
+        _write_data(self.data)
+
+    def test_train_export_score_compare(self):
+        work, model = os.path.join(self.dir, 'run'), os.path.join(self.dir, 'model')
+        code, out, err = _run(*_train_args(work, self.data, 8))
+        self.assertEqual(code, 0, err)
+        self.assertIn('completed at step 8', out)
+        code, out, err = _run('export', '--workdir', work, '--output', model)
+        self.assertEqual(code, 0, err)
+        self.assertTrue(os.path.exists(os.path.join(model, 'saved_model.pb')))
+
+        # A dataset split, an .npz file and a folder of PNGs.
+        sets = os.path.join(self.dir, 'scores')
+        code, out, err = _run('score', '--model-dir', model, '--dataset', 'cifar10',
+                              '--split', 'test[:20]', '--data-dir', self.data,
+                              '--output', os.path.join(sets, 'test'))
+        self.assertEqual(code, 0, err)
+        self.assertIn('cifar10/test[:20]: 20 images', out)
+        for name in ('scores.csv', 'scores.npz', 'summary.json', 'summary.md', 'histogram.png'):
+            self.assertTrue(os.path.exists(os.path.join(sets, 'test', name)), name)
+        with open(os.path.join(sets, 'test', 'scores.csv')) as f:
+            header, first = f.readline().strip(), f.readline().strip().split(',')
+        self.assertEqual(header, 'index,source,label,log_prob,bits_per_dim,log_pz,log_det')
+        test_labels = np.load(os.path.join(self.data, 'cifar10_test.npz'))['labels']
+        self.assertEqual(int(first[2]), test_labels[0])
+
+        npz = os.path.join(self.dir, 'constant.npz')
+        np.savez(npz, images=np.full((10, 32, 32, 3), 128, np.uint8))
+        code, out, err = _run('score', '--model-dir', model, '--npz', npz, '--output',
+                              os.path.join(sets, 'constant'))
+        self.assertEqual(code, 0, err)
+
+        folder = os.path.join(self.dir, 'pngs')
+        os.makedirs(folder)
+        rng = np.random.default_rng(1)
+        for i in range(3):
+            png = tf.io.encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+            tf.io.write_file(os.path.join(folder, f'img{i}.png'), png)
+        code, out, err = _run('score', '--model-dir', model, '--images-dir', folder,
+                              '--output', os.path.join(sets, 'pngs'))
+        self.assertEqual(code, 0, err)
+        with open(os.path.join(sets, 'pngs', 'scores.csv')) as f:
+            self.assertEqual([line.split(',')[1] for line in f.readlines()[1:]],
+                             ['img0.png', 'img1.png', 'img2.png'])
+
+        code, out, err = _run('compare', os.path.join(sets, 'test', 'scores.npz'),
+                              os.path.join(sets, 'constant', 'scores.npz'),
+                              '--output', os.path.join(self.dir, 'compare'))
+        self.assertEqual(code, 0, err)
+        with open(os.path.join(self.dir, 'compare', 'metrics.json')) as f:
+            metrics = json.load(f)
+        self.assertEqual((metrics['num_in'], metrics['num_out']), (20, 10))
+        self.assertTrue(0. <= metrics['auroc'] <= 1.)
+
+        # Error paths: each a one-line message and exit status 2.
+        small = os.path.join(self.dir, 'small.npz')
+        np.savez(small, images=np.zeros((2, 16, 16, 3), np.uint8))
+        corrupt = os.path.join(self.dir, 'corrupt')
+        os.makedirs(os.path.join(corrupt, 'assets'))
+        with open(os.path.join(corrupt, 'saved_model.pb'), 'wb') as f:
+            f.write(b'\x00garbage')
+        with open(os.path.join(model, 'assets', 'tfp_ood.json')) as f:
+            metadata = f.read()
+        with open(os.path.join(corrupt, 'assets', 'tfp_ood.json'), 'w') as f:
+            f.write(metadata)
+        out_dir = os.path.join(self.dir, 'err')
+        cases = [
+            (('score', '--model-dir', os.path.join(self.dir, 'nope'), '--npz', npz,
+              '--output', out_dir), 'No SavedModel directory'),
+            (('score', '--model-dir', corrupt, '--npz', npz, '--output', out_dir),
+             'Cannot load the SavedModel'),
+            (('score', '--model-dir', model, '--npz', small, '--output', out_dir),
+             r'images are \[16, 16, 3\] but the model expects \[32, 32, 3\].*--resize'),
+            (('score', '--model-dir', model, '--npz', os.path.join(self.dir, 'x.npz'),
+              '--output', out_dir), 'no file at'),
+            (('score', '--model-dir', model, '--npz', npz, '--output',
+              os.path.join(sets, 'constant')), 'already exist.*--overwrite'),
+            (('score', '--model-dir', model, '--dataset', 'cifar11', '--output', out_dir),
+             "Unknown dataset 'cifar11'"),
+            (('score', '--model-dir', model, '--images-dir', os.path.join(self.dir, 'none'),
+              '--output', out_dir), 'no folder at'),
+            (('compare', os.path.join(self.dir, 'x.npz'), npz, '--output', out_dir),
+             'no score file'),
+            (('compare', npz, npz, '--output', out_dir), 'is not a score file'),
+            (('export', '--workdir', work, '--output', model), 'already exists'),
+            (('export', '--workdir', self.data, '--output', out_dir), 'not a run directory'),
+            (_train_args(work, self.data, 8) + ['--no-resume'], 'already holds a run'),
+        ]
+        for argv, pattern in cases:
+            code, out, err = _run(*argv)
+            self.assertEqual(code, 2, (argv, out, err))
+            self.assertRegex(err, pattern)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+        code, out, err = _run('score', '--model-dir', model, '--npz', small, '--resize',
+                              '--output', os.path.join(sets, 'resized'))
+        self.assertEqual(code, 0, err)
+        code, out, err = _run('score', '--model-dir', model, '--npz', npz, '--overwrite',
+                              '--output', os.path.join(sets, 'constant'))
+        self.assertEqual(code, 0, err)
+
+    def test_help(self):
+        for verb in ('train', 'export', 'score', 'compare'):
+            with self.assertRaises(SystemExit) as cm, \
+                    contextlib.redirect_stdout(io.StringIO()) as out:
+                cli.main([verb, '--help'])
+            self.assertEqual(cm.exception.code, 0)
+            self.assertIn('usage: tfp-ood', out.getvalue())
+
+
+def _latest_step(workdir):
+    path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+    return int(path.rsplit('-', 1)[1]) if path else 0
+
+
+class KillAndResumeTest(tf.test.TestCase):
+
+    def _start(self, workdir, data):
+        argv = [sys.executable, '-m', 'tfp_ood.cli'] + [str(a) for a in
+                                                       _train_args(workdir, data, 300)]
+        return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+
+    def _wait_for_checkpoint(self, process, workdir, after):
+        deadline = time.monotonic() + 240
+        while _latest_step(workdir) <= after:
+            if process.poll() is not None:
+                self.fail(f'training ended early: {process.communicate()}')
+            self.assertLess(time.monotonic(), deadline, 'no checkpoint in time')
+            time.sleep(0.05)
+        return _latest_step(workdir)
+
+    def test_sigterm_and_sigkill_then_resume(self):
+        directory = self.create_tempdir().full_path
+        _write_data(directory, n_train=256)
+        workdir = os.path.join(directory, 'run')
+
+        process = self._start(workdir, directory)
+        self._wait_for_checkpoint(process, workdir, 0)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+        self.assertEqual(process.returncode, 0, err[-2000:])
+        with open(os.path.join(workdir, 'provenance.json')) as f:
+            provenance = json.load(f)
+        self.assertEqual(provenance['stop_reason'], 'stopped by SIGTERM')
+        stopped_at = provenance['steps']
+        self.assertLess(stopped_at, 300)
+        self.assertEqual(_latest_step(workdir), stopped_at)  # Saved on the way out.
+
+        process = self._start(workdir, directory)
+        seen = self._wait_for_checkpoint(process, workdir, stopped_at)
+        process.kill()  # SIGKILL: no chance to save.
+        process.communicate(timeout=60)
+        killed_at = _latest_step(workdir)
+        self.assertGreaterEqual(killed_at, seen)
+        self.assertLess(killed_at, 300)
+
+        process = self._start(workdir, directory)
+        out, err = process.communicate(timeout=300)
+        self.assertEqual(process.returncode, 0, err[-2000:])
+        self.assertIn('completed at step 300', out)
+        with open(os.path.join(workdir, 'history.jsonl')) as f:
+            steps = [json.loads(line)['step'] for line in f]
+        self.assertEqual(steps, [100, 200, 300])
+        self.assertEqual(_latest_step(workdir), 300)
+
+
+if __name__ == '__main__':
+    tf.test.main()

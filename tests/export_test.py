@@ -1,0 +1,100 @@
+"""SavedModel export: the same numbers after reloading in a fresh process that never
+imports tfp_ood or TFP."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+from tfp_ood import export, models
+from tfp_ood.config import GlowConfig
+
+SHAPE = (8, 8, 3)
+
+_FRESH_PROCESS = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    path, data = sys.argv[1], np.load(sys.argv[2])
+    model = tf.saved_model.load(path)
+    outputs = model.signatures['serving_default'](images=tf.constant(data['images']))
+    direct = model.log_prob(tf.constant(data['images']))
+    samples = model.signatures['sample'](num_images=tf.constant(3),
+                                         temperature=tf.constant(0.7))['images']
+    with open(f'{path}/assets/tfp_ood.json') as f:
+        metadata = json.load(f)
+    leaked = sorted(m for m in sys.modules
+                    if m.split('.')[0] in ('tfp_ood', 'tensorflow_probability', 'tf_keras'))
+    print(json.dumps({
+        'outputs': {k: v.numpy().tolist() for k, v in outputs.items()},
+        'direct': {k: v.numpy().tolist() for k, v in direct.items()},
+        'sample_shape': samples.shape.as_list(), 'sample_dtype': samples.dtype.name,
+        'metadata': metadata, 'leaked_modules': leaked}))
+''')
+
+
+class ExportTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.named_parameters(('Glow', 'glow'), ('CVGlow', 'cv_glow'))
+    def test_round_trip_in_fresh_process_without_tfp_ood(self, family):
+        config = GlowConfig(image_shape=SHAPE, num_levels=2, num_steps_per_level=1,
+                            hidden_channels=8)
+        model = models.from_config(dict(family=family, **config.to_dict()))
+        images = np.random.default_rng(0).integers(0, 256, (5,) + SHAPE, dtype=np.uint8)
+        model.initialize(images)
+        for v in model.trainable_variables:
+            v.assign_add(0.05 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
+        expected = {k: v.numpy() for k, v in model.score_batch(images).items()}
+        directory = self.create_tempdir().full_path
+        path = export.export(model, os.path.join(directory, 'model'),
+                             provenance={'data': {'dataset': 'random'}, 'steps': 0})
+        data_path = os.path.join(directory, 'data.npz')
+        np.savez(data_path, images=images)
+        run = subprocess.run([sys.executable, '-c', _FRESH_PROCESS, path, data_path],
+                             capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        report = json.loads(run.stdout.strip().splitlines()[-1])
+        self.assertEqual(report['leaked_modules'], [])
+        self.assertEqual(sorted(report['outputs']),
+                         ['bits_per_dim', 'log_det', 'log_prob', 'log_pz'])
+        for outputs in (report['outputs'], report['direct']):
+            for key, values in outputs.items():
+                self.assertAllClose(values, expected[key], rtol=1e-6, atol=1e-4)
+        self.assertEqual(report['sample_shape'], [3, *SHAPE])
+        self.assertEqual(report['sample_dtype'], 'uint8')
+        metadata = report['metadata']
+        self.assertEqual(metadata['model'], model.get_config())
+        self.assertEqual(metadata['provenance']['data'], {'dataset': 'random'})
+        # The adapter scores the SavedModel like any model.
+        adapter = export.load(path)
+        self.assertAllClose(adapter.score_batch(images)['log_prob'], expected['log_prob'],
+                            rtol=1e-6)
+        with self.assertRaisesRegex(FileExistsError, 'already exists'):
+            export.export(model, path)
+
+    def test_load_errors(self):
+        directory = self.create_tempdir().full_path
+        with self.assertRaisesRegex(FileNotFoundError, 'No SavedModel directory'):
+            export.load(os.path.join(directory, 'missing'))
+        with self.assertRaisesRegex(FileNotFoundError, 'no saved_model.pb'):
+            export.load(directory)
+        os.makedirs(os.path.join(directory, 'assets'))
+        with open(os.path.join(directory, 'saved_model.pb'), 'wb') as f:
+            f.write(b'not a protobuf')
+        with self.assertRaisesRegex(FileNotFoundError, 'not a tfp_ood export'):
+            export.load(directory)
+        with open(os.path.join(directory, 'assets', export.METADATA_FILE), 'w') as f:
+            json.dump({'format': export.FORMAT, 'image_shape': [8, 8, 3], 'outputs': [],
+                       'model': {}, 'can_sample': False}, f)
+        with self.assertRaisesRegex(ValueError, 'Cannot load the SavedModel'):
+            export.load(directory)
+
+
+if __name__ == '__main__':
+    tf.test.main()

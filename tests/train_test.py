@@ -1,0 +1,208 @@
+"""Tests of fit(): training, exact resume, refusal of other runs, non-finite guard,
+TensorBoard tags, and the two-device strategy against one device."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tfp_ood import models, train
+from tfp_ood.config import GlowConfig
+from tfp_ood.models import DensityModel
+
+SHAPE = (8, 8, 3)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _images(n=96, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n,) + SHAPE, dtype=np.uint8)
+
+
+def _model(hidden=8):
+    return models.from_config(dict(family='glow', **GlowConfig(
+        image_shape=SHAPE, num_levels=2, num_steps_per_level=1,
+        hidden_channels=hidden).to_dict()))
+
+
+def _config(**kwargs):
+    defaults = dict(num_steps=12, batch_size=16, warmup_steps=2, checkpoint_every=4,
+                    eval_every=6, log_every=2, num_init_images=64)
+    defaults.update(kwargs)
+    return train.TrainConfig(**defaults)
+
+
+def _weights(model):
+    return [v.numpy() for v in model.trainable_variables]
+
+
+class _Toy(DensityModel):
+    """A factorised Gaussian over pixels whose likelihood is NaN for any batch that
+    holds an image whose first pixel is 255 (to exercise the non-finite guard)."""
+
+    def __init__(self, always_nan=False):
+        super().__init__(SHAPE, name='toy')
+        self.loc = tf.Variable(tf.zeros(SHAPE))
+        self.always_nan = always_nan
+
+    def get_config(self):
+        return {'family': 'toy', 'always_nan': self.always_nan}
+
+    def log_prob_terms(self, images, noise=None):
+        x = tf.cast(images, tf.float32) / 255.
+        log_prob = -tf.reduce_sum((x - self.loc) ** 2, axis=[1, 2, 3])
+        poison = tf.reduce_any(images[:, 0, 0, 0] == 255) | self.always_nan
+        return {'log_prob': tf.where(poison, np.nan, log_prob)}
+
+
+class FitTest(tf.test.TestCase):
+
+    def test_trains_and_writes_run_directory(self):
+        workdir = self.create_tempdir().full_path
+        images = _images()
+        model = _model()
+        result = train.fit(model, images, _config(), workdir, eval_sets={'held': images[:32]},
+                           data_info={'dataset': 'random'}, progress=False)
+        self.assertEqual(result.step, 12)
+        self.assertEqual(result.stop_reason, 'completed')
+        self.assertEqual([r['step'] for r in result.history], [6, 12])
+        self.assertLess(result.history[-1]['held/bits_per_dim'],
+                        result.history[0]['held/bits_per_dim'])
+        for name in ('config.json', 'history.jsonl', 'provenance.json'):
+            self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+        with open(os.path.join(workdir, 'provenance.json')) as f:
+            provenance = json.load(f)
+        self.assertEqual(provenance['steps'], 12)
+        self.assertEqual(provenance['data'], {'dataset': 'random'})
+        self.assertIn('held/bits_per_dim', provenance['final_eval'])
+        self.assertEqual(tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))[-7:],
+                         'ckpt-12')
+
+    def test_resume_gives_the_uninterrupted_result(self):
+        images = _images()
+        straight = _model()
+        train.fit(straight, images, _config(), self.create_tempdir().full_path, progress=False)
+        workdir = self.create_tempdir().full_path
+        first = _model()
+        self.assertEqual(train.fit(first, images, _config(num_steps=5), workdir,
+                                   progress=False).step, 5)
+        resumed = _model()  # A new process would build a fresh model.
+        result = train.fit(resumed, images, _config(), workdir, progress=False)
+        self.assertEqual(result.step, 12)
+        for a, b in zip(_weights(straight), _weights(resumed)):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+        # restore_latest loads the same weights for export or scoring.
+        fresh = _model()
+        self.assertEqual(train.restore_latest(fresh, workdir), 12)
+        for a, b in zip(_weights(fresh), _weights(resumed)):
+            self.assertAllEqual(a, b)
+
+    def test_refuses_a_run_of_another_configuration(self):
+        workdir = self.create_tempdir().full_path
+        images = _images()
+        train.fit(_model(), images, _config(num_steps=4), workdir, progress=False)
+        with self.assertRaisesRegex(train.ConfigMismatchError, 'hidden_channels'):
+            train.fit(_model(hidden=16), images, _config(), workdir, progress=False)
+        with self.assertRaisesRegex(train.ConfigMismatchError, 'batch_size: 16 != 32'):
+            train.fit(_model(), images, _config(batch_size=32), workdir, progress=False)
+        with self.assertRaisesRegex(train.ConfigMismatchError, 'data'):
+            train.fit(_model(), images, _config(), workdir, data_info={'dataset': 'x'},
+                      progress=False)
+        with self.assertRaisesRegex(train.ConfigMismatchError, 'is of model'):
+            train.restore_latest(_model(hidden=16), workdir)
+        # More steps is the same run: it resumes.
+        self.assertEqual(train.fit(_model(), images, _config(num_steps=6), workdir,
+                                   progress=False).step, 6)
+
+    def test_nonfinite_steps_are_skipped_and_counted(self):
+        images = _images(seed=1)
+        images[:, 0, 0, 0] = np.minimum(images[:, 0, 0, 0], 254)
+        images[::10, 0, 0, 0] = 255  # Poisons some batches.
+        model = _Toy()
+        result = train.fit(model, images, _config(num_steps=20), self.create_tempdir().full_path,
+                           progress=False)
+        self.assertEqual(result.step, 20)
+        self.assertGreater(result.skipped_steps, 0)
+        self.assertLess(result.skipped_steps, 20)
+        self.assertTrue(np.all(np.isfinite(model.loc.numpy())))
+
+        model = _Toy(always_nan=True)
+        workdir = self.create_tempdir().full_path
+        with self.assertRaisesRegex(train.TrainingDivergedError, '5 consecutive steps'):
+            train.fit(model, images, _config(max_consecutive_nonfinite=5), workdir,
+                      progress=False)
+        self.assertAllEqual(model.loc.numpy(), np.zeros(SHAPE))  # Never updated.
+
+    def test_tensorboard_tags(self):
+        workdir = self.create_tempdir().full_path
+        images = _images()
+        train.fit(_model(), images, _config(num_steps=6), workdir,
+                  eval_sets={'held': images[:32]}, progress=False)
+        events = EventAccumulator(os.path.join(workdir, 'logs'))
+        events.Reload()
+        tags = set(events.Tags()['tensors'])
+        expected = {'config', 'train/loss', 'train/bits_per_dim', 'train/learning_rate',
+                    'train/grad_norm', 'train/images_per_s', 'train/skipped_steps',
+                    'eval/held/bits_per_dim', 'eval/held/log_prob', 'eval/held/log_pz',
+                    'eval/held/log_det', 'samples/temperature_0.7', 'samples/temperature_1.0'}
+        self.assertEqual(expected - tags, set())
+
+    def test_bad_arguments(self):
+        with self.assertRaisesRegex(ValueError, 'fewer than one batch'):
+            train.fit(_model(), _images(8), _config(), self.create_tempdir().full_path,
+                      progress=False)
+        with self.assertRaisesRegex(ValueError, 'TrainConfig.batch_size must be >= 1'):
+            _config(batch_size=0)
+        with self.assertRaisesRegex(ValueError, 'got dtype float32'):
+            train.fit(_model(), _images().astype(np.float32), _config(),
+                      self.create_tempdir().full_path, progress=False)
+
+
+_TWO_DEVICES = textwrap.dedent('''
+    import json, sys, tempfile
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tests.train_test import _config, _images, _model
+    from tfp_ood import train
+    images = _images()
+    weights = {}
+    for name, strategy in (('one', tf.distribute.get_strategy()),
+                           ('two', tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))):
+        with strategy.scope():
+            model = _model()
+        result = train.fit(model, images, _config(num_steps=6), tempfile.mkdtemp(),
+                           strategy=strategy, progress=False)
+        weights[name] = [v.numpy() for v in model.trainable_variables]
+        print(name, strategy.num_replicas_in_sync, result.step)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights['one'], weights['two']))
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(weights['one'], [v.numpy() for v in _model().trainable_variables]))
+    print(json.dumps({'max_diff': diff, 'moved': moved}))
+''')
+
+
+class StrategyTest(tf.test.TestCase):
+
+    def test_two_logical_devices_match_one(self):
+        # Logical devices must be configured before TensorFlow starts: a subprocess.
+        run = subprocess.run([sys.executable, '-c', _TWO_DEVICES], cwd=REPO,
+                             capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        lines = run.stdout.strip().splitlines()
+        self.assertIn('one 1 6', lines)
+        self.assertIn('two 2 6', lines)
+        report = json.loads(lines[-1])
+        self.assertGreater(report['moved'], 1e-3)  # Training did change the weights...
+        self.assertLess(report['max_diff'], 1e-4)  # ...identically on one and two devices.
+
+
+if __name__ == '__main__':
+    tf.test.main()
