@@ -165,8 +165,8 @@ def _latest_step(workdir):
 class KillAndResumeTest(tf.test.TestCase):
 
     def _start(self, workdir, data):
-        argv = [sys.executable, '-m', 'tfp_ood.cli'] + [str(a) for a in
-                                                       _train_args(workdir, data, 300)]
+        args = _train_args(workdir, data, 300)
+        argv = [sys.executable, '-m', 'tfp_ood.cli'] + [str(a) for a in args]
         return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True,
                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))

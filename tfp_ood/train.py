@@ -43,6 +43,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional
@@ -406,9 +407,11 @@ def fit(model: DensityModel,
     t0 = time.monotonic()
     stop_reason = 'completed'
     try:
+        # Redraw every second on a terminal, every minute into a log file.
+        interval = 1.0 if sys.stderr.isatty() else 60.0
         with _stop_on_signals(stop), tqdm(initial=start, total=config.num_steps,
                                           desc='training', unit='step', disable=not progress,
-                                          mininterval=1.0) as bar:
+                                          mininterval=interval) as bar:
             for images, noise in batches:
                 loss, norm, ok = train_step(images, noise)
                 step += 1
