@@ -1,5 +1,6 @@
 """Tests of the data layer: local arrays, TFDS (mocked), splits, synthetic data."""
 
+import json
 import os
 import time
 
@@ -8,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl.testing import parameterized
 
-from tfp_ood import data
+from tfp_ood import data, samples
 
 
 def _write_npz(directory, name, split, n=20, shape=(32, 32, 3), labels=True):
@@ -128,6 +129,38 @@ class TfdsTest(tf.test.TestCase):
                 self.assertEqual(example['image'].shape, (32, 32, 3))
                 self.assertEqual(example['image'].dtype, np.uint8)
                 self.assertEqual(example['label'], -1)
+
+
+class EmbeddedSamplesTest(tf.test.TestCase):
+
+    def test_samples_match_manifest(self):
+        with open(os.path.join(samples.SAMPLES_DIR, 'manifest.json')) as f:
+            manifest = json.load(f)
+        self.assertEqual(sorted(manifest), sorted(samples.SAMPLES))
+        for name, spec in data.DATASETS.items():
+            if name not in samples.SAMPLES:
+                continue
+            ds = data.load(name, 'test', source='samples')
+            images = data.images_array(ds)
+            self.assertEqual(images.shape, (2000,) + spec.image_shape)
+            self.assertEqual(list(images.shape), manifest[name]['shape'])
+            self.assertEqual(images.dtype, np.uint8)
+            self.assertGreater(images.std(), 20)  # Real images, not blanks.
+        self.assertEqual(manifest['svhn_cropped']['indices'], [8000, 10000])
+        self.assertLen(list(data.load('mnist', 'test[:10]', source='samples')), 10)
+        with self.assertRaisesRegex(ValueError, 'embedded samples hold the "test" split'):
+            data.load('cifar10', 'train', source='samples')
+        with self.assertRaisesRegex(ValueError, 'embedded samples'):
+            data.load('cifar100', 'test', source='samples')
+
+    def test_samples_equal_the_full_arrays(self):
+        shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              '..', 'shared', 'data')
+        if not os.path.exists(os.path.join(shared, 'svhn_cropped_test.npz')):
+            self.skipTest('../shared/data is not beside the repository')
+        sample, _ = data.load_arrays('svhn_cropped', 'test', data_dir=samples.SAMPLES_DIR)
+        full, _ = data.load_arrays('svhn_cropped', 'test[8000:10000]', data_dir=shared)
+        self.assertAllEqual(sample, full)
 
 
 class SyntheticTest(tf.test.TestCase):

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 DATA_DIR_ENV = 'TFP_OOD_DATA_DIR'
-SOURCES = ('auto', 'local', 'tfds')
+SOURCES = ('auto', 'local', 'tfds', 'samples')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,8 +261,9 @@ def load(name: str, split: str, data_dir: Optional[str] = None,
         `'train[:5000]'`, `'test[7000:]'`, `'train[:10%]'`.
       data_dir: directory of local arrays `<name>_<split>.npz`.
         Default value: `$TFP_OOD_DATA_DIR` if set.
-      source: `'auto'` (local arrays if found, else TFDS), `'local'` or
-        `'tfds'`.
+      source: `'auto'` (local arrays if found, else TFDS), `'local'`,
+        `'tfds'`, or `'samples'`: the 2,000-image test samples embedded in the
+        package (`tfp_ood.samples`: CIFAR-10, SVHN, FashionMNIST, MNIST).
         Default value: `'auto'`.
       tfds_data_dir: TFDS data directory.
         Default value: TFDS's own default.
@@ -282,6 +283,12 @@ def load(name: str, split: str, data_dir: Optional[str] = None,
     if source not in SOURCES:
         raise ValueError(f'source must be one of {SOURCES}; got {source!r}.')
     instructions = _parse_split(spec, split)
+    if source == 'samples':
+        from tfp_ood import samples  # The package's embedded data.
+        if name not in samples.SAMPLES or any(i.split_name != 'test' for i in instructions):
+            raise ValueError(f'The embedded samples hold the "test" split of '
+                             f'{sorted(samples.SAMPLES)}; got {name!r} split {split!r}.')
+        data_dir, source = samples.SAMPLES_DIR, 'local'
     data_dir = _data_dir(data_dir)
     have_local = data_dir is not None and all(
         os.path.exists(local_path(name, i.split_name, data_dir)) for i in instructions)
