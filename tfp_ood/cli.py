@@ -36,7 +36,7 @@ def _add_data_args(parser):
     parser.add_argument('--data-dir', default=None,
                         help='directory of <name>_<split>.npz arrays (default: '
                              '$TFP_OOD_DATA_DIR; without one, TFDS)')
-    parser.add_argument('--source', default='auto', choices=('auto', 'local', 'tfds'),
+    parser.add_argument('--source', default='auto', choices=('auto', 'local', 'tfds', 'samples'),
                         help='where images come from (default: auto)')
     parser.add_argument('--download', action='store_true',
                         help='let TFDS download missing datasets (needs internet)')
@@ -123,13 +123,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_images(name: str, split: str, args):
-    from tfp_ood import data
-    ds = data.load(name, split, data_dir=args.data_dir, source=args.source,
-                   download=args.download)
-    return data.images_array(ds)
-
-
 def _strategy(name: str):
     import tensorflow as tf
     if name == 'mirrored':
@@ -140,34 +133,19 @@ def _strategy(name: str):
 
 
 def _train(args) -> int:
-    from tfp_ood import data, models, train
-    from tfp_ood.config import GlowConfig
+    from tfp_ood import train
     if not args.resume and train.load_run_config(args.workdir) is not None:
         raise CommandError(f'{args.workdir} already holds a run and --no-resume was given; '
                            f'choose another --workdir.')
-    spec = data.DATASETS.get(args.dataset)
-    if spec is None:
-        raise CommandError(f'unknown dataset {args.dataset!r}; expected one of '
-                           f'{sorted(data.DATASETS)}')
-    train_images = _load_images(args.dataset, args.split, args)
-    eval_specs = args.eval_sets or [(args.dataset, 'test')]
-    eval_sets = {f'{name}/{split}': _load_images(name, split, args)[:args.num_eval_images]
-                 for name, split in eval_specs}
     config = train.TrainConfig(
         num_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps, clip_norm=args.clip_norm,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         num_eval_images=args.num_eval_images, seed=args.seed)
-    strategy = _strategy(args.strategy)
-    coupling = 'affine' if args.model == 'glow' else 'additive'
-    glow_config = GlowConfig.named(args.config, spec.image_shape, coupling=coupling,
-                                   seed=args.seed)
-    with strategy.scope():
-        model = models.from_config(dict(family=args.model, **glow_config.to_dict()))
-    result = train.fit(model, train_images, config, args.workdir, eval_sets=eval_sets,
-                       strategy=strategy, progress=args.progress,
-                       data_info={'dataset': args.dataset, 'split': args.split,
-                                  'num_images': int(len(train_images))})
+    _, result = train.train_on_dataset(
+        args.model, args.config, args.dataset, args.split, args.workdir, config,
+        eval_specs=args.eval_sets, data_dir=args.data_dir, source=args.source,
+        download=args.download, strategy=_strategy(args.strategy), progress=args.progress)
     last = result.history[-1] if result.history else {}
     print(f'{result.stop_reason} at step {result.step} after {result.wall_time:.0f} s; '
           f'last evaluation: {last}')

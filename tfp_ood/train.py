@@ -46,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -58,7 +58,8 @@ from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.summaries import Summaries
 
 __all__ = ['ConfigMismatchError', 'LinearWarmup', 'TrainConfig', 'TrainResult',
-           'TrainingDivergedError', 'fit', 'load_run_config', 'restore_latest']
+           'TrainingDivergedError', 'fit', 'load_run_config', 'restore_latest',
+           'train_on_dataset']
 
 # Training-config fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = ('num_steps', 'checkpoint_every', 'eval_every', 'log_every',
@@ -463,3 +464,55 @@ def fit(model: DensityModel,
         json.dump(provenance, f, indent=2)
     return TrainResult(step=step, wall_time=float(wall_var), skipped_steps=int(skipped_var),
                        history=history, stop_reason=stop_reason)
+
+
+def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
+                     workdir: str, config: TrainConfig,
+                     eval_specs: Optional[List[Tuple[str, str]]] = None,
+                     data_dir: Optional[str] = None, source: str = 'auto',
+                     download: bool = False, strategy: Optional[tf.distribute.Strategy] = None,
+                     progress: bool = True) -> Tuple[DensityModel, TrainResult]:
+    """Builds a named model for a registry dataset and trains it with `fit`.
+
+    What `tfp-ood train` and the examples' `--retrain` run.
+
+    Args:
+      family: `'glow'` or `'cv_glow'`.
+      config_name: a named configuration (`'paper'`, `'cpu'`, `'tiny'`).
+      dataset: training dataset (registry name) and `split` its split.
+      workdir: run directory.
+      config: the `TrainConfig`; `config.seed` also seeds the weights.
+      eval_specs: held-out `(dataset, split)` pairs, scored during training.
+        Default value: the test split of `dataset`.
+      data_dir, source, download: as in `tfp_ood.data.load`.
+      strategy: a `tf.distribute.Strategy`.
+
+    Returns:
+      The trained model and the `TrainResult`.
+    """
+    from tfp_ood import data, models  # Avoids a cycle: models need nothing from here.
+    from tfp_ood.config import GlowConfig
+    if family not in models.FAMILIES:
+        raise ValueError(f'Unknown model family {family!r}; expected one of '
+                         f'{sorted(models.FAMILIES)}.')
+    spec = data.DATASETS.get(dataset)
+    if spec is None:
+        raise ValueError(f'Unknown dataset {dataset!r}; expected one of {sorted(data.DATASETS)}.')
+
+    def images(name, split_):
+        return data.images_array(data.load(name, split_, data_dir=data_dir, source=source,
+                                           download=download))
+
+    train_images = images(dataset, split)
+    eval_sets = {f'{name}/{split_}': images(name, split_)[:config.num_eval_images]
+                 for name, split_ in (eval_specs or [(dataset, 'test')])}
+    strategy = strategy or tf.distribute.get_strategy()
+    coupling = 'affine' if family == 'glow' else 'additive'
+    glow_config = GlowConfig.named(config_name, spec.image_shape, coupling=coupling,
+                                   seed=config.seed)
+    with strategy.scope():
+        model = models.from_config(dict(family=family, **glow_config.to_dict()))
+    result = fit(model, train_images, config, workdir, eval_sets=eval_sets, strategy=strategy,
+                 progress=progress, data_info={'dataset': dataset, 'split': split,
+                                               'num_images': int(len(train_images))})
+    return model, result
