@@ -1,96 +1,84 @@
-r"""CIFAR-10 against SVHN: the paper's headline experiment.
+r"""CIFAR-10 against SVHN: the paper's headline experiment (Nalisnick et al., 2019).
 
-Scores CIFAR-10 train and test, SVHN test, constant images (value 128),
-uniform random images and grayscale CIFAR-10 test and SVHN test under a Glow
-and a CV-Glow, and writes to `--out`: `bpd_table.csv` / `.md`, per-image
-scores, the log p(x) histogram of CIFAR-10 test against SVHN test (the
-paper's Figure 1), the distribution/volume term histograms and `metrics.json`
-(AUROC of raw likelihood, CIFAR-10 test in, SVHN test out).
+Scores CIFAR-10 train and test, SVHN test, constant images (value 128), uniform
+random images, and grayscale CIFAR-10 test and SVHN test under the Glow and
+the CV-Glow trained on CIFAR-10 (and any other CIFAR-10 model in
+saved_models/), and writes to --out: bpd_table.csv / .md (the paper's numbers
+beside ours), per-image scores, the log p(x) histogram of CIFAR-10 test against
+SVHN test (the paper's Figure 1), the distribution- and volume-term histograms,
+metrics.json (AUROC of raw likelihood, CIFAR-10 test in, SVHN test out),
+summary.json, and TensorBoard logs (--out/tensorboard).
 
-The models here are freshly initialised (ActNorm's data-dependent
-initialisation on CIFAR-10 training images, no training): this run shows the
-pipeline end to end on real data.
+    python examples/cifar_svhn.py                                # embedded samples
+    python examples/cifar_svhn.py --data-dir ../shared/data      # full test sets
+    python examples/cifar_svhn.py --reverse --data-dir ../shared/data   # train on SVHN
+    python examples/cifar_svhn.py --retrain --data-dir ../shared/data   # train first
 
-    python examples/cifar_svhn.py --data-dir ../shared/data --out results/cifar_svhn
+--reverse uses the Glow trained on SVHN: with local arrays its training set is
+the first 7,000 images of the SVHN test split and its in-distribution test set
+the rest (test[7000:]); with --source tfds, SVHN's real train and test splits.
 """
 
-import argparse
-import os
+import common  # examples/common.py
 
 from tfp_ood import data, report
-from tfp_ood.config import GLOW_CONFIG_NAMES, GlowConfig
-from tfp_ood.models import FlowModel
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--data-dir', default=None, help='directory of <name>_<split>.npz '
-                        'arrays (default: $TFP_OOD_DATA_DIR, else TFDS)')
-    parser.add_argument('--source', default='auto', choices=data.SOURCES,
-                        help='where images come from')
-    parser.add_argument('--out', default='results/cifar_svhn', help='results folder')
-    parser.add_argument('--config', default='cpu', choices=GLOW_CONFIG_NAMES,
-                        help='Glow configuration')
-    parser.add_argument('--num-images', type=int, default=None,
-                        help='score at most this many images per set')
-    parser.add_argument('--num-train-images', type=int, default=10000,
-                        help='CIFAR-10 training images to score')
-    parser.add_argument('--init-images', type=int, default=512,
-                        help='training images for ActNorm initialisation')
-    parser.add_argument('--batch-size', type=int, default=256, help='images per evaluator call')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the initial weights')
-    parser.add_argument('--untrained', action='store_true',
-                        help='score under freshly initialised models (no training): '
-                             'checks the pipeline end to end on real data')
-    return parser.parse_args(argv)
-
 
 SHAPE = (32, 32, 3)
-IN_SET, OUT_SET = 'cifar10/test', 'svhn_cropped/test'
-
-
-def datasets(args):
-    n = args.num_images
-
-    def load(name, split):
-        ds = data.load(name, split, data_dir=args.data_dir, source=args.source)
-        return ds.take(n) if n else ds
-
-    sets = {
-        'cifar10/train': load('cifar10', f'train[:{args.num_train_images}]'),
-        IN_SET: load('cifar10', 'test'),
-        OUT_SET: load('svhn_cropped', 'test'),
-        'constant_128': data.constant_images(128, SHAPE, min(n or 1000, 1000)),
-        'uniform_noise': data.uniform_noise_images(SHAPE, min(n or 1000, 1000), seed=0),
-    }
-    sets['cifar10/test (gray)'] = data.grayscale(sets[IN_SET])
-    sets['svhn_cropped/test (gray)'] = data.grayscale(sets[OUT_SET])
-    return sets
+CIFAR_MODELS = (('glow_cifar10', 'glow'), ('cvglow_cifar10', 'cv_glow'),
+                ('pixelcnn_cifar10', 'pixelcnn'), ('vae_cifar10', 'vae'))
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if not args.untrained:
-        print('Pretrained models are not shipped yet: scoring under freshly initialised '
-              'models, as with --untrained.')
-    init = data.images_array(data.load('cifar10', f'train[:{args.init_images}]',
-                                       data_dir=args.data_dir, source=args.source))
+    parser = common.parser(__doc__.split('\n')[0], 'results/cifar_svhn')
+    parser.add_argument('--reverse', action='store_true',
+                        help='train on SVHN and score CIFAR-10 (the effect is asymmetric)')
+    parser.add_argument('--num-train-images', type=int, default=10000,
+                        help='training images to score (local arrays or TFDS only)')
+    args = parser.parse_args(argv)
+    source = common.Source(args)
+    svhn_train, svhn_test = (('train', 'test') if source.tfds or source.samples
+                             else ('test[:7000]', 'test[7000:]'))
+    if args.reverse:
+        train_set, in_set, out_set = 'svhn_cropped', f'svhn_cropped/{svhn_test}', 'cifar10/test'
+        specs = [('glow_svhn', 'glow')]
+        train_split = svhn_train
+        eval_specs = [('svhn_cropped', svhn_test), ('cifar10', 'test')]
+    else:
+        train_set, in_set, out_set = 'cifar10', 'cifar10/test', f'svhn_cropped/{svhn_test}'
+        specs = [s for s in CIFAR_MODELS if s[1] in ('glow', 'cv_glow') or not
+                 (args.retrain or args.untrained)]
+        train_split = 'train'
+        eval_specs = [('cifar10', 'test'), ('svhn_cropped', svhn_test)]
+    if source.samples:  # The samples are the test splits only; SVHN's is 8,000-9,999.
+        in_set, out_set = [s.split('[')[0] for s in (in_set, out_set)]
+
     models = {}
-    for coupling in ('affine', 'additive'):
-        config = GlowConfig.named(args.config, SHAPE, coupling=coupling, seed=args.seed)
-        model = FlowModel.from_config(config)
-        model.initialize(init, seed=args.seed)
-        models[f'{config.family}_{args.config}_untrained'] = model
-    results = report.score_all(models, datasets(args), args.out, batch_size=args.batch_size)
-    families = {name: m.config.family for name, m in models.items()}
-    rows = report.bpd_rows(results, families, {name: 'untrained' for name in models})
-    _, md_path = report.write_bpd_table(rows, args.out)
-    metrics = report.write_ood_report(results, list(models), IN_SET, OUT_SET, args.out)
-    with open(md_path) as f:
-        print('Bits/dim (untrained models):\n' + f.read())
-    for name, m in metrics.items():
-        print(f'{name}: AUROC {m["auroc"]:.3f} ({IN_SET} in, {OUT_SET} out)')
-    print(f'Results written to {os.path.abspath(args.out)}')
+    for name, family in specs:
+        entry = common.get_model(args, source, name, family, train_set, train_split, eval_specs)
+        if entry is not None:
+            models[name] = entry
+    if not models:
+        raise SystemExit('No model to score: see the messages above.')
+
+    n_synthetic = min(args.num_synthetic, args.num_images or args.num_synthetic)
+    sets = {}
+    if not source.samples:  # Training images (the first --num-train-images).
+        split = train_split if args.reverse else f'train[:{args.num_train_images}]'
+        sets[f'{train_set}/{train_split}'] = source.load(train_set, split)
+    for name in (in_set, out_set):
+        dataset, split = name.split('/', 1)
+        sets[name] = source.load(dataset, split)
+    sets['constant_128'] = data.constant_images(128, SHAPE, n_synthetic)
+    sets['uniform_noise'] = data.uniform_noise_images(SHAPE, n_synthetic, seed=0)
+    sets[f'{in_set} (gray)'] = data.grayscale(sets[in_set])
+    sets[f'{out_set} (gray)'] = data.grayscale(sets[out_set])
+
+    paper_names = {'svhn_cropped/train': 'svhn_cropped/train',
+                   'svhn_cropped/test[7000:]': 'svhn_cropped/test'}
+    outcome = report.run_experiment(models, sets, in_set, out_set, args.out,
+                                    paper_names=paper_names, progress=args.progress)
+    common.print_report(outcome, source, in_set, out_set, args.out)
+    return outcome
 
 
 if __name__ == '__main__':

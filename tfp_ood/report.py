@@ -23,7 +23,8 @@ from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel
 
-__all__ = ['PAPER_BPD', 'Row', 'bpd_rows', 'score_all', 'write_bpd_table', 'write_ood_report']
+__all__ = ['ModelEntry', 'PAPER_BPD', 'Row', 'bpd_rows', 'run_experiment', 'score_all',
+           'write_bpd_table', 'write_ood_report']
 
 # Bits/dim reported by Nalisnick et al. (2019), keyed by
 # (model family, training set, scored set).
@@ -80,17 +81,25 @@ def score_all(models: Mapping[str, DensityModel],
 
 def bpd_rows(results: Mapping[Tuple[str, str], ScoreResult],
              families: Mapping[str, str],
-             trained_on: Mapping[str, str]) -> List[Row]:
-    """The table rows, with the paper's bits/dim where it reports the same case."""
+             trained_on: Mapping[str, str],
+             paper_names: Optional[Mapping[str, str]] = None) -> List[Row]:
+    """The table rows, with the paper's bits/dim where it reports the same case.
+
+    `paper_names` maps a scored set's name to the name of the set the paper
+    scored, where they differ (e.g. `'svhn_cropped/test[7000:]'` to
+    `'svhn_cropped/test'`).
+    """
+    paper_names = paper_names or {}
     rows = []
     for (model_name, set_name), result in results.items():
         summary = result.summary()
         family, train = families[model_name], trained_on[model_name]
+        paper = PAPER_BPD.get((family, train, paper_names.get(set_name, set_name)))
         rows.append(Row(model=model_name, family=family, trained_on=train,
                         scored_set=set_name, num_images=summary['num_images'],
                         num_nonfinite=summary['num_nonfinite'],
                         bpd_mean=summary['bpd_mean'], bpd_std=summary['bpd_std'],
-                        paper_bpd=PAPER_BPD.get((family, train, set_name))))
+                        paper_bpd=paper))
     return rows
 
 
@@ -138,3 +147,54 @@ def write_ood_report(results: Mapping[Tuple[str, str], ScoreResult], models: Seq
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
         json.dump(report, f, indent=2)
     return report
+
+
+@dataclasses.dataclass
+class ModelEntry:
+    """A model of an experiment: the model, its family and its training set."""
+
+    model: DensityModel
+    family: str
+    trained_on: str
+
+
+def run_experiment(models: Mapping[str, ModelEntry],
+                   datasets: Mapping[str, tf.data.Dataset],
+                   in_set: str, out_set: str, out_dir: str,
+                   paper_names: Optional[Mapping[str, str]] = None,
+                   batch_size: int = 256, progress: bool = True) -> Dict:
+    """Scores every set under every model and writes the whole report to `out_dir`.
+
+    Writes the per-image scores, `bpd_table.csv` / `.md` (with the paper's
+    numbers), for each model the log p(x) histogram of `in_set` against
+    `out_set` and (flows) the term histograms, `metrics.json` (AUROC etc. of
+    raw likelihood), `summary.json`, and TensorBoard logs in
+    `out_dir/tensorboard/<model>` (mean bits/dim per set, histograms of the
+    per-image log p(x) and terms, the table as text).
+
+    Returns:
+      `{'rows': [Row], 'metrics': {model: metrics}, 'results': {(model, set): ScoreResult}}`.
+    """
+    from tfp_ood.summaries import Summaries  # TensorBoard only when a report is written.
+    instances = {name: entry.model for name, entry in models.items()}
+    results = score_all(instances, datasets, out_dir, batch_size=batch_size, progress=progress)
+    rows = bpd_rows(results, {n: e.family for n, e in models.items()},
+                    {n: e.trained_on for n, e in models.items()}, paper_names)
+    _, md_path = write_bpd_table(rows, out_dir)
+    compared = [n for n in models if (n, in_set) in results and (n, out_set) in results]
+    metrics = write_ood_report(results, compared, in_set, out_set, out_dir)
+    with open(md_path) as f:
+        table = f.read()
+    for name in models:
+        summaries = Summaries(os.path.join(out_dir, 'tensorboard', name))
+        summaries.scores({s: r for (m, s), r in results.items() if m == name}, step=0,
+                         prefix='scores')
+        if name in metrics:
+            summaries.scalars({f'ood/{k}': v for k, v in metrics[name].items()
+                               if k in ('auroc', 'aupr_in', 'aupr_out', 'fpr_at_95_tpr')}, 0)
+        summaries.text('bpd_table', table)
+        summaries.flush()
+    with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
+        json.dump({'rows': [dataclasses.asdict(r) for r in rows], 'metrics': metrics}, f,
+                  indent=2)
+    return {'rows': rows, 'metrics': metrics, 'results': results}

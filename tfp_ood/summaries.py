@@ -32,9 +32,12 @@ class Summaries:
         self._writer = tf.summary.create_file_writer(logdir)
 
     def config(self, config: Mapping[str, Any], step: int = 0) -> None:
-        text = '```\n' + json.dumps(config, indent=2, sort_keys=True) + '\n```'
+        self.text('config', '```\n' + json.dumps(config, indent=2, sort_keys=True) + '\n```',
+                  step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
         with self._writer.as_default():
-            tf.summary.text('config', text, step=step)
+            tf.summary.text(tag, text, step=step)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         with self._writer.as_default():
