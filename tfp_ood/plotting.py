@@ -40,6 +40,13 @@ def _hist(ax, results: Sequence[ScoreResult], key: str, bins: int) -> None:
     ax.legend(fontsize='small')
 
 
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_per_dim',
                     title: Optional[str] = None, bins: int = 80) -> str:
     """Overlaid, normalised histograms of one score for several datasets.
@@ -64,10 +71,7 @@ def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _hist(ax, results, key, bins)
     ax.set_title(title or f'{results[0].model}: {key}')
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_term_histograms(results: Sequence[ScoreResult], path: str,
@@ -87,7 +91,4 @@ def plot_term_histograms(results: Sequence[ScoreResult], path: str,
     for ax, key in zip(axes, keys):
         _hist(ax, results, key, bins)
     fig.suptitle(title or f'{results[0].model}: log p(x) = log p(z) + log|det| + const')
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
