@@ -233,7 +233,7 @@ def _make_train_step(model: DensityModel, optimizer, strategy, config: TrainConf
     def replica_step(images, noise):
         context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
-            bpd = model.bits_per_dim(model.log_prob(images, noise))
+            bpd = model.bits_per_dim(model.training_log_prob(images, noise))
             loss = tf.reduce_sum(bpd) / config.batch_size
         grads = tape.gradient(loss, variables)
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)

@@ -129,6 +129,11 @@ class DensityModel(tf.Module):
         """Discrete log-likelihood `log P(k)` in nats per image, `[batch]`."""
         return self.log_prob_terms(images, noise)['log_prob']
 
+    def training_log_prob(self, images, noise=None) -> tf.Tensor:
+        """The per-image objective `fit` maximises (nats): the log-likelihood by
+        default, with dropout where the model has it, or a bound such as the ELBO."""
+        return self.log_prob(images, noise)
+
     def bits_per_dim(self, log_prob):
         return bits_per_dim(log_prob, self.num_dims)
 

@@ -1,0 +1,169 @@
+"""PixelCNN++ (Salimans et al., 2017) on TFP's `tfd.PixelCNN`.
+
+The likelihood is a discretized mixture of logistics over pixel values
+`0..255`, so `log_prob` is the discrete log-likelihood `log P(k)` directly:
+no dequantization noise and no volume term.
+
+`PixelCNNDistribution` is a thin subclass of `tfd.PixelCNN` that adds
+`pixel_log_prob`, the conditional log-likelihood of every pixel given the
+pixels before it in raster order, `[batch, H, W]`, which sums to
+`tfd.PixelCNN.log_prob` (tested) and maps where in an image the likelihood
+comes from.
+
+`PixelCNNModel` holds the network's variables and reaches the distribution
+through a closure: a `tf.Module` that holds a weight-normalised
+`tfd.PixelCNN` directly cannot be saved ("captures graph tensor from a parent
+function", DESIGN.md trap 5).
+
+#### References
+
+[1]: Tim Salimans, Andrej Karpathy, Xi Chen, Diederik P. Kingma. PixelCNN++.
+     ICLR 2017. https://arxiv.org/abs/1701.05517
+"""
+
+import dataclasses
+from typing import Any, Dict, Sequence, Tuple
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_ood.models.base import DensityModel, check_images
+
+tfd = tfp.distributions
+
+__all__ = ['PIXEL_CNN_CONFIG_NAMES', 'PixelCNNConfig', 'PixelCNNDistribution', 'PixelCNNModel']
+
+# (num_resnet, num_hierarchies, num_filters, num_logistic_mix, dropout_p).
+_SIZES = {
+    # PixelCNN++ as in Salimans et al. (2017) and the paper.
+    'paper': (5, 3, 160, 10, 0.5),
+    # Sized for a 2-core CPU: a training step at >= 30 images/s at batch 32
+    # (benchmarks/pixel_cnn_cpu_config.py).
+    'cpu': (1, 2, 32, 5, 0.0),
+    'tiny': (1, 1, 8, 2, 0.0),
+}
+PIXEL_CNN_CONFIG_NAMES = tuple(_SIZES)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelCNNConfig:
+    """Architecture of a PixelCNN++ (arguments of `tfd.PixelCNN`)."""
+
+    image_shape: Tuple[int, int, int] = (32, 32, 3)
+    num_resnet: int = 5
+    num_hierarchies: int = 3
+    num_filters: int = 160
+    num_logistic_mix: int = 10
+    dropout_p: float = 0.5
+
+    def __post_init__(self):
+        object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
+        if len(self.image_shape) != 3:
+            raise ValueError(f'image_shape must be (H, W, C); got {self.image_shape}.')
+        for name in ('num_resnet', 'num_hierarchies', 'num_filters', 'num_logistic_mix'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1; got {getattr(self, name)}.')
+
+    family = 'pixelcnn'
+
+    @classmethod
+    def named(cls, name: str, image_shape: Sequence[int] = (32, 32, 3)) -> 'PixelCNNConfig':
+        if name not in _SIZES:
+            raise ValueError(f'Unknown PixelCNN configuration {name!r}; expected one of '
+                             f'{PIXEL_CNN_CONFIG_NAMES}.')
+        resnet, hierarchies, filters, mix, dropout = _SIZES[name]
+        return cls(tuple(image_shape), resnet, hierarchies, filters, mix, dropout)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['image_shape'] = list(self.image_shape)
+        return d
+
+
+class PixelCNNDistribution(tfd.PixelCNN):
+    """`tfd.PixelCNN` with per-pixel conditional log-likelihoods."""
+
+    def pixel_log_prob(self, value, training=False) -> tf.Tensor:
+        """`log p(x_i | x_<i)` for every pixel `i` in raster order, `[batch, H, W]`.
+
+        Follows `tfd.PixelCNN._log_prob` but keeps the pixel axes: the network's
+        mixture parameters, the linear dependence of a pixel's channel means on
+        its earlier channels, and the mixture without its final reduction.
+        """
+        value = tf.convert_to_tensor(value, self.dtype)
+        transformed = 2. * (value - self._low) / (self._high - self._low) - 1.
+        params = self.network(transformed, training=training)
+        num_channels = self.event_shape[-1]
+        if num_channels == 1:
+            component_logits, locs, scales = params
+        else:
+            component_logits, locs, scales, coeffs = params
+            loc_parts = tf.split(locs, num_channels, axis=-1)
+            coef_parts = tf.split(coeffs, num_channels * (num_channels - 1) // 2, axis=-1)
+            channels = [c[..., tf.newaxis, :] for c in tf.split(transformed, num_channels, -1)]
+            k = 0
+            for i in range(num_channels):
+                for j in range(i):
+                    loc_parts[i] += channels[j] * coef_parts[k]
+                    k += 1
+            locs = tf.concat(loc_parts, axis=-1)
+        per_image = self._make_mixture_dist(component_logits, locs, scales)
+        return per_image.distribution.log_prob(value)  # Without the pixel reduction.
+
+
+class PixelCNNModel(DensityModel):
+    """A PixelCNN++ as a `DensityModel` (discrete likelihood, no terms)."""
+
+    term_names = ()
+
+    def __init__(self, config: PixelCNNConfig, name: str = 'pixelcnn'):
+        super().__init__(config.image_shape, name=name)
+        self.config = config
+        distribution = PixelCNNDistribution(
+            image_shape=config.image_shape, num_resnet=config.num_resnet,
+            num_hierarchies=config.num_hierarchies, num_filters=config.num_filters,
+            num_logistic_mix=config.num_logistic_mix, dropout_p=config.dropout_p,
+            use_weight_norm=True, use_data_init=False)
+        self._distribution = lambda: distribution  # A closure: not tracked (trap 5).
+        self.network = distribution.network  # The variables, tracked and trained.
+        # tfd.PixelCNN masks its convolutions with kernel constraints, which Keras
+        # applies only after an optimizer step: until then a fresh network sees
+        # the future. Apply them now, so the model is autoregressive from the start.
+        for variable in self.network.variables:
+            if getattr(variable, 'constraint', None) is not None:
+                variable.assign(variable.constraint(variable))
+
+    @property
+    def distribution(self) -> PixelCNNDistribution:
+        return self._distribution()
+
+    def get_config(self) -> Dict[str, Any]:
+        return dict(family='pixelcnn', **self.config.to_dict())
+
+    def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
+        """Discrete log-likelihood; `noise` is ignored (the model is discrete)."""
+        del noise
+        images = check_images(images, self.image_shape)
+        return {'log_prob': self.distribution.log_prob(tf.cast(images, tf.float32),
+                                                       training=False)}
+
+    def training_log_prob(self, images, noise=None) -> tf.Tensor:
+        """The log-likelihood with dropout active, for training."""
+        del noise
+        return self.distribution.log_prob(tf.cast(images, tf.float32), training=True)
+
+    def pixel_log_prob(self, images) -> tf.Tensor:
+        images = check_images(images, self.image_shape)
+        return self.distribution.pixel_log_prob(tf.cast(images, tf.float32))
+
+    def sample(self, num_images, temperature: float = 1.0, seed=None) -> tf.Tensor:
+        """Autoregressive samples (one network pass per pixel); `temperature`
+        must be 1 (a mixture of logistics has no standard temperature)."""
+        if isinstance(temperature, (int, float)):
+            if temperature != 1.0:
+                raise ValueError(f'PixelCNN samples at temperature 1 only; got {temperature}.')
+        else:
+            tf.debugging.assert_near(temperature, 1.0,
+                                     message='PixelCNN samples at temperature 1 only')
+        samples = self.distribution.sample(num_images, seed=seed)
+        return tf.cast(tf.clip_by_value(tf.round(samples), 0., 255.), tf.uint8)
