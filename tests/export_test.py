@@ -15,6 +15,10 @@ from tfp_ood import export, models
 from tfp_ood.config import GlowConfig
 
 SHAPE = (8, 8, 3)
+_GLOW = GlowConfig(image_shape=SHAPE, num_levels=2, num_steps_per_level=1, hidden_channels=8)
+_CONFIGS = {'glow': _GLOW, 'cv_glow': _GLOW,
+            'pixelcnn': models.PixelCNNConfig.named('tiny', SHAPE),
+            'vae': models.VAEConfig.named('tiny', SHAPE, num_importance_samples=8)}
 
 _FRESH_PROCESS = textwrap.dedent('''
     import json, sys
@@ -25,7 +29,7 @@ _FRESH_PROCESS = textwrap.dedent('''
     outputs = model.signatures['serving_default'](images=tf.constant(data['images']))
     direct = model.log_prob(tf.constant(data['images']))
     samples = model.signatures['sample'](num_images=tf.constant(3),
-                                         temperature=tf.constant(0.7))['images']
+                                         temperature=tf.constant(float(sys.argv[3])))['images']
     with open(f'{path}/assets/tfp_ood.json') as f:
         metadata = json.load(f)
     leaked = sorted(m for m in sys.modules
@@ -40,11 +44,10 @@ _FRESH_PROCESS = textwrap.dedent('''
 
 class ExportTest(tf.test.TestCase, parameterized.TestCase):
 
-    @parameterized.named_parameters(('Glow', 'glow'), ('CVGlow', 'cv_glow'))
+    @parameterized.named_parameters(('Glow', 'glow'), ('CVGlow', 'cv_glow'),
+                                    ('PixelCNN', 'pixelcnn'), ('VAE', 'vae'))
     def test_round_trip_in_fresh_process_without_tfp_ood(self, family):
-        config = GlowConfig(image_shape=SHAPE, num_levels=2, num_steps_per_level=1,
-                            hidden_channels=8)
-        model = models.from_config(dict(family=family, **config.to_dict()))
+        model = models.from_config(dict(family=family, **_CONFIGS[family].to_dict()))
         images = np.random.default_rng(0).integers(0, 256, (5,) + SHAPE, dtype=np.uint8)
         model.initialize(images)
         for v in model.trainable_variables:
@@ -55,14 +58,16 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
                              provenance={'data': {'dataset': 'random'}, 'steps': 0})
         data_path = os.path.join(directory, 'data.npz')
         np.savez(data_path, images=images)
-        run = subprocess.run([sys.executable, '-c', _FRESH_PROCESS, path, data_path],
+        temperature = '1.0' if family == 'pixelcnn' else '0.7'
+        run = subprocess.run([sys.executable, '-c', _FRESH_PROCESS, path, data_path, temperature],
                              capture_output=True, text=True, timeout=300,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
         report = json.loads(run.stdout.strip().splitlines()[-1])
         self.assertEqual(report['leaked_modules'], [])
+        flow_terms = ['log_det', 'log_pz'] if family in ('glow', 'cv_glow') else []
         self.assertEqual(sorted(report['outputs']),
-                         ['bits_per_dim', 'log_det', 'log_prob', 'log_pz'])
+                         sorted(['bits_per_dim', 'log_prob'] + flow_terms))
         for outputs in (report['outputs'], report['direct']):
             for key, values in outputs.items():
                 self.assertAllClose(values, expected[key], rtol=1e-6, atol=1e-4)

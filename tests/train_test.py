@@ -151,6 +151,19 @@ class FitTest(tf.test.TestCase):
                     'eval/held/log_det', 'samples/temperature_0.7', 'samples/temperature_1.0'}
         self.assertEqual(expected - tags, set())
 
+    def test_every_family_trains(self):
+        images = _images()
+        for name in ('cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'):
+            model = models.named_model(name, 'tiny', SHAPE)
+            before = _weights(model)
+            result = train.fit(model, images, _config(num_steps=3, eval_every=3),
+                               self.create_tempdir().full_path, eval_sets={'held': images[:8]},
+                               progress=False)
+            self.assertEqual((result.step, result.skipped_steps), (3, 0), name)
+            self.assertTrue(np.isfinite(result.history[-1]['held/bits_per_dim']), name)
+            self.assertTrue(any(not np.array_equal(a, b)
+                                for a, b in zip(before, _weights(model))), name)
+
     def test_bad_arguments(self):
         with self.assertRaisesRegex(ValueError, 'fewer than one batch'):
             train.fit(_model(), _images(8), _config(), self.create_tempdir().full_path,

@@ -53,8 +53,10 @@ def _build_parser() -> argparse.ArgumentParser:
         'train', help='train a model (resumes from --workdir if it holds the same run)',
         description='Train a model. Running the same command again after an interruption '
         '(Ctrl-C, SIGTERM, a crash) resumes from the last checkpoint.')
-    train.add_argument('--model', default='glow', choices=('glow', 'cv_glow'),
-                       help='model family (default: glow)')
+    train.add_argument('--model', default='glow',
+                       choices=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
+                       help='model (default: glow; vae is the conv-categorical VAE, '
+                            'vae_rnvp the VAE with a RealNVP encoder)')
     train.add_argument('--config', default='cpu', choices=GLOW_CONFIG_NAMES,
                        help='named architecture (default: cpu)')
     train.add_argument('--dataset', default='cifar10', help='training dataset (TFDS name)')

@@ -77,10 +77,11 @@ class Summaries:
 
     def samples(self, model, step: int, num_images: int = 16,
                 seed: Optional[int] = 0) -> None:
-        """Image summaries of samples at `SAMPLE_TEMPERATURES` (models that sample)."""
+        """Image summaries of samples at the model's `sample_temperatures`
+        (`SAMPLE_TEMPERATURES`, 0.7 and 1.0, for flows and VAEs)."""
         if not hasattr(model, 'sample'):
             return
-        for temperature in SAMPLE_TEMPERATURES:
+        for temperature in getattr(model, 'sample_temperatures', SAMPLE_TEMPERATURES):
             images = model.sample(num_images, temperature=temperature, seed=seed)
             self.images(f'samples/temperature_{temperature}', images, step, num_images)
 

@@ -477,7 +477,8 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
     What `tfp-ood train` and the examples' `--retrain` run.
 
     Args:
-      family: `'glow'` or `'cv_glow'`.
+      family: a model name of `tfp_ood.models.MODEL_NAMES` (`'glow'`,
+        `'cv_glow'`, `'pixelcnn'`, `'vae'`, `'vae_rnvp'`).
       config_name: a named configuration (`'paper'`, `'cpu'`, `'tiny'`).
       dataset: training dataset (registry name) and `split` its split.
       workdir: run directory.
@@ -491,10 +492,8 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
       The trained model and the `TrainResult`.
     """
     from tfp_ood import data, models  # Avoids a cycle: models need nothing from here.
-    from tfp_ood.config import GlowConfig
-    if family not in models.FAMILIES:
-        raise ValueError(f'Unknown model family {family!r}; expected one of '
-                         f'{sorted(models.FAMILIES)}.')
+    if family not in models.MODEL_NAMES:
+        raise ValueError(f'Unknown model {family!r}; expected one of {models.MODEL_NAMES}.')
     spec = data.DATASETS.get(dataset)
     if spec is None:
         raise ValueError(f'Unknown dataset {dataset!r}; expected one of {sorted(data.DATASETS)}.')
@@ -507,11 +506,8 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
     eval_sets = {f'{name}/{split_}': images(name, split_)[:config.num_eval_images]
                  for name, split_ in (eval_specs or [(dataset, 'test')])}
     strategy = strategy or tf.distribute.get_strategy()
-    coupling = 'affine' if family == 'glow' else 'additive'
-    glow_config = GlowConfig.named(config_name, spec.image_shape, coupling=coupling,
-                                   seed=config.seed)
     with strategy.scope():
-        model = models.from_config(dict(family=family, **glow_config.to_dict()))
+        model = models.named_model(family, config_name, spec.image_shape, seed=config.seed)
     result = fit(model, train_images, config, workdir, eval_sets=eval_sets, strategy=strategy,
                  progress=progress, data_info={'dataset': dataset, 'split': split,
                                                'num_images': int(len(train_images))})

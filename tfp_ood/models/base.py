@@ -93,6 +93,8 @@ class DensityModel(tf.Module):
 
     #: Keys of `log_prob_terms`, besides `'log_prob'`.
     term_names: Tuple[str, ...] = ()
+    #: Temperatures at which training summaries draw samples (models that sample).
+    sample_temperatures: Tuple[float, ...] = (0.7, 1.0)
 
     def __init__(self, image_shape: Sequence[int], name: Optional[str] = None):
         super().__init__(name=name)

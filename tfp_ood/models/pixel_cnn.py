@@ -115,6 +115,7 @@ class PixelCNNModel(DensityModel):
     """A PixelCNN++ as a `DensityModel` (discrete likelihood, no terms)."""
 
     term_names = ()
+    sample_temperatures = (1.0,)
 
     def __init__(self, config: PixelCNNConfig, name: str = 'pixelcnn'):
         super().__init__(config.image_shape, name=name)

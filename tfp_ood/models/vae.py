@@ -1,0 +1,309 @@
+"""Variational autoencoders on TFP distributions, in the paper's two variants.
+
+- **conv-categorical**: a convolutional encoder to a diagonal Gaussian
+  posterior and a convolutional decoder to a 256-way categorical per pixel
+  channel (`tfd.Independent(tfd.Categorical(logits), 3)`);
+- **RealNVP encoder**: the diagonal Gaussian posterior followed by
+  `encoder_flow_layers` RealNVP couplings (`tfb.RealNVP`), decoded with a
+  discretized logistic per pixel channel.
+
+Either decoder can be chosen with `likelihood='categorical'` or
+`'logistic'`. The discretized logistic is computed the numerically stable way
+of PixelCNN++ (edge bins from the log-CDF, a density fallback for tiny bins):
+`tfd.QuantizedDistribution(tfd.Logistic)` gave NaN losses after about ten
+steps (DESIGN.md trap 6).
+
+The decoders are discrete, so log-likelihoods are of the uint8 images
+themselves (no dequantization). Training maximises the one-sample ELBO;
+scoring reports the importance-weighted estimate with `K` samples
+(Burda et al., 2016) as `log_prob`, and the `K`-sample ELBO as `elbo`
+(`log_prob >= elbo` always). Scoring draws the same `K` standard-normal
+vectors for every image (reparameterised by each image's posterior), so a
+score is a function of the image alone, whatever the batch.
+"""
+
+import dataclasses
+import math
+from typing import Any, Dict, Sequence, Tuple
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from tfp_ood.models.base import DensityModel, check_images
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+__all__ = ['LIKELIHOODS', 'VAE', 'VAEConfig', 'VAE_CONFIG_NAMES',
+           'discretized_logistic_log_prob']
+
+LIKELIHOODS = ('categorical', 'logistic')
+# (latent_dim, filters) by name.
+_SIZES = {'paper': (128, 128), 'cpu': (64, 64), 'tiny': (4, 8)}
+VAE_CONFIG_NAMES = tuple(_SIZES)
+_MAX_LOG_SCALE = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of a VAE.
+
+    Attributes:
+      image_shape: `(H, W, C)`, `H` and `W` divisible by 4.
+      latent_dim: size of the latent `z`.
+      filters: width of the convolutional encoder and decoder.
+      encoder_flow_layers: RealNVP couplings on the posterior (0: diagonal Gaussian).
+      likelihood: `'categorical'` (256-way) or `'logistic'` (discretized).
+      num_importance_samples: `K` of the importance-weighted scores.
+      seed: seed of the weights and of the scoring draws.
+    """
+
+    image_shape: Tuple[int, int, int] = (32, 32, 3)
+    latent_dim: int = 64
+    filters: int = 64
+    encoder_flow_layers: int = 0
+    likelihood: str = 'categorical'
+    num_importance_samples: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
+        height, width, _ = self.image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f'VAE image height and width must be divisible by 4; got '
+                             f'{self.image_shape}.')
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f'likelihood must be one of {LIKELIHOODS}; got '
+                             f'{self.likelihood!r}.')
+        if self.latent_dim < 2 or self.filters < 1 or self.num_importance_samples < 1:
+            raise ValueError('latent_dim must be >= 2, filters and num_importance_samples '
+                             '>= 1.')
+        if self.encoder_flow_layers < 0:
+            raise ValueError(f'encoder_flow_layers must be >= 0; got '
+                             f'{self.encoder_flow_layers}.')
+
+    @classmethod
+    def named(cls, name: str, image_shape: Sequence[int] = (32, 32, 3),
+              variant: str = 'conv_categorical', **kwargs) -> 'VAEConfig':
+        """`variant`: `'conv_categorical'` or `'rnvp_encoder'` (the paper's two VAEs)."""
+        if name not in _SIZES:
+            raise ValueError(f'Unknown VAE configuration {name!r}; expected one of '
+                             f'{VAE_CONFIG_NAMES}.')
+        variants = {'conv_categorical': dict(encoder_flow_layers=0, likelihood='categorical'),
+                    'rnvp_encoder': dict(encoder_flow_layers=4, likelihood='logistic')}
+        if variant not in variants:
+            raise ValueError(f'Unknown VAE variant {variant!r}; expected one of '
+                             f'{sorted(variants)}.')
+        latent, filters = _SIZES[name]
+        return cls(tuple(image_shape), latent, filters,
+                   **dict(variants[variant], **kwargs))
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['image_shape'] = list(self.image_shape)
+        return d
+
+
+def discretized_logistic_log_prob(k, loc, log_scale):
+    """`log P(k)` of a logistic discretized to the 256 bins of a pixel value.
+
+    Args:
+      k: pixel values `0..255` (any float or int dtype).
+      loc, log_scale: the logistic on the `[-1, 1]` scale, broadcastable to `k`.
+
+    Returns:
+      Log-probabilities of the shape of `k`; `exp` of them sums to 1 over `k`.
+    """
+    x = tf.cast(k, tf.float32) / 127.5 - 1.
+    centered = x - loc
+    inv_scale = tf.exp(-log_scale)
+    plus = inv_scale * (centered + 1. / 255.)
+    minus = inv_scale * (centered - 1. / 255.)
+    log_cdf_plus = plus - tf.nn.softplus(plus)  # log sigmoid(plus), for k = 0.
+    log_one_minus_cdf_minus = -tf.nn.softplus(minus)  # For k = 255.
+    # log(sigmoid(plus) - sigmoid(minus)) without cancellation.
+    log_delta = (tf.math.log(-tf.math.expm1(minus - plus)) + plus - tf.nn.softplus(plus)
+                 - tf.nn.softplus(minus))
+    log_delta = tf.where(tf.math.is_finite(log_delta), log_delta, -1e30)
+    middle = inv_scale * centered  # Density fallback when the bin mass underflows.
+    log_density = middle - log_scale - 2. * tf.nn.softplus(middle) - math.log(127.5)
+    inner = tf.where(log_delta > -30., log_delta, log_density)
+    return tf.where(x < -0.999, log_cdf_plus,
+                    tf.where(x > 0.999, log_one_minus_cdf_minus, inner))
+
+
+def _real_nvp_network(num_in: int, num_out: int, hidden: int, seed: int) -> tf_keras.Model:
+    return tf_keras.Sequential([
+        tf_keras.Input(shape=(num_in,)),
+        tf_keras.layers.Dense(hidden, activation='relu',
+                              kernel_initializer=tf_keras.initializers.GlorotUniform(seed)),
+        tf_keras.layers.Dense(2 * num_out, kernel_initializer='zeros'),
+    ])
+
+
+class VAE(DensityModel):
+    """A VAE as a `DensityModel`: `log_prob` is the K-sample importance-weighted
+    estimate, `elbo` the K-sample ELBO."""
+
+    term_names = ('elbo',)
+
+    def __init__(self, config: VAEConfig, name: str = 'vae'):
+        super().__init__(config.image_shape, name=name)
+        self.config = config
+        height, width, channels = config.image_shape
+        d, f = config.latent_dim, config.filters
+        init = tf_keras.initializers.GlorotUniform
+        self.encoder = tf_keras.Sequential([
+            tf_keras.Input(shape=config.image_shape),
+            tf_keras.layers.Conv2D(f, 3, strides=2, padding='same', activation='relu',
+                                   kernel_initializer=init(config.seed)),
+            tf_keras.layers.Conv2D(2 * f, 3, strides=2, padding='same', activation='relu',
+                                   kernel_initializer=init(config.seed + 1)),
+            tf_keras.layers.Flatten(),
+            tf_keras.layers.Dense(2 * d, kernel_initializer=init(config.seed + 2)),
+        ], name='encoder')
+        outputs = 256 if config.likelihood == 'categorical' else 2
+        self.decoder = tf_keras.Sequential([
+            tf_keras.Input(shape=(d,)),
+            tf_keras.layers.Dense(height // 4 * width // 4 * 2 * f, activation='relu',
+                                  kernel_initializer=init(config.seed + 3)),
+            tf_keras.layers.Reshape((height // 4, width // 4, 2 * f)),
+            tf_keras.layers.Conv2DTranspose(f, 3, strides=2, padding='same', activation='relu',
+                                            kernel_initializer=init(config.seed + 4)),
+            tf_keras.layers.Conv2DTranspose(f, 3, strides=2, padding='same', activation='relu',
+                                            kernel_initializer=init(config.seed + 5)),
+            tf_keras.layers.Conv2D(channels * outputs, 3, padding='same',
+                                   kernel_initializer=init(config.seed + 6)),
+            tf_keras.layers.Reshape((height, width, channels, outputs)),
+        ], name='decoder')
+        # RealNVP couplings on the posterior, alternating which half is masked.
+        self.flow_networks = []
+        flow = []
+        masked = d // 2
+        for i in range(config.encoder_flow_layers):
+            network = _real_nvp_network(masked, d - masked, 2 * d, config.seed + 10 + i)
+            self.flow_networks.append(network)
+            flow += [tfb.RealNVP(num_masked=masked,
+                                 shift_and_log_scale_fn=self._coupling_fn(network)),
+                     tfb.Permute(list(range(d))[::-1])]
+        # Chain applies its bijectors last-to-first in forward: reverse the list so
+        # the first coupling built acts first on the Gaussian sample.
+        self._flow = tfb.Chain(flow[::-1]) if flow else None
+        self.prior = tfd.MultivariateNormalDiag(loc=tf.zeros(d))
+        self._log_weights_fn = tf.function(self._log_weights, input_signature=[
+            tf.TensorSpec((None,) + self.image_shape, tf.uint8),
+            tf.TensorSpec((None, d), tf.float32)])
+
+    @staticmethod
+    def _coupling_fn(network):
+        def shift_and_log_scale(x, output_units):
+            del output_units
+            shift, raw = tf.split(network(x), 2, axis=-1)
+            return shift, _MAX_LOG_SCALE * tf.tanh(raw / _MAX_LOG_SCALE)
+        return shift_and_log_scale
+
+    def get_config(self) -> Dict[str, Any]:
+        return dict(family='vae', **self.config.to_dict())
+
+    def posterior(self, images) -> tfd.Distribution:
+        """`q(z | x)` for uint8 images."""
+        x = tf.cast(images, tf.float32) / 127.5 - 1.
+        loc, raw = tf.split(self.encoder(x), 2, axis=-1)
+        base = tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.exp(
+            _MAX_LOG_SCALE * tf.tanh(raw / _MAX_LOG_SCALE)))
+        return base if self._flow is None else tfd.TransformedDistribution(base, self._flow)
+
+    def likelihood(self, z) -> tfd.Distribution:
+        """`p(x | z)`: a distribution over uint8 images `[..., H, W, C]`."""
+        params = self.decoder(z)
+        if self.config.likelihood == 'categorical':
+            return _Categorical(logits=params)
+        return _DiscretizedLogistic(params[..., 0], params[..., 1])
+
+    def _log_weights(self, images, eps):
+        """`log p(x | z) + log p(z) - log q(z | x)` at `z` from standard normal `eps`
+        `[K, d]`, shared across the batch; returns `[K, batch]`."""
+        images = tf.convert_to_tensor(images)
+        q = self.posterior(images)
+        base = q if self._flow is None else q.distribution
+        num_k = tf.shape(eps)[0]
+
+        def one(k):
+            z0 = base.loc + base.scale.diag * eps[k]
+            z = z0 if self._flow is None else self._flow.forward(z0)
+            log_q = q.log_prob(z)
+            return self.likelihood(z).log_prob(images) + self.prior.log_prob(z) - log_q
+
+        return tf.map_fn(one, tf.range(num_k), fn_output_signature=tf.float32)
+
+    def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
+        """IWAE and ELBO with `config.num_importance_samples` draws; `noise` unused."""
+        del noise
+        images = check_images(images, self.image_shape)
+        eps = tf.random.stateless_normal([self.config.num_importance_samples,
+                                          self.config.latent_dim],
+                                         seed=[self.config.seed, 17])
+        log_w = self._log_weights_fn(images, eps)
+        num_k = tf.cast(tf.shape(log_w)[0], tf.float32)
+        return {'log_prob': tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(num_k),
+                'elbo': tf.reduce_mean(log_w, axis=0)}
+
+    def importance_weighted_log_prob(self, images, num_samples: int, seed=(0, 0)):
+        """The IWAE estimate with `num_samples` fresh draws (for studies of K)."""
+        images = check_images(images, self.image_shape)
+        eps = tf.random.stateless_normal([num_samples, self.config.latent_dim], seed=seed)
+        log_w = self._log_weights_fn(images, eps)
+        return tf.reduce_logsumexp(log_w, axis=0) - math.log(num_samples)
+
+    def training_log_prob(self, images, noise=None) -> tf.Tensor:
+        """The one-sample ELBO per image (a fresh draw per image)."""
+        del noise
+        q = self.posterior(images)
+        z = q.sample()
+        return (self.likelihood(z).log_prob(images) + self.prior.log_prob(z)
+                - q.log_prob(z))
+
+    def sample(self, num_images, temperature: float = 1.0, seed=None) -> tf.Tensor:
+        """Decoded samples of `z ~ N(0, temperature^2 I)`, uint8."""
+        z = temperature * self.prior.sample(num_images, seed=seed)
+        return tf.cast(self.likelihood(z).sample(seed=seed), tf.uint8)
+
+
+class _Categorical(tfd.Independent):
+    """256-way categoricals per pixel channel over uint8 images."""
+
+    def __init__(self, logits):
+        super().__init__(tfd.Categorical(logits=logits), reinterpreted_batch_ndims=3)
+
+    def _log_prob(self, k):
+        return super()._log_prob(tf.cast(k, tf.int32))
+
+
+class _DiscretizedLogistic(tfd.Distribution):
+    """Independent discretized logistics over uint8 images (see
+    `discretized_logistic_log_prob`)."""
+
+    def __init__(self, loc, log_scale):
+        parameters = dict(locals())
+        self._loc = loc
+        self._log_scale = tf.clip_by_value(log_scale, -7., _MAX_LOG_SCALE)
+        super().__init__(dtype=tf.float32, reparameterization_type=tfd.NOT_REPARAMETERIZED,
+                         validate_args=False, allow_nan_stats=True, parameters=parameters,
+                         name='DiscretizedLogistic')
+
+    def _event_shape(self):
+        return self._loc.shape[-3:]
+
+    def _batch_shape(self):
+        return self._loc.shape[:-3]
+
+    def _log_prob(self, k):
+        return tf.reduce_sum(discretized_logistic_log_prob(k, self._loc, self._log_scale),
+                             axis=[-3, -2, -1])
+
+    def _sample_n(self, n, seed=None):
+        shape = tf.concat([[n], tf.shape(self._loc)], axis=0)
+        u = tf.random.uniform(shape, 1e-5, 1. - 1e-5, seed=seed)
+        x = self._loc + tf.exp(self._log_scale) * (tf.math.log(u) - tf.math.log1p(-u))
+        return tf.clip_by_value(tf.round((x + 1.) * 127.5), 0., 255.)
