@@ -136,6 +136,8 @@ class FitTest(tf.test.TestCase):
             train.fit(model, images, _config(max_consecutive_nonfinite=5), workdir,
                       progress=False)
         self.assertAllEqual(model.loc.numpy(), np.zeros(SHAPE))  # Never updated.
+        with open(os.path.join(workdir, 'provenance.json')) as f:
+            self.assertRegex(json.load(f)['stop_reason'], '^error: TrainingDivergedError')
 
     def test_tensorboard_tags(self):
         workdir = self.create_tempdir().full_path

@@ -450,18 +450,23 @@ def fit(model: DensityModel,
                 if stop.is_set():
                     stop_reason = f'stopped by {stop.signal}'
                     break
+    except BaseException as e:
+        stop_reason = f'error: {type(e).__name__}: {e}'[:300]
+        raise
     finally:
         if step > last_saved or not manager.latest_checkpoint:
             t0 = save(step)
         summaries.flush()
-    final = {k: v for k, v in (history[-1] if history else {}).items()
-             if k not in ('step', 'wall_time')}
-    provenance = {'data': dict(data_info or {}), 'steps': step,
-                  'wall_time_s': round(float(wall_var), 1), 'skipped_steps': int(skipped_var),
-                  'final_eval': final, 'train_config': dataclasses.asdict(config),
-                  'stop_reason': stop_reason}
-    with open(os.path.join(workdir, 'provenance.json'), 'w') as f:
-        json.dump(provenance, f, indent=2)
+        # Provenance of the last checkpoint, however the run ended.
+        final = {k: v for k, v in (history[-1] if history else {}).items()
+                 if k not in ('step', 'wall_time')}
+        provenance = {'data': dict(data_info or {}), 'steps': step,
+                      'wall_time_s': round(float(wall_var), 1),
+                      'skipped_steps': int(skipped_var), 'final_eval': final,
+                      'final_eval_step': history[-1]['step'] if history else None,
+                      'train_config': dataclasses.asdict(config), 'stop_reason': stop_reason}
+        with open(os.path.join(workdir, 'provenance.json'), 'w') as f:
+            json.dump(provenance, f, indent=2)
     return TrainResult(step=step, wall_time=float(wall_var), skipped_steps=int(skipped_var),
                        history=history, stop_reason=stop_reason)
 
