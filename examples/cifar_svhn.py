@@ -43,12 +43,12 @@ def main(argv=None):
         specs = [('glow_svhn', 'glow')]
         train_split = svhn_train
         eval_specs = [('svhn_cropped', svhn_test), ('cifar10', 'test')]
-    else:
-        train_set, in_set, out_set = 'cifar10', 'cifar10/test', f'svhn_cropped/{svhn_test}'
+    else:  # All of the SVHN test images available score as out-of-distribution.
+        train_set, in_set, out_set = 'cifar10', 'cifar10/test', 'svhn_cropped/test'
         specs = [s for s in CIFAR_MODELS if s[1] in ('glow', 'cv_glow') or not
                  (args.retrain or args.untrained)]
         train_split = 'train'
-        eval_specs = [('cifar10', 'test'), ('svhn_cropped', svhn_test)]
+        eval_specs = [('cifar10', 'test[:2000]'), ('svhn_cropped', 'test[:2000]')]
     if source.samples:  # The samples are the test splits only; SVHN's is 8,000-9,999.
         in_set, out_set = [s.split('[')[0] for s in (in_set, out_set)]
 
