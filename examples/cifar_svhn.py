@@ -48,7 +48,7 @@ def main(argv=None):
         specs = [s for s in CIFAR_MODELS if s[1] in ('glow', 'cv_glow') or not
                  (args.retrain or args.untrained)]
         train_split = 'train'
-        eval_specs = [('cifar10', 'test[:2000]'), ('svhn_cropped', 'test[:2000]')]
+        eval_specs = [('cifar10', 'test'), ('svhn_cropped', 'test')]  # First 2,000 of each.
     if source.samples:  # The samples are the test splits only; SVHN's is 8,000-9,999.
         in_set, out_set = [s.split('[')[0] for s in (in_set, out_set)]
 
