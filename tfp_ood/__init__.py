@@ -5,7 +5,7 @@ turns any model and dataset into per-image log-likelihoods, bits/dim and (for
 flows) the distribution and volume terms.
 """
 
-from tfp_ood import bijectors, data, evaluate, metrics, models, plotting
+from tfp_ood import analysis, bijectors, data, evaluate, metrics, models, plotting
 from tfp_ood.config import GlowConfig
 from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
@@ -14,6 +14,6 @@ from tfp_ood.models import DensityModel, FlowModel
 __version__ = '0.1.0'
 
 __all__ = [
-    'DensityModel', 'FlowModel', 'GlowConfig', 'ScoreResult', 'bijectors', 'data',
+    'DensityModel', 'FlowModel', 'GlowConfig', 'ScoreResult', 'analysis', 'bijectors', 'data',
     'evaluate', 'metrics', 'models', 'ood_metrics', 'plotting', 'score',
 ]
