@@ -19,7 +19,7 @@ _GLOW_SIZES = {
     # 32x32x3 data, 2 x 16 x 200 for 28x28x1 data.
     'paper': {3: (3, 8, 400), 1: (2, 16, 200)},
     # Sized for a 2-core CPU: the largest model whose training step still runs
-    # at >= 100 images/s at batch 64. Measured with benchmarks/glow_cpu_config.py
+    # at >= 100 images/s at batch 64. Measured with benchmarks/cpu_config.py
     # on the 2-core development machine (two runs each): 3 x 8 x 128 trains at
     # 114-126 images/s on 32x32x3 (3 x 8 x 160: 92-102); 2 x 16 x 128 at
     # 108-112 images/s on 28x28x1.

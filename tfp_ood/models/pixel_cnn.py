@@ -37,8 +37,9 @@ __all__ = ['PIXEL_CNN_CONFIG_NAMES', 'PixelCNNConfig', 'PixelCNNDistribution', '
 _SIZES = {
     # PixelCNN++ as in Salimans et al. (2017) and the paper.
     'paper': (5, 3, 160, 10, 0.5),
-    # Sized for a 2-core CPU: a training step at >= 30 images/s at batch 32
-    # (benchmarks/pixel_cnn_cpu_config.py).
+    # For a 2-core CPU, where a training step should run at >= 30 images/s at
+    # batch 32. Provisional (DESIGN.md measured 50 images/s for 1 resnet, 2
+    # hierarchies, 32 filters); benchmarks/cpu_config.py --family pixelcnn sizes it.
     'cpu': (1, 2, 32, 5, 0.0),
     'tiny': (1, 1, 8, 2, 0.0),
 }
