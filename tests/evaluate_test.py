@@ -85,6 +85,13 @@ class EvaluateTest(tf.test.TestCase):
                      plotting.plot_term_histograms([a, b], os.path.join(directory, 't.png'))):
             with open(path, 'rb') as f:
                 self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+        history = [{'step': 100, 'a/bits_per_dim': 5.0, 'b/bits_per_dim': 4.0},
+                   {'step': 200, 'a/bits_per_dim': 4.5, 'b/bits_per_dim': 3.5}]
+        curves = plotting.plot_training_curves(history, os.path.join(directory, 'curves.png'))
+        with open(curves, 'rb') as f:
+            self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+        with self.assertRaisesRegex(ValueError, 'no "<set>/bits_per_dim"'):
+            plotting.plot_training_curves([{'step': 1}], os.path.join(directory, 'x.png'))
         with self.assertRaisesRegex(ValueError, "score 'log_pz' missing"):
             c = ScoreResult('c', {'log_prob': np.zeros(2), 'bits_per_dim': np.zeros(2)},
                             np.zeros(2), SHAPE)

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 
 from tfp_ood.evaluate import ScoreResult  # noqa: E402
 
-__all__ = ['plot_histograms', 'plot_term_histograms']
+__all__ = ['plot_histograms', 'plot_term_histograms', 'plot_training_curves']
 
 _LABELS = {
     'bits_per_dim': 'bits/dim (lower = more likely)',
@@ -91,4 +91,28 @@ def plot_term_histograms(results: Sequence[ScoreResult], path: str,
     for ax, key in zip(axes, keys):
         _hist(ax, results, key, bins)
     fig.suptitle(title or f'{results[0].model}: log p(x) = log p(z) + log|det| + const')
+    return _save(fig, path)
+
+
+def plot_training_curves(history: Sequence[dict], path: str, title: Optional[str] = None) -> str:
+    """Bits/dim of every held-out set against the training step (the paper's
+    "likelihood over training" figure).
+
+    Args:
+      history: the rows of a run's `history.jsonl` (`{'step': ..., '<set>/bits_per_dim': ...}`).
+      path: PNG file to write.
+    """
+    keys = sorted({k for row in history for k in row if k.endswith('/bits_per_dim')})
+    if not keys:
+        raise ValueError('plot_training_curves: no "<set>/bits_per_dim" entries in the history.')
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in keys:
+        rows = [r for r in history if key in r]
+        ax.plot([r['step'] for r in rows], [r[key] for r in rows], marker='o',
+                label=key[:-len('/bits_per_dim')])
+    ax.set_xlabel('training step')
+    ax.set_ylabel('bits/dim (lower = more likely)')
+    ax.set_title(title or 'bits/dim over training')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize='small')
     return _save(fig, path)
