@@ -1,9 +1,10 @@
 """The analyses: statistics against NumPy, stable log-mean-exp, WAIC by hand."""
 
+import os
 import numpy as np
 import tensorflow as tf
 
-from tfp_ood import analysis
+from tfp_ood import analysis, plotting
 from tfp_ood.config import GlowConfig
 from tfp_ood.models import FlowModel
 
@@ -25,6 +26,10 @@ class AnalysisTest(tf.test.TestCase):
         from_dataset = analysis.channel_statistics(ds)
         self.assertAllClose(from_dataset.pixel_variance, stats.pixel_variance)
         self.assertEqual(stats.to_dict()['name'], 'x')
+        path = plotting.plot_channel_statistics([stats, from_dataset], os.path.join(
+            self.create_tempdir().full_path, 'stats.png'))
+        with open(path, 'rb') as f:
+            self.assertEqual(f.read(4), b'\x89PNG')
         with self.assertRaisesRegex(ValueError, r'expected \[N, H, W, C\]'):
             analysis.channel_statistics(images[0])
 

@@ -10,7 +10,8 @@ import numpy as np  # noqa: E402
 
 from tfp_ood.evaluate import ScoreResult  # noqa: E402
 
-__all__ = ['plot_histograms', 'plot_term_histograms', 'plot_training_curves']
+__all__ = ['plot_channel_statistics', 'plot_histograms', 'plot_term_histograms',
+           'plot_training_curves']
 
 _LABELS = {
     'bits_per_dim': 'bits/dim (lower = more likely)',
@@ -115,4 +116,29 @@ def plot_training_curves(history: Sequence[dict], path: str, title: Optional[str
     ax.set_title(title or 'bits/dim over training')
     ax.grid(alpha=0.3)
     ax.legend(fontsize='small')
+    return _save(fig, path)
+
+
+def plot_channel_statistics(statistics: Sequence, path: str, title: Optional[str] = None) -> str:
+    """Every dataset placed by channel mean against channel standard deviation.
+
+    Args:
+      statistics: `tfp_ood.analysis.ChannelStatistics` of several datasets.
+      path: PNG file to write.
+    """
+    if not statistics:
+        raise ValueError('plot_channel_statistics: no statistics given.')
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    markers = ('o', 's', '^')
+    for i, stats in enumerate(statistics):
+        color = f'C{i}'
+        for c, (mean, std) in enumerate(zip(stats.mean, stats.std)):
+            channel = 'RGB'[c] if len(stats.mean) == 3 else 'gray'
+            ax.scatter(mean, std, color=color, marker=markers[c % 3], s=60,
+                       label=f'{stats.name} ({channel})')
+    ax.set_xlabel('channel mean (pixels in [0, 1])')
+    ax.set_ylabel('channel standard deviation')
+    ax.set_title(title or 'dataset statistics per channel')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize='x-small', ncol=2)
     return _save(fig, path)
