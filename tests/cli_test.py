@@ -180,22 +180,25 @@ class KillAndResumeTest(tf.test.TestCase):
             time.sleep(0.05)
         return _latest_step(workdir)
 
-    def test_sigterm_and_sigkill_then_resume(self):
+    def test_sigint_sigterm_and_sigkill_then_resume(self):
         directory = self.create_tempdir().full_path
         _write_data(directory, n_train=256)
         workdir = os.path.join(directory, 'run')
 
-        process = self._start(workdir, directory)
-        self._wait_for_checkpoint(process, workdir, 0)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=120)
-        self.assertEqual(process.returncode, 0, err[-2000:])
-        with open(os.path.join(workdir, 'provenance.json')) as f:
-            provenance = json.load(f)
-        self.assertEqual(provenance['stop_reason'], 'stopped by SIGTERM')
-        stopped_at = provenance['steps']
-        self.assertLess(stopped_at, 300)
-        self.assertEqual(_latest_step(workdir), stopped_at)  # Saved on the way out.
+        stopped_at = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Checkpoint on the way out.
+            process = self._start(workdir, directory)
+            self._wait_for_checkpoint(process, workdir, stopped_at)
+            process.send_signal(sig)
+            out, err = process.communicate(timeout=120)
+            self.assertEqual(process.returncode, 0, err[-2000:])
+            with open(os.path.join(workdir, 'provenance.json')) as f:
+                provenance = json.load(f)
+            self.assertEqual(provenance['stop_reason'], f'stopped by {sig.name}')
+            self.assertGreater(provenance['steps'], stopped_at)
+            stopped_at = provenance['steps']
+            self.assertLess(stopped_at, 300)
+            self.assertEqual(_latest_step(workdir), stopped_at)
 
         process = self._start(workdir, directory)
         seen = self._wait_for_checkpoint(process, workdir, stopped_at)
