@@ -262,7 +262,7 @@ def _score(args) -> int:
         result.labels = np.asarray(labels, np.int64)
     os.makedirs(out, exist_ok=True)
     result.save(files['scores.npz'])
-    keys = ['log_prob', 'bits_per_dim'] + [k for k in ('log_pz', 'log_det') if k in result.scores]
+    keys = ['log_prob', 'bits_per_dim'] + list(model.term_names)
     with open(files['scores.csv'], 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['index', 'source', 'label'] + keys)

@@ -5,7 +5,7 @@ The exported SavedModel has:
 - `serving_default` and `log_prob` signatures: one argument named `images`,
   uint8 `[None, H, W, C]`, returning a dict of `[batch]` float32 tensors:
   `log_prob` (nats per image), `bits_per_dim`, and for flows `log_pz` (the
-  distribution term) and `log_det` (the volume term);
+  distribution term) and `log_det` (the volume term), for VAEs `elbo`;
 - a `sample` signature for models that can sample: `num_images` (int32
   scalar) and `temperature` (float32 scalar) to uint8 images `images`;
 - the asset `assets/tfp_ood.json`: the model configuration, the image shape,
@@ -35,12 +35,20 @@ import tensorflow as tf
 
 from tfp_ood.models.base import DensityModel
 
-__all__ = ['FLOW_OUTPUTS', 'METADATA_FILE', 'SavedModelAdapter', 'export', 'load',
+__all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'exported_terms', 'load',
            'read_metadata']
 
 METADATA_FILE = 'tfp_ood.json'
 FORMAT = 'tfp_ood.saved_model/1'
-FLOW_OUTPUTS = ('log_pz', 'log_det')
+# Per-image terms that are the same number for every image of every model are
+# left out of the exported outputs.
+_CONSTANT_TERMS = ('dequant_const',)
+
+
+def exported_terms(model: DensityModel):
+    """The model's terms that the SavedModel returns besides `log_prob` and
+    `bits_per_dim`: `log_pz` and `log_det` for flows, `elbo` for VAEs."""
+    return tuple(k for k in model.term_names if k not in _CONSTANT_TERMS)
 
 
 class _ExportModule(tf.Module):
@@ -61,7 +69,7 @@ class _ExportModule(tf.Module):
         terms = self.model.log_prob_terms(images)
         outputs = {'log_prob': terms['log_prob'],
                    'bits_per_dim': self.model.bits_per_dim(terms['log_prob'])}
-        outputs.update({k: terms[k] for k in FLOW_OUTPUTS if k in terms})
+        outputs.update({k: terms[k] for k in exported_terms(self.model)})
         return outputs
 
     def _sample(self, num_images, temperature):
@@ -95,8 +103,7 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
         'format': FORMAT,
         'model': model.get_config(),
         'image_shape': list(model.image_shape),
-        'outputs': ['log_prob', 'bits_per_dim'] + [
-            k for k in FLOW_OUTPUTS if k in model.term_names],
+        'outputs': ['log_prob', 'bits_per_dim'] + list(exported_terms(model)),
         'can_sample': hasattr(model, 'sample'),
         'provenance': dict(provenance or {}),
     }
