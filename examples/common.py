@@ -14,6 +14,7 @@ from the 2,000-image samples embedded in the package.
 """
 
 import argparse
+import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -116,7 +117,6 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
 
 
 def _provenance(workdir: str) -> dict:
-    import json
     with open(os.path.join(workdir, 'provenance.json')) as f:
         return json.load(f)
 
