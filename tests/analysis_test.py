@@ -41,6 +41,19 @@ class AnalysisTest(tf.test.TestCase):
                             [expected], atol=1e-9)
         self.assertEqual(analysis.log_mean_exp(np.array([[-np.inf], [-np.inf]]))[0], -np.inf)
 
+    def test_graying_rows(self):
+        from tfp_ood.evaluate import ScoreResult
+
+        def result(bpd):
+            scores = {'log_prob': -np.ones(2), 'bits_per_dim': np.array(bpd, float)}
+            return ScoreResult('x', scores, np.zeros(2), (4, 4, 3))
+
+        rows = analysis.graying_rows({('m', 'a'): result([4., 4.]),
+                                      ('m', 'a (gray)'): result([3., 3.5]),
+                                      ('m', 'b'): result([2., 2.])})
+        self.assertEqual(rows, [{'model': 'm', 'set': 'a', 'bpd_colour': 4.,
+                                 'bpd_gray': 3.25, 'difference': -0.75}])
+
     def test_waic_hand_computed(self):
         # Members give log p = (1, 3) for image 0 and (2, 2) for image 1:
         # mean 2 and 2, variance 1 and 0, so WAIC = 1 and 2.

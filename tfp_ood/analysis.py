@@ -26,8 +26,9 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-__all__ = ['ChannelStatistics', 'SecondOrderResult', 'channel_statistics', 'ensemble_scores',
-           'log_mean_exp', 'log_prob_hessian_diagonal', 'second_order_difference', 'waic']
+__all__ = ['ChannelStatistics', 'GRAY_SUFFIX', 'SecondOrderResult', 'channel_statistics',
+           'ensemble_scores', 'graying_rows', 'log_mean_exp', 'log_prob_hessian_diagonal',
+           'second_order_difference', 'waic']
 
 
 @dataclasses.dataclass
@@ -237,3 +238,31 @@ def second_order_difference(model, stats_p: ChannelStatistics, stats_q: ChannelS
     channelwise = 0.5 * curvature * float(np.sum(alpha_sq * channel_delta))
     return SecondOrderResult(channel_delta, alpha_sq, curvature, predicted, channelwise,
                              float(measured))
+
+
+#: Name suffix of a grayscale version of a scored set (as the examples use).
+GRAY_SUFFIX = ' (gray)'
+
+
+def graying_rows(results: Dict) -> list:
+    """Colour against grayscale bits/dim for every (model, set) scored both ways.
+
+    Args:
+      results: `{(model, set_name): ScoreResult}` (as `report.score_all`
+        returns), where the gray version of `set_name` is named
+        `set_name + GRAY_SUFFIX`.
+
+    Returns:
+      Rows `{'model', 'set', 'bpd_colour', 'bpd_gray', 'difference'}`, with
+      `difference = bpd_gray - bpd_colour` (negative: graying raised the
+      likelihood, as the paper reports).
+    """
+    rows = []
+    for (model, name), result in results.items():
+        gray = results.get((model, name + GRAY_SUFFIX))
+        if gray is None:
+            continue
+        colour_bpd, gray_bpd = result.summary()['bpd_mean'], gray.summary()['bpd_mean']
+        rows.append({'model': model, 'set': name, 'bpd_colour': colour_bpd,
+                     'bpd_gray': gray_bpd, 'difference': gray_bpd - colour_bpd})
+    return rows
