@@ -71,6 +71,8 @@ class ExamplesTest(tf.test.TestCase):
         with open(os.path.join(out, 'metrics.json')) as f:
             metrics = json.load(f)
         self.assertEqual(metrics['glow_cifar10']['out_set'], 'svhn_cropped/test')
+        self.assertEqual(len(outcome['graying']), 4)  # 2 models x (CIFAR-10, SVHN).
+        self.assertTrue(os.path.exists(os.path.join(out, 'graying.md')))
 
     def test_cifar_svhn_reverse_tiny(self):
         out = self.create_tempdir().full_path

@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from tfp_ood import plotting
+from tfp_ood import analysis, plotting
 from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel
@@ -168,7 +168,8 @@ def run_experiment(models: Mapping[str, ModelEntry],
     Writes the per-image scores, `bpd_table.csv` / `.md` (with the paper's
     numbers), for each model the log p(x) histogram of `in_set` against
     `out_set` and (flows) the term histograms, `metrics.json` (AUROC etc. of
-    raw likelihood), `summary.json`, and TensorBoard logs in
+    raw likelihood), `graying.md` (colour against gray sets named
+    `<set> (gray)`), `summary.json`, and TensorBoard logs in
     `out_dir/tensorboard/<model>` (mean bits/dim per set, histograms of the
     per-image log p(x) and terms, the table as text).
 
@@ -194,7 +195,14 @@ def run_experiment(models: Mapping[str, ModelEntry],
                                if k in ('auroc', 'aupr_in', 'aupr_out', 'fpr_at_95_tpr')}, 0)
         summaries.text('bpd_table', table)
         summaries.flush()
+    graying = analysis.graying_rows(results)
+    if graying:
+        with open(os.path.join(out_dir, 'graying.md'), 'w') as f:
+            f.write('| model | set | bits/dim colour | bits/dim gray | gray - colour |\n'
+                    '|---|---|---:|---:|---:|\n')
+            f.writelines(f'| {g["model"]} | {g["set"]} | {g["bpd_colour"]:.3f} | '
+                         f'{g["bpd_gray"]:.3f} | {g["difference"]:+.3f} |\n' for g in graying)
     with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
-        json.dump({'rows': [dataclasses.asdict(r) for r in rows], 'metrics': metrics}, f,
-                  indent=2)
-    return {'rows': rows, 'metrics': metrics, 'results': results}
+        json.dump({'rows': [dataclasses.asdict(r) for r in rows], 'metrics': metrics,
+                   'graying': graying}, f, indent=2)
+    return {'rows': rows, 'metrics': metrics, 'graying': graying, 'results': results}
