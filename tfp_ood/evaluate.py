@@ -62,7 +62,10 @@ class ScoreResult:
     def summary(self) -> Dict[str, float]:
         """Mean and standard deviation of bits/dim and nats over finite scores."""
         finite = np.isfinite(self.log_prob)
-        bpd, nats = self.bits_per_dim[finite], self.log_prob[finite]
+        # float64: a trained flow can give random images log-likelihoods near -1e27,
+        # whose squares overflow float32.
+        bpd = self.bits_per_dim[finite].astype(np.float64)
+        nats = self.log_prob[finite].astype(np.float64)
         return {
             'num_images': self.num_images,
             'num_nonfinite': self.num_nonfinite,

@@ -115,11 +115,15 @@ def write_bpd_table(rows: Sequence[Row], out_dir: str) -> Tuple[str, str]:
     md_path = os.path.join(out_dir, 'bpd_table.md')
     lines = ['| model | trained on | scored set | images | bits/dim (mean ± std) | paper |',
              '|---|---|---|---:|---:|---:|']
+
+    def number(x):  # Random images can reach ~1e24 bits/dim under a trained flow.
+        return f'{x:.3f}' if abs(x) < 1e4 else f'{x:.3g}'
+
     for r in rows:
         paper = f'{r.paper_bpd:.3f}' if r.paper_bpd is not None else '–'
         bad = f' ({r.num_nonfinite} non-finite)' if r.num_nonfinite else ''
         lines.append(f'| {r.model} | {r.trained_on} | {r.scored_set} | {r.num_images}{bad} | '
-                     f'{r.bpd_mean:.3f} ± {r.bpd_std:.3f} | {paper} |')
+                     f'{number(r.bpd_mean)} ± {number(r.bpd_std)} | {paper} |')
     with open(md_path, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return csv_path, md_path
