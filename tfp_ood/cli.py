@@ -240,8 +240,9 @@ def _score(args) -> int:
         name = args.name or f'{args.dataset}/{args.split}'
         ds = data.load(args.dataset, args.split, data_dir=args.data_dir, source=args.source,
                        download=args.download)
-        images = data.images_array(ds)
-        labels = np.concatenate([b['label'] for b in ds.batch(4096).as_numpy_iterator()])
+        batches = list(ds.batch(4096).as_numpy_iterator())  # One pass over the data.
+        images = np.concatenate([b['image'] for b in batches])
+        labels = np.concatenate([b['label'] for b in batches])
     elif args.npz:
         if not os.path.exists(args.npz):
             raise CommandError(f'no file at {args.npz}')
