@@ -80,8 +80,25 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
         adapter = export.load(path)
         self.assertAllClose(adapter.score_batch(images)['log_prob'], expected['log_prob'],
                             rtol=1e-6)
+        # restore() rebuilds the tfp_ood model itself, with the trained weights.
+        restored = export.restore(path)
+        self.assertEqual(restored.get_config(), model.get_config())
+        self.assertAllClose(restored.score_batch(images)['log_prob'], expected['log_prob'],
+                            rtol=1e-6)
         with self.assertRaisesRegex(FileExistsError, 'already exists'):
             export.export(model, path)
+
+    def test_restore_refuses_variables_of_another_model(self):
+        model = models.from_config(dict(family='glow', **_GLOW.to_dict()))
+        path = export.export(model, os.path.join(self.create_tempdir().full_path, 'model'))
+        metadata_path = os.path.join(path, 'assets', export.METADATA_FILE)
+        with open(metadata_path) as f:
+            metadata = json.load(f)
+        metadata['model']['num_steps_per_level'] = 2
+        with open(metadata_path, 'w') as f:
+            json.dump(metadata, f)
+        with self.assertRaisesRegex(ValueError, 'do not match'):
+            export.restore(path)
 
     def test_load_errors(self):
         directory = self.create_tempdir().full_path

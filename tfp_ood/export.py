@@ -23,6 +23,10 @@ scores['bits_per_dim']
 
 `tfp_ood.export.load(path)` wraps a SavedModel as a `DensityModel`, so the
 shared evaluator and the command line score it like any other model.
+`tfp_ood.export.restore(path)` goes further: it rebuilds the tfp_ood model
+from the configuration asset and reads the SavedModel's variables into it, for
+work that needs the model itself (gradients, Hessians, the 1x1 convolutions of
+a flow, fine-tuning).
 """
 
 import json
@@ -36,7 +40,7 @@ import tensorflow as tf
 from tfp_ood.models.base import DensityModel
 
 __all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'exported_terms', 'load',
-           'read_metadata']
+           'read_metadata', 'restore']
 
 METADATA_FILE = 'tfp_ood.json'
 FORMAT = 'tfp_ood.saved_model/1'
@@ -173,3 +177,26 @@ class SavedModelAdapter(DensityModel):
 def load(path: str) -> SavedModelAdapter:
     """Loads an exported SavedModel as a `DensityModel`."""
     return SavedModelAdapter(path)
+
+
+def restore(path: str) -> DensityModel:
+    """Rebuilds the exported tfp_ood model, with its trained weights.
+
+    The model is constructed from the configuration in the metadata asset and
+    the SavedModel's variables are read into it (the export's object graph
+    holds the model under `model`, as a training checkpoint does).
+
+    Raises:
+      FileNotFoundError, ValueError: `path` is not a tfp_ood export, or its
+        variables do not match the model its configuration describes.
+    """
+    from tfp_ood import models  # Local import: the models package imports this one's base.
+    metadata = read_metadata(path)
+    model = models.from_config(metadata['model'])
+    status = tf.train.Checkpoint(model=model).read(os.path.join(path, 'variables', 'variables'))
+    try:
+        status.expect_partial().assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ValueError(f'The variables of {path} do not match its model configuration: '
+                         f'{e}') from e
+    return model
