@@ -3,6 +3,7 @@
 import os
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfp_ood import analysis, plotting
 from tfp_ood.config import GlowConfig
@@ -136,6 +137,32 @@ class SecondOrderTest(tf.test.TestCase):
         # sums of variance differences.
         self.assertEqual(result.effective_alpha_squared.shape, (3,))
         self.assertAllClose(result.channel_variance_difference, (var_q - var_p).sum((0, 1)))
+        self.assertEqual(result.paper_alpha_squared.shape, (3,))
+        self.assertTrue(np.isfinite(result.predicted_paper_alpha))
+
+    def test_paper_alpha_is_the_exact_curvature_of_one_scaled_step(self):
+        # One level, one step, identity coupling, a 1x1 convolution that is a
+        # permuted diagonal: the Hessian of log p at pixel (h, w, c') is exactly
+        # -(d_c' exp(-s_c'))^2, which is the paper's alpha^2 with the ActNorm
+        # scale folded in.
+        shape = (4, 4, 3)
+        model = FlowModel.from_config(GlowConfig(image_shape=shape, num_levels=1,
+                                                 num_steps_per_level=1, hidden_channels=4,
+                                                 coupling='additive'))
+        rng = np.random.default_rng(4)
+        for b in model.bijector.bijectors:
+            if 'act_norm' in b.name:
+                b.log_scale.assign(rng.uniform(-1., 1., 12).astype(np.float32))
+            if 'conv1x1' in b.name:
+                b.lower.assign(tf.zeros_like(b.lower))
+                b.upper.assign(tf.zeros_like(b.upper))
+                b.log_abs_diag.assign(rng.uniform(-1., 1., 12).astype(np.float32))
+        alpha_sq = analysis.paper_alpha(model)
+        hessian = analysis.log_prob_hessian_diagonal(model, np.zeros(shape, np.float32))
+        self.assertAllClose(alpha_sq, np.mean(-hessian, axis=(0, 1)), rtol=1e-5)
+        self.assertGreater(np.ptp(alpha_sq), 0.1)  # The channels really differ.
+        with self.assertRaisesRegex(ValueError, 'multi-scale Glow'):
+            analysis.paper_alpha(FlowModel(tfp.bijectors.Identity(), shape))
 
 
 if __name__ == '__main__':

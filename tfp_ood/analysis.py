@@ -10,7 +10,9 @@
   score, `mean_m log p_m(x) - var_m log p_m(x)`;
 - `second_order_difference`: the paper's second-order expansion of
   `E_q[log p(x)] - E_p*[log p(x)]` around the training mean, from the exact
-  Hessian diagonal of the flow (`log_prob_hessian_diagonal`).
+  Hessian diagonal of the flow (`log_prob_hessian_diagonal`), with the
+  paper's per-channel `alpha_c` read from the model's 1x1 convolutions and
+  ActNorm scales (`paper_alpha`) beside the exact one.
 
 #### References
 
@@ -26,9 +28,11 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from tfp_ood.bijectors.layers import ActNorm, InvertibleConv1x1, Squeeze
+
 __all__ = ['ChannelStatistics', 'GRAY_SUFFIX', 'SecondOrderResult', 'channel_statistics',
            'ensemble_scores', 'graying_rows', 'log_mean_exp', 'log_prob_hessian_diagonal',
-           'second_order_difference', 'waic']
+           'paper_alpha', 'second_order_difference', 'waic']
 
 
 @dataclasses.dataclass
@@ -171,6 +175,61 @@ def log_prob_hessian_diagonal(model, x0: np.ndarray, batch_size: int = 128) -> n
     return np.concatenate(parts).reshape(shape)
 
 
+def paper_alpha(model) -> np.ndarray:
+    """The paper's `alpha_c = prod_k sum_j u_{k,c,j}` of a Glow's first level.
+
+    Nalisnick et al. (2019, section 5) write CV-Glow's curvature at pixel
+    `(h, w, c)` as `(d^2/dz^2 log p(z)) * alpha_c^2`, treating the flow as a
+    stack of `K` per-pixel linear maps `u_k` (the 1x1 convolutions; the
+    additive couplings have unit-diagonal Jacobians and are left out).
+
+    How the pieces of our flow enter:
+
+    - ActNorm comes before each 1x1 convolution and scales channel `j` of its
+      input by `exp(-log_scale_j)` (its shift does not change derivatives), so
+      step `k`'s linear map is `u_k = W_k @ diag(exp(-log_scale_k))`;
+    - `sum_j u_{k,c,j}` is the column sum of `u_k` for input channel `c`:
+      the summed effect of input channel `c` on all outputs of step `k`;
+    - the first level works on squeezed `2 x 2` blocks (`4C` channels); the
+      squeezed channels that hold colour channel `c` (one per position in the
+      block) are averaged in `alpha_c^2`;
+    - only the first level's `K` steps enter: later levels act on the half of
+      the channels that is not factored out, which the single-scale formula
+      does not describe.
+
+    The formula is the paper's approximation; `second_order_difference` also
+    reports the exact curvature of the whole flow (couplings, all levels),
+    which is what its main prediction uses.
+
+    Args:
+      model: a `FlowModel` built by `tfp_ood.bijectors.glow` (Glow or CV-Glow).
+
+    Returns:
+      `alpha_c^2` per colour channel, `[C]` (float64).
+    """
+    level = getattr(model, 'bijector', None)
+    bijectors = getattr(level, 'bijectors', ())
+    if not any(isinstance(b, Squeeze) for b in bijectors):
+        raise ValueError('paper_alpha needs a multi-scale Glow (tfp_ood.bijectors.glow).')
+    alpha = None
+    pending_scale = None
+    for b in bijectors:
+        if isinstance(b, ActNorm):
+            pending_scale = np.exp(-b.log_scale.numpy().astype(np.float64))
+        elif isinstance(b, InvertibleConv1x1):
+            u = b.weight().numpy().astype(np.float64)
+            if pending_scale is not None:
+                u = u * pending_scale[np.newaxis, :]
+            pending_scale = None
+            column_sums = u.sum(axis=0)
+            alpha = column_sums if alpha is None else alpha * column_sums
+    if alpha is None:
+        raise ValueError('paper_alpha: the model has no 1x1 convolutions in its first level.')
+    channels = model.image_shape[-1]
+    # space_to_depth puts colour channel c of block position p at index p * C + c.
+    return np.mean(np.square(alpha).reshape(-1, channels), axis=0)
+
+
 @dataclasses.dataclass
 class SecondOrderResult:
     """The second-order prediction of `E_q[log p(x)] - E_p*[log p(x)]` (nats).
@@ -191,17 +250,22 @@ class SecondOrderResult:
       channel_variance_difference: `sum_{h,w} (sigma^2_q - sigma^2_p*)` per
         channel, pixels scaled to [0, 1], `[C]`.
       effective_alpha_squared: `[C]`, as above.
+      paper_alpha_squared: `[C]`, the paper's `alpha_c^2` from the first
+        level's 1x1 convolutions and ActNorm scales (`paper_alpha`).
       curvature: `d^2/dz^2 log p(z)` of the base distribution (-1).
       predicted: the full diagonal prediction (nats per image).
       predicted_channelwise: the paper's expression with the effective alphas.
+      predicted_paper_alpha: the paper's expression with `paper_alpha_squared`.
       measured: the measured difference of mean log-likelihoods, if given.
     """
 
     channel_variance_difference: np.ndarray
     effective_alpha_squared: np.ndarray
+    paper_alpha_squared: np.ndarray
     curvature: float
     predicted: float
     predicted_channelwise: float
+    predicted_paper_alpha: float
     measured: float = float('nan')
 
     def to_dict(self) -> Dict:
@@ -236,8 +300,13 @@ def second_order_difference(model, stats_p: ChannelStatistics, stats_q: ChannelS
     alpha_sq = np.mean(-hessian_diagonal, axis=(0, 1)) / -curvature * _MODEL_SCALE ** 2
     channel_delta = delta.sum(axis=(0, 1))
     channelwise = 0.5 * curvature * float(np.sum(alpha_sq * channel_delta))
-    return SecondOrderResult(channel_delta, alpha_sq, curvature, predicted, channelwise,
-                             float(measured))
+    try:
+        paper_sq = paper_alpha(model)
+    except ValueError:  # Not a multi-scale Glow: no 1x1 convolutions.
+        paper_sq = np.full(channel_delta.shape, np.nan)
+    paper = 0.5 * curvature * float(np.sum(paper_sq * channel_delta * _MODEL_SCALE ** 2))
+    return SecondOrderResult(channel_delta, alpha_sq, paper_sq, curvature, predicted,
+                             channelwise, paper, float(measured))
 
 
 #: Name suffix of a grayscale version of a scored set (as the examples use).
