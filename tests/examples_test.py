@@ -13,8 +13,12 @@ import tensorflow as tf
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'examples'))
 
+import analysis  # noqa: E402  (examples/analysis.py)
 import cifar_svhn  # noqa: E402
 import fashion_mnist  # noqa: E402
+
+from tfp_ood import export, models  # noqa: E402
+from tfp_ood.config import GlowConfig  # noqa: E402
 
 
 def _write(directory, name, split, n, shape):
@@ -91,6 +95,87 @@ class ExamplesTest(tf.test.TestCase):
         self.assertEqual(scored, {'fashion_mnist/train', 'fashion_mnist/test', 'mnist/test',
                                   'constant_0', 'uniform_noise'})
         self.assertTrue(os.path.exists(os.path.join(out, 'glow_fashion_mnist_log_prob.png')))
+
+
+def _export_tiny(path, family, shape, init_images, seed=0):
+    model = models.from_config(dict(family=family, **GlowConfig.named(
+        'tiny', shape, seed=seed).to_dict()))
+    model.initialize(init_images)
+    for v in model.trainable_variables:  # Non-trivial couplings and priors.
+        v.assign_add(0.01 * tf.random.stateless_normal(v.shape, seed=[seed, 1]))
+    export.export(model, path)
+
+
+class AnalysisExampleTest(tf.test.TestCase):
+
+    def test_analysis_on_tiny_models(self):
+        data_dir = self.create_tempdir().full_path
+        for name, split, n, shape in (('cifar10', 'train', 48, (32, 32, 3)),
+                                      ('cifar10', 'test', 24, (32, 32, 3)),
+                                      ('svhn_cropped', 'test', 24, (32, 32, 3)),
+                                      ('fashion_mnist', 'train', 48, (28, 28, 1)),
+                                      ('fashion_mnist', 'test', 24, (28, 28, 1)),
+                                      ('mnist', 'test', 24, (28, 28, 1))):
+            _write(data_dir, name, split, n, shape)
+        rng = np.random.default_rng(0)
+        colour = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+        gray = rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8)
+        models_dir = self.create_tempdir().full_path
+        _export_tiny(os.path.join(models_dir, 'cvglow_cifar10'), 'cv_glow', (32, 32, 3), colour)
+        _export_tiny(os.path.join(models_dir, 'cvglow_fashion_mnist'), 'cv_glow', (28, 28, 1),
+                     gray)
+        for seed in (1, 2):
+            _export_tiny(os.path.join(models_dir, 'ensemble_cifar10', f'seed{seed}'), 'glow',
+                         (32, 32, 3), colour, seed=seed)
+        with open(os.path.join(models_dir, 'glow_cifar10_history.jsonl'), 'w') as f:
+            for step, bpd_in, bpd_out in ((100, 5.0, 4.0), (200, 4.0, 3.5)):
+                f.write(json.dumps({'step': step, 'cifar10/test[:2000]/bits_per_dim': bpd_in,
+                                    'svhn_cropped/test[:2000]/bits_per_dim': bpd_out}) + '\n')
+        with open(os.path.join(models_dir, 'glow_svhn_history.jsonl'), 'w') as f:
+            for step, bpd_in, bpd_out in ((100, 3.0, 4.0), (200, 3.0, 2.9)):
+                f.write(json.dumps({'step': step, 'svhn_cropped/test[7000:]/bits_per_dim': bpd_in,
+                                    'cifar10/test[:2000]/bits_per_dim': bpd_out}) + '\n')
+        out = self.create_tempdir().full_path
+        results = analysis.main(['--data-dir', data_dir, '--models-dir', models_dir,
+                                 '--out', out, '--no-progress', '--hessian-batch-size', '1024'])
+        with open(os.path.join(out, 'analysis.json')) as f:
+            saved = json.load(f)
+        self.assertEqual(sorted(saved['statistics']),
+                         sorted(['cifar10/train', 'cifar10/test', 'svhn_cropped/test',
+                                 'fashion_mnist/train', 'fashion_mnist/test', 'mnist/test']))
+        self.assertEqual(saved['statistics']['cifar10/test']['num_images'], 24)
+        self.assertEqual([r['model'] for r in saved['second_order']],
+                         ['cvglow_cifar10', 'cvglow_fashion_mnist'])
+        for row in saved['second_order']:
+            for key in ('predicted', 'predicted_paper_alpha', 'measured', 'curvature'):
+                self.assertTrue(np.isfinite(row[key]), key)
+            self.assertLen(row['paper_alpha_squared'], 3 if 'cifar' in row['model'] else 1)
+        # The measured difference is the evaluator's mean log p(q) - mean log p(p*).
+        cifar = saved['second_order'][0]
+        self.assertAllClose(cifar['measured'], cifar['mean_log_prob_q'] - cifar['mean_log_prob_p'])
+        self.assertEqual({(g['model'], g['set']) for g in saved['graying']},
+                         {('cvglow_cifar10', 'cifar10/test'),
+                          ('cvglow_cifar10', 'svhn_cropped/test')})
+        curves = saved['training_curves']
+        self.assertTrue(curves['glow_cifar10']['out_more_likely_throughout'])
+        self.assertFalse(curves['glow_svhn']['out_more_likely_throughout'])
+        self.assertEqual(saved['ensemble']['num_members'], 2)
+        for key in ('ensemble', 'waic'):
+            self.assertBetween(saved['ensemble'][key]['auroc'], 0., 1.)
+        self.assertEqual(saved['skipped'], [])
+        for name in ('channel_statistics', 'variance_maps_colour', 'variance_maps_gray',
+                     'second_order', 'graying', 'curves_glow_cifar10', 'ensemble_log_prob',
+                     'ensemble_waic'):
+            self.assertTrue(os.path.exists(os.path.join(out, f'{name}.png')), name)
+        with open(os.path.join(out, 'report.md')) as f:
+            self.assertIn('Second-order expansion', f.read())
+        self.assertIn('Ensemble of 2 Glows', results['markdown'])
+        from tensorboard.backend.event_processing import event_accumulator
+        events = event_accumulator.EventAccumulator(os.path.join(out, 'tensorboard'))
+        events.Reload()
+        tags = events.Tags()
+        self.assertIn('figures/second_order', tags['tensors'])
+        self.assertIn('ensemble/auroc_waic', tags['tensors'])
 
 
 if __name__ == '__main__':

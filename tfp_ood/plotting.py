@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 
 from tfp_ood.evaluate import ScoreResult  # noqa: E402
 
-__all__ = ['plot_channel_statistics', 'plot_histograms', 'plot_term_histograms',
-           'plot_training_curves']
+__all__ = ['plot_channel_statistics', 'plot_graying', 'plot_histograms', 'plot_second_order',
+           'plot_term_histograms', 'plot_training_curves', 'plot_variance_maps']
 
 _LABELS = {
     'bits_per_dim': 'bits/dim (lower = more likely)',
@@ -141,4 +141,76 @@ def plot_channel_statistics(statistics: Sequence, path: str, title: Optional[str
     ax.set_title(title or 'dataset statistics per channel')
     ax.grid(alpha=0.3)
     ax.legend(fontsize='x-small', ncol=2)
+    return _save(fig, path)
+
+
+def plot_variance_maps(statistics: Sequence, path: str, title: Optional[str] = None) -> str:
+    """Per-pixel variance of every dataset (channels averaged), on one colour scale.
+
+    Args:
+      statistics: `tfp_ood.analysis.ChannelStatistics` of several datasets.
+      path: PNG file to write.
+    """
+    if not statistics:
+        raise ValueError('plot_variance_maps: no statistics given.')
+    maps = [s.pixel_variance.mean(axis=-1) for s in statistics]
+    vmax = max(float(m.max()) for m in maps)
+    fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps) + 0.8, 2.9), squeeze=False)
+    for ax, stats, m in zip(axes[0], statistics, maps):
+        image = ax.imshow(m, vmin=0., vmax=vmax, cmap='viridis')
+        ax.set_title(f'{stats.name}\nsum {stats.pixel_variance.sum():.1f}', fontsize='small')
+        ax.axis('off')
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label='pixel variance ([0, 1] scale)')
+    fig.suptitle(title or 'per-pixel variance', fontsize='medium')
+    fig.savefig(path, dpi=110, bbox_inches='tight')
+    plt.close(fig)
+    return path
+
+
+def plot_graying(rows: Sequence[dict], path: str, title: Optional[str] = None) -> str:
+    """Bits/dim in colour against grayscale, per model and set (bars).
+
+    Args:
+      rows: `tfp_ood.analysis.graying_rows` output.
+      path: PNG file to write.
+    """
+    if not rows:
+        raise ValueError('plot_graying: no rows given.')
+    labels = [f'{r["model"]}\n{r["set"]}' for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6., 1.3 * len(rows)), 4.5))
+    ax.bar(x - 0.2, [r['bpd_colour'] for r in rows], 0.4, label='colour')
+    ax.bar(x + 0.2, [r['bpd_gray'] for r in rows], 0.4, label='grayscale')
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize='x-small', rotation=30, ha='right')
+    ax.set_ylabel('bits/dim (lower = more likely)')
+    ax.set_title(title or 'graying raises likelihood')
+    ax.grid(axis='y', alpha=0.3)
+    ax.legend(fontsize='small')
+    return _save(fig, path)
+
+
+def plot_second_order(results: Sequence[dict], path: str, title: Optional[str] = None) -> str:
+    """Predicted against measured `E_q[log p] - E_p*[log p]` per model and pair.
+
+    Args:
+      results: dicts with `'label'`, `'predicted'`, `'predicted_paper_alpha'`
+        and `'measured'` (nats per image).
+      path: PNG file to write.
+    """
+    if not results:
+        raise ValueError('plot_second_order: no results given.')
+    x = np.arange(len(results))
+    fig, ax = plt.subplots(figsize=(max(5., 2.4 * len(results)), 4.5))
+    for offset, key, label in ((-0.27, 'predicted', 'second order, exact curvature'),
+                               (0., 'predicted_paper_alpha', "second order, paper's alpha_c"),
+                               (0.27, 'measured', 'measured')):
+        ax.bar(x + offset, [r[key] for r in results], 0.27, label=label)
+    ax.axhline(0., color='k', lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r['label'] for r in results], fontsize='small')
+    ax.set_ylabel('E_q[log p(x)] - E_p*[log p(x)] (nats per image)')
+    ax.set_title(title or 'CV-Glow: second-order prediction against measurement')
+    ax.grid(axis='y', alpha=0.3)
+    ax.legend(fontsize='small')
     return _save(fig, path)
