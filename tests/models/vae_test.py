@@ -55,6 +55,10 @@ class VAETest(tf.test.TestCase, parameterized.TestCase):
         likelihood = model.likelihood(tf.repeat(z, 256, axis=0))
         if variant == 'conv_categorical':
             per_value = likelihood.distribution.log_prob(tf.cast(values, tf.int32))
+            # The image log-likelihood (our gather + logsumexp) is the sum of TFP's
+            # per-pixel categorical log-probabilities.
+            self.assertAllClose(likelihood.log_prob(values),
+                                tf.reduce_sum(per_value, axis=[1, 2, 3]), rtol=1e-5)
         else:
             per_value = discretized_logistic_log_prob(values, likelihood._loc,
                                                       likelihood._log_scale)
