@@ -34,6 +34,11 @@ def main(argv=None):
                         help='train on SVHN and score CIFAR-10 (the effect is asymmetric)')
     parser.add_argument('--num-train-images', type=int, default=10000,
                         help='training images to score (local arrays or TFDS only)')
+    parser.add_argument('--vae-images', type=int, default=None,
+                        help='images per set scored under the VAE, whose importance-weighted '
+                             'estimate costs K=100 decoder passes per image (default: 1000 '
+                             'with --data-dir or --source tfds, 100 on the embedded samples; '
+                             '0: all)')
     args = parser.parse_args(argv)
     source = common.Source(args)
     svhn_train, svhn_test = (('train', 'test') if source.tfds or source.samples
@@ -56,6 +61,9 @@ def main(argv=None):
     for name, family in specs:
         entry = common.get_model(args, source, name, family, train_set, train_split, eval_specs)
         if entry is not None:
+            if family == 'vae':
+                entry.max_images = (args.vae_images if args.vae_images is not None
+                                    else 100 if source.samples else 1000) or None
             models[name] = entry
     if not models:
         raise SystemExit('No model to score: see the messages above.')
