@@ -1,0 +1,417 @@
+r"""Throughput and memory of tfp_ood, against TFP's own `tfb.Glow` and the machine's limit.
+
+Everything is measured in one process on the machine at hand, peers side by
+side with runs alternating (so background load hits both alike), median of
+the repeats:
+
+- scoring (images/s of the evaluator's traced `score_batch`) and training
+  (images/s of `fit`'s traced step: forward, backward, clipping, Adam) of
+  Glow, CV-Glow, PixelCNN and both VAEs, at their `cpu` and `paper` configs,
+  batch sizes 16, 64 and 256;
+- the same Glow architecture built with TFP's `tfb.Glow` (coupling and exit
+  networks matched layer for layer, same parameter count) scored and trained
+  in the same process; `*_vs_tfp` are our/TFP images/s ratios;
+- the achieved GFLOP/s of our Glow (convolution FLOPs counted analytically)
+  against a float32 matmul peak measured in the same run;
+- peak resident memory (RSS) of scoring and of training;
+- how cost grows: images/s against batch size and image size (16x16, 32x32,
+  64x64).
+
+    python benchmarks/run.py --quick --json benchmarks/results/quick.json   # < 5 minutes
+    python benchmarks/run.py --json benchmarks/results/full.json            # everything
+    python benchmarks/run.py --smoke --json /tmp/smoke.json                 # tests: seconds
+
+The JSON holds the headline numbers at the top level (`glow_score_vs_tfp`,
+`glow_train_vs_tfp`, `cvglow_score_vs_tfp`, `glow_paper_score_fraction_of_peak`,
+`glow_paper_score_images_per_s`, `glow_paper_train_images_per_s`, ...) and
+every measurement under `measurements`.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from tfp_ood import models, train
+from tfp_ood.config import GlowConfig
+from tfp_ood.models.base import dequantize
+
+tfb, tfd = tfp.bijectors, tfp.distributions
+
+HEADLINE_KEYS = ('glow_score_vs_tfp', 'glow_train_vs_tfp', 'cvglow_score_vs_tfp',
+                 'glow_paper_score_fraction_of_peak', 'glow_paper_score_images_per_s',
+                 'glow_paper_train_images_per_s')
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one mode measures."""
+
+    repeats: int                      # Timed repeats per measurement (median reported).
+    min_seconds: float                # Calls per repeat grow until a repeat lasts this long.
+    glow_compare: str                 # Glow config compared with tfb.Glow ('paper', 'tiny').
+    compare_batch: int
+    families: Sequence[str]           # Per-family throughput...
+    family_configs: Sequence[str]     # ...at these named configs...
+    family_batches: Sequence[int]     # ...and batch sizes.
+    image_sizes: Sequence[int]        # Scaling with image size (Glow, family config).
+    scaling_config: str
+    matmul_size: int
+
+
+PLANS = {
+    'smoke': Plan(repeats=1, min_seconds=0., glow_compare='tiny', compare_batch=4,
+                  families=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
+                  family_configs=('tiny',), family_batches=(4,), image_sizes=(16, 32),
+                  scaling_config='tiny', matmul_size=256),
+    'quick': Plan(repeats=3, min_seconds=1.0, glow_compare='paper', compare_batch=64,
+                  families=('glow', 'cv_glow', 'pixelcnn', 'vae'), family_configs=('cpu',),
+                  family_batches=(64,), image_sizes=(), scaling_config='cpu',
+                  matmul_size=4096),
+    'full': Plan(repeats=5, min_seconds=2.0, glow_compare='paper', compare_batch=64,
+                 families=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
+                 family_configs=('cpu', 'paper'), family_batches=(16, 64, 256),
+                 image_sizes=(16, 32, 64), scaling_config='cpu', matmul_size=4096),
+}
+
+
+class PeakRSS:
+    """Peak resident set size (MiB) of this process while the block runs."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval, self.peak_mib = interval, 0.
+        self._stop = threading.Event()
+
+    @staticmethod
+    def current_mib() -> float:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, self.current_mib())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.peak_mib = self.current_mib()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, self.current_mib())
+
+
+def alternate(fns: Dict[str, Callable[[], object]], repeats: int,
+              min_seconds: float) -> Dict[str, float]:
+    """Median seconds per call of each function, the functions run alternately.
+
+    Each function is called once first (tracing, warm-up). A repeat calls a
+    function `n` times, `n` chosen from the warm-up so that a repeat lasts at
+    least `min_seconds`.
+    """
+    calls = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        fn()  # The first call traces; time the second.
+        elapsed = time.perf_counter() - start
+        calls[name] = max(1, int(np.ceil(min_seconds / max(elapsed / 2, 1e-6))))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul_peak_gflops(n: int, repeats: int) -> float:
+    """Float32 matmul GFLOP/s (best of `repeats`): the machine's practical peak."""
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul()
+    best = float('inf')
+    for _ in range(max(repeats, 3)):
+        start = time.perf_counter()
+        matmul().numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2. * n ** 3 / best / 1e9
+
+
+def glow_forward_flops(config: GlowConfig) -> float:
+    """Convolution FLOPs of scoring one image (2 per multiply-add).
+
+    Counts every coupling network (3x3, 1x1, 3x3), every split-prior network
+    (one 3x3) and every invertible 1x1 convolution, once each: the cost of one
+    pass image -> latent. 3 x 8 x 400 on 32x32x3: 1.33 GFLOP.
+    """
+    height, width, channels = config.image_shape
+    width_factor = 2 if config.coupling == 'affine' else 1
+    hidden = config.hidden_channels
+    macs = 0.
+    for level in range(config.num_levels):
+        height, width, channels = height // 2, width // 2, channels * 4
+        pixels = height * width
+        half = channels // 2
+        step = (pixels * 9 * half * hidden + pixels * hidden * hidden
+                + pixels * 9 * hidden * width_factor * (channels - half)
+                + pixels * channels * channels)
+        macs += config.num_steps_per_level * step
+        if level + 1 < config.num_levels:
+            macs += pixels * 9 * half * width_factor * (channels - half)
+            channels = half
+    return 2. * macs
+
+
+def tfp_glow_distribution(config: GlowConfig) -> tfd.Distribution:
+    """`tfb.Glow` with our coupling and exit networks, as a distribution on images."""
+    width = 2 if config.coupling == 'affine' else 1
+    hidden = config.hidden_channels
+    glorot = tf_keras.initializers.GlorotUniform
+
+    def coupling_fn(input_shape):
+        return tf_keras.Sequential([
+            tf_keras.Input(shape=tuple(input_shape)),
+            tf_keras.layers.Conv2D(hidden, 3, padding='same', activation='relu',
+                                   kernel_initializer=glorot(seed=1)),
+            tf_keras.layers.Conv2D(hidden, 1, activation='relu', kernel_initializer=glorot(seed=2)),
+            tf_keras.layers.Conv2D(width * input_shape[-1], 3, padding='same',
+                                   kernel_initializer='zeros'),
+        ])
+
+    def exit_fn(input_shape, output_chan):
+        return tf_keras.Sequential([
+            tf_keras.Input(shape=tuple(input_shape)),
+            tf_keras.layers.Conv2D(width * output_chan, 3, padding='same',
+                                   kernel_initializer='zeros'),
+        ])
+
+    glow = tfb.Glow(output_shape=config.image_shape, num_glow_blocks=config.num_levels,
+                    num_steps_per_block=config.num_steps_per_level,
+                    coupling_bijector_fn=coupling_fn, exit_bijector_fn=exit_fn,
+                    use_actnorm=True, seed=config.seed)
+    latent = glow.inverse_event_shape(config.image_shape)
+    return tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0., 1.), latent), glow)
+
+
+def _num_params(variables) -> int:
+    """Trainable parameters, counting only the used triangle of LU factors.
+
+    Our invertible 1x1 convolution keeps its strictly lower and strictly upper
+    LU factors in two masked `C x C` variables (TFP packs both into one), so
+    only `C (C - 1) / 2` entries of each are parameters.
+    """
+    total = 0
+    for v in variables:
+        size = int(np.prod(v.shape))
+        if v.name.split('/')[-1].split(':')[0] in ('lower', 'upper') and len(v.shape) == 2:
+            size = int(v.shape[0]) * (int(v.shape[0]) - 1) // 2
+        total += size
+    return total
+
+
+def _images(batch: int, shape, seed: int = 0) -> tf.Tensor:
+    return tf.constant(np.random.default_rng(seed).integers(0, 256, (batch,) + tuple(shape),
+                                                            dtype=np.uint8))
+
+
+class Runner:
+    """A scoring function and a training step of one model at one batch size."""
+
+    def __init__(self, score: Callable, train_step: Callable, params: int):
+        self.score, self.train_step, self.params = score, train_step, params
+
+
+def ours(model, batch: int) -> Runner:
+    """The evaluator's traced scoring function and `fit`'s traced training step."""
+    images = _images(batch, model.image_shape)
+    noise = tf.random.uniform(images.shape, seed=1)
+    model.initialize(images.numpy())
+    config = train.TrainConfig(batch_size=batch)
+    optimizer = tf_keras.optimizers.Adam(1e-4)
+    step = train._make_train_step(model, optimizer, tf.distribute.get_strategy(), config)
+    return Runner(lambda: model.score_batch(images)['log_prob'].numpy(),
+                  lambda: step(images, noise)[0].numpy(), _num_params(model.trainable_variables))
+
+
+def tfp_peer(config: GlowConfig, batch: int) -> Runner:
+    """TFP's `tfb.Glow` scored and trained like ours (fixed batch: DESIGN.md trap 2)."""
+    distribution = tfp_glow_distribution(config)
+    images = _images(batch, config.image_shape)
+    noise = tf.random.uniform(images.shape, seed=1)
+    num_dims = float(np.prod(config.image_shape))
+    const = num_dims * np.log(256.)
+
+    @tf.function
+    def score():
+        return distribution.log_prob(dequantize(images)) - const
+
+    score()  # Builds the networks and runs ActNorm's data-dependent initialisation.
+    variables = distribution.trainable_variables
+    optimizer = tf_keras.optimizers.Adam(1e-4)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            log_prob = distribution.log_prob(dequantize(images, noise)) - const
+            loss = tf.reduce_mean(-log_prob / (num_dims * np.log(2.)))
+        grads = tape.gradient(loss, variables)
+        grads, _ = tf.clip_by_global_norm(grads, 50.)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    return Runner(lambda: score().numpy(), lambda: step().numpy(), _num_params(variables))
+
+
+def build_model(family: str, config_name: str, shape=(32, 32, 3)):
+    return models.named_model(family, config_name, shape)
+
+
+def compare_with_tfp(plan: Plan, log: Callable) -> Dict:
+    """Our Glow and CV-Glow against `tfb.Glow` at the same architecture."""
+    out = {}
+    for coupling in ('affine', 'additive'):
+        config = GlowConfig.named(plan.glow_compare, coupling=coupling)
+        key = 'glow' if coupling == 'affine' else 'cvglow'
+        mine = ours(models.FlowModel.from_config(config), plan.compare_batch)
+        peer = tfp_peer(config, plan.compare_batch)
+        tasks = {'ours_score': mine.score, 'tfp_score': peer.score}
+        if coupling == 'affine':  # Training comparison for the affine Glow.
+            tasks.update(ours_train=mine.train_step, tfp_train=peer.train_step)
+        seconds = alternate(tasks, plan.repeats, plan.min_seconds)
+        ips = {k: plan.compare_batch / v for k, v in seconds.items()}
+        result = {'config': config.to_dict(), 'batch_size': plan.compare_batch,
+                  'params_ours': mine.params, 'params_tfp': peer.params,
+                  **{f'{k}_images_per_s': v for k, v in ips.items()},
+                  'score_ratio': ips['ours_score'] / ips['tfp_score']}
+        if 'ours_train' in ips:
+            result['train_ratio'] = ips['ours_train'] / ips['tfp_train']
+        out[key] = result
+        log(f'{key} {plan.glow_compare} vs tfb.Glow (batch {plan.compare_batch}, params '
+            f'{mine.params:,} / {peer.params:,}): score {ips["ours_score"]:.1f} / '
+            f'{ips["tfp_score"]:.1f} images/s = {result["score_ratio"]:.2f}x'
+            + (f'; train {ips["ours_train"]:.1f} / {ips["tfp_train"]:.1f} = '
+               f'{result["train_ratio"]:.2f}x' if 'train_ratio' in result else ''))
+    return out
+
+
+def family_throughput(plan: Plan, log: Callable) -> List[Dict]:
+    rows = []
+    for config_name in plan.family_configs:
+        for family in plan.families:
+            for batch in plan.family_batches:
+                model = build_model(family, config_name)
+                runner = ours(model, batch)
+                with PeakRSS() as score_rss:
+                    score_s = alternate({'score': runner.score}, plan.repeats,
+                                        plan.min_seconds)['score']
+                with PeakRSS() as train_rss:
+                    train_s = alternate({'train': runner.train_step}, plan.repeats,
+                                        plan.min_seconds)['train']
+                row = {'family': family, 'config': config_name, 'batch_size': batch,
+                       'params': runner.params, 'score_images_per_s': batch / score_s,
+                       'train_images_per_s': batch / train_s,
+                       'score_peak_rss_mib': score_rss.peak_mib,
+                       'train_peak_rss_mib': train_rss.peak_mib}
+                rows.append(row)
+                log(f'{family:9s} {config_name:6s} batch {batch:3d}: score '
+                    f'{row["score_images_per_s"]:8.1f} images/s, train '
+                    f'{row["train_images_per_s"]:7.1f} images/s, peak RSS '
+                    f'{row["score_peak_rss_mib"]:.0f} / {row["train_peak_rss_mib"]:.0f} MiB')
+                del model, runner
+    return rows
+
+
+def image_size_scaling(plan: Plan, log: Callable) -> List[Dict]:
+    rows = []
+    for size in plan.image_sizes:
+        config = GlowConfig.named(plan.scaling_config, (size, size, 3))
+        batch = plan.compare_batch
+        runner = ours(models.FlowModel.from_config(config), batch)
+        seconds = alternate({'score': runner.score, 'train': runner.train_step},
+                            plan.repeats, plan.min_seconds)
+        row = {'image_size': size, 'config': config.to_dict(), 'batch_size': batch,
+               'score_images_per_s': batch / seconds['score'],
+               'train_images_per_s': batch / seconds['train'],
+               'forward_gflop_per_image': glow_forward_flops(config) / 1e9}
+        rows.append(row)
+        log(f'glow {plan.scaling_config} {size}x{size}: score {row["score_images_per_s"]:.1f}, '
+            f'train {row["train_images_per_s"]:.1f} images/s '
+            f'({row["forward_gflop_per_image"]:.3f} GFLOP per image)')
+    return rows
+
+
+def run(mode: str, log: Callable = print) -> Dict:
+    plan = PLANS[mode]
+    started = time.time()
+    peak = matmul_peak_gflops(plan.matmul_size, plan.repeats)
+    log(f'float32 matmul peak ({plan.matmul_size}x{plan.matmul_size}): {peak:.1f} GFLOP/s')
+    comparison = compare_with_tfp(plan, log)
+    glow = comparison['glow']
+    flops = glow_forward_flops(GlowConfig.named(plan.glow_compare))
+    achieved = glow['ours_score_images_per_s'] * flops / 1e9
+    log(f'glow {plan.glow_compare} scoring: {achieved:.1f} GFLOP/s = '
+        f'{achieved / peak:.0%} of the matmul peak ({flops / 1e9:.2f} GFLOP per image)')
+    families = family_throughput(plan, log)
+    scaling = image_size_scaling(plan, log)
+    result = {
+        'glow_score_vs_tfp': glow['score_ratio'],
+        'glow_train_vs_tfp': glow['train_ratio'],
+        'cvglow_score_vs_tfp': comparison['cvglow']['score_ratio'],
+        # With --smoke these "paper" numbers are of the tiny config.
+        'glow_paper_score_fraction_of_peak': achieved / peak,
+        'glow_paper_score_images_per_s': glow['ours_score_images_per_s'],
+        'glow_paper_train_images_per_s': glow['ours_train_images_per_s'],
+        'glow_paper_score_gflops': achieved,
+        'matmul_peak_gflops': peak,
+        'mode': mode,
+        'compared_config': plan.glow_compare,
+        'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
+                    'processor': platform.processor(), 'python': sys.version.split()[0],
+                    'tensorflow': tf.__version__, 'tfp': tfp.__version__},
+        'measurements': {'tfp_comparison': comparison, 'families': families,
+                         'image_size_scaling': scaling},
+        'seconds': time.time() - started,
+    }
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument('--quick', dest='mode', action='store_const', const='quick',
+                      help='the headline comparisons and the cpu configs (< 5 minutes here)')
+    mode.add_argument('--smoke', dest='mode', action='store_const', const='smoke',
+                      help='tiny shapes, one repeat: checks that everything runs')
+    parser.set_defaults(mode='full')
+    parser.add_argument('--json', default=None, help='write the results to this file')
+    args = parser.parse_args(argv)
+    result = run(args.mode)
+    print(f'done in {result["seconds"]:.0f} s')
+    for key in HEADLINE_KEYS:
+        print(f'  {key}: {result[key]:.3f}')
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,55 @@
+"""benchmarks/run.py in smoke mode: runs end to end and writes every key (no speed asserted)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+
+import run as benchmarks  # noqa: E402  (benchmarks/run.py)
+
+from tfp_ood.config import GlowConfig  # noqa: E402
+
+
+class BenchmarksTest(tf.test.TestCase):
+
+    def test_smoke_run_writes_every_key(self):
+        path = os.path.join(self.create_tempdir().full_path, 'results', 'smoke.json')
+        run = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'run.py'),
+                              '--smoke', '--json', path], capture_output=True, text=True,
+                             timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        with open(path) as f:
+            result = json.load(f)
+        for key in benchmarks.HEADLINE_KEYS + ('matmul_peak_gflops',):
+            self.assertIsInstance(result[key], float, key)
+            self.assertTrue(math.isfinite(result[key]) and result[key] > 0, key)
+        measured = result['measurements']
+        self.assertEqual({r['family'] for r in measured['families']},
+                         {'glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'})
+        for row in measured['families']:
+            self.assertGreater(row['score_peak_rss_mib'], 0)
+        self.assertEqual([r['image_size'] for r in measured['image_size_scaling']], [16, 32])
+        comparison = measured['tfp_comparison']['glow']
+        self.assertEqual(comparison['params_ours'], comparison['params_tfp'])
+
+    def test_flop_count_of_the_paper_glow(self):
+        # 1.33 GFLOP per 32x32x3 image for 3 x 8 x 400 (DESIGN.md); by hand for a
+        # one-level, one-step flow on 2x2x1: squeeze to 1x1x4, coupling network
+        # 3x3 (2 -> h), 1x1 (h -> h), 3x3 (h -> 2 * 2), and a 4x4 1x1 convolution.
+        self.assertAllClose(benchmarks.glow_forward_flops(GlowConfig.named('paper')) / 1e9,
+                            1.327, atol=1e-3)
+        h = 5
+        tiny = GlowConfig(image_shape=(2, 2, 1), num_levels=1, num_steps_per_level=1,
+                          hidden_channels=h)
+        self.assertEqual(benchmarks.glow_forward_flops(tiny),
+                         2 * (9 * 2 * h + h * h + 9 * h * 4 + 16))
+
+
+if __name__ == '__main__':
+    tf.test.main()
