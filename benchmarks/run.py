@@ -15,7 +15,8 @@ the repeats:
   against a float32 matmul peak measured in the same run;
 - peak resident memory (RSS) of scoring and of training;
 - how cost grows: images/s against batch size and image size (16x16, 32x32,
-  64x64).
+  64x64);
+- XLA (`jit_compile=True`) against plain graphs, for scoring and training.
 
     python benchmarks/run.py --quick --json benchmarks/results/quick.json   # < 5 minutes
     python benchmarks/run.py --json benchmarks/results/full.json            # everything
@@ -68,21 +69,23 @@ class Plan:
     image_sizes: Sequence[int]        # Scaling with image size (Glow, family config).
     scaling_config: str
     matmul_size: int
+    xla_configs: Sequence[str]        # Glow configs measured with and without XLA.
 
 
 PLANS = {
     'smoke': Plan(repeats=1, min_seconds=0., glow_compare='tiny', compare_batch=4,
                   families=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
                   family_configs=('tiny',), family_batches=(4,), image_sizes=(16, 32),
-                  scaling_config='tiny', matmul_size=256),
-    'quick': Plan(repeats=3, min_seconds=1.0, glow_compare='paper', compare_batch=64,
-                  families=('glow', 'cv_glow', 'pixelcnn', 'vae'), family_configs=('cpu',),
+                  scaling_config='tiny', matmul_size=256, xla_configs=('tiny',)),
+    'quick': Plan(repeats=3, min_seconds=0.5, glow_compare='paper', compare_batch=64,
+                  families=('glow', 'pixelcnn', 'vae'), family_configs=('cpu',),
                   family_batches=(64,), image_sizes=(), scaling_config='cpu',
-                  matmul_size=4096),
+                  matmul_size=4096, xla_configs=('small',)),
     'full': Plan(repeats=5, min_seconds=2.0, glow_compare='paper', compare_batch=64,
                  families=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
                  family_configs=('cpu', 'paper'), family_batches=(16, 64, 256),
-                 image_sizes=(16, 32, 64), scaling_config='cpu', matmul_size=4096),
+                 image_sizes=(16, 32, 64), scaling_config='cpu', matmul_size=4096,
+                 xla_configs=('small', 'cpu', 'paper')),
 }
 
 
@@ -279,6 +282,53 @@ def tfp_peer(config: GlowConfig, batch: int) -> Runner:
     return Runner(lambda: score().numpy(), lambda: step().numpy(), _num_params(variables))
 
 
+def xla_peers(config: GlowConfig, batch: int) -> Dict[str, Callable]:
+    """Scoring and a plain training step of our Glow, with and without XLA.
+
+    The step is `fit`'s work (forward, backward, global-norm clipping, Adam)
+    without the `tf.distribute` plumbing, which XLA cannot compile through.
+    """
+    model = models.FlowModel.from_config(config)
+    images = _images(batch, config.image_shape)
+    noise = tf.random.uniform(images.shape, seed=1)
+    model.initialize(images.numpy())
+    variables = model.trainable_variables
+    fns = {}
+    for xla in (False, True):
+        optimizer = tf_keras.optimizers.Adam(1e-4, jit_compile=xla)
+
+        def step(optimizer=optimizer):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(model.bits_per_dim(model.training_log_prob(images, noise)))
+            grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), 50.)
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss
+
+        score = tf.function(lambda: model.log_prob_terms(images)['log_prob'], jit_compile=xla)
+        train_step = tf.function(step, jit_compile=xla)
+        suffix = 'xla' if xla else 'plain'
+        fns[f'score_{suffix}'] = lambda f=score: f().numpy()
+        fns[f'train_{suffix}'] = lambda f=train_step: f().numpy()
+    return fns
+
+
+def compare_xla(plan: Plan, config_names: Sequence[str], log: Callable) -> Dict:
+    """Our Glow with and without XLA (`jit_compile=True`), scoring and training."""
+    out = {}
+    for name in config_names:
+        config = GlowConfig.named(name)
+        seconds = alternate(xla_peers(config, plan.compare_batch), plan.repeats,
+                            plan.min_seconds)
+        ips = {k: plan.compare_batch / v for k, v in seconds.items()}
+        out[name] = dict({f'{k}_images_per_s': v for k, v in ips.items()},
+                         score_xla_speedup=ips['score_xla'] / ips['score_plain'],
+                         train_xla_speedup=ips['train_xla'] / ips['train_plain'])
+        log(f'glow {name} XLA: score {ips["score_plain"]:.1f} -> {ips["score_xla"]:.1f} '
+            f'images/s ({out[name]["score_xla_speedup"]:.2f}x), train {ips["train_plain"]:.1f} '
+            f'-> {ips["train_xla"]:.1f} ({out[name]["train_xla_speedup"]:.2f}x)')
+    return out
+
+
 def build_model(family: str, config_name: str, shape=(32, 32, 3)):
     return models.named_model(family, config_name, shape)
 
@@ -368,6 +418,7 @@ def run(mode: str, log: Callable = print) -> Dict:
     achieved = glow['ours_score_images_per_s'] * flops / 1e9
     log(f'glow {plan.glow_compare} scoring: {achieved:.1f} GFLOP/s = '
         f'{achieved / peak:.0%} of the matmul peak ({flops / 1e9:.2f} GFLOP per image)')
+    xla = compare_xla(plan, plan.xla_configs, log)
     families = family_throughput(plan, log)
     scaling = image_size_scaling(plan, log)
     result = {
@@ -385,7 +436,7 @@ def run(mode: str, log: Callable = print) -> Dict:
         'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
                     'processor': platform.processor(), 'python': sys.version.split()[0],
                     'tensorflow': tf.__version__, 'tfp': tfp.__version__},
-        'measurements': {'tfp_comparison': comparison, 'families': families,
+        'measurements': {'tfp_comparison': comparison, 'xla': xla, 'families': families,
                          'image_size_scaling': scaling},
         'seconds': time.time() - started,
     }

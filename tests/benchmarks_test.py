@@ -35,6 +35,7 @@ class BenchmarksTest(tf.test.TestCase):
         for row in measured['families']:
             self.assertGreater(row['score_peak_rss_mib'], 0)
         self.assertEqual([r['image_size'] for r in measured['image_size_scaling']], [16, 32])
+        self.assertGreater(measured['xla']['tiny']['score_xla_speedup'], 0)
         comparison = measured['tfp_comparison']['glow']
         self.assertEqual(comparison['params_ours'], comparison['params_tfp'])
 

@@ -57,6 +57,13 @@ class EvaluateTest(tf.test.TestCase):
             self.assertAllClose(score(self.model, data_, progress=False).log_prob,
                                 direct['log_prob'], rtol=1e-5)
 
+    def test_xla_scores_equal_plain_scores(self):
+        images = _uint8(21)
+        plain = score(self.model, images, batch_size=8, progress=False)
+        xla = score(self.model, images, batch_size=8, progress=False, jit_compile=True)
+        for key in ('log_prob', 'log_pz', 'log_det', 'bits_per_dim'):
+            self.assertAllClose(xla.scores[key], plain.scores[key], rtol=1e-5, atol=1e-3)
+
     def test_score_all_limits_images_per_model(self):
         ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(12), 'label': np.zeros(12)})
         small = data.constant_images(5, (4, 4, 3), 3)  # Another shape: not scored.

@@ -141,7 +141,8 @@ def score(model: DensityModel,
           name: str = 'data',
           batch_size: int = 256,
           progress: bool = True,
-          model_name: Optional[str] = None) -> ScoreResult:
+          model_name: Optional[str] = None,
+          jit_compile: bool = False) -> ScoreResult:
     """Scores every image of `data` under `model`.
 
     Args:
@@ -157,6 +158,10 @@ def score(model: DensityModel,
         Default value: `True`.
       model_name: name of the model for plots and tables.
         Default value: `model.name`.
+      jit_compile: score with the XLA-compiled function
+        (`model.xla_score_batch`): faster for small flows on CPU, slower for
+        large ones (see `benchmarks/run.py`); equal up to float rounding.
+        Default value: `False`.
 
     Returns:
       A `ScoreResult` with one entry per image, in the order of `data`.
@@ -170,13 +175,14 @@ def score(model: DensityModel,
     ds = _as_dataset(data, model, name)
     num_images = int(ds.cardinality())
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    score_batch = model.xla_score_batch if jit_compile else model.score_batch
     chunks, labels = [], []
     # Redraw at most every second on a terminal, every 30 s into a log file.
     interval = 1.0 if sys.stderr.isatty() else 30.0
     with tqdm(total=num_images if num_images >= 0 else None, desc=f'scoring {name}',
               unit='img', disable=not progress, leave=False, mininterval=interval) as bar:
         for images, batch_labels in ds:
-            chunks.append({k: v.numpy() for k, v in model.score_batch(images).items()})
+            chunks.append({k: v.numpy() for k, v in score_batch(images).items()})
             labels.append(batch_labels.numpy())
             bar.update(len(batch_labels))
     if not chunks:
