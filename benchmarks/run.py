@@ -119,20 +119,24 @@ class PeakRSS:
 
 
 def alternate(fns: Dict[str, Callable[[], object]], repeats: int,
-              min_seconds: float) -> Dict[str, float]:
+              min_seconds: float, max_seconds: float = 120.) -> Dict[str, float]:
     """Median seconds per call of each function, the functions run alternately.
 
-    Each function is called once first (tracing, warm-up). A repeat calls a
-    function `n` times, `n` chosen from the warm-up so that a repeat lasts at
-    least `min_seconds`.
+    Each function is called twice first (tracing, then a timed warm-up call).
+    A repeat calls a function `n` times, `n` chosen from the warm-up so that a
+    repeat lasts at least `min_seconds`; fewer repeats are made (at least one)
+    when they would take more than `max_seconds` in all (a paper-size PixelCNN
+    step at batch 256 takes minutes on a CPU).
     """
-    calls = {}
+    calls, per_call = {}, {}
     for name, fn in fns.items():
+        fn()  # Traces.
         start = time.perf_counter()
         fn()
-        fn()  # The first call traces; time the second.
-        elapsed = time.perf_counter() - start
-        calls[name] = max(1, int(np.ceil(min_seconds / max(elapsed / 2, 1e-6))))
+        per_call[name] = time.perf_counter() - start
+        calls[name] = max(1, int(np.ceil(min_seconds / max(per_call[name], 1e-6))))
+    round_seconds = sum(calls[n] * per_call[n] for n in fns)
+    repeats = max(1, min(repeats, int(max_seconds / max(round_seconds, 1e-6))))
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
