@@ -1,7 +1,9 @@
 """End-to-end runs of the example scripts: on tiny synthetic data with tiny models
 trained from scratch, and with no flags on the embedded samples and shipped models."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import sys
@@ -104,6 +106,50 @@ def _export_tiny(path, family, shape, init_images, seed=0):
     for v in model.trainable_variables:  # Non-trivial couplings and priors.
         v.assign_add(0.01 * tf.random.stateless_normal(v.shape, seed=[seed, 1]))
     export.export(model, path)
+
+
+def _in_directory(directory, fn):
+    """Runs `fn()` with `directory` as the working directory (default --out paths)."""
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            result = fn()
+        return result, stdout.getvalue()
+    finally:
+        os.chdir(cwd)
+
+
+def _bpd(outcome, model, scored_set):
+    return next(r.bpd_mean for r in outcome['rows']
+                if r.model == model and r.scored_set == scored_set)
+
+
+class NoFlagsTest(tf.test.TestCase):
+    """The main jobs exactly as a newcomer first runs them: no flags, so the
+    embedded 2,000-image samples and the SavedModels shipped in saved_models/."""
+
+    def test_cifar_svhn_no_flags(self):
+        out = self.create_tempdir().full_path
+        outcome, printed = _in_directory(out, lambda: cifar_svhn.main([]))
+        self.assertIn('embedded in the package', printed)
+        self.assertTrue(os.path.exists(os.path.join(out, 'results', 'cifar_svhn',
+                                                    'bpd_table.md')))
+        shipped = sorted(name for name, _ in cifar_svhn.CIFAR_MODELS
+                         if os.path.isdir(os.path.join(REPO, 'saved_models', name)))
+        self.assertIn('glow_cifar10', shipped)
+        self.assertEqual(sorted(outcome['metrics']), shipped)
+        for model in shipped:
+            # The paper's observation on real images: SVHN more likely than CIFAR-10.
+            self.assertLess(_bpd(outcome, model, 'svhn_cropped/test'),
+                            _bpd(outcome, model, 'cifar10/test'), model)
+            self.assertLess(outcome['metrics'][model]['auroc'], 0.5, model)
+        rows = {r.scored_set: r for r in outcome['rows'] if r.model == 'glow_cifar10'}
+        self.assertEqual(rows['cifar10/test'].num_images, 2000)
+        self.assertEqual(rows['svhn_cropped/test'].num_images, 2000)
+        self.assertLess(rows['constant_128'].bpd_mean, rows['svhn_cropped/test'].bpd_mean)
+        self.assertGreater(rows['uniform_noise'].bpd_mean, rows['cifar10/test'].bpd_mean)
 
 
 class AnalysisExampleTest(tf.test.TestCase):
