@@ -80,7 +80,7 @@ PLANS = {
     'quick': Plan(repeats=3, min_seconds=0.5, glow_compare='paper', compare_batch=64,
                   families=('glow', 'pixelcnn', 'vae'), family_configs=('cpu',),
                   family_batches=(64,), image_sizes=(), scaling_config='cpu',
-                  matmul_size=4096, xla_configs=('small',)),
+                  matmul_size=4096, xla_configs=()),
     'full': Plan(repeats=5, min_seconds=2.0, glow_compare='paper', compare_batch=64,
                  families=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
                  family_configs=('cpu', 'paper'), family_batches=(16, 64, 256),

@@ -159,8 +159,9 @@ def score(model: DensityModel,
       model_name: name of the model for plots and tables.
         Default value: `model.name`.
       jit_compile: score with the XLA-compiled function
-        (`model.xla_score_batch`): faster for small flows on CPU, slower for
-        large ones (see `benchmarks/run.py`); equal up to float rounding.
+        (`model.xla_score_batch`); equal up to float rounding. Slower than
+        the plain graph for every Glow size on the 2-core development CPU
+        (`benchmarks/run.py`), so off by default; measure it on your hardware.
         Default value: `False`.
 
     Returns:

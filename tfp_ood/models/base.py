@@ -111,10 +111,12 @@ class DensityModel(tf.Module):
     def xla_score_batch(self):
         """`score_batch` compiled with XLA (`jit_compile=True`), built on first use.
 
-        On the 2-core development CPU XLA scored the `small` Glow 1.6x faster
-        but the `cpu` and `paper` Glows 0.9x and 0.6x as fast, and slowed every
-        training step (`benchmarks/run.py`); hence opt-in
-        (`tfp_ood.evaluate.score(..., jit_compile=True)`).
+        On the idle 2-core development CPU XLA scored the `small`, `cpu` and
+        `paper` Glows at 0.90x, 0.89x and 0.62x the speed of the plain graph
+        and slowed training too (`benchmarks/run.py`); it won (1.6x for the
+        `small` Glow's scoring) only with another job on the cores. Hence
+        opt-in (`tfp_ood.evaluate.score(..., jit_compile=True)`); measure it on
+        your hardware.
         """
         if getattr(self, '_xla_score_batch', None) is None:
             self._xla_score_batch = tf.function(
