@@ -24,7 +24,7 @@ $T train --model cv_glow --config cpu --dataset cifar10 --split train \
 # the other 3,000 are held out.
 $T train --model glow --config cpu --dataset svhn_cropped --split 'test[:7000]' \
   --eval 'svhn_cropped:test[7000:]' --eval 'cifar10:test[:2000]' \
-  --workdir "$RUNS/glow_svhn" --steps 4000 --data-dir "$DATA"
+  --workdir "$RUNS/glow_svhn" --steps 3000 --data-dir "$DATA"
 $T train --model glow --config cpu --dataset fashion_mnist --split train \
   --eval 'fashion_mnist:test[:2000]' --eval 'mnist:test[:2000]' \
   --workdir "$RUNS/glow_fashion_mnist" --steps 8000 --data-dir "$DATA"
