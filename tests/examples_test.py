@@ -151,6 +151,17 @@ class NoFlagsTest(tf.test.TestCase):
         self.assertLess(rows['constant_128'].bpd_mean, rows['svhn_cropped/test'].bpd_mean)
         self.assertGreater(rows['uniform_noise'].bpd_mean, rows['cifar10/test'].bpd_mean)
 
+    def test_cifar_svhn_reverse_no_flags(self):
+        out = self.create_tempdir().full_path
+        outcome, printed = _in_directory(out, lambda: cifar_svhn.main(['--reverse']))
+        self.assertIn('embedded in the package', printed)
+        self.assertEqual(list(outcome['metrics']), ['glow_svhn'])
+        # The asymmetry: under the SVHN Glow, CIFAR-10 is the less likely set. The
+        # embedded SVHN sample (test images 8,000-9,999) is outside its training slice.
+        self.assertLess(_bpd(outcome, 'glow_svhn', 'svhn_cropped/test'),
+                        _bpd(outcome, 'glow_svhn', 'cifar10/test'))
+        self.assertGreater(outcome['metrics']['glow_svhn']['auroc'], 0.9)
+
 
 class AnalysisExampleTest(tf.test.TestCase):
 
