@@ -13,7 +13,9 @@ the repeats:
   in the same process; `*_vs_tfp` are our/TFP images/s ratios;
 - the achieved GFLOP/s of our Glow (convolution FLOPs counted analytically)
   against a float32 matmul peak measured in the same run;
-- peak resident memory (RSS) of scoring and of training;
+- peak resident memory (RSS) of scoring and of training: the process's peak
+  during each phase (which includes every model built before it in the same
+  process) and the increase over the RSS when the phase started;
 - how cost grows: images/s against batch size and image size (16x16, 32x32,
   64x64);
 - XLA (`jit_compile=True`) against plain graphs, for scoring and training.
@@ -106,8 +108,13 @@ class PeakRSS:
             self.peak_mib = max(self.peak_mib, self.current_mib())
             time.sleep(self.interval)
 
+    @property
+    def increase_mib(self) -> float:
+        """Peak minus the RSS when the block started: what the block itself added."""
+        return self.peak_mib - self.start_mib
+
     def __enter__(self):
-        self.peak_mib = self.current_mib()
+        self.start_mib = self.peak_mib = self.current_mib()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
@@ -382,12 +389,15 @@ def family_throughput(plan: Plan, log: Callable) -> List[Dict]:
                        'params': runner.params, 'score_images_per_s': batch / score_s,
                        'train_images_per_s': batch / train_s,
                        'score_peak_rss_mib': score_rss.peak_mib,
-                       'train_peak_rss_mib': train_rss.peak_mib}
+                       'train_peak_rss_mib': train_rss.peak_mib,
+                       'score_rss_increase_mib': score_rss.increase_mib,
+                       'train_rss_increase_mib': train_rss.increase_mib}
                 rows.append(row)
                 log(f'{family:9s} {config_name:6s} batch {batch:3d}: score '
                     f'{row["score_images_per_s"]:8.1f} images/s, train '
-                    f'{row["train_images_per_s"]:7.1f} images/s, peak RSS '
-                    f'{row["score_peak_rss_mib"]:.0f} / {row["train_peak_rss_mib"]:.0f} MiB')
+                    f'{row["train_images_per_s"]:7.1f} images/s, RSS increase '
+                    f'{row["score_rss_increase_mib"]:.0f} / {row["train_rss_increase_mib"]:.0f} '
+                    f'MiB')
                 del model, runner
     return rows
 
