@@ -19,7 +19,7 @@ $T train --model glow --config cpu --dataset cifar10 --split train \
   --workdir "$RUNS/glow_cifar10" --steps 10000 --data-dir "$DATA"
 $T train --model cv_glow --config cpu --dataset cifar10 --split train \
   --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
-  --workdir "$RUNS/cvglow_cifar10" --steps 10000 --data-dir "$DATA"
+  --workdir "$RUNS/cvglow_cifar10" --steps 6000 --data-dir "$DATA"
 # SVHN's offline copy has no train split: the first 7,000 test images train,
 # the other 3,000 are held out.
 $T train --model glow --config cpu --dataset svhn_cropped --split 'test[:7000]' \
@@ -27,8 +27,32 @@ $T train --model glow --config cpu --dataset svhn_cropped --split 'test[:7000]' 
   --workdir "$RUNS/glow_svhn" --steps 3000 --data-dir "$DATA"
 $T train --model glow --config cpu --dataset fashion_mnist --split train \
   --eval 'fashion_mnist:test[:2000]' --eval 'mnist:test[:2000]' \
-  --workdir "$RUNS/glow_fashion_mnist" --steps 8000 --data-dir "$DATA"
+  --workdir "$RUNS/glow_fashion_mnist" --steps 5000 --data-dir "$DATA"
+# For the analyses (examples/analysis.py): a FashionMNIST CV-Glow for the
+# second-order expansion, and five small Glows with different seeds (weights
+# and data order) for the ensemble.
+$T train --model cv_glow --config cpu --dataset fashion_mnist --split train \
+  --eval 'fashion_mnist:test[:2000]' --eval 'mnist:test[:2000]' \
+  --workdir "$RUNS/cvglow_fashion_mnist" --steps 3000 --data-dir "$DATA"
+for seed in 1 2 3 4 5; do
+  $T train --model glow --config small --seed $seed --dataset cifar10 --split train \
+    --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' \
+    --workdir "$RUNS/ensemble/glow_small_seed$seed" --steps 2000 --data-dir "$DATA"
+done
+# PixelCNN++ and the conv-categorical VAE.
+$T train --model pixelcnn --config cpu --batch-size 32 --dataset cifar10 --split train \
+  --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
+  --workdir "$RUNS/pixelcnn_cifar10" --steps 6000 --data-dir "$DATA"
+$T train --model vae --config cpu --dataset cifar10 --split train \
+  --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
+  --workdir "$RUNS/vae_cifar10" --steps 6000 --data-dir "$DATA"
 
-for name in glow_cifar10 cvglow_cifar10 glow_svhn glow_fashion_mnist; do
+for name in glow_cifar10 cvglow_cifar10 glow_svhn glow_fashion_mnist cvglow_fashion_mnist \
+            pixelcnn_cifar10 vae_cifar10; do
   $T export --workdir "$RUNS/$name" --output "saved_models/$name" --overwrite
+  cp "$RUNS/$name/history.jsonl" "saved_models/${name}_history.jsonl"
+done
+for seed in 1 2 3 4 5; do
+  $T export --workdir "$RUNS/ensemble/glow_small_seed$seed" \
+    --output "saved_models/ensemble_cifar10/seed$seed" --overwrite
 done
