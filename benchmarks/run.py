@@ -444,6 +444,10 @@ def run(mode: str, log: Callable = print) -> Dict:
         'glow_paper_score_images_per_s': glow['ours_score_images_per_s'],
         'glow_paper_train_images_per_s': glow['ours_train_images_per_s'],
         'glow_paper_score_gflops': achieved,
+        # Training costs about three forward passes (forward, and the backward
+        # pass's gradients with respect to inputs and to weights).
+        'glow_paper_train_fraction_of_peak':
+            3. * glow['ours_train_images_per_s'] * flops / 1e9 / peak,
         'matmul_peak_gflops': peak,
         'mode': mode,
         'compared_config': plan.glow_compare,
