@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--vae-images', type=int, default=None,
                    help='images per set scored under a VAE (K=100 decoder passes per image; '
                         'default: 1000, or 100 on the embedded samples; 0: all)')
+    p.add_argument('--quadratic-images', type=int, default=2000,
+                   help='images per set in the full second-order quadratic form (one '
+                        'Hessian-vector product each)')
     p.add_argument('--hessian-batch-size', type=int, default=128,
                    help='Hessian-vector products per call in the second-order analysis')
     p.add_argument('--no-progress', dest='progress', action='store_false',
@@ -130,11 +133,20 @@ def second_order(args, source: common.Source, stats: dict) -> list:
         result = analysis.second_order_difference(
             model, stats[p_set], stats[q_set], measured=means[q_set] - means[p_set],
             hessian_diagonal=hessian)
+        # The full expansion (every covariance term): one Hessian-vector product per image.
+        samples = [(data.images_array(source.load(*name.split('/')),
+                                      limit=args.quadratic_images).astype(np.float32) + 0.5)
+                   / 256. - 0.5 for name in (p_set, q_set)]
+        print(f'second order: {model_name}: full quadratic form on {len(samples[0])} + '
+              f'{len(samples[1])} images...')
+        result = dataclasses.replace(result, predicted_full=analysis.quadratic_expansion_difference(
+            model, x0, samples[0], samples[1], batch_size=args.hessian_batch_size))
         rows.append(dict(result.to_dict(), model=model_name, p=p_set, q=q_set,
                          label=f'{model_name}\n{q_name} - {p_name}',
                          mean_log_prob_p=means[p_set], mean_log_prob_q=means[q_set],
-                         same_sign=bool(np.sign(result.predicted) == np.sign(result.measured)),
-                         ratio=result.predicted / result.measured
+                         same_sign=bool(np.sign(result.predicted_full)
+                                        == np.sign(result.measured)),
+                         ratio=result.predicted_full / result.measured
                          if result.measured else float('nan')))
     return rows
 
@@ -256,16 +268,18 @@ def _markdown(results: dict) -> str:
     if results['second_order']:
         lines += ['', '## Second-order expansion for CV-Glow (nats per image)', '',
                   '| model | q - p* | sum_hw (var_q - var_p*) per channel | paper alpha_c^2 | '
-                  'exact alpha_c^2 | curvature | predicted (exact) | predicted (paper alpha) | '
-                  'measured | same sign |', '|---|---|---|---|---|---:|---:|---:|---:|---|']
+                  'exact alpha_c^2 | curvature | predicted (paper alpha) | predicted (exact '
+                  'diagonal) | predicted (full quadratic form) | measured | same sign (full) |',
+                  '|---|---|---|---|---|---:|---:|---:|---:|---:|---|']
         for r in results['second_order']:
             lines.append(
                 f'| {r["model"]} | {r["q"]} - {r["p"]} | '
                 f'{", ".join(f"{v:+.1f}" for v in r["channel_variance_difference"])} | '
                 f'{", ".join(f"{v:.3g}" for v in r["paper_alpha_squared"])} | '
                 f'{", ".join(f"{v:.3g}" for v in r["effective_alpha_squared"])} | '
-                f'{r["curvature"]:g} | {r["predicted"]:+.1f} | {r["predicted_paper_alpha"]:+.3g} | '
-                f'{r["measured"]:+.1f} | {"yes" if r["same_sign"] else "NO"} |')
+                f'{r["curvature"]:g} | {r["predicted_paper_alpha"]:+.4g} | {r["predicted"]:+.4g} | '
+                f'{r["predicted_full"]:+.4g} | {r["measured"]:+.1f} | '
+                f'{"yes" if r["same_sign"] else "NO"} |')
     if results['graying']:
         lines += ['', '## Graying', '', '| model | set | bits/dim colour | bits/dim gray | '
                   'gray - colour |', '|---|---|---:|---:|---:|']
@@ -309,7 +323,7 @@ def _tensorboard(results: dict, out: str) -> None:
             scalars[f'statistics/{s["name"]}/channel{c}_mean'] = mean
             scalars[f'statistics/{s["name"]}/channel{c}_std'] = std
     for r in results['second_order']:
-        for key in ('predicted', 'predicted_paper_alpha', 'measured'):
+        for key in ('predicted', 'predicted_paper_alpha', 'predicted_full', 'measured'):
             scalars[f'second_order/{r["model"]}/{key}'] = r[key]
     for g in results['graying']:
         scalars[f'graying/{g["model"]}/{g["set"]}/bpd_colour'] = g['bpd_colour']

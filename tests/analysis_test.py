@@ -139,6 +139,18 @@ class SecondOrderTest(tf.test.TestCase):
         self.assertAllClose(result.channel_variance_difference, (var_q - var_p).sum((0, 1)))
         self.assertEqual(result.paper_alpha_squared.shape, (3,))
         self.assertTrue(np.isfinite(result.predicted_paper_alpha))
+        # log p is exactly quadratic for the linear flow, so the full expansion (with
+        # the correlated samples' whole covariance and mean) equals the measured
+        # difference of the sample means exactly, whatever the expansion point.
+        mixing = rng.standard_normal((48, 48)) * 0.02
+        flat = {k: v.reshape(n, -1) for k, v in draws.items()}
+        correlated = {k: (v @ mixing + v).reshape((n,) + shape).astype(np.float32)[:500]
+                      for k, v in flat.items()}
+        logs = {k: model.distribution.log_prob(v).numpy().astype(np.float64)
+                for k, v in correlated.items()}
+        full = analysis.quadratic_expansion_difference(model, m + 0.01, correlated['p'],
+                                                       correlated['q'], batch_size=128)
+        self.assertAllClose(full, logs['q'].mean() - logs['p'].mean(), rtol=1e-3, atol=1e-2)
 
     def test_paper_alpha_is_the_exact_curvature_of_one_scaled_step(self):
         # One level, one step, identity coupling, a 1x1 convolution that is a

@@ -204,7 +204,8 @@ class AnalysisExampleTest(tf.test.TestCase):
         self.assertEqual([r['model'] for r in saved['second_order']],
                          ['cvglow_cifar10', 'cvglow_fashion_mnist'])
         for row in saved['second_order']:
-            for key in ('predicted', 'predicted_paper_alpha', 'measured', 'curvature'):
+            for key in ('predicted', 'predicted_paper_alpha', 'predicted_full', 'measured',
+                        'curvature'):
                 self.assertTrue(np.isfinite(row[key]), key)
             self.assertLen(row['paper_alpha_squared'], 3 if 'cifar' in row['model'] else 1)
         # The measured difference is the evaluator's mean log p(q) - mean log p(p*).

@@ -194,23 +194,33 @@ def plot_second_order(results: Sequence[dict], path: str, title: Optional[str] =
     """Predicted against measured `E_q[log p] - E_p*[log p]` per model and pair.
 
     Args:
-      results: dicts with `'label'`, `'predicted'`, `'predicted_paper_alpha'`
-        and `'measured'` (nats per image).
+      results: dicts with `'label'`, `'measured'` and the predictions
+        `'predicted_paper_alpha'`, `'predicted'` and `'predicted_full'` (nats
+        per image; predictions that are not finite are left out). The value
+        axis is symmetric-log: the predictions can differ by orders of
+        magnitude.
       path: PNG file to write.
     """
     if not results:
         raise ValueError('plot_second_order: no results given.')
     x = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(max(5., 2.4 * len(results)), 4.5))
-    for offset, key, label in ((-0.27, 'predicted', 'second order, exact curvature'),
-                               (0., 'predicted_paper_alpha', "second order, paper's alpha_c"),
-                               (0.27, 'measured', 'measured')):
-        ax.bar(x + offset, [r[key] for r in results], 0.27, label=label)
+    bars = (('predicted_paper_alpha', "second order, paper's alpha_c"),
+            ('predicted', 'second order, exact diagonal curvature'),
+            ('predicted_full', 'second order, full quadratic form'),
+            ('measured', 'measured'))
+    bars = [(k, label) for k, label in bars if all(np.isfinite(r.get(k, np.nan)) for r in results)]
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [r[key] for r in results], width,
+               label=label)
+    ax.set_yscale('symlog', linthresh=100.)
     ax.axhline(0., color='k', lw=0.8)
     ax.set_xticks(x)
     ax.set_xticklabels([r['label'] for r in results], fontsize='small')
     ax.set_ylabel('E_q[log p(x)] - E_p*[log p(x)] (nats per image)')
-    ax.set_title(title or 'CV-Glow: second-order prediction against measurement')
+    ax.set_title(title or 'CV-Glow: second-order prediction against measurement',
+                 fontsize='medium')
     ax.grid(axis='y', alpha=0.3)
     ax.legend(fontsize='small')
     return _save(fig, path)
