@@ -121,10 +121,13 @@ def second_order(args, source: common.Source, stats: dict) -> list:
                   file=sys.stderr)
             continue
         model = export.restore(path)
+        # Each set is read once: scored whole, and its first images reused below.
+        images = {name: data.images_array(source.load(*name.split('/')))
+                  for name in (p_set, q_set)}
         means = {}
         for name in (p_set, q_set):
-            result = score(model, source.load(*name.split('/')), name=name,
-                           progress=args.progress, model_name=model_name)
+            result = score(model, images[name], name=name, progress=args.progress,
+                           model_name=model_name)
             means[name] = _finite_mean(result.log_prob)
         print(f'second order: {model_name}: Hessian diagonal at the mean of {p_set} '
               f'({int(np.prod(model.image_shape))} Hessian-vector products)...')
@@ -134,9 +137,8 @@ def second_order(args, source: common.Source, stats: dict) -> list:
             model, stats[p_set], stats[q_set], measured=means[q_set] - means[p_set],
             hessian_diagonal=hessian)
         # The full expansion (every covariance term): one Hessian-vector product per image.
-        samples = [(data.images_array(source.load(*name.split('/')),
-                                      limit=args.quadratic_images).astype(np.float32) + 0.5)
-                   / 256. - 0.5 for name in (p_set, q_set)]
+        samples = [(images[name][:args.quadratic_images].astype(np.float32) + 0.5) / 256. - 0.5
+                   for name in (p_set, q_set)]
         print(f'second order: {model_name}: full quadratic form on {len(samples[0])} + '
               f'{len(samples[1])} images...')
         result = dataclasses.replace(result, predicted_full=analysis.quadratic_expansion_difference(

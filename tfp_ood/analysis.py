@@ -138,6 +138,21 @@ def waic(member_log_probs: Sequence[np.ndarray]) -> np.ndarray:
 _MODEL_SCALE = 255. / 256.
 
 
+def _gradient_and_hvp(model, x0: tf.Tensor, tangents: tf.Tensor):
+    """Gradient of the flow's `log p` at `x0` and its Hessian times each tangent.
+
+    Forward-over-reverse autodiff: one Hessian-vector product per row of
+    `tangents` (`[batch, H, W, C]`); returns both as `[batch, H, W, C]`.
+    """
+    x = tf.repeat(x0[tf.newaxis], tf.shape(tangents)[0], axis=0)
+    with tf.autodiff.ForwardAccumulator(x, tangents) as accumulator:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            log_prob = tf.reduce_sum(model.distribution.log_prob(x))
+        gradient = tape.gradient(log_prob, x)
+    return gradient, accumulator.jvp(gradient)
+
+
 def log_prob_hessian_diagonal(model, x0: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Diagonal of the Hessian of the flow's continuous `log p(x)` at `x0`.
 
@@ -161,14 +176,8 @@ def log_prob_hessian_diagonal(model, x0: np.ndarray, batch_size: int = 128) -> n
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
     def diagonal_entries(indices):
         tangents = tf.reshape(tf.one_hot(indices, dims), (-1,) + shape)
-        x = tf.repeat(x0[tf.newaxis], tf.shape(indices)[0], axis=0)
-        with tf.autodiff.ForwardAccumulator(x, tangents) as accumulator:
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                log_prob = tf.reduce_sum(model.distribution.log_prob(x))
-            gradient = tape.gradient(log_prob, x)
-        hvp = tf.reshape(accumulator.jvp(gradient), [-1, dims])
-        return tf.gather(hvp, indices, axis=1, batch_dims=1)
+        _, hvp = _gradient_and_hvp(model, x0, tangents)
+        return tf.gather(tf.reshape(hvp, [-1, dims]), indices, axis=1, batch_dims=1)
 
     parts = [diagonal_entries(tf.range(i, min(i + batch_size, dims))).numpy()
              for i in range(0, dims, batch_size)]
@@ -260,13 +269,7 @@ def quadratic_expansion_difference(model, x0: np.ndarray, x_p: np.ndarray, x_q: 
 
     @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32)])
     def linear_and_quadratic(v):
-        x = tf.repeat(x0[tf.newaxis], tf.shape(v)[0], axis=0)
-        with tf.autodiff.ForwardAccumulator(x, v) as accumulator:
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                log_prob = tf.reduce_sum(model.distribution.log_prob(x))
-            gradient = tape.gradient(log_prob, x)
-        hv = accumulator.jvp(gradient)
+        gradient, hv = _gradient_and_hvp(model, x0, v)
         axes = list(range(1, len(shape) + 1))
         return tf.reduce_sum(gradient * v, axes), tf.reduce_sum(v * hv, axes)
 
