@@ -11,6 +11,7 @@ import tensorflow as tf
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
+import op_profile  # noqa: E402  (benchmarks/op_profile.py)
 import run as benchmarks  # noqa: E402  (benchmarks/run.py)
 
 from tfp_ood.config import GlowConfig  # noqa: E402
@@ -38,6 +39,24 @@ class BenchmarksTest(tf.test.TestCase):
         self.assertGreater(measured['xla']['tiny']['score_xla_speedup'], 0)
         comparison = measured['tfp_comparison']['glow']
         self.assertEqual(comparison['params_ours'], comparison['params_tfp'])
+
+    def test_profile_counts_each_network_once_where_tfp_runs_it_twice(self):
+        # Scoring through TransformedDistribution.log_prob runs every coupling and
+        # exit network of tfb.Glow in `inverse` and again in its log-determinant;
+        # ours computes both in one pass: half the network convolutions, read from
+        # the profiler's trace.
+        path = os.path.join(self.create_tempdir().full_path, 'profile.json')
+        out = op_profile.main(['--config', 'tiny', '--batch', '4', '--calls', '2',
+                               '--matmul-size', '256', '--json', path])
+        with open(path) as f:
+            self.assertEqual(json.load(f)['config'], 'tiny')
+        ours, tfp = out['results']['ours_score'], out['results']['tfp_score']
+        self.assertGreater(ours['ops']['FusedConv2D']['count'], 0)
+        self.assertEqual(2 * ours['ops']['FusedConv2D']['count'],
+                         tfp['ops']['FusedConv2D']['count'])
+        for result in out['results'].values():
+            self.assertAllClose(sum(result['category_share'].values()), 1.)
+            self.assertGreater(result['kernel_seconds'], 0)
 
     def test_flop_count_of_the_paper_glow(self):
         # 1.33 GFLOP per 32x32x3 image for 3 x 8 x 400 (DESIGN.md); by hand for a
