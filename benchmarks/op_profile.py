@@ -112,10 +112,17 @@ def summarize(name: str, result: Dict, flops: Optional[float], peak: float,
     convs = sum(v['count'] for op, v in result['ops'].items() if category(op) == 'convolution')
     log(f'  convolution executions per call: {convs:.0f}')
     if flops and conv:
+        # Per kernel (kernels running side by side share the cores, which lowers
+        # this) and per wall-clock second of the whole call.
         result['conv_kernel_gflops'] = flops / conv / 1e9
         result['conv_kernel_fraction_of_peak'] = result['conv_kernel_gflops'] / peak
-        log(f'  convolution kernels: {result["conv_kernel_gflops"]:.0f} GFLOP/s '
-            f'({100 * result["conv_kernel_fraction_of_peak"]:.0f}% of the matmul peak)')
+        result['wall_gflops'] = flops / result['wall_seconds'] / 1e9
+        result['wall_fraction_of_peak'] = result['wall_gflops'] / peak
+        log(f'  convolution FLOPs per second of convolution kernel time: '
+            f'{result["conv_kernel_gflops"]:.0f} GFLOP/s '
+            f'({100 * result["conv_kernel_fraction_of_peak"]:.0f}% of the matmul peak); '
+            f'per wall-clock second: {result["wall_gflops"]:.0f} GFLOP/s '
+            f'({100 * result["wall_fraction_of_peak"]:.0f}%)')
     log('  top op types: ' + ', '.join(
         f'{op} {100 * v["seconds"] / result["kernel_seconds"]:.1f}% (x{v["count"]:.0f})'
         for op, v in list(result['ops'].items())[:top]))

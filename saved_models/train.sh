@@ -33,20 +33,20 @@ $T train --model glow --config cpu --dataset fashion_mnist --split train \
 # and data order) for the ensemble.
 $T train --model cv_glow --config cpu --dataset fashion_mnist --split train \
   --eval 'fashion_mnist:test[:2000]' --eval 'mnist:test[:2000]' \
-  --workdir "$RUNS/cvglow_fashion_mnist" --steps 3000 --data-dir "$DATA"
+  --workdir "$RUNS/cvglow_fashion_mnist" --steps 2000 --data-dir "$DATA"
 for seed in 1 2 3 4 5; do
   $T train --model glow --config small --seed $seed --dataset cifar10 --split train \
     --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' \
-    --workdir "$RUNS/ensemble/glow_small_seed$seed" --steps 2000 --data-dir "$DATA"
+    --workdir "$RUNS/ensemble/glow_small_seed$seed" --steps 1000 --data-dir "$DATA"
 done
 # PixelCNN++ and the conv-categorical VAE (its held-out score, the IWAE estimate
 # with K = 100 decoder passes per image, is evaluated on 200 images per set).
 $T train --model pixelcnn --config cpu --batch-size 32 --dataset cifar10 --split train \
   --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
-  --workdir "$RUNS/pixelcnn_cifar10" --steps 6000 --data-dir "$DATA"
+  --workdir "$RUNS/pixelcnn_cifar10" --steps 4000 --data-dir "$DATA"
 $T train --model vae --config cpu --dataset cifar10 --split train \
   --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
-  --workdir "$RUNS/vae_cifar10" --steps 6000 --num-eval-images 200 --data-dir "$DATA"
+  --workdir "$RUNS/vae_cifar10" --steps 4000 --num-eval-images 200 --data-dir "$DATA"
 
 for name in glow_cifar10 cvglow_cifar10 glow_svhn glow_fashion_mnist cvglow_fashion_mnist \
             pixelcnn_cifar10 vae_cifar10; do

@@ -162,6 +162,18 @@ class NoFlagsTest(tf.test.TestCase):
                         _bpd(outcome, 'glow_svhn', 'cifar10/test'))
         self.assertGreater(outcome['metrics']['glow_svhn']['auroc'], 0.9)
 
+    def test_fashion_mnist_no_flags(self):
+        out = self.create_tempdir().full_path
+        outcome, printed = _in_directory(out, lambda: fashion_mnist.main([]))
+        self.assertIn('embedded in the package', printed)
+        self.assertEqual(list(outcome['metrics']), ['glow_fashion_mnist'])
+        rows = {r.scored_set: r for r in outcome['rows']}
+        self.assertEqual(rows['fashion_mnist/test'].num_images, 2000)
+        # The paper's Figure 2: MNIST is more likely than FashionMNIST, its training data.
+        self.assertLess(rows['mnist/test'].bpd_mean, rows['fashion_mnist/test'].bpd_mean)
+        self.assertLess(outcome['metrics']['glow_fashion_mnist']['auroc'], 0.5)
+        self.assertGreater(rows['uniform_noise'].bpd_mean, rows['fashion_mnist/test'].bpd_mean)
+
 
 class AnalysisExampleTest(tf.test.TestCase):
 
