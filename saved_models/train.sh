@@ -43,7 +43,7 @@ done
 # with K = 100 decoder passes per image, is evaluated on 200 images per set).
 $T train --model pixelcnn --config cpu --batch-size 32 --dataset cifar10 --split train \
   --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
-  --workdir "$RUNS/pixelcnn_cifar10" --steps 4000 --data-dir "$DATA"
+  --workdir "$RUNS/pixelcnn_cifar10" --steps 3000 --data-dir "$DATA"
 $T train --model vae --config cpu --dataset cifar10 --split train \
   --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
   --workdir "$RUNS/vae_cifar10" --steps 4000 --num-eval-images 200 --data-dir "$DATA"
