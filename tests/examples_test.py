@@ -90,6 +90,14 @@ class ExamplesTest(tf.test.TestCase):
         with open(os.path.join(out, 'runs', 'glow_svhn', 'provenance.json')) as f:
             self.assertEqual(json.load(f)['data']['split'], 'test[:7000]')
 
+    def test_cifar_svhn_models_flag_scores_only_those(self):
+        out = self.create_tempdir().full_path
+        outcome = cifar_svhn.main(_tiny(self.data, out, '--models', 'cvglow_cifar10'))
+        self.assertEqual(list(outcome['metrics']), ['cvglow_cifar10'])
+        self.assertEqual({r['model'] for r in _rows(out)}, {'cvglow_cifar10'})
+        with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+            cifar_svhn.main(['--reverse', '--models', 'glow_cifar10'])
+
     def test_fashion_mnist_retrain_tiny(self):
         out = self.create_tempdir().full_path
         fashion_mnist.main(_tiny(self.data, out))
