@@ -60,7 +60,15 @@ class _ExportModule(tf.Module):
 
     def __init__(self, model: DensityModel, metadata_path: str):
         super().__init__(name='tfp_ood_export')
-        self.model = model
+        if getattr(model, 'export_variables_only', False):
+            # Saving the Keras network itself would also save each weight-normed
+            # layer's own call function, which captures a kernel computed in the
+            # parent graph (DESIGN.md trap 5): hold the variables, reach the model
+            # through a closure.
+            self.model_variables = list(model.variables)
+            self._held_model = lambda: model
+        else:
+            self.model = model
         self.metadata = tf.saved_model.Asset(metadata_path)
         images = tf.TensorSpec((None,) + model.image_shape, tf.uint8, name='images')
         self.log_prob = tf.function(self._log_prob, input_signature=[images])
@@ -69,15 +77,19 @@ class _ExportModule(tf.Module):
                 tf.TensorSpec([], tf.int32, name='num_images'),
                 tf.TensorSpec([], tf.float32, name='temperature')])
 
+    def _model(self) -> DensityModel:
+        return self._held_model() if hasattr(self, '_held_model') else self.model
+
     def _log_prob(self, images):
-        terms = self.model.log_prob_terms(images)
+        model = self._model()
+        terms = model.log_prob_terms(images)
         outputs = {'log_prob': terms['log_prob'],
-                   'bits_per_dim': self.model.bits_per_dim(terms['log_prob'])}
-        outputs.update({k: terms[k] for k in exported_terms(self.model)})
+                   'bits_per_dim': model.bits_per_dim(terms['log_prob'])}
+        outputs.update({k: terms[k] for k in exported_terms(model)})
         return outputs
 
     def _sample(self, num_images, temperature):
-        return {'images': self.model.sample(num_images, temperature=temperature)}
+        return {'images': self._model().sample(num_images, temperature=temperature)}
 
 
 def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any]] = None,
@@ -193,7 +205,11 @@ def restore(path: str) -> DensityModel:
     from tfp_ood import models  # Local import: the models package imports this one's base.
     metadata = read_metadata(path)
     model = models.from_config(metadata['model'])
-    status = tf.train.Checkpoint(model=model).read(os.path.join(path, 'variables', 'variables'))
+    if getattr(model, 'export_variables_only', False):  # Saved as a list (trap 5).
+        saved = tf.train.Checkpoint(model_variables=list(model.variables))
+    else:
+        saved = tf.train.Checkpoint(model=model)
+    status = saved.read(os.path.join(path, 'variables', 'variables'))
     try:
         status.expect_partial().assert_existing_objects_matched()
     except AssertionError as e:

@@ -121,6 +121,8 @@ class PixelCNNModel(DensityModel):
     term_names = ()
     sample_temperatures = (1.0,)
 
+    export_variables_only = True  # tfp_ood.export: DESIGN.md trap 5.
+
     def __init__(self, config: PixelCNNConfig, name: str = 'pixelcnn'):
         super().__init__(config.image_shape, name=name)
         self.config = config
