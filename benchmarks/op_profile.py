@@ -19,7 +19,6 @@ the same process.
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -158,9 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             summarize(f'{name} {what}', result, call_flops, peak)
             out['results'][f'{name}_{what}'] = result
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(out, f, indent=1)
+        bench.write_json(args.json, out)
     return out
 
 

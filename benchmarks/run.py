@@ -461,6 +461,13 @@ def run(mode: str, log: Callable = print) -> Dict:
     return result
 
 
+def write_json(path: str, result: Dict) -> None:
+    """Writes a benchmark's results, creating the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     mode = parser.add_mutually_exclusive_group()
@@ -476,9 +483,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     for key in HEADLINE_KEYS:
         print(f'  {key}: {result[key]:.3f}')
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
     return result
 
 

@@ -55,20 +55,27 @@ def exported_terms(model: DensityModel):
     return tuple(k for k in model.term_names if k not in _CONSTANT_TERMS)
 
 
+def _saved_objects(model: DensityModel) -> Dict[str, Any]:
+    """What the SavedModel's object graph holds of `model` (export and restore).
+
+    The model itself, as a training checkpoint does; or, for models whose
+    Keras network cannot be saved as objects (a weight-normed layer's own call
+    function captures a kernel computed in the parent graph: DESIGN.md trap 5),
+    only their variables.
+    """
+    if getattr(model, 'export_variables_only', False):
+        return {'model_variables': list(model.variables)}
+    return {'model': model}
+
+
 class _ExportModule(tf.Module):
     """What is saved: the model's variables and three traced functions."""
 
     def __init__(self, model: DensityModel, metadata_path: str):
         super().__init__(name='tfp_ood_export')
-        if getattr(model, 'export_variables_only', False):
-            # Saving the Keras network itself would also save each weight-normed
-            # layer's own call function, which captures a kernel computed in the
-            # parent graph (DESIGN.md trap 5): hold the variables, reach the model
-            # through a closure.
-            self.model_variables = list(model.variables)
-            self._held_model = lambda: model
-        else:
-            self.model = model
+        for name, value in _saved_objects(model).items():
+            setattr(self, name, value)
+        self._held_model = lambda: model
         self.metadata = tf.saved_model.Asset(metadata_path)
         images = tf.TensorSpec((None,) + model.image_shape, tf.uint8, name='images')
         self.log_prob = tf.function(self._log_prob, input_signature=[images])
@@ -78,7 +85,7 @@ class _ExportModule(tf.Module):
                 tf.TensorSpec([], tf.float32, name='temperature')])
 
     def _model(self) -> DensityModel:
-        return self._held_model() if hasattr(self, '_held_model') else self.model
+        return self._held_model()
 
     def _log_prob(self, images):
         model = self._model()
@@ -205,11 +212,8 @@ def restore(path: str) -> DensityModel:
     from tfp_ood import models  # Local import: the models package imports this one's base.
     metadata = read_metadata(path)
     model = models.from_config(metadata['model'])
-    if getattr(model, 'export_variables_only', False):  # Saved as a list (trap 5).
-        saved = tf.train.Checkpoint(model_variables=list(model.variables))
-    else:
-        saved = tf.train.Checkpoint(model=model)
-    status = saved.read(os.path.join(path, 'variables', 'variables'))
+    status = tf.train.Checkpoint(**_saved_objects(model)).read(
+        os.path.join(path, 'variables', 'variables'))
     try:
         status.expect_partial().assert_existing_objects_matched()
     except AssertionError as e:
