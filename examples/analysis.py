@@ -71,9 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                    help='pretrained SavedModels (default: saved_models/)')
     p.add_argument('--num-images', type=int, default=None,
                    help='use at most this many images per set')
-    p.add_argument('--vae-images', type=int, default=None,
-                   help='images per set scored under a VAE (K=100 decoder passes per image; '
-                        'default: 1000, or 100 on the embedded samples; 0: all)')
+    p.add_argument('--vae-images', type=int, default=None, help=common.VAE_IMAGES_HELP)
     p.add_argument('--quadratic-images', type=int, default=2000,
                    help='images per set in the full second-order quadratic form (one '
                         'Hessian-vector product each)')
@@ -173,8 +171,7 @@ def graying(args, source: common.Source, out: str) -> list:
     for name in (COLOUR_IN, COLOUR_OUT):
         sets[name] = source.load(*name.split('/'))
         sets[name + analysis.GRAY_SUFFIX] = data.grayscale(sets[name])
-    vae_images = (args.vae_images if args.vae_images is not None
-                  else 100 if source.samples else 1000)
+    vae_images = source.vae_images(args.vae_images)
     limits = {name: vae_images for name, model in models.items()
               if model.get_config().get('family') == 'vae' and vae_images}
     results = report.score_all(models, sets, os.path.join(out, 'graying'),

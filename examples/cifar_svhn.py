@@ -35,11 +35,7 @@ def main(argv=None):
                         help='train on SVHN and score CIFAR-10 (the effect is asymmetric)')
     parser.add_argument('--num-train-images', type=int, default=10000,
                         help='training images to score (local arrays or TFDS only)')
-    parser.add_argument('--vae-images', type=int, default=None,
-                        help='images per set scored under the VAE, whose importance-weighted '
-                             'estimate costs K=100 decoder passes per image (default: 1000 '
-                             'with --data-dir or --source tfds, 100 on the embedded samples; '
-                             '0: all)')
+    parser.add_argument('--vae-images', type=int, default=None, help=common.VAE_IMAGES_HELP)
     parser.add_argument('--models', nargs='+', choices=[name for name, _ in CIFAR_MODELS],
                         help='score only these CIFAR-10 models (default: every shipped one; '
                              'scores are deterministic, so a model scored alone gets the '
@@ -71,8 +67,7 @@ def main(argv=None):
         entry = common.get_model(args, source, name, family, train_set, train_split, eval_specs)
         if entry is not None:
             if family == 'vae':
-                entry.max_images = (args.vae_images if args.vae_images is not None
-                                    else 100 if source.samples else 1000) or None
+                entry.max_images = source.vae_images(args.vae_images)
             models[name] = entry
     if not models:
         raise SystemExit('No model to score: see the messages above.')
