@@ -114,7 +114,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     compare = verbs.add_parser(
         'compare', help='detection metrics and histogram of two score files',
-        description='AUROC, AUPR and FPR at 95%% TPR of telling the in-distribution '
+        description='AUROC, AUPR and FPR at 95% TPR of telling the in-distribution '
         'scores from the out-of-distribution ones (score: log-likelihood, higher = more '
         'in-distribution), and their overlaid histogram.')
     compare.add_argument('in_scores', help='scores.npz of the in-distribution set')
