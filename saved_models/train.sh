@@ -56,4 +56,5 @@ done
 for seed in 1 2 3 4 5; do
   $T export --workdir "$RUNS/ensemble/glow_small_seed$seed" \
     --output "saved_models/ensemble_cifar10/seed$seed" --overwrite
+  cp "$RUNS/ensemble/glow_small_seed$seed/history.jsonl" "saved_models/ensemble_cifar10/seed${seed}_history.jsonl"
 done
