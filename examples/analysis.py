@@ -242,13 +242,18 @@ def ensemble(args, source: common.Source, out: str) -> dict:
                          bpd_out=_finite_mean(bits_per_dim(combined[COLOUR_OUT], num_dims))),
         'waic': dict(ood_metrics(waics[COLOUR_IN], waics[COLOUR_OUT], nonfinite='lowest'),
                      mean_in=_finite_mean(waics[COLOUR_IN]),
-                     mean_out=_finite_mean(waics[COLOUR_OUT])),
+                     mean_out=_finite_mean(waics[COLOUR_OUT]),
+                     median_in=float(np.median(waics[COLOUR_IN])),
+                     median_out=float(np.median(waics[COLOUR_OUT]))),
     }
     pair = [_ensemble_result(s, combined[s], num_dims, waic=waics[s]) for s in sets]
     plotting.plot_histograms(pair, os.path.join(out, 'ensemble_log_prob.png'), key='log_prob',
                              title=f'ensemble of {len(members)} Glows: log-mean-exp log p(x)')
+    # A few images on which the members disagree by millions of nats would
+    # squeeze every other WAIC into one bin: the axis spans the 1-99% quantiles.
     plotting.plot_histograms(pair, os.path.join(out, 'ensemble_waic.png'), key='waic',
-                             title=f'WAIC of {len(members)} Glows (higher = more in)')
+                             title=f'WAIC of {len(members)} Glows (higher = more in)',
+                             quantiles=(0.01, 0.99))
     return summary
 
 
@@ -307,6 +312,9 @@ def _markdown(results: dict) -> str:
                      f'{e["ensemble"]["bpd_in"]:.3f} | {e["ensemble"]["bpd_out"]:.3f} |')
         lines.append(f'| WAIC (mean - variance of member log p) | {e["waic"]["auroc"]:.3f} | '
                      f'– | – |')
+        lines += ['', f'Median WAIC: {e["waic"]["median_in"]:.1f} ({COLOUR_IN}), '
+                  f'{e["waic"]["median_out"]:.1f} ({COLOUR_OUT}); means '
+                  f'{e["waic"]["mean_in"]:.1f} and {e["waic"]["mean_out"]:.1f}.']
     if results['skipped']:
         lines += ['', 'Skipped: ' + '; '.join(results['skipped'])]
     return '\n'.join(lines) + '\n'

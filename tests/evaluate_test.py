@@ -114,6 +114,22 @@ class EvaluateTest(tf.test.TestCase):
                             np.zeros(2), SHAPE)
             plotting.plot_histograms([c], os.path.join(directory, 'c.png'), key='log_pz')
 
+    def test_histogram_range_quantiles(self):
+        values = [np.concatenate([np.linspace(0., 1., 99), [-1e7]]), np.linspace(0., 1., 100)]
+        self.assertEqual(plotting._histogram_range(values, None), (-1e7, 1.))
+        low, high = plotting._histogram_range(values, (0.01, 0.99))
+        self.assertGreater(low, -1.)  # The outlier is outside the plotted range...
+        self.assertLess(high, 1.)
+        self.assertAllClose((low, high), np.quantile(np.concatenate(values), (0.01, 0.99)))
+        # ...and a constant score still gets a bin.
+        self.assertEqual(plotting._histogram_range([np.full(3, 2.)], (0.01, 0.99)), (1.5, 2.5))
+        path = plotting.plot_histograms(
+            [ScoreResult(f's{i}', {'waic': v, 'log_prob': v, 'bits_per_dim': v}, np.zeros(100),
+                         SHAPE) for i, v in enumerate(values)],
+            os.path.join(self.create_tempdir().full_path, 'w.png'), key='waic',
+            quantiles=(0.01, 0.99))
+        self.assertTrue(os.path.exists(path))
+
     def test_bad_inputs(self):
         floats = tf.data.Dataset.from_tensor_slices(np.zeros((2,) + SHAPE, np.float32))
         with self.assertRaisesRegex(ValueError, r'svhn: expected uint8 images.*holds float32'):

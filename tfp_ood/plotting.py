@@ -1,6 +1,6 @@
 """Histograms of scores, in the style of the paper's figures (PNG, matplotlib)."""
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -21,13 +21,26 @@ _LABELS = {
 }
 
 
-def _hist(ax, results: Sequence[ScoreResult], key: str, bins: int) -> None:
-    values = [r.scores[key][np.isfinite(r.scores[key])] for r in results]
+def _histogram_range(values: Sequence[np.ndarray],
+                     quantiles: Optional[Tuple[float, float]]) -> Tuple[float, float]:
+    """The x range of a histogram: the pooled finite values' extremes, or their
+    `quantiles` (e.g. `(0.005, 0.995)`) so that a few huge outliers do not
+    squeeze every other value into one bin."""
     pooled = np.concatenate([v for v in values if v.size]) if any(v.size for v in values) \
         else np.zeros(1)
-    low, high = float(pooled.min()), float(pooled.max())
+    if quantiles is None:
+        low, high = float(pooled.min()), float(pooled.max())
+    else:
+        low, high = (float(q) for q in np.quantile(pooled, quantiles))
     if high - low < 1e-6 * max(1.0, abs(low)):  # A constant term (CV-Glow volume).
         low, high = low - 0.5, high + 0.5
+    return low, high
+
+
+def _hist(ax, results: Sequence[ScoreResult], key: str, bins: int,
+          quantiles: Optional[Tuple[float, float]] = None) -> None:
+    values = [r.scores[key][np.isfinite(r.scores[key])] for r in results]
+    low, high = _histogram_range(values, quantiles)
     edges = np.linspace(low, high, bins + 1)
     for result, v in zip(results, values):
         label = f'{result.name} (mean {np.mean(v):.4g}' if v.size else f'{result.name} ('
@@ -35,6 +48,9 @@ def _hist(ax, results: Sequence[ScoreResult], key: str, bins: int) -> None:
         dropped = result.scores[key].size - v.size
         if dropped:
             label += f', {dropped} non-finite not shown'
+        outside = int(np.sum((v < low) | (v > high)))
+        if outside:
+            label += f', {outside} outside the range not shown'
         ax.hist(v, bins=edges, density=True, alpha=0.5, label=label + ')')
     ax.set_xlabel(_LABELS.get(key, key))
     ax.set_ylabel('density')
@@ -49,7 +65,8 @@ def _save(fig, path: str) -> str:
 
 
 def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_per_dim',
-                    title: Optional[str] = None, bins: int = 80) -> str:
+                    title: Optional[str] = None, bins: int = 80,
+                    quantiles: Optional[Tuple[float, float]] = None) -> str:
     """Overlaid, normalised histograms of one score for several datasets.
 
     Args:
@@ -59,6 +76,9 @@ def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_
       title: figure title.
         Default value: the model name and the key.
       bins: number of bins over the pooled range.
+      quantiles: if given, `(low, high)` quantiles of the pooled scores that
+        bound the x axis; each legend entry counts its values outside.
+        Default value: the whole range.
 
     Returns:
       `path`.
@@ -70,7 +90,7 @@ def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_
         raise ValueError(f'plot_histograms: score {key!r} missing from {missing}; '
                          f'available: {sorted(results[0].scores)}.')
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _hist(ax, results, key, bins)
+    _hist(ax, results, key, bins, quantiles)
     ax.set_title(title or f'{results[0].model}: {key}')
     return _save(fig, path)
 
