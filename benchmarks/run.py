@@ -372,8 +372,12 @@ def compare_with_tfp(plan: Plan, log: Callable) -> Dict:
     return out
 
 
-def family_throughput(plan: Plan, log: Callable) -> List[Dict]:
-    rows = []
+def family_throughput(plan: Plan, log: Callable, rows: Optional[List[Dict]] = None,
+                      after_row: Callable[[], None] = lambda: None) -> List[Dict]:
+    """Scoring and training images/s and peak RSS of every family, config and
+    batch size; each row is appended to `rows` as it is measured, then
+    `after_row()` runs (the full plan takes over an hour)."""
+    rows = [] if rows is None else rows
     for config_name in plan.family_configs:
         for family in plan.families:
             for batch in plan.family_batches:
@@ -398,6 +402,7 @@ def family_throughput(plan: Plan, log: Callable) -> List[Dict]:
                     f'{row["train_images_per_s"]:7.1f} images/s, RSS increase '
                     f'{row["score_rss_increase_mib"]:.0f} / {row["train_rss_increase_mib"]:.0f} '
                     f'MiB')
+                after_row()
                 del model, runner
     return rows
 
@@ -421,21 +426,36 @@ def image_size_scaling(plan: Plan, log: Callable) -> List[Dict]:
     return rows
 
 
-def run(mode: str, log: Callable = print) -> Dict:
+def run(mode: str, log: Callable = print,
+        checkpoint: Callable[[Dict], None] = lambda result: None) -> Dict:
+    """Measures everything in `PLANS[mode]`.
+
+    `checkpoint(result)` receives the results so far after every section and
+    every family row (`result['complete']` is False until the end), so an
+    interrupted run keeps what it measured.
+    """
     plan = PLANS[mode]
     started = time.time()
+    measurements = {}
+    result = {'mode': mode, 'compared_config': plan.glow_compare, 'complete': False,
+              'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
+                          'processor': platform.processor(), 'python': sys.version.split()[0],
+                          'tensorflow': tf.__version__, 'tfp': tfp.__version__},
+              'measurements': measurements}
+
+    def save():
+        result['seconds'] = time.time() - started
+        checkpoint(result)
+
     peak = matmul_peak_gflops(plan.matmul_size, plan.repeats)
     log(f'float32 matmul peak ({plan.matmul_size}x{plan.matmul_size}): {peak:.1f} GFLOP/s')
-    comparison = compare_with_tfp(plan, log)
+    comparison = measurements['tfp_comparison'] = compare_with_tfp(plan, log)
     glow = comparison['glow']
     flops = glow_forward_flops(GlowConfig.named(plan.glow_compare))
     achieved = glow['ours_score_images_per_s'] * flops / 1e9
     log(f'glow {plan.glow_compare} scoring: {achieved:.1f} GFLOP/s = '
         f'{achieved / peak:.0%} of the matmul peak ({flops / 1e9:.2f} GFLOP per image)')
-    xla = compare_xla(plan, plan.xla_configs, log)
-    families = family_throughput(plan, log)
-    scaling = image_size_scaling(plan, log)
-    result = {
+    result.update({
         'glow_score_vs_tfp': glow['score_ratio'],
         'glow_train_vs_tfp': glow['train_ratio'],
         'cvglow_score_vs_tfp': comparison['cvglow']['score_ratio'],
@@ -449,23 +469,24 @@ def run(mode: str, log: Callable = print) -> Dict:
         'glow_paper_train_fraction_of_peak':
             3. * glow['ours_train_images_per_s'] * flops / 1e9 / peak,
         'matmul_peak_gflops': peak,
-        'mode': mode,
-        'compared_config': plan.glow_compare,
-        'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
-                    'processor': platform.processor(), 'python': sys.version.split()[0],
-                    'tensorflow': tf.__version__, 'tfp': tfp.__version__},
-        'measurements': {'tfp_comparison': comparison, 'xla': xla, 'families': families,
-                         'image_size_scaling': scaling},
-        'seconds': time.time() - started,
-    }
+    })
+    save()
+    measurements['xla'] = compare_xla(plan, plan.xla_configs, log)
+    save()
+    family_throughput(plan, log, measurements.setdefault('families', []), save)
+    measurements['image_size_scaling'] = image_size_scaling(plan, log)
+    result['complete'] = True
+    save()
     return result
 
 
 def write_json(path: str, result: Dict) -> None:
-    """Writes a benchmark's results, creating the folder."""
+    """Writes a benchmark's results, creating the folder; atomically, so an
+    interrupted run leaves the previous complete file, never half of one."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
+    with open(path + '.tmp', 'w') as f:
         json.dump(result, f, indent=1)
+    os.replace(path + '.tmp', path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -476,14 +497,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     mode.add_argument('--smoke', dest='mode', action='store_const', const='smoke',
                       help='tiny shapes, one repeat: checks that everything runs')
     parser.set_defaults(mode='full')
-    parser.add_argument('--json', default=None, help='write the results to this file')
+    parser.add_argument('--json', default=None,
+                        help='write the results to this file (rewritten as they come in)')
     args = parser.parse_args(argv)
-    result = run(args.mode)
+    result = run(args.mode, checkpoint=(lambda r: write_json(args.json, r)) if args.json
+                 else (lambda r: None))
     print(f'done in {result["seconds"]:.0f} s')
     for key in HEADLINE_KEYS:
         print(f'  {key}: {result[key]:.3f}')
-    if args.json:
-        write_json(args.json, result)
     return result
 
 

@@ -27,6 +27,7 @@ class BenchmarksTest(tf.test.TestCase):
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
         with open(path) as f:
             result = json.load(f)
+        self.assertIs(result['complete'], True)
         for key in benchmarks.HEADLINE_KEYS + ('matmul_peak_gflops',):
             self.assertIsInstance(result[key], float, key)
             self.assertTrue(math.isfinite(result[key]) and result[key] > 0, key)
