@@ -14,8 +14,10 @@ the repeats:
 - the achieved GFLOP/s of our Glow (convolution FLOPs counted analytically)
   against a float32 matmul peak measured in the same run;
 - peak resident memory (RSS) of scoring and of training: the process's peak
-  during each phase (which includes every model built before it in the same
-  process) and the increase over the RSS when the phase started;
+  during each phase and the increase over the RSS when the phase started. The
+  full mode measures each family row in a fresh process (so its peak is that
+  of TensorFlow plus that one model), killed and recorded as too large if it
+  passes a memory limit, instead of the whole run dying to the OOM killer;
 - how cost grows: images/s against batch size and image size (16x16, 32x32,
   64x64);
 - XLA (`jit_compile=True`) against plain graphs, for scoring and training.
@@ -36,7 +38,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -61,6 +65,7 @@ HEADLINE_KEYS = ('glow_score_vs_tfp', 'glow_train_vs_tfp', 'cvglow_score_vs_tfp'
 class Plan:
     """What one mode measures."""
 
+    name: str                         # The mode: smoke, quick or full.
     repeats: int                      # Timed repeats per measurement (median reported).
     min_seconds: float                # Calls per repeat grow until a repeat lasts this long.
     glow_compare: str                 # Glow config compared with tfb.Glow ('paper', 'tiny').
@@ -72,23 +77,33 @@ class Plan:
     scaling_config: str
     matmul_size: int
     xla_configs: Sequence[str]        # Glow configs measured with and without XLA.
+    isolate_rows: bool = False        # Each family row in its own process (memory-limited).
 
 
 PLANS = {
-    'smoke': Plan(repeats=1, min_seconds=0., glow_compare='tiny', compare_batch=4,
+    'smoke': Plan(name='smoke', repeats=1, min_seconds=0., glow_compare='tiny', compare_batch=4,
                   families=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
                   family_configs=('tiny',), family_batches=(4,), image_sizes=(16, 32),
                   scaling_config='tiny', matmul_size=256, xla_configs=('tiny',)),
-    'quick': Plan(repeats=3, min_seconds=0.5, glow_compare='paper', compare_batch=64,
+    'quick': Plan(name='quick', repeats=3, min_seconds=0.5, glow_compare='paper', compare_batch=64,
                   families=('glow', 'pixelcnn', 'vae'), family_configs=('cpu',),
                   family_batches=(64,), image_sizes=(), scaling_config='cpu',
                   matmul_size=4096, xla_configs=()),
-    'full': Plan(repeats=5, min_seconds=2.0, glow_compare='paper', compare_batch=64,
+    'full': Plan(name='full', repeats=5, min_seconds=2.0, glow_compare='paper', compare_batch=64,
                  families=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
                  family_configs=('cpu', 'paper'), family_batches=(16, 64, 256),
                  image_sizes=(16, 32, 64), scaling_config='cpu', matmul_size=4096,
-                 xla_configs=('small', 'cpu', 'paper')),
+                 xla_configs=('small', 'cpu', 'paper'), isolate_rows=True),
 }
+
+
+def _rss_mib(pid) -> float:
+    """Resident set size (MiB) of a process (`'self'` for this one); 0 once it has gone."""
+    try:
+        with open(f'/proc/{pid}/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.
 
 
 class PeakRSS:
@@ -100,8 +115,7 @@ class PeakRSS:
 
     @staticmethod
     def current_mib() -> float:
-        with open('/proc/self/statm') as f:
-            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+        return _rss_mib('self')
 
     def _watch(self):
         while not self._stop.is_set():
@@ -372,39 +386,97 @@ def compare_with_tfp(plan: Plan, log: Callable) -> Dict:
     return out
 
 
-def family_throughput(plan: Plan, log: Callable, rows: Optional[List[Dict]] = None,
-                      after_row: Callable[[], None] = lambda: None) -> List[Dict]:
-    """Scoring and training images/s and peak RSS of every family, config and
-    batch size; each row is appended to `rows` as it is measured, then
-    `after_row()` runs (the full plan takes over an hour)."""
-    rows = [] if rows is None else rows
+def family_row(plan: Plan, family: str, config_name: str, batch: int) -> Dict:
+    """Scoring and training images/s and peak RSS of one family, config and batch size."""
+    model = build_model(family, config_name)
+    runner = ours(model, batch)
+    with PeakRSS() as score_rss:
+        score_s = alternate({'score': runner.score}, plan.repeats, plan.min_seconds)['score']
+    with PeakRSS() as train_rss:
+        train_s = alternate({'train': runner.train_step}, plan.repeats,
+                            plan.min_seconds)['train']
+    return {'family': family, 'config': config_name, 'batch_size': batch,
+            'params': runner.params, 'score_images_per_s': batch / score_s,
+            'train_images_per_s': batch / train_s,
+            'score_peak_rss_mib': score_rss.peak_mib,
+            'train_peak_rss_mib': train_rss.peak_mib,
+            'score_rss_increase_mib': score_rss.increase_mib,
+            'train_rss_increase_mib': train_rss.increase_mib}
+
+
+def available_memory_mib() -> float:
+    """MemAvailable of /proc/meminfo: what a new process can take without swapping or OOM."""
+    with open('/proc/meminfo') as f:
+        fields = dict(line.split(':', 1) for line in f)
+    return int(fields['MemAvailable'].split()[0]) / 1024.
+
+
+def isolated_family_row(mode: str, family: str, config_name: str, batch: int,
+                        memory_limit_mib: float, interval: float = 0.05) -> Dict:
+    """`family_row` in a fresh Python process, killed if its RSS passes `memory_limit_mib`.
+
+    A paper-size PixelCNN++ training step at batch 64 needs more than this
+    machine's 24 GiB: in-process, the kernel's OOM killer ended the whole run.
+    Here the row is recorded with `exceeded_memory_limit_mib` instead, and each
+    row's RSS is that of a process holding only its own model.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'row.json')
+        child = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), '--' + mode, '--row', family,
+             config_name, str(batch), '--json', path],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        stderr = []
+        reader = threading.Thread(target=lambda: stderr.append(child.stderr.read()),
+                                  daemon=True)
+        reader.start()
+        peak = 0.
+        while child.poll() is None:
+            peak = max(peak, _rss_mib(child.pid))
+            if peak > memory_limit_mib:
+                child.kill()
+                child.wait()
+                return {'family': family, 'config': config_name, 'batch_size': batch,
+                        'exceeded_memory_limit_mib': memory_limit_mib}
+            time.sleep(interval)
+        reader.join()
+        if child.returncode != 0:
+            raise RuntimeError(f'{family} {config_name} batch {batch} failed '
+                               f'(exit {child.returncode}):\n{"".join(stderr)[-3000:]}')
+        with open(path) as f:
+            return json.load(f)
+
+
+def family_throughput(plan: Plan, log: Callable, rows: List[Dict],
+                      after_row: Callable[[], None] = lambda: None,
+                      memory_limit_mib: Optional[float] = None) -> None:
+    """Appends one `family_row` per family, config and batch size to `rows`,
+    calling `after_row()` after each (the full plan takes over an hour).
+
+    With `plan.isolate_rows` every row runs in its own process under a memory
+    limit (default: 90% of the memory available when the row starts); a
+    family and config whose row passes it skips its larger batch sizes.
+    """
     for config_name in plan.family_configs:
         for family in plan.families:
             for batch in plan.family_batches:
-                model = build_model(family, config_name)
-                runner = ours(model, batch)
-                with PeakRSS() as score_rss:
-                    score_s = alternate({'score': runner.score}, plan.repeats,
-                                        plan.min_seconds)['score']
-                with PeakRSS() as train_rss:
-                    train_s = alternate({'train': runner.train_step}, plan.repeats,
-                                        plan.min_seconds)['train']
-                row = {'family': family, 'config': config_name, 'batch_size': batch,
-                       'params': runner.params, 'score_images_per_s': batch / score_s,
-                       'train_images_per_s': batch / train_s,
-                       'score_peak_rss_mib': score_rss.peak_mib,
-                       'train_peak_rss_mib': train_rss.peak_mib,
-                       'score_rss_increase_mib': score_rss.increase_mib,
-                       'train_rss_increase_mib': train_rss.increase_mib}
+                if not plan.isolate_rows:
+                    row = family_row(plan, family, config_name, batch)
+                else:
+                    limit = memory_limit_mib or 0.9 * available_memory_mib()
+                    row = isolated_family_row(plan.name, family, config_name, batch, limit)
                 rows.append(row)
+                if 'exceeded_memory_limit_mib' in row:
+                    log(f'{family:9s} {config_name:6s} batch {batch:3d}: needs more than '
+                        f'{limit / 1024:.1f} GiB (killed); larger batches skipped')
+                    after_row()
+                    break
                 log(f'{family:9s} {config_name:6s} batch {batch:3d}: score '
                     f'{row["score_images_per_s"]:8.1f} images/s, train '
-                    f'{row["train_images_per_s"]:7.1f} images/s, RSS increase '
-                    f'{row["score_rss_increase_mib"]:.0f} / {row["train_rss_increase_mib"]:.0f} '
-                    f'MiB')
+                    f'{row["train_images_per_s"]:7.1f} images/s, peak RSS '
+                    f'{row["score_peak_rss_mib"]:.0f} / {row["train_peak_rss_mib"]:.0f} MiB')
                 after_row()
-                del model, runner
-    return rows
 
 
 def image_size_scaling(plan: Plan, log: Callable) -> List[Dict]:
@@ -427,7 +499,8 @@ def image_size_scaling(plan: Plan, log: Callable) -> List[Dict]:
 
 
 def run(mode: str, log: Callable = print,
-        checkpoint: Callable[[Dict], None] = lambda result: None) -> Dict:
+        checkpoint: Callable[[Dict], None] = lambda result: None,
+        memory_limit_mib: Optional[float] = None) -> Dict:
     """Measures everything in `PLANS[mode]`.
 
     `checkpoint(result)` receives the results so far after every section and
@@ -473,7 +546,8 @@ def run(mode: str, log: Callable = print,
     save()
     measurements['xla'] = compare_xla(plan, plan.xla_configs, log)
     save()
-    family_throughput(plan, log, measurements.setdefault('families', []), save)
+    family_throughput(plan, log, measurements.setdefault('families', []), save,
+                      memory_limit_mib)
     measurements['image_size_scaling'] = image_size_scaling(plan, log)
     result['complete'] = True
     save()
@@ -499,9 +573,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.set_defaults(mode='full')
     parser.add_argument('--json', default=None,
                         help='write the results to this file (rewritten as they come in)')
+    parser.add_argument('--memory-limit-gib', type=float, default=None,
+                        help='kill a family row whose process passes this RSS (default: 90%% '
+                             'of the memory available when the row starts; full mode only)')
+    parser.add_argument('--row', nargs=3, metavar=('FAMILY', 'CONFIG', 'BATCH'),
+                        help='measure one family row only (how the full mode runs each row '
+                             'in its own process)')
     args = parser.parse_args(argv)
+    if args.row:
+        family, config_name, batch = args.row
+        row = family_row(PLANS[args.mode], family, config_name, int(batch))
+        if args.json:
+            write_json(args.json, row)
+        print(json.dumps(row))
+        return row
+    limit = args.memory_limit_gib * 1024 if args.memory_limit_gib else None
     result = run(args.mode, checkpoint=(lambda r: write_json(args.json, r)) if args.json
-                 else (lambda r: None))
+                 else (lambda r: None), memory_limit_mib=limit)
     print(f'done in {result["seconds"]:.0f} s')
     for key in HEADLINE_KEYS:
         print(f'  {key}: {result[key]:.3f}')

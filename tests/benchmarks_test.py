@@ -1,5 +1,6 @@
 """benchmarks/run.py in smoke mode: runs end to end and writes every key (no speed asserted)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +41,29 @@ class BenchmarksTest(tf.test.TestCase):
         self.assertGreater(measured['xla']['tiny']['score_xla_speedup'], 0)
         comparison = measured['tfp_comparison']['glow']
         self.assertEqual(comparison['params_ours'], comparison['params_tfp'])
+
+    def test_isolated_row_matches_the_in_process_keys(self):
+        # The full mode measures each family row in its own process.
+        row = benchmarks.isolated_family_row('smoke', 'glow', 'tiny', 4, memory_limit_mib=2 ** 20)
+        in_process = benchmarks.family_row(benchmarks.PLANS['smoke'], 'glow', 'tiny', 4)
+        self.assertEqual(set(row), set(in_process))
+        self.assertEqual(row['params'], in_process['params'])
+        self.assertGreater(row['train_images_per_s'], 0)
+        # A fresh process holds TensorFlow and the model: hundreds of MiB, not this one's.
+        self.assertGreater(row['train_peak_rss_mib'], row['train_rss_increase_mib'])
+
+    def test_row_over_the_memory_limit_is_recorded_and_larger_batches_skipped(self):
+        # A child passing the limit is killed (a paper-size PixelCNN++ step at
+        # batch 64 needs more than 24 GiB); the run goes on without its larger batches.
+        plan = dataclasses.replace(benchmarks.PLANS['smoke'], families=('glow',),
+                                   family_batches=(4, 8), isolate_rows=True)
+        rows, lines, saves = [], [], []
+        benchmarks.family_throughput(plan, lines.append, rows, lambda: saves.append(1),
+                                     memory_limit_mib=50.)
+        self.assertEqual(rows, [{'family': 'glow', 'config': 'tiny', 'batch_size': 4,
+                                 'exceeded_memory_limit_mib': 50.}])
+        self.assertEqual(len(saves), 1)
+        self.assertIn('larger batches skipped', lines[0])
 
     def test_profile_counts_each_network_once_where_tfp_runs_it_twice(self):
         # Scoring through TransformedDistribution.log_prob runs every coupling and
