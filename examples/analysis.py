@@ -86,6 +86,10 @@ def _finite_mean(values: np.ndarray) -> float:
     return float(np.mean(values[np.isfinite(values)]))
 
 
+def _finite_median(values: np.ndarray) -> float:
+    return float(np.median(values[np.isfinite(values)]))
+
+
 def dataset_statistics(source: common.Source, out: str) -> dict:
     """Statistics of every dataset the analyses use, and their figures."""
     names = ['cifar10/test', 'svhn_cropped/test', 'fashion_mnist/test', 'mnist/test']
@@ -243,8 +247,8 @@ def ensemble(args, source: common.Source, out: str) -> dict:
         'waic': dict(ood_metrics(waics[COLOUR_IN], waics[COLOUR_OUT], nonfinite='lowest'),
                      mean_in=_finite_mean(waics[COLOUR_IN]),
                      mean_out=_finite_mean(waics[COLOUR_OUT]),
-                     median_in=float(np.median(waics[COLOUR_IN])),
-                     median_out=float(np.median(waics[COLOUR_OUT]))),
+                     median_in=_finite_median(waics[COLOUR_IN]),
+                     median_out=_finite_median(waics[COLOUR_OUT])),
     }
     pair = [_ensemble_result(s, combined[s], num_dims, waic=waics[s]) for s in sets]
     plotting.plot_histograms(pair, os.path.join(out, 'ensemble_log_prob.png'), key='log_prob',
