@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
 import op_profile  # noqa: E402  (benchmarks/op_profile.py)
+import plot as benchmark_plot  # noqa: E402  (benchmarks/plot.py)
 import run as benchmarks  # noqa: E402  (benchmarks/run.py)
 
 from tfp_ood.config import GlowConfig  # noqa: E402
@@ -41,6 +42,14 @@ class BenchmarksTest(tf.test.TestCase):
         self.assertGreater(measured['xla']['tiny']['score_xla_speedup'], 0)
         comparison = measured['tfp_comparison']['glow']
         self.assertEqual(comparison['params_ours'], comparison['params_tfp'])
+        # The figure of it, and of a partial run with a row over the memory limit.
+        png = benchmark_plot.main([path, path + '.png'])
+        self.assertGreater(os.path.getsize(png), 10000)
+        result['complete'] = False
+        measured['families'].append({'family': 'pixelcnn', 'config': 'tiny', 'batch_size': 8,
+                                     'exceeded_memory_limit_mib': 100.})
+        del measured['image_size_scaling']
+        self.assertGreater(os.path.getsize(benchmark_plot.plot(result, path + '2.png')), 10000)
 
     def test_isolated_row_matches_the_in_process_keys(self):
         # The full mode measures each family row in its own process.
