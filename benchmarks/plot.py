@@ -1,6 +1,7 @@
-"""A figure of a `benchmarks/run.py` JSON: ours against TFP, batch size and image size.
+"""A figure and tables of a `benchmarks/run.py` JSON: ours against TFP, batch size, image size.
 
-    python benchmarks/plot.py benchmarks/results/full.json benchmarks/results/full.png
+    python benchmarks/plot.py benchmarks/results/full.json benchmarks/results/full.png \
+        --markdown benchmarks/results/full.md
 
 Three panels: images/s of our Glow and TFP's `tfb.Glow` at the compared
 config (scoring and training); images/s of every family and config against
@@ -118,13 +119,42 @@ def plot(result: Dict, path: str) -> str:
     return path
 
 
+def markdown(result: Dict) -> str:
+    """The family rows and the image-size rows as Markdown tables (the README's)."""
+    lines = ['| family | config | parameters | batch | scoring images/s | training images/s '
+             '| peak RSS scoring / training (MiB) |', '|---|---|---:|---:|---:|---:|---:|']
+    for r in result['measurements'].get('families', []):
+        if 'exceeded_memory_limit_mib' in r:
+            lines.append(f'| {r["family"]} | {r["config"]} | | {r["batch_size"]} | | | more '
+                         f'than {r["exceeded_memory_limit_mib"]:,.0f} (killed) |')
+            continue
+        lines.append(f'| {r["family"]} | {r["config"]} | {r["params"]:,} | {r["batch_size"]} | '
+                     f'{r["score_images_per_s"]:.1f} | {r["train_images_per_s"]:.1f} | '
+                     f'{r["score_peak_rss_mib"]:,.0f} / {r["train_peak_rss_mib"]:,.0f} |')
+    sizes = result['measurements'].get('image_size_scaling', [])
+    if sizes:
+        lines += ['', '| image size | GFLOP per image (forward) | scoring images/s '
+                  '| training images/s | scoring GFLOP/s |', '|---|---:|---:|---:|---:|']
+        for r in sizes:
+            gflop = r['forward_gflop_per_image']
+            lines.append(f'| {r["image_size"]}x{r["image_size"]} | {gflop:.3f} | '
+                         f'{r["score_images_per_s"]:.1f} | {r["train_images_per_s"]:.1f} | '
+                         f'{gflop * r["score_images_per_s"]:.0f} |')
+    return '\n'.join(lines) + '\n'
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('json', help='a benchmarks/run.py --json output')
     parser.add_argument('png', help='the figure to write')
+    parser.add_argument('--markdown', default=None, help='also write the tables here')
     args = parser.parse_args(argv)
     with open(args.json) as f:
-        return plot(json.load(f), args.png)
+        result = json.load(f)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(markdown(result))
+    return plot(result, args.png)
 
 
 if __name__ == '__main__':

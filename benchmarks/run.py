@@ -24,6 +24,7 @@ the repeats:
 
     python benchmarks/run.py --quick --json benchmarks/results/quick.json   # < 5 minutes
     python benchmarks/run.py --json benchmarks/results/full.json            # everything
+    python benchmarks/run.py --json benchmarks/results/full.json --resume   # after a kill
     python benchmarks/run.py --smoke --json /tmp/smoke.json                 # tests: seconds
 
 The JSON holds the headline numbers at the top level (`glow_score_vs_tfp`,
@@ -458,9 +459,14 @@ def family_throughput(plan: Plan, log: Callable, rows: List[Dict],
     limit (default: 90% of the memory available when the row starts); a
     family and config whose row passes it skips its larger batch sizes.
     """
+    done = {(r['family'], r['config'], r['batch_size']): r for r in rows}
     for config_name in plan.family_configs:
         for family in plan.families:
             for batch in plan.family_batches:
+                if (family, config_name, batch) in done:  # Resumed run.
+                    if 'exceeded_memory_limit_mib' in done[family, config_name, batch]:
+                        break
+                    continue
                 if not plan.isolate_rows:
                     row = family_row(plan, family, config_name, batch)
                 else:
@@ -500,29 +506,58 @@ def image_size_scaling(plan: Plan, log: Callable) -> List[Dict]:
 
 def run(mode: str, log: Callable = print,
         checkpoint: Callable[[Dict], None] = lambda result: None,
-        memory_limit_mib: Optional[float] = None) -> Dict:
+        memory_limit_mib: Optional[float] = None, resume: Optional[Dict] = None) -> Dict:
     """Measures everything in `PLANS[mode]`.
 
     `checkpoint(result)` receives the results so far after every section and
     every family row (`result['complete']` is False until the end), so an
-    interrupted run keeps what it measured.
+    interrupted run keeps what it measured; passing that partial result as
+    `resume` measures only what it lacks (each section's peers still run side
+    by side within the section).
     """
     plan = PLANS[mode]
     started = time.time()
-    measurements = {}
-    result = {'mode': mode, 'compared_config': plan.glow_compare, 'complete': False,
-              'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
-                          'processor': platform.processor(), 'python': sys.version.split()[0],
-                          'tensorflow': tf.__version__, 'tfp': tfp.__version__},
-              'measurements': measurements}
+    if resume is not None:
+        if resume.get('mode') != mode or resume.get('complete'):
+            raise ValueError(f'cannot resume a {"complete " if resume.get("complete") else ""}'
+                             f'{resume.get("mode")} run in {mode} mode')
+        result = resume
+        result['resumed'] = result.get('resumed', 0) + 1
+        log(f'resuming: {", ".join(result["measurements"]) or "nothing"} measured before')
+    else:
+        result = {'mode': mode, 'compared_config': plan.glow_compare, 'complete': False,
+                  'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
+                              'processor': platform.processor(),
+                              'python': sys.version.split()[0],
+                              'tensorflow': tf.__version__, 'tfp': tfp.__version__},
+                  'measurements': {}}
+    measurements = result['measurements']
+    seconds_before = result.get('seconds', 0.)
 
     def save():
-        result['seconds'] = time.time() - started
+        result['seconds'] = seconds_before + time.time() - started
         checkpoint(result)
 
+    if 'tfp_comparison' not in measurements:
+        _headline(plan, log, result)
+        save()
+    if 'xla' not in measurements:
+        measurements['xla'] = compare_xla(plan, plan.xla_configs, log)
+        save()
+    family_throughput(plan, log, measurements.setdefault('families', []), save,
+                      memory_limit_mib)
+    if 'image_size_scaling' not in measurements:
+        measurements['image_size_scaling'] = image_size_scaling(plan, log)
+    result['complete'] = True
+    save()
+    return result
+
+
+def _headline(plan: Plan, log: Callable, result: Dict) -> None:
+    """The matmul peak, ours against `tfb.Glow`, and the fraction of the peak."""
     peak = matmul_peak_gflops(plan.matmul_size, plan.repeats)
     log(f'float32 matmul peak ({plan.matmul_size}x{plan.matmul_size}): {peak:.1f} GFLOP/s')
-    comparison = measurements['tfp_comparison'] = compare_with_tfp(plan, log)
+    comparison = compare_with_tfp(plan, log)
     glow = comparison['glow']
     flops = glow_forward_flops(GlowConfig.named(plan.glow_compare))
     achieved = glow['ours_score_images_per_s'] * flops / 1e9
@@ -543,15 +578,7 @@ def run(mode: str, log: Callable = print,
             3. * glow['ours_train_images_per_s'] * flops / 1e9 / peak,
         'matmul_peak_gflops': peak,
     })
-    save()
-    measurements['xla'] = compare_xla(plan, plan.xla_configs, log)
-    save()
-    family_throughput(plan, log, measurements.setdefault('families', []), save,
-                      memory_limit_mib)
-    measurements['image_size_scaling'] = image_size_scaling(plan, log)
-    result['complete'] = True
-    save()
-    return result
+    result['measurements']['tfp_comparison'] = comparison
 
 
 def write_json(path: str, result: Dict) -> None:
@@ -570,12 +597,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                       help='the headline comparisons and the cpu configs (< 5 minutes here)')
     mode.add_argument('--smoke', dest='mode', action='store_const', const='smoke',
                       help='tiny shapes, one repeat: checks that everything runs')
+    mode.add_argument('--full', dest='mode', action='store_const', const='full',
+                      help='everything (the default; over an hour here)')
     parser.set_defaults(mode='full')
     parser.add_argument('--json', default=None,
                         help='write the results to this file (rewritten as they come in)')
     parser.add_argument('--memory-limit-gib', type=float, default=None,
                         help='kill a family row whose process passes this RSS (default: 90%% '
                              'of the memory available when the row starts; full mode only)')
+    parser.add_argument('--resume', action='store_true',
+                        help='if --json holds an interrupted run of this mode, measure only '
+                             'what it lacks')
     parser.add_argument('--row', nargs=3, metavar=('FAMILY', 'CONFIG', 'BATCH'),
                         help='measure one family row only (how the full mode runs each row '
                              'in its own process)')
@@ -588,8 +620,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         print(json.dumps(row))
         return row
     limit = args.memory_limit_gib * 1024 if args.memory_limit_gib else None
+    previous = None
+    if args.resume:
+        if not args.json:
+            parser.error('--resume needs --json (the interrupted run\'s file)')
+        if os.path.exists(args.json):
+            with open(args.json) as f:
+                previous = json.load(f)
+            if previous.get('complete'):
+                parser.error(f'{args.json} holds a complete run: nothing to resume')
     result = run(args.mode, checkpoint=(lambda r: write_json(args.json, r)) if args.json
-                 else (lambda r: None), memory_limit_mib=limit)
+                 else (lambda r: None), memory_limit_mib=limit, resume=previous)
     print(f'done in {result["seconds"]:.0f} s')
     for key in HEADLINE_KEYS:
         print(f'  {key}: {result[key]:.3f}')

@@ -43,8 +43,13 @@ class BenchmarksTest(tf.test.TestCase):
         comparison = measured['tfp_comparison']['glow']
         self.assertEqual(comparison['params_ours'], comparison['params_tfp'])
         # The figure of it, and of a partial run with a row over the memory limit.
-        png = benchmark_plot.main([path, path + '.png'])
+        png = benchmark_plot.main([path, path + '.png', '--markdown', path + '.md'])
         self.assertGreater(os.path.getsize(png), 10000)
+        with open(path + '.md') as f:
+            table = f.read()
+        for family in ('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'):
+            self.assertIn(f'| {family} | tiny |', table)
+        self.assertIn('| 16x16 |', table)
         result['complete'] = False
         measured['families'].append({'family': 'pixelcnn', 'config': 'tiny', 'batch_size': 8,
                                      'exceeded_memory_limit_mib': 100.})
@@ -73,6 +78,36 @@ class BenchmarksTest(tf.test.TestCase):
                                  'exceeded_memory_limit_mib': 50.}])
         self.assertEqual(len(saves), 1)
         self.assertIn('larger batches skipped', lines[0])
+
+    def test_interrupted_run_resumes_without_measuring_again(self):
+        class Interrupted(Exception):
+            pass
+
+        saved = []
+
+        def checkpoint(result):
+            saved.append(json.loads(json.dumps(result)))  # What write_json would keep.
+            if len(result['measurements'].get('families', [])) == 2:
+                raise Interrupted  # Killed after two family rows.
+
+        with self.assertRaises(Interrupted):
+            benchmarks.run('smoke', log=lambda line: None, checkpoint=checkpoint)
+        partial = saved[-1]
+        self.assertIs(partial['complete'], False)
+        first_rows = [dict(r) for r in partial['measurements']['families']]
+        headline = partial['glow_score_vs_tfp']
+        lines = []
+        result = benchmarks.run('smoke', log=lines.append, resume=partial)
+        self.assertIs(result['complete'], True)
+        self.assertEqual(result['resumed'], 1)
+        self.assertEqual(result['glow_score_vs_tfp'], headline)  # Not measured again.
+        rows = result['measurements']['families']
+        self.assertEqual(rows[:2], first_rows)
+        self.assertEqual([r['family'] for r in rows],
+                         ['glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'])
+        self.assertEqual(len(lines), 1 + 3 + 2)  # Resuming; three rows; two image sizes.
+        with self.assertRaisesRegex(ValueError, 'complete'):
+            benchmarks.run('smoke', resume=result)
 
     def test_profile_counts_each_network_once_where_tfp_runs_it_twice(self):
         # Scoring through TransformedDistribution.log_prob runs every coupling and
