@@ -65,10 +65,12 @@ def _batch_scaling(ax, rows: Sequence[Dict]) -> None:
                 label=f'{family} {config}')
         ax.plot(batches, [p['train_images_per_s'] for p in measured], 's--', color=colour)
         for p in points:
-            if 'exceeded_memory_limit_mib' in p:
+            if 'exceeded_memory_limit_mib' in p:  # An x where the training point would be.
+                y = measured[-1]['train_images_per_s'] if measured else 1.
+                ax.plot([p['batch_size']], [y], 'x', color=colour, markersize=10)
                 ax.annotate(f'> {p["exceeded_memory_limit_mib"] / 1024:.0f} GiB',
-                            (p['batch_size'], measured[-1]['train_images_per_s']
-                             if measured else 1.), color=colour, fontsize=8)
+                            (p['batch_size'], y), textcoords='offset points', xytext=(-8, 6),
+                            ha='right', color=colour, fontsize=8)
     ax.set_xscale('log', base=2)
     ax.set_yscale('log')
     batches = sorted({row['batch_size'] for row in rows})
@@ -76,8 +78,8 @@ def _batch_scaling(ax, rows: Sequence[Dict]) -> None:
     ax.set_xticklabels([str(b) for b in batches])
     ax.set_xlabel('batch size')
     ax.set_ylabel('images/s (solid: scoring, dashed: training)')
-    ax.set_title('every family')
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title('every family (x: needed more memory than the limit)')
+    ax.legend(fontsize=8, ncol=5, loc='upper center', bbox_to_anchor=(0.5, -0.12))
 
 
 def _size_scaling(ax, rows: Sequence[Dict]) -> None:
@@ -104,7 +106,7 @@ def _size_scaling(ax, rows: Sequence[Dict]) -> None:
 def plot(result: Dict, path: str) -> str:
     """Draws the figure of one benchmark result (a run.py JSON) to `path`."""
     measurements = result['measurements']
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    fig, axes = plt.subplots(1, 3, figsize=(20, 7), gridspec_kw={'width_ratios': [1, 1.6, 1]})
     _comparison(axes[0], result)
     _batch_scaling(axes[1], measurements.get('families', []))
     _size_scaling(axes[2], measurements.get('image_size_scaling', []))

@@ -475,7 +475,9 @@ def family_throughput(plan: Plan, log: Callable, rows: List[Dict],
                 rows.append(row)
                 if 'exceeded_memory_limit_mib' in row:
                     log(f'{family:9s} {config_name:6s} batch {batch:3d}: needs more than '
-                        f'{limit / 1024:.1f} GiB (killed); larger batches skipped')
+                        f'{limit / 1024:.1f} GiB (killed)'
+                        + ('; larger batches skipped' if batch < max(plan.family_batches)
+                           else ''))
                     after_row()
                     break
                 log(f'{family:9s} {config_name:6s} batch {batch:3d}: score '
