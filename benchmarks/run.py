@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -442,6 +443,10 @@ def isolated_family_row(mode: str, family: str, config_name: str, batch: int,
                         'exceeded_memory_limit_mib': memory_limit_mib}
             time.sleep(interval)
         reader.join()
+        if child.returncode == -signal.SIGKILL:  # The kernel's OOM killer, faster than us.
+            return {'family': family, 'config': config_name, 'batch_size': batch,
+                    'exceeded_memory_limit_mib': memory_limit_mib, 'killed_by_system': True,
+                    'last_seen_rss_mib': peak}
         if child.returncode != 0:
             raise RuntimeError(f'{family} {config_name} batch {batch} failed '
                                f'(exit {child.returncode}):\n{"".join(stderr)[-3000:]}')

@@ -4,8 +4,11 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import tensorflow as tf
 
@@ -17,6 +20,21 @@ import plot as benchmark_plot  # noqa: E402  (benchmarks/plot.py)
 import run as benchmarks  # noqa: E402  (benchmarks/run.py)
 
 from tfp_ood.config import GlowConfig  # noqa: E402
+
+
+def _child_measuring_a_row():
+    """The pid of this process's child running `run.py --row`, or None."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                cmdline = f.read().split(b'\0')
+            with open(f'/proc/{pid}/stat', 'rb') as f:
+                parent = int(f.read().rsplit(b')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # Gone meanwhile.
+        if parent == os.getpid() and b'--row' in cmdline:
+            return int(pid)
+    return None
 
 
 class BenchmarksTest(tf.test.TestCase):
@@ -78,6 +96,24 @@ class BenchmarksTest(tf.test.TestCase):
                                  'exceeded_memory_limit_mib': 50.}])
         self.assertEqual(len(saves), 1)
         self.assertIn('larger batches skipped', lines[0])
+
+    def test_row_killed_by_the_system_is_recorded(self):
+        # The kernel's OOM killer can end a child between two polls of the watchdog.
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(benchmarks.isolated_family_row(
+            'smoke', 'glow', 'tiny', 4, memory_limit_mib=2 ** 20)))
+        worker.start()
+        child = None
+        for _ in range(600):
+            child = _child_measuring_a_row()
+            if child:
+                break
+            time.sleep(0.05)
+        self.assertIsNotNone(child)
+        os.kill(child, signal.SIGKILL)
+        worker.join(60)
+        self.assertTrue(result['killed_by_system'])
+        self.assertEqual(result['exceeded_memory_limit_mib'], 2 ** 20)
 
     def test_interrupted_run_resumes_without_measuring_again(self):
         class Interrupted(Exception):
