@@ -424,32 +424,30 @@ def isolated_family_row(mode: str, family: str, config_name: str, batch: int,
     """
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, 'row.json')
-        child = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), '--' + mode, '--row', family,
-             config_name, str(batch), '--json', path],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-        stderr = []
-        reader = threading.Thread(target=lambda: stderr.append(child.stderr.read()),
-                                  daemon=True)
-        reader.start()
-        peak = 0.
-        while child.poll() is None:
-            peak = max(peak, _rss_mib(child.pid))
-            if peak > memory_limit_mib:
-                child.kill()
-                child.wait()
-                return {'family': family, 'config': config_name, 'batch_size': batch,
-                        'exceeded_memory_limit_mib': memory_limit_mib}
-            time.sleep(interval)
-        reader.join()
-        if child.returncode == -signal.SIGKILL:  # The kernel's OOM killer, faster than us.
-            return {'family': family, 'config': config_name, 'batch_size': batch,
-                    'exceeded_memory_limit_mib': memory_limit_mib, 'killed_by_system': True,
-                    'last_seen_rss_mib': peak}
-        if child.returncode != 0:
-            raise RuntimeError(f'{family} {config_name} batch {batch} failed '
-                               f'(exit {child.returncode}):\n{"".join(stderr)[-3000:]}')
+        with open(os.path.join(tmp, 'stderr'), 'w+') as stderr:
+            child = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), '--' + mode, '--row', family,
+                 config_name, str(batch), '--json', path],
+                stdout=subprocess.DEVNULL, stderr=stderr,
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+            peak = 0.
+            while child.poll() is None:
+                peak = max(peak, _rss_mib(child.pid))
+                if peak > memory_limit_mib:
+                    child.kill()
+                    child.wait()
+                    break
+                time.sleep(interval)
+            if child.returncode == -signal.SIGKILL:  # By us, or by the kernel's OOM killer.
+                row = {'family': family, 'config': config_name, 'batch_size': batch,
+                       'exceeded_memory_limit_mib': memory_limit_mib}
+                if peak <= memory_limit_mib:  # The kernel, between two of our polls.
+                    row.update(killed_by_system=True, last_seen_rss_mib=peak)
+                return row
+            if child.returncode != 0:
+                stderr.seek(0)
+                raise RuntimeError(f'{family} {config_name} batch {batch} failed '
+                                   f'(exit {child.returncode}):\n{stderr.read()[-3000:]}')
         with open(path) as f:
             return json.load(f)
 
@@ -475,12 +473,12 @@ def family_throughput(plan: Plan, log: Callable, rows: List[Dict],
                 if not plan.isolate_rows:
                     row = family_row(plan, family, config_name, batch)
                 else:
-                    limit = memory_limit_mib or 0.9 * available_memory_mib()
-                    row = isolated_family_row(plan.name, family, config_name, batch, limit)
+                    row = isolated_family_row(plan.name, family, config_name, batch,
+                                              memory_limit_mib or 0.9 * available_memory_mib())
                 rows.append(row)
                 if 'exceeded_memory_limit_mib' in row:
                     log(f'{family:9s} {config_name:6s} batch {batch:3d}: needs more than '
-                        f'{limit / 1024:.1f} GiB (killed)'
+                        f'{row["exceeded_memory_limit_mib"] / 1024:.1f} GiB (killed)'
                         + ('; larger batches skipped' if batch < max(plan.family_batches)
                            else ''))
                     after_row()
