@@ -179,6 +179,24 @@ class SyntheticTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'value must be in 0..255; got 256'):
             data.constant_images(256, (8, 8, 3), 1)
 
+    def test_perturb(self):
+        images = np.random.default_rng(0).integers(0, 256, (200, 8, 8, 3), dtype=np.uint8)
+        original = images.copy()
+        for rate in (0.1, 0.3):
+            out = data.perturb(images, rate, np.random.default_rng(1))
+            self.assertEqual(out.dtype, np.uint8)
+            self.assertEqual(out.shape, images.shape)
+            # Chosen with probability `rate`, kept by chance 1 time in 256.
+            self.assertAllClose(np.mean(out != images), rate * 255 / 256, atol=0.01)
+        self.assertAllEqual(images, original)  # The input is not modified.
+        self.assertAllEqual(data.perturb(images, 0., np.random.default_rng(1)), images)
+        changed = data.perturb(np.zeros((4000, 1, 1, 1), np.uint8), 1., np.random.default_rng(2))
+        self.assertAllClose(np.mean(changed), 127.5, atol=3)  # Uniform over 0..255.
+        with self.assertRaisesRegex(ValueError, 'uint8'):
+            data.perturb(images.astype(np.float32), 0.1, np.random.default_rng(0))
+        with self.assertRaisesRegex(ValueError, r'\[0, 1\]'):
+            data.perturb(images, 1.2, np.random.default_rng(0))
+
     def test_grayscale(self):
         rgb = np.array([[[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]]], np.uint8)
         gray = data.to_grayscale(rgb).numpy()

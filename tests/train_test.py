@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tfp_ood import models, train
@@ -201,6 +202,55 @@ _TWO_DEVICES = textwrap.dedent('''
                 zip(weights['one'], [v.numpy() for v in _model().trainable_variables]))
     print(json.dumps({'max_diff': diff, 'moved': moved}))
 ''')
+
+
+class BackgroundModelTest(tf.test.TestCase):
+    """The two settings of the likelihood-ratio detector's background model."""
+
+    def test_weight_decay_adds_the_l2_penalty_in_bits_per_dim(self):
+        model = _model()
+        images = _images(16)
+        model.initialize(images)
+        noise = tf.random.uniform(images.shape, seed=3)
+        decay = 10.0
+        kernels = [v for v in model.trainable_variables if 'kernel' in v.name]
+        self.assertNotEmpty(kernels)
+        penalty_nats = decay * sum(float(np.sum(v.numpy() ** 2)) for v in kernels)
+        expected_bpd = float(np.mean(model.bits_per_dim(
+            model.training_log_prob(images, noise))))
+        step = train._make_train_step(model, tf_keras.optimizers.Adam(0.),
+                                      tf.distribute.get_strategy(),
+                                      _config(batch_size=16, weight_decay=decay))
+        loss, bpd, _, ok = step(tf.constant(images), noise)
+        self.assertTrue(bool(ok))
+        self.assertAllClose(float(bpd), expected_bpd, rtol=1e-5)
+        num_dims = np.prod(SHAPE)
+        self.assertAllClose(float(loss) - float(bpd), penalty_nats / (num_dims * np.log(2.)),
+                            rtol=1e-4)
+
+    def test_mutated_batches_change_the_expected_fraction_deterministically(self):
+        images = _images(96)
+        config = _config(batch_size=32, mutation_rate=0.2)
+
+        def first_batches(start):
+            batches = train._distributed_batches(tf.distribute.get_strategy(), images,
+                                                 config, start)
+            return [b[0].numpy() for b, _ in zip(batches, range(3))]
+
+        clean = [images[train._batch(images, s, 32, config.seed)[0]] for s in range(3)]
+        mutated = first_batches(0)
+        for c, m in zip(clean, mutated):
+            self.assertEqual(m.dtype, np.uint8)
+            changed = float(np.mean(c != m))
+            self.assertAllClose(changed, 0.2 * 255 / 256, atol=0.02)
+        # Batch s is a function of (seed, s): a resumed run sees the same mutations.
+        self.assertAllEqual(first_batches(1)[0], mutated[1])
+
+    def test_refuses_bad_settings(self):
+        for kwargs in (dict(mutation_rate=1.5), dict(mutation_rate=float('nan')),
+                       dict(weight_decay=-1.), dict(weight_decay=float('inf'))):
+            with self.assertRaisesRegex(ValueError, 'mutation_rate|weight_decay'):
+                _config(**kwargs)
 
 
 class StrategyTest(tf.test.TestCase):

@@ -76,6 +76,12 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument('--num-eval-images', type=int, default=2000,
                        help='images per held-out set')
     train.add_argument('--seed', type=int, default=0, help='seed of weights and data order')
+    train.add_argument('--mutation-rate', type=float, default=0.0,
+                       help='replace each training value with this probability by a uniform '
+                            'draw from 0..255 (a background model for the likelihood-ratio '
+                            'detector; default: 0)')
+    train.add_argument('--weight-decay', type=float, default=0.0,
+                       help='L2 penalty on every kernel, per image in nats (default: 0)')
     train.add_argument('--strategy', default='default',
                        choices=('default', 'mirrored', 'multi_worker'),
                        help='tf.distribute strategy (multi_worker reads TF_CONFIG)')
@@ -143,7 +149,8 @@ def _train(args) -> int:
         num_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps, clip_norm=args.clip_norm,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        num_eval_images=args.num_eval_images, seed=args.seed)
+        num_eval_images=args.num_eval_images, seed=args.seed,
+        mutation_rate=args.mutation_rate, weight_decay=args.weight_decay)
     _, result = train.train_on_dataset(
         args.model, args.config, args.dataset, args.split, args.workdir, config,
         eval_specs=args.eval_sets, data_dir=args.data_dir, source=args.source,

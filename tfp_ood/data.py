@@ -33,8 +33,8 @@ import tensorflow as tf
 
 __all__ = [
     'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'constant_images',
-    'grayscale', 'images_array', 'load', 'load_arrays', 'local_path', 'to_grayscale',
-    'uniform_noise_images',
+    'grayscale', 'images_array', 'load', 'load_arrays', 'local_path', 'perturb',
+    'to_grayscale', 'uniform_noise_images',
 ]
 
 DATA_DIR_ENV = 'TFP_OOD_DATA_DIR'
@@ -336,6 +336,37 @@ def uniform_noise_images(image_shape: Sequence[int], num_images: int,
     rng = np.random.default_rng(seed)
     shape = (num_images,) + tuple(int(d) for d in image_shape)
     return _synthetic(rng.integers(0, 256, size=shape, dtype=np.uint8))
+
+
+def perturb(images: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Replaces each value with probability `rate` by a uniform draw from 0..255.
+
+    The input perturbation of the background model of the likelihood-ratio
+    detector (Ren et al., 2019): each of the `H*W*C` values of every image is
+    independently chosen with probability `rate` and replaced by an integer
+    drawn uniformly from `0..255` (so it keeps its value with probability
+    1/256 even when chosen: the expected fraction of values that change is
+    `rate * 255 / 256`).
+
+    Args:
+      images: uint8 `[..., H, W, C]`.
+      rate: the mutation rate `mu`, in `[0, 1]`.
+      rng: the `numpy.random.Generator` that draws the positions and values.
+
+    Returns:
+      A perturbed uint8 copy of `images` (the input is not modified).
+
+    Raises:
+      ValueError: `images` is not uint8 or `rate` is outside `[0, 1]`.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f'perturb needs uint8 images; got dtype {images.dtype}.')
+    if not 0.0 <= float(rate) <= 1.0:
+        raise ValueError(f'The mutation rate must be in [0, 1]; got {rate}.')
+    chosen = rng.random(images.shape) < rate
+    values = rng.integers(0, 256, size=images.shape, dtype=np.uint8)
+    return np.where(chosen, values, images)
 
 
 def to_grayscale(images: tf.Tensor) -> tf.Tensor:

@@ -53,6 +53,7 @@ import tensorflow as tf
 import tf_keras
 from tqdm.auto import tqdm
 
+from tfp_ood.data import perturb
 from tfp_ood.evaluate import score
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.summaries import Summaries
@@ -85,6 +86,14 @@ class TrainConfig:
       num_eval_images: at most this many images of each held-out set.
       keep_checkpoints: checkpoints kept on disk.
       seed: seed of the data order and the dequantization noise.
+      mutation_rate: each value of every training image is replaced with this
+        probability by a uniform draw from 0..255 (`tfp_ood.data.perturb`);
+        `> 0` trains the background model of the likelihood-ratio detector
+        (Ren et al., 2019).
+      weight_decay: L2 penalty `weight_decay * sum(kernel**2)` over every
+        convolution and dense kernel, added to the per-image negative
+        log-likelihood in nats (Ren et al.'s `lambda`, so their values carry
+        over; in the bits/dim loss it is divided by `D ln 2`).
     """
 
     num_steps: int = 10000
@@ -101,6 +110,8 @@ class TrainConfig:
     num_eval_images: int = 2000
     keep_checkpoints: int = 3
     seed: int = 0
+    mutation_rate: float = 0.0
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'checkpoint_every', 'eval_every', 'log_every',
@@ -111,6 +122,10 @@ class TrainConfig:
             raise ValueError(f'learning_rate and clip_norm must be > 0 and warmup_steps '
                              f'>= 0; got {self.learning_rate}, {self.clip_norm}, '
                              f'{self.warmup_steps}.')
+        if not 0.0 <= self.mutation_rate <= 1.0:
+            raise ValueError(f'mutation_rate must be in [0, 1]; got {self.mutation_rate}.')
+        if not 0.0 <= self.weight_decay < float('inf'):
+            raise ValueError(f'weight_decay must be finite and >= 0; got {self.weight_decay}.')
 
 
 class TrainingDivergedError(RuntimeError):
@@ -162,7 +177,9 @@ def _check_same_run(saved: Dict[str, Any], current: Dict[str, Any], workdir: str
     problems = []
     if saved.get('model') != current['model']:
         problems.append(f'model {saved.get("model")} != {current["model"]}')
-    saved_train = {k: v for k, v in saved.get('train', {}).items()
+    # Runs written before a field existed ran with its default.
+    defaults = dataclasses.asdict(TrainConfig())
+    saved_train = {k: v for k, v in {**defaults, **saved.get('train', {})}.items()
                    if k not in _RESUMABLE_CHANGES}
     current_train = {k: v for k, v in current['train'].items() if k not in _RESUMABLE_CHANGES}
     if saved_train != current_train:
@@ -202,9 +219,13 @@ def _distributed_batches(strategy, images: np.ndarray, config: TrainConfig, star
         def generate():
             for step in range(start, config.num_steps):
                 index, noise = _batch(images, step, config.batch_size, config.seed)
+                batch = images[index]
+                if config.mutation_rate:
+                    batch = perturb(batch, config.mutation_rate,
+                                    np.random.default_rng([config.seed, 2_000_003, step]))
                 for replica in range(first, first + replicas):
                     part = slice(replica * per_replica, (replica + 1) * per_replica)
-                    yield images[index[part]], noise[part]
+                    yield batch[part], noise[part]
 
         spec = (tf.TensorSpec((per_replica,) + shape, tf.uint8),
                 tf.TensorSpec((per_replica,) + shape, tf.float32))
@@ -213,8 +234,19 @@ def _distributed_batches(strategy, images: np.ndarray, config: TrainConfig, star
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+def _decayed(model: DensityModel) -> List[tf.Variable]:
+    """The variables `TrainConfig.weight_decay` applies to: every layer's kernel."""
+    return [v for v in model.trainable_variables
+            if v.name.split('/')[-1].split(':')[0] == 'kernel']
+
+
 def _make_train_step(model: DensityModel, optimizer, strategy, config: TrainConfig):
     variables = model.trainable_variables
+    decayed = _decayed(model) if config.weight_decay else []
+    # Nats per image -> the loss's bits/dim; each replica adds its share, since
+    # the replicas' losses are summed.
+    decay_scale = config.weight_decay / (model.num_dims * np.log(2.0)
+                                         * strategy.num_replicas_in_sync)
 
     def apply_if_finite(distribution, grads, ok):
         # A cond whose branch calls apply_gradients (which calls merge_call) must
@@ -234,14 +266,17 @@ def _make_train_step(model: DensityModel, optimizer, strategy, config: TrainConf
         context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
             bpd = model.bits_per_dim(model.training_log_prob(images, noise))
-            loss = tf.reduce_sum(bpd) / config.batch_size
+            bpd = tf.reduce_sum(bpd) / config.batch_size
+            loss = bpd
+            if decayed:
+                loss += decay_scale * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
         grads = tape.gradient(loss, variables)
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+        loss, bpd = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, bpd])
         grads, norm = tf.clip_by_global_norm(grads, config.clip_norm)
         ok = tf.math.is_finite(norm) & tf.math.is_finite(loss)
         context.merge_call(apply_if_finite, args=(grads, ok))
-        return loss, norm, ok
+        return loss, bpd, norm, ok
 
     @tf.function
     def train_step(images, noise):
@@ -404,7 +439,7 @@ def fit(model: DensityModel,
     stop = threading.Event()
     stop.signal = None
     step, consecutive, last_saved = start, 0, start
-    losses, norms, interval_start = [], [], time.monotonic()
+    losses, bpds, norms, interval_start = [], [], [], time.monotonic()
     t0 = time.monotonic()
     stop_reason = 'completed'
     try:
@@ -414,12 +449,13 @@ def fit(model: DensityModel,
                                           desc='training', unit='step', disable=not progress,
                                           mininterval=interval) as bar:
             for images, noise in batches:
-                loss, norm, ok = train_step(images, noise)
+                loss, bpd, norm, ok = train_step(images, noise)
                 step += 1
                 step_var.assign(step)
                 if bool(ok):
                     consecutive = 0
                     losses.append(float(loss))
+                    bpds.append(float(bpd))
                     norms.append(float(norm))
                 else:
                     consecutive += 1
@@ -436,13 +472,13 @@ def fit(model: DensityModel,
                     elapsed = time.monotonic() - interval_start
                     images_per_s = config.log_every * config.batch_size / elapsed
                     summaries.scalars({
-                        'train/loss': np.mean(losses), 'train/bits_per_dim': np.mean(losses),
+                        'train/loss': np.mean(losses), 'train/bits_per_dim': np.mean(bpds),
                         'train/grad_norm': np.mean(norms),
                         'train/learning_rate': float(schedule(optimizer.iterations.numpy())),
                         'train/images_per_s': images_per_s,
                         'train/skipped_steps': int(skipped_var)}, step)
-                    bar.set_postfix(bpd=f'{np.mean(losses):.3f}', img_s=f'{images_per_s:.0f}')
-                    losses, norms, interval_start = [], [], time.monotonic()
+                    bar.set_postfix(bpd=f'{np.mean(bpds):.3f}', img_s=f'{images_per_s:.0f}')
+                    losses, bpds, norms, interval_start = [], [], [], time.monotonic()
                 if eval_sets and (step % config.eval_every == 0 or step == config.num_steps):
                     evaluate(step)
                 if step % config.checkpoint_every == 0:
