@@ -22,7 +22,7 @@ Writes to --out: PNG figures, `report.md`, `analysis.json` (every number
 printed) and TensorBoard logs (`--out/tensorboard`).
 
     python examples/analysis.py                              # embedded samples
-    python examples/analysis.py --data-dir ../shared/data    # full test sets
+    python examples/analysis.py --data-dir DATA    # full test sets
 """
 
 import argparse
@@ -61,24 +61,12 @@ COLOUR_IN, COLOUR_OUT = 'cifar10/test', 'svhn_cropped/test'
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--data-dir', default=None,
-                   help='directory of <name>_<split>.npz arrays (default: $TFP_OOD_DATA_DIR; '
-                        'with neither this nor --source tfds, the embedded samples)')
-    p.add_argument('--source', default='auto', choices=data.SOURCES,
-                   help='where images come from (default: auto)')
-    p.add_argument('--out', default='results/analysis', help='results folder')
-    p.add_argument('--models-dir', default=os.path.join(common.REPO, 'saved_models'),
-                   help='pretrained SavedModels (default: saved_models/)')
-    p.add_argument('--num-images', type=int, default=None,
-                   help='use at most this many images per set')
-    p.add_argument('--vae-images', type=int, default=None, help=common.VAE_IMAGES_HELP)
+    common.add_data_flags(p, 'results/analysis')
     p.add_argument('--quadratic-images', type=int, default=2000,
                    help='images per set in the full second-order quadratic form (one '
                         'Hessian-vector product each)')
     p.add_argument('--hessian-batch-size', type=int, default=128,
                    help='Hessian-vector products per call in the second-order analysis')
-    p.add_argument('--no-progress', dest='progress', action='store_false',
-                   help='no progress bars')
     return p
 
 
@@ -175,9 +163,8 @@ def graying(args, source: common.Source, out: str) -> list:
     for name in (COLOUR_IN, COLOUR_OUT):
         sets[name] = source.load(*name.split('/'))
         sets[name + analysis.GRAY_SUFFIX] = data.grayscale(sets[name])
-    vae_images = source.vae_images(args.vae_images)
-    limits = {name: vae_images for name, model in models.items()
-              if model.get_config().get('family') == 'vae' and vae_images}
+    limits = {name: source.family_images(model.get_config().get('family'))
+              for name, model in models.items()}
     results = report.score_all(models, sets, os.path.join(out, 'graying'),
                                progress=args.progress, max_images=limits)
     rows = analysis.graying_rows(results)
@@ -395,4 +382,4 @@ def _json_default(value):
 
 
 if __name__ == '__main__':
-    main()
+    common.run(main)

@@ -10,9 +10,9 @@ metrics.json (AUROC of raw likelihood, CIFAR-10 test in, SVHN test out),
 summary.json, and TensorBoard logs (--out/tensorboard).
 
     python examples/cifar_svhn.py                                # embedded samples
-    python examples/cifar_svhn.py --data-dir ../shared/data      # full test sets
-    python examples/cifar_svhn.py --reverse --data-dir ../shared/data   # train on SVHN
-    python examples/cifar_svhn.py --retrain --data-dir ../shared/data   # train first
+    python examples/cifar_svhn.py --data-dir DATA      # full test sets
+    python examples/cifar_svhn.py --reverse --data-dir DATA   # train on SVHN
+    python examples/cifar_svhn.py --retrain --data-dir DATA   # train first
     python examples/cifar_svhn.py --models glow_cifar10 vae_cifar10     # some models only
 
 --reverse uses the Glow trained on SVHN: with local arrays its training set is
@@ -22,7 +22,7 @@ the rest (test[7000:]); with --source tfds, SVHN's real train and test splits.
 
 import common  # examples/common.py
 
-from tfp_ood import data, report
+from tfp_ood import analysis, data, report
 
 SHAPE = (32, 32, 3)
 CIFAR_MODELS = (('glow_cifar10', 'glow'), ('cvglow_cifar10', 'cv_glow'),
@@ -35,7 +35,6 @@ def main(argv=None):
                         help='train on SVHN and score CIFAR-10 (the effect is asymmetric)')
     parser.add_argument('--num-train-images', type=int, default=10000,
                         help='training images to score (local arrays or TFDS only)')
-    parser.add_argument('--vae-images', type=int, default=None, help=common.VAE_IMAGES_HELP)
     parser.add_argument('--models', nargs='+', choices=[name for name, _ in CIFAR_MODELS],
                         help='score only these CIFAR-10 models (default: every shipped one; '
                              'scores are deterministic, so a model scored alone gets the '
@@ -66,8 +65,7 @@ def main(argv=None):
     for name, family in specs:
         entry = common.get_model(args, source, name, family, train_set, train_split, eval_specs)
         if entry is not None:
-            if family == 'vae':
-                entry.max_images = source.vae_images(args.vae_images)
+            entry.max_images = source.family_images(family)
             models[name] = entry
     if not models:
         raise SystemExit('No model to score: see the messages above.')
@@ -82,8 +80,8 @@ def main(argv=None):
         sets[name] = source.load(dataset, split)
     sets['constant_128'] = data.constant_images(128, SHAPE, n_synthetic)
     sets['uniform_noise'] = data.uniform_noise_images(SHAPE, n_synthetic, seed=0)
-    sets[f'{in_set} (gray)'] = data.grayscale(sets[in_set])
-    sets[f'{out_set} (gray)'] = data.grayscale(sets[out_set])
+    sets[in_set + analysis.GRAY_SUFFIX] = data.grayscale(sets[in_set])
+    sets[out_set + analysis.GRAY_SUFFIX] = data.grayscale(sets[out_set])
 
     paper_names = {'svhn_cropped/train': 'svhn_cropped/train',
                    'svhn_cropped/test[7000:]': 'svhn_cropped/test'}
@@ -94,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    common.run(main)

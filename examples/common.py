@@ -9,7 +9,7 @@ Models come from one of three places:
   initialisation only), to check the pipeline.
 
 Images come from `--data-dir` (local `<name>_<split>.npz` arrays, e.g.
-`../shared/data`), from TFDS with `--source tfds` (downloads), or, with neither,
+`DATA`, see docs/data.md), from TFDS with `--source tfds` (`--download` fetches), or, with neither,
 from the 2,000-image samples embedded in the package.
 """
 
@@ -17,32 +17,49 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from tfp_ood import data, export, report, train
 from tfp_ood.config import GLOW_CONFIG_NAMES, GlowConfig
 from tfp_ood.models import FlowModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Images per set scored under a VAE by default: its importance-weighted bound
-# costs K=100 decoder passes per image (about 5 images/s on 2 CPU cores).
-VAE_IMAGES = 1000
-VAE_IMAGES_SAMPLES = 50
-VAE_IMAGES_HELP = (f'images per set scored under a VAE (K=100 decoder passes per image; '
-                   f'default: {VAE_IMAGES}, or {VAE_IMAGES_SAMPLES} on the embedded samples; '
-                   f'0: all)')
+# Images per set scored under the families whose scoring is slow, as
+# (on the embedded samples, on full data). The PixelCNN++ scores about 130
+# images/s on 2 CPU cores, the VAE's importance-weighted bound (K=100 decoder
+# passes per image) about 6: with these limits the first command's run (the
+# embedded samples, every shipped model) takes about two minutes there.
+# `None`: every image.
+SLOW_FAMILY_IMAGES = {'pixelcnn': (500, None), 'vae': (30, 1000)}
 
 
-def parser(description: str, default_out: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def add_data_flags(p: argparse.ArgumentParser, default_out: str) -> None:
+    """The flags every experiment script has: where images come from, where results go."""
     p.add_argument('--data-dir', default=None,
                    help='directory of <name>_<split>.npz arrays (default: $TFP_OOD_DATA_DIR; '
                         'with neither this nor --source tfds, the embedded samples)')
     p.add_argument('--source', default='auto', choices=data.SOURCES,
                    help='where images come from (default: auto)')
-    p.add_argument('--out', default=default_out, help='results folder')
+    p.add_argument('--download', action='store_true',
+                   help='with --source tfds: let TFDS download what is not prepared '
+                        '(needs internet access)')
+    p.add_argument('--out', default=default_out, help=f'results folder (default: {default_out})')
     p.add_argument('--models-dir', default=os.path.join(REPO, 'saved_models'),
                    help='pretrained SavedModels (default: saved_models/)')
+    p.add_argument('--num-images', type=int, default=None,
+                   help='score at most this many images per set')
+    for family, (samples, full) in SLOW_FAMILY_IMAGES.items():
+        p.add_argument(f'--{family}-images', type=int, default=None,
+                       help=f'images per set scored under a {family} model (default: '
+                            f'{samples} on the embedded samples, '
+                            f'{full or "all"} on full data; 0: all)')
+    p.add_argument('--no-progress', dest='progress', action='store_false',
+                   help='no progress bars')
+
+
+def parser(description: str, default_out: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    add_data_flags(p, default_out)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument('--retrain', action='store_true',
                       help='train the models from scratch first (see --config, --steps)')
@@ -54,13 +71,23 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p.add_argument('--steps', type=int, default=10000, help='training steps for --retrain')
     p.add_argument('--batch-size', type=int, default=64, help='training batch for --retrain')
     p.add_argument('--workdir', default='runs', help='run directories for --retrain')
-    p.add_argument('--num-images', type=int, default=None,
-                   help='score at most this many images per set')
     p.add_argument('--num-synthetic', type=int, default=1000,
                    help='constant and random images to score')
-    p.add_argument('--no-progress', dest='progress', action='store_false',
-                   help='no progress bars')
     return p
+
+
+def run(main: Callable[[], object]) -> None:
+    """Runs an experiment's `main`; an error the user can fix is one line and exit status 2."""
+    script = os.path.basename(sys.argv[0])
+    try:
+        main()
+    except data.DataNotFoundError as e:
+        print(f'{script}: error: {e} Without --data-dir and --source the script uses the '
+              f'images embedded in the package.', file=sys.stderr)
+        sys.exit(2)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'{script}: error: {e}', file=sys.stderr)
+        sys.exit(2)
 
 
 class Source:
@@ -68,31 +95,39 @@ class Source:
 
     def __init__(self, args):
         data_dir = args.data_dir or os.environ.get(data.DATA_DIR_ENV)
+        if data_dir and args.source != 'tfds' and not os.path.isdir(data_dir):
+            raise data.DataNotFoundError(f'The data directory {data_dir} does not exist: give '
+                                         f'--data-dir a folder of <name>_<split>.npz arrays.')
         if args.source == 'samples' or (args.source == 'auto' and not data_dir):
             self.source, self.data_dir, self.samples = 'samples', None, True
         else:
             self.source, self.data_dir, self.samples = args.source, data_dir, False
         self.tfds = args.source == 'tfds'
+        self.download = self.tfds and args.download
         self.num_images = args.num_images
+        self._family_images = {f: getattr(args, f'{f}_images', None) for f in SLOW_FAMILY_IMAGES}
 
-    def vae_images(self, requested):
-        """How many images per set a VAE scores: `requested` (0: all), else the default."""
+    def family_images(self, family: str) -> Optional[int]:
+        """How many images per set a model of `family` scores (`None`: all)."""
+        if family not in SLOW_FAMILY_IMAGES:
+            return None
+        requested = self._family_images[family]
         if requested is None:
-            requested = VAE_IMAGES_SAMPLES if self.samples else VAE_IMAGES
+            requested = SLOW_FAMILY_IMAGES[family][0 if self.samples else 1]
         return requested or None
 
     def load(self, name: str, split: str):
         ds = data.load(name, split, data_dir=self.data_dir, source=self.source,
-                       download=self.tfds)
+                       download=self.download)
         return ds.take(self.num_images) if self.num_images else ds
 
     def note(self) -> str:
         if not self.samples:
             return ''
-        return ('NOTE: no data directory was given, so this run scored the 2,000-image '
-                'test samples embedded in the package (no training sets). For the full '
-                'test sets pass --data-dir DIR (local <name>_<split>.npz arrays, e.g. '
-                '../shared/data) or --source tfds (downloads with TFDS).')
+        return ('No data directory was given, so this run scored the 2,000-image test samples '
+                'embedded in the package (no training sets). For the full test sets pass '
+                '--data-dir DIR (a folder of <name>_<split>.npz arrays, see docs/data.md) or '
+                '--source tfds (TFDS; add --download to fetch what is not prepared).')
 
 
 def get_model(args, source: Source, name: str, family: str, dataset: str, train_split: str,
@@ -109,7 +144,7 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
         model, _ = train.train_on_dataset(
             family, args.config, dataset, train_split, os.path.join(args.workdir, name),
             config, eval_specs=eval_specs, data_dir=source.data_dir, source=source.source,
-            download=source.tfds, progress=args.progress)
+            download=source.download, progress=args.progress)
         export.export(model, os.path.join(args.out, 'models', name), overwrite=True,
                       provenance=_provenance(os.path.join(args.workdir, name)))
         return report.ModelEntry(model, family, dataset)
@@ -135,11 +170,25 @@ def _provenance(workdir: str) -> dict:
 
 
 def print_report(outcome: dict, source: Source, in_set: str, out_set: str, out: str) -> None:
-    with open(os.path.join(out, 'bpd_table.md')) as f:
-        print('Bits/dim (lower = more likely):\n' + f.read())
-    for name, m in outcome['metrics'].items():
-        print(f'{name}: AUROC {m["auroc"]:.3f} of raw likelihood ({in_set} in, {out_set} '
-              f'out; 0.5 = chance, below 0.5 = the model prefers {out_set})')
+    """The run in a few lines a newcomer can read, and where everything went."""
+    where = ('the images embedded in the package (CIFAR-10, SVHN, FashionMNIST and MNIST '
+             'test samples of 2,000 each)' if source.samples else
+             f'{source.source} data' + (f' from {source.data_dir}' if source.data_dir else ''))
+    print(f'\n{in_set} (in-distribution) against {out_set}, scored from {where}.')
+    print('Mean bits/dim (lower = more likely; the paper\'s number in parentheses) and the '
+          'AUROC of raw likelihood as an OOD detector (published figure in parentheses):\n')
+    print(outcome['headline'])
+    largest = max(r.num_images for r in outcome['rows'] if r.scored_set == in_set)
+    for r in outcome['rows']:
+        if r.scored_set == in_set and r.num_images < largest and not source.num_images:
+            print(f'{r.model} scored the first {r.num_images} images of each set, for time '
+                  f'(--{r.family}-images 0 scores them all).')
+    worse = [m for m, v in outcome['metrics'].items() if v['auroc'] < 0.5]
+    if worse:
+        print(f'AUROC 0.5 is chance. Below 0.5 ({", ".join(worse)}), raw likelihood ranks '
+              f'{out_set} as MORE in-distribution than {in_set}: the paper\'s finding.')
     if source.note():
         print(source.note())
-    print(f'Results written to {os.path.abspath(out)}')
+    print(f'\nMain figure: {os.path.abspath(outcome["overview"])}')
+    print(f'Everything (tables, per-image scores, histograms, TensorBoard logs): '
+          f'{os.path.abspath(out)}')

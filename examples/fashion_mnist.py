@@ -9,8 +9,8 @@ likelihood, FashionMNIST test in, MNIST test out), summary.json and
 TensorBoard logs.
 
     python examples/fashion_mnist.py                              # embedded samples
-    python examples/fashion_mnist.py --data-dir ../shared/data    # full test sets
-    python examples/fashion_mnist.py --retrain --data-dir ../shared/data
+    python examples/fashion_mnist.py --data-dir DATA    # full test sets
+    python examples/fashion_mnist.py --retrain --data-dir DATA
 """
 
 import common  # examples/common.py
@@ -47,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    common.run(main)

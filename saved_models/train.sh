@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# The commands that train the shipped models (cpu configuration, on the offline
-# arrays of ../shared/data), then export them into saved_models/. Each run
+# The commands that train the shipped models (cpu configuration, on the local
+# .npz arrays in DATA_DIR, see docs/data.md), then export them into saved_models/. Each run
 # resumes from its checkpoint when started again, so this script can be rerun
 # after an interruption. Run it from the repository root:
 #
-#     bash saved_models/train.sh [DATA_DIR] [RUNS_DIR]
+#     bash saved_models/train.sh DATA_DIR [RUNS_DIR]
 #
-# Long runs should use a frozen copy of the code (see the README: autograph
+# Long runs should use a frozen copy of the code (see docs/usage.md: autograph
 # re-reads source files when it traces), e.g. `git worktree add ../tfp_ood_frozen`
 # and `PYTHONPATH=../tfp_ood_frozen bash saved_models/train.sh`.
 set -euo pipefail
-DATA=${1:-../shared/data}
+DATA=${1:?usage: bash saved_models/train.sh DATA_DIR [RUNS_DIR]}
 RUNS=${2:-runs}
 T="python -m tfp_ood.cli"
 

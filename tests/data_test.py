@@ -76,6 +76,13 @@ class LocalArraysTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(data.DataNotFoundError, 'svhn_cropped_test.npz'):
             data.load('svhn_cropped', 'test', data_dir=self.dir, source='local')
 
+    def test_a_data_directory_that_does_not_exist_is_named(self):
+        missing = os.path.join(self.dir, 'no_such_folder')
+        for source in ('auto', 'local'):
+            with self.assertRaisesRegex(data.DataNotFoundError,
+                                        f'data directory {missing} does not exist'):
+                data.load('cifar10', 'test', data_dir=missing, source=source)
+
     def test_bad_names_and_splits(self):
         with self.assertRaisesRegex(ValueError, r"Unknown dataset 'cifar11'; expected one of"):
             data.load('cifar11', 'test', data_dir=self.dir)

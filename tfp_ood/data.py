@@ -290,6 +290,10 @@ def load(name: str, split: str, data_dir: Optional[str] = None,
                              f'{sorted(samples.SAMPLES)}; got {name!r} split {split!r}.')
         data_dir, source = samples.SAMPLES_DIR, 'local'
     data_dir = _data_dir(data_dir)
+    if data_dir is not None and source != 'tfds' and not os.path.isdir(data_dir):
+        raise DataNotFoundError(
+            f'The data directory {data_dir} does not exist (given as data_dir or '
+            f'${DATA_DIR_ENV}); point it at a folder of <name>_<split>.npz arrays.')
     have_local = data_dir is not None and all(
         os.path.exists(local_path(name, i.split_name, data_dir)) for i in instructions)
     if source == 'local' or (source == 'auto' and have_local):

@@ -10,8 +10,9 @@ import numpy as np  # noqa: E402
 
 from tfp_ood.evaluate import ScoreResult  # noqa: E402
 
-__all__ = ['plot_channel_statistics', 'plot_graying', 'plot_histograms', 'plot_second_order',
-           'plot_term_histograms', 'plot_training_curves', 'plot_variance_maps']
+__all__ = ['plot_channel_statistics', 'plot_graying', 'plot_histogram_panels', 'plot_histograms',
+           'plot_second_order', 'plot_term_histograms', 'plot_training_curves',
+           'plot_variance_maps']
 
 _LABELS = {
     'bits_per_dim': 'bits/dim (lower = more likely)',
@@ -92,6 +93,44 @@ def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _hist(ax, results, key, bins, quantiles)
     ax.set_title(title or f'{results[0].model}: {key}')
+    return _save(fig, path)
+
+
+def plot_histogram_panels(groups: Sequence[Sequence[ScoreResult]], path: str,
+                          key: str = 'bits_per_dim', title: Optional[str] = None,
+                          bins: int = 60,
+                          quantiles: Optional[Tuple[float, float]] = (0.005, 0.995)) -> str:
+    """One panel per model, each overlaying the histograms of its score sets.
+
+    The overview of an experiment: e.g. CIFAR-10 test against SVHN test under
+    every model, side by side. Each panel's x axis spans the `quantiles` of
+    its pooled finite scores (outliers are counted in the legend).
+
+    Args:
+      groups: one sequence of `ScoreResult`s per panel, all of one model.
+      path: PNG file to write.
+      key: the score to plot.
+      title: the figure title.
+      bins: number of bins per panel.
+      quantiles: `(low, high)` quantiles bounding each panel's x axis, or
+        `None` for the whole range.
+
+    Returns:
+      `path`.
+    """
+    if not groups or not all(groups):
+        raise ValueError('plot_histogram_panels: every panel needs at least one score set.')
+    columns = min(len(groups), 2)
+    rows = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7 * columns, 4.2 * rows), squeeze=False)
+    for ax, group in zip(axes.flat, groups):
+        fewest = min(r.num_images for r in group)  # Fewer bins for a few images.
+        _hist(ax, group, key, int(min(bins, max(10, 2 * np.sqrt(fewest)))), quantiles)
+        ax.set_title(group[0].model)
+    for ax in axes.flat[len(groups):]:
+        ax.axis('off')
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

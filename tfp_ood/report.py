@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -23,8 +24,21 @@ from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel
 
-__all__ = ['ModelEntry', 'PAPER_BPD', 'Row', 'bpd_rows', 'run_experiment', 'score_all',
-           'write_bpd_table', 'write_ood_report']
+__all__ = ['ModelEntry', 'OVERVIEW', 'PAPER_BPD', 'PUBLISHED_AUROC', 'Row', 'bpd_rows',
+           'headline', 'run_experiment', 'score_all', 'slug', 'write_bpd_table',
+           'write_ood_report']
+
+# The file name of an experiment's main figure (written by `write_ood_report`).
+OVERVIEW = 'overview.png'
+
+
+def slug(name: str) -> str:
+    """A shell-friendly file name for a model or set name.
+
+    `'cifar10/test (gray)'` -> `'cifar10_test_gray'`,
+    `'svhn_cropped/test[7000:]'` -> `'svhn_cropped_test_7000'`.
+    """
+    return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_')
 
 # Bits/dim reported by Nalisnick et al. (2019), keyed by
 # (model family, training set, scored set).
@@ -35,6 +49,16 @@ PAPER_BPD: Dict[Tuple[str, str, str], float] = {
     ('glow', 'svhn_cropped', 'svhn_cropped/test'): 2.057,
     ('glow', 'fashion_mnist', 'fashion_mnist/test'): 2.96,
     ('glow', 'fashion_mnist', 'mnist/test'): 1.83,
+}
+
+
+# Published single-image AUROCs of raw likelihood as an OOD score, keyed by
+# (model family, in-distribution set, out-of-distribution set): the baselines
+# of the detectors that followed the paper (Ren et al., NeurIPS 2019; Serrà et
+# al., ICLR 2020).
+PUBLISHED_AUROC: Dict[Tuple[str, str, str], float] = {
+    ('glow', 'cifar10/test', 'svhn_cropped/test'): 0.063,
+    ('pixelcnn', 'cifar10/test', 'svhn_cropped/test'): 0.155,
 }
 
 
@@ -84,8 +108,8 @@ def score_all(models: Mapping[str, DensityModel],
             results[(model_name, set_name)] = result
             if out_dir:
                 os.makedirs(os.path.join(out_dir, 'scores'), exist_ok=True)
-                safe = f'{model_name}__{set_name}'.replace('/', '_')
-                result.save(os.path.join(out_dir, 'scores', f'{safe}.npz'))
+                result.save(os.path.join(out_dir, 'scores',
+                                         f'{slug(model_name)}__{slug(set_name)}.npz'))
     return results
 
 
@@ -144,14 +168,18 @@ def write_ood_report(results: Mapping[Tuple[str, str], ScoreResult], models: Seq
                      term_histograms: bool = True) -> Dict[str, Dict[str, float]]:
     """Histograms and detection metrics of `in_set` against `out_set` per model.
 
-    Writes `<model>_log_prob.png` (the paper's Figure 1: log p(x) of both
+    Writes `overview.png` (`OVERVIEW`: bits/dim of both sets, one panel per
+    model), `<model>_log_prob.png` (the paper's Figure 1: log p(x) of both
     sets), `<model>_terms.png` for flows (distribution and volume terms) and
     `metrics.json` (raw likelihood as the score, `in_set` positive).
     """
     os.makedirs(out_dir, exist_ok=True)
     report = {}
-    for model_name in models:
-        pair = [results[(model_name, in_set)], results[(model_name, out_set)]]
+    pairs = [[results[(m, in_set)], results[(m, out_set)]] for m in models]
+    if pairs:
+        plotting.plot_histogram_panels(pairs, os.path.join(out_dir, OVERVIEW),
+                                       title=f'{in_set} against {out_set}: bits/dim per image')
+    for model_name, pair in zip(models, pairs):
         plotting.plot_histograms(pair, os.path.join(out_dir, f'{model_name}_log_prob.png'),
                                  key='log_prob', title=f'{model_name}: log p(x)')
         if term_histograms and all('log_det' in r.scores for r in pair):
@@ -161,6 +189,31 @@ def write_ood_report(results: Mapping[Tuple[str, str], ScoreResult], models: Seq
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
         json.dump(report, f, indent=2)
     return report
+
+
+def headline(rows: Sequence[Row], metrics: Mapping[str, Mapping[str, float]],
+             in_set: str, out_set: str) -> str:
+    """The experiment in a few lines: per model, mean bits/dim of `in_set` and
+    `out_set` and the AUROC of raw likelihood, with the published numbers in
+    parentheses where there are some (Markdown table)."""
+    by_key = {(r.model, r.scored_set): r for r in rows}
+
+    def bpd(model, name):
+        row = by_key.get((model, name))
+        if row is None:
+            return '–'
+        paper = f' ({row.paper_bpd:.3f})' if row.paper_bpd is not None else ''
+        return f'{row.bpd_mean:.3f}{paper}'
+
+    lines = [f'| model | images per set | {in_set} bits/dim | {out_set} bits/dim | AUROC |',
+             '|---|---:|---:|---:|---:|']
+    for model, m in metrics.items():
+        row = by_key[(model, in_set)]
+        published = PUBLISHED_AUROC.get((row.family, m['in_set'], m['out_set']))
+        auroc = f'{m["auroc"]:.3f}' + (f' ({published:.3f})' if published is not None else '')
+        lines.append(f'| {model} | {row.num_images} | {bpd(model, in_set)} | '
+                     f'{bpd(model, out_set)} | {auroc} |')
+    return '\n'.join(lines) + '\n'
 
 
 @dataclasses.dataclass
@@ -186,8 +239,9 @@ def run_experiment(models: Mapping[str, ModelEntry],
 
     Writes the per-image scores, `bpd_table.csv` / `.md` (with the paper's
     numbers), for each model the log p(x) histogram of `in_set` against
-    `out_set` and (flows) the term histograms, `metrics.json` (AUROC etc. of
-    raw likelihood), `graying.md` (colour against gray sets named
+    `out_set` and (flows) the term histograms, `overview.png` (every model's
+    histograms), `metrics.json` (AUROC etc. of raw likelihood),
+    `summary.md` (`headline`), `graying.md` (colour against gray sets named
     `<set> (gray)`), `summary.json`, and TensorBoard logs in
     `out_dir/tensorboard/<model>` (mean bits/dim per set, histograms of the
     per-image log p(x) and terms, the table as text).
@@ -222,7 +276,11 @@ def run_experiment(models: Mapping[str, ModelEntry],
                     '|---|---|---:|---:|---:|\n')
             f.writelines(f'| {g["model"]} | {g["set"]} | {g["bpd_colour"]:.3f} | '
                          f'{g["bpd_gray"]:.3f} | {g["difference"]:+.3f} |\n' for g in graying)
+    summary = headline(rows, metrics, in_set, out_set)
+    with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
+        f.write(summary)
     with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
         json.dump({'rows': [dataclasses.asdict(r) for r in rows], 'metrics': metrics,
                    'graying': graying}, f, indent=2)
-    return {'rows': rows, 'metrics': metrics, 'graying': graying, 'results': results}
+    return {'rows': rows, 'metrics': metrics, 'graying': graying, 'results': results,
+            'headline': summary, 'overview': os.path.join(out_dir, OVERVIEW)}

@@ -13,7 +13,7 @@ Each file `<name>_test.npz` holds 2,000 test images (uint8) and their labels:
 applies to the sample). `manifest.json` records the source file, its SHA-256
 and the indices. Regenerate from full arrays with
 
-    python -m tfp_ood.samples ../shared/data
+    python -m tfp_ood.samples DATA_DIR
 """
 
 import hashlib

@@ -1,0 +1,185 @@
+"""The README as a stranger reads it: its first command in a fresh clone with no
+data folder beside it, its Python snippet, and every checkable claim of it and
+of docs/ (paths, shipped models, scripts and their flags)."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ['README.md', 'saved_models/README.md'] + sorted(
+    os.path.join('docs', name) for name in os.listdir(os.path.join(REPO, 'docs'))
+    if name.endswith('.md'))
+# Flags the CI run adds to the README's first command, for time only.
+FEWER_IMAGES = ['--num-images', '40', '--num-synthetic', '20', '--pixelcnn-images', '10',
+                '--vae-images', '2', '--no-progress']
+
+
+def _read(path):
+    with open(os.path.join(REPO, path)) as f:
+        return f.read()
+
+
+def _code_blocks(text, languages=('bash',)):
+    pattern = r'^```(' + '|'.join(languages) + r')\n(.*?)^```'
+    return [m.group(2) for m in re.finditer(pattern, text, re.M | re.S)]
+
+
+def _commands(block):
+    """The shell commands of a code block: continuation lines joined, comments dropped."""
+    block = re.sub(r'\\\n\s*', ' ', block)
+    commands = []
+    for line in block.splitlines():
+        line = line.split(' #')[0].strip()
+        if line and not line.startswith('#'):
+            commands.extend(part.strip() for part in re.split(r'&&|\|\|', line))
+    return commands
+
+
+def _env(home):
+    """A stranger's environment: an empty HOME, no data directory, no TFDS copies."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('TFP_OOD_DATA_DIR', 'TFDS_DATA_DIR', 'PYTHONPATH')}
+    env.update(HOME=home, TF_CPP_MIN_LOG_LEVEL='2')
+    return env
+
+
+def _first_command():
+    """The README's first command: `python examples/...` from its first code block."""
+    block = _code_blocks(_read('README.md'))[0]
+    command = [c for c in _commands(block) if c.startswith('python examples/')]
+    assert command, f'no "python examples/..." in the README\'s first code block:\n{block}'
+    return shlex.split(command[0])
+
+
+class StrangerTest(tf.test.TestCase):
+    """What a newcomer with only a clone of the repository sees."""
+
+    def setUp(self):
+        super().setUp()
+        root = self.create_tempdir().full_path
+        self.home = os.path.join(root, 'home')
+        os.makedirs(self.home)
+        self.clone = os.path.join(root, 'repo')  # No '../shared' beside it.
+        if os.path.isdir(os.path.join(REPO, '.git')):  # Committed files only, as a clone.
+            subprocess.run(['git', 'clone', '--quiet', REPO, self.clone], check=True,
+                           env=_env(self.home))
+        else:
+            shutil.copytree(REPO, self.clone, ignore=shutil.ignore_patterns(
+                '.venv', 'results', 'runs', '__pycache__', '*.egg-info'))
+
+    def _run(self, args, **kwargs):
+        # The clone's own package, as `pip install -e .` in the clone would give.
+        env = dict(_env(self.home), PYTHONPATH=self.clone)
+        return subprocess.run(args, cwd=self.clone, env=env, capture_output=True, text=True,
+                              timeout=900, **kwargs)
+
+    def test_first_command_runs_in_a_fresh_clone(self):
+        command = _first_command()
+        self.assertEqual(command[0], 'python')
+        run = self._run([sys.executable] + command[1:] + FEWER_IMAGES)
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        out = os.path.join(self.clone, 'results', 'cifar_svhn')
+        for name in ('overview.png', 'bpd_table.md', 'summary.md', 'metrics.json'):
+            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        self.assertIn(f'Main figure: {os.path.join(out, "overview.png")}', run.stdout)
+        self.assertIn('embedded in the package', run.stdout)
+        for model in ('glow_cifar10', 'cvglow_cifar10', 'pixelcnn_cifar10', 'vae_cifar10'):
+            self.assertIn(f'| {model} |', run.stdout)  # No family dropped.
+        self.assertIn('(3.464)', run.stdout)  # The paper's number beside ours.
+        self.assertNotIn('Traceback', run.stderr)
+        # Files users touch have shell-friendly names.
+        for name in os.listdir(os.path.join(out, 'scores')):
+            self.assertRegex(name, r'^[A-Za-z0-9_.-]+$')
+
+    def test_missing_data_is_one_line_naming_the_fix(self):
+        script = os.path.join('examples', 'cifar_svhn.py')
+        cases = [
+            ([script, '--data-dir', 'no_such_dir'], 'does not exist'),
+            ([script, '--source', 'tfds', '--models', 'glow_cifar10'], 'not prepared'),
+            (['-m', 'tfp_ood.cli', 'score', '--model-dir', 'saved_models/glow_cifar10',
+              '--dataset', 'cifar10', '--data-dir', 'no_such_dir', '--output', 'x'],
+             'does not exist'),
+            (['-m', 'tfp_ood.cli', 'score', '--model-dir', 'saved_models/glow_cifar10',
+              '--dataset', 'svhn_cropped', '--source', 'tfds', '--output', 'x'],
+             'not prepared'),
+        ]
+        for args, expected in cases:
+            with self.subTest(args=args):
+                run = self._run([sys.executable] + args)
+                self.assertEqual(run.returncode, 2, run.stderr[-2000:])
+                self.assertNotIn('Traceback', run.stderr)
+                errors = [line for line in run.stderr.splitlines() if 'error:' in line]
+                self.assertLen(errors, 1, run.stderr[-2000:])
+                self.assertIn(expected, errors[0])
+
+
+class ReadmeSnippetTest(tf.test.TestCase):
+
+    def test_python_snippet_scores_with_a_shipped_model(self):
+        snippet = _code_blocks(_read('README.md'), ('python',))[0]
+        workdir = self.create_tempdir().full_path
+        os.symlink(os.path.join(REPO, 'saved_models'), os.path.join(workdir, 'saved_models'))
+        run = subprocess.run([sys.executable, '-c', snippet], cwd=workdir, capture_output=True,
+                             text=True, timeout=600, env=_env(workdir))
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        self.assertIn("'auroc'", run.stdout)
+        self.assertTrue(os.path.exists(os.path.join(workdir, 'histogram.png')))
+
+
+class DocsClaimsTest(tf.test.TestCase):
+    """Claims of the README and docs/ that can be checked mechanically."""
+
+    def test_linked_and_named_paths_exist(self):
+        for doc in DOCS:
+            text = _read(doc)
+            base = os.path.dirname(os.path.join(REPO, doc))
+            for link in re.findall(r'\]\(([^)#\s]+)\)', text):
+                if not re.match(r'[a-z]+://', link):
+                    self.assertTrue(os.path.exists(os.path.join(base, link)),
+                                    f'{doc} links to {link}, which does not exist')
+            for path in re.findall(r'saved_models/([A-Za-z0-9_.]+)', text):
+                name = path.rstrip('.')
+                self.assertTrue(os.path.exists(os.path.join(REPO, 'saved_models', name)),
+                                f'{doc} names saved_models/{name}, which does not exist')
+            self.assertNotIn('../shared', text, doc)
+            self.assertNotIn('DESIGN.md', text, doc)
+
+    def test_commands_name_scripts_and_flags_that_exist(self):
+        helps = {}
+        for doc in DOCS:
+            for block in _code_blocks(_read(doc), ('bash', '')):
+                for command in _commands(block):
+                    words = shlex.split(command.replace('$', ''))
+                    for i, word in enumerate(words):  # Skip a leading VAR=value.
+                        if '=' not in word:
+                            words = words[i:]
+                            break
+                    if words[:1] == ['tfp-ood'] and len(words) > 1:
+                        key = ('-m', 'tfp_ood.cli', words[1])
+                    elif words[:1] == ['python'] and len(words) > 1 and (
+                            words[1].startswith(('examples/', 'benchmarks/'))):
+                        self.assertTrue(os.path.exists(os.path.join(REPO, words[1])),
+                                        f'{doc}: {command}')
+                        key = (words[1],)
+                    else:
+                        continue
+                    if key not in helps:
+                        run = subprocess.run([sys.executable, *key, '--help'], cwd=REPO,
+                                             capture_output=True, text=True, timeout=300,
+                                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                        self.assertEqual(run.returncode, 0, f'{key}: {run.stderr[-2000:]}')
+                        helps[key] = run.stdout
+                    for flag in (w.split('=')[0] for w in words if w.startswith('--')):
+                        self.assertIn(flag, helps[key], f'{doc}: {command}')
+        self.assertIn(('examples/cifar_svhn.py',), helps)
+        self.assertIn(('-m', 'tfp_ood.cli', 'train'), helps)
+
+
+if __name__ == '__main__':
+    tf.test.main()
