@@ -40,6 +40,7 @@ def slug(name: str) -> str:
     """
     return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_')
 
+
 # Bits/dim reported by Nalisnick et al. (2019), keyed by
 # (model family, training set, scored set).
 PAPER_BPD: Dict[Tuple[str, str, str], float] = {
