@@ -114,7 +114,8 @@ class StrangerTest(tf.test.TestCase):
                 run = self._run([sys.executable] + args)
                 self.assertEqual(run.returncode, 2, run.stderr[-2000:])
                 self.assertNotIn('Traceback', run.stderr)
-                errors = [line for line in run.stderr.splitlines() if 'error:' in line]
+                errors = [line for line in run.stderr.splitlines()
+                          if re.match(r'(cifar_svhn\.py|tfp-ood \w+): error: ', line)]
                 self.assertLen(errors, 1, run.stderr[-2000:])
                 self.assertIn(expected, errors[0])
 
