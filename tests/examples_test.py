@@ -153,6 +153,15 @@ class NoFlagsTest(tf.test.TestCase):
             self.assertLess(_bpd(outcome, model, 'svhn_cropped/test'),
                             _bpd(outcome, model, 'cifar10/test'), model)
             self.assertLess(outcome['metrics'][model]['auroc'], 0.5, model)
+        # The newcomer's summary: both sets per model with the paper's numbers, the
+        # AUROC, the images the slow families scored, and the main figure's path.
+        self.assertIn('3.627 (3.464)', printed)
+        self.assertIn('| pixelcnn_cifar10 | 500 |', printed)
+        self.assertIn('pixelcnn_cifar10 scored the first 500 images of each set', printed)
+        self.assertIn('--vae-images 0', printed)
+        overview = os.path.join(out, 'results', 'cifar_svhn', 'overview.png')
+        self.assertIn(f'Main figure: {os.path.realpath(overview)}', printed)
+        self.assertTrue(os.path.exists(overview))
         rows = {r.scored_set: r for r in outcome['rows'] if r.model == 'glow_cifar10'}
         self.assertEqual(rows['cifar10/test'].num_images, 2000)
         self.assertEqual(rows['svhn_cropped/test'].num_images, 2000)

@@ -1,0 +1,185 @@
+"""Tests of tfp_ood.detectors: every score against a hand computation, AUROC on
+separable and identical sets, and bad input."""
+
+import io
+import math
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from scipy import stats
+
+from tfp_ood import detectors, models
+from tfp_ood.config import GlowConfig
+from tfp_ood.models import DensityModel
+
+SHAPE = (4, 4, 1)
+D = int(np.prod(SHAPE))
+
+
+class _Gaussian(DensityModel):
+    """Independent Gaussians `N(loc, scale^2)` on the pixel values: a model whose
+    log-likelihood is known in closed form."""
+
+    def __init__(self, loc, scale, shape=SHAPE):
+        super().__init__(shape, name='gaussian')
+        self.loc, self.scale = float(loc), float(scale)
+
+    def log_prob_terms(self, images, noise=None):
+        x = tf.cast(images, tf.float32)
+        log_density = (-0.5 * ((x - self.loc) / self.scale) ** 2
+                       - math.log(self.scale) - 0.5 * math.log(2 * math.pi))
+        return {'log_prob': tf.reduce_sum(log_density, axis=[1, 2, 3])}
+
+    def log_prob_(self, images):
+        return stats.norm(self.loc, self.scale).logpdf(images.astype(np.float64)).sum(
+            axis=(1, 2, 3))
+
+
+def _images(n, low=0, high=256, seed=0, shape=SHAPE):
+    return np.random.default_rng(seed).integers(low, high, (n,) + shape, dtype=np.uint8)
+
+
+class LikelihoodRatioTest(tf.test.TestCase):
+
+    def test_ratio_of_two_gaussians(self):
+        foreground, background = _Gaussian(100., 30.), _Gaussian(128., 70.)
+        images = _images(50)
+        scores = detectors.LikelihoodRatio(foreground, background).score(images)
+        expected = -(foreground.log_prob_(images) - background.log_prob_(images)) / (D * np.log(2))
+        self.assertAllClose(scores.ood_score, expected, rtol=1e-5)
+        self.assertAllClose(scores.components['log_ratio'],
+                            foreground.log_prob_(images) - background.log_prob_(images),
+                            rtol=1e-5)
+        self.assertEqual(scores.detector, 'likelihood_ratio')
+
+    def test_refuses_models_of_different_shapes(self):
+        with self.assertRaisesRegex(ValueError, 'different shapes'):
+            detectors.LikelihoodRatio(_Gaussian(0, 1), _Gaussian(0, 1, shape=(2, 2, 1)))
+
+
+class InputComplexityTest(tf.test.TestCase):
+
+    def test_score_is_bits_per_dim_minus_compressed_bits_per_dim(self):
+        model = _Gaussian(128., 60.)
+        images = _images(20)
+        scores = detectors.InputComplexity(model).score(images)
+        lengths = np.array([8 * len(tf.io.encode_png(i, compression=9).numpy())
+                            for i in images])
+        bpd = -model.log_prob_(images) / (D * np.log(2))
+        self.assertAllClose(scores.components['compressed_bits'], lengths)
+        self.assertAllClose(scores.ood_score, bpd - lengths / D, rtol=1e-5)
+
+    def test_png_agrees_with_an_independent_encoder_and_constant_images_are_short(self):
+        images = np.concatenate([_images(30, shape=(32, 32, 3)),
+                                 np.full((2, 32, 32, 3), 128, np.uint8)])
+        ours = detectors.compressed_bits(images, 'png')
+
+        def pillow(image):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format='PNG', compress_level=9)
+            return 8 * len(buffer.getvalue())
+
+        theirs = np.array([pillow(i) for i in images])
+        # Same format and zlib level; the encoders' filter choices differ slightly.
+        self.assertLess(np.max(np.abs(ours - theirs) / theirs), 0.05)
+        self.assertLess(ours[-1], 0.1 * ours[0])  # A constant image compresses well.
+        j2k = detectors.compressed_bits(images[:2], 'jpeg2000')
+        self.assertAllGreater(j2k, 0)
+
+    def test_bad_input(self):
+        with self.assertRaisesRegex(ValueError, 'Unknown codec'):
+            detectors.InputComplexity(_Gaussian(0, 1), codec='flif')
+        with self.assertRaisesRegex(ValueError, 'uint8'):
+            detectors.compressed_bits(np.zeros((2, 4, 4, 1), np.float32))
+
+
+class TypicalityTest(tf.test.TestCase):
+
+    def test_entropy_statistic_and_bootstrap_threshold(self):
+        model = _Gaussian(128., 40.)
+        train = _images(400, seed=1)
+        detector = detectors.Typicality(model, batch_size=4, false_alarm_rate=0.05,
+                                        num_bootstrap=20000)
+        detector.fit(train, validation_images=_images(400, seed=2))
+        train_bpd = -model.log_prob_(train) / (D * np.log(2))
+        self.assertAllClose(detector.entropy, train_bpd.mean(), rtol=1e-6)
+        test = _images(40, seed=3)
+        bpd = -model.log_prob_(test) / (D * np.log(2))
+        expected = np.abs(bpd.reshape(10, 4).mean(axis=1) - train_bpd.mean())
+        self.assertAllClose(detector.score(test).ood_score, expected, rtol=1e-6)
+        # Uniform pixel values: the per-image bpd is a sum of D i.i.d. terms, so the
+        # batch mean of M = 4 is near-Gaussian with a known standard deviation and the
+        # 95% quantile of |mean - H| is about 1.96 of it.
+        x = np.arange(256.)
+        per_value = -stats.norm(128., 40.).logpdf(x) / np.log(2)
+        sigma = per_value.std() / np.sqrt(D * 4)
+        self.assertAllClose(detector.threshold, 1.96 * sigma, rtol=0.1)
+
+    def test_bad_input(self):
+        with self.assertRaisesRegex(ValueError, 'M\\) must be >= 1'):
+            detectors.Typicality(_Gaussian(0, 1), batch_size=0)
+        detector = detectors.Typicality(_Gaussian(128, 40), batch_size=8)
+        with self.assertRaisesRegex(ValueError, 'fit'):
+            detector.score(_images(16))
+        detector.fit(_images(16))
+        with self.assertRaisesRegex(ValueError, 'fewer than one batch of M = 8'):
+            detector.score(_images(5))
+        with self.assertRaisesRegex(ValueError, 'empty'):
+            detector.fit(np.zeros((0,) + SHAPE, np.uint8))
+
+
+class DetectorMetricsTest(tf.test.TestCase):
+
+    def test_separable_sets_give_auroc_one_and_identical_sets_about_half(self):
+        model = _Gaussian(128., 30.)
+        near, far = _images(300, 100, 156, seed=4), _images(300, 0, 20, seed=5)
+        raw = detectors.RawLikelihood(model)
+        metrics = detectors.detector_metrics(raw.score(near), raw.score(far))
+        self.assertEqual(metrics['auroc'], 1.0)
+        same = detectors.detector_metrics(raw.score(_images(2000, seed=6)),
+                                          raw.score(_images(2000, seed=7)))
+        self.assertAllClose(same['auroc'], 0.5, atol=0.04)
+
+    def test_waic_and_density_of_states(self):
+        members = [_Gaussian(128., 30.), _Gaussian(120., 35.), _Gaussian(135., 28.)]
+        images = _images(30)
+        waic = detectors.WAIC(members).score(images)
+        log_probs = np.stack([m.log_prob_(images) for m in members])
+        expected = -(log_probs.mean(0) - log_probs.var(0)) / (D * np.log(2))
+        self.assertAllClose(waic.ood_score, expected, rtol=1e-4)
+        with self.assertRaisesRegex(ValueError, 'at least two'):
+            detectors.WAIC(members[:1])
+        # A KDE of the log-likelihood of mid-grey images: dark images are far from them.
+        dos = detectors.DensityOfStates(members[0]).fit(_images(500, 100, 156, seed=8))
+        metrics = detectors.detector_metrics(dos.score(_images(200, 100, 156, seed=9)),
+                                             dos.score(_images(200, 0, 20, seed=10)))
+        self.assertEqual(metrics['auroc'], 1.0)
+        with self.assertRaisesRegex(ValueError, 'no \\[\'log_pz\'\\]'):
+            detectors.DensityOfStates(members[0], statistics=('log_pz',)).fit(_images(10))
+
+    def test_flow_terms_and_compressed_length_as_statistics(self):
+        model = models.from_config(dict(family='glow', **GlowConfig.named(
+            'tiny', (8, 8, 3)).to_dict()))
+        train = _images(64, shape=(8, 8, 3))
+        model.initialize(train)
+        dos = detectors.DensityOfStates(model, ('log_pz', 'log_det'), codec='png').fit(train)
+        self.assertEqual(dos.statistic_names, ('log_pz', 'log_det', 'compressed_bits'))
+        scores = dos.score(_images(8, shape=(8, 8, 3), seed=1))
+        self.assertEqual(scores.ood_score.shape, (8,))
+        self.assertTrue(np.all(np.isfinite(scores.ood_score)))
+
+    def test_bad_images_are_clear_errors(self):
+        raw = detectors.RawLikelihood(_Gaussian(0, 1))
+        with self.assertRaisesRegex(ValueError, 'uint8'):
+            raw.score(np.zeros((2,) + SHAPE, np.float32))
+        with self.assertRaisesRegex(ValueError, 'shape'):
+            raw.score(np.zeros((2, 5, 5, 1), np.uint8))
+        with self.assertRaisesRegex(ValueError, 'different detectors'):
+            detectors.detector_metrics(
+                raw.score(_images(4)),
+                detectors.WAIC([_Gaussian(0, 1), _Gaussian(1, 1)]).score(_images(4)))
+
+
+if __name__ == '__main__':
+    tf.test.main()
