@@ -15,9 +15,9 @@ detector.score(images) -> DetectorScores
 | `RawLikelihood` | bits/dim, `-log p(x) / (D ln 2)` | Nalisnick et al., ICLR 2019 |
 | `LikelihoodRatio` | `-(log p_fg(x) - log p_bg(x)) / (D ln 2)` | Ren et al., NeurIPS 2019 |
 | `InputComplexity` | `-log2 p(x) / D - L(x) / D` | Serrà et al., ICLR 2020 |
-| `Typicality` | `|mean_m bpd(x_m) - H|` over batches of `M` images | Nalisnick et al., arXiv 1906.02994 |
+| `Typicality` | `|mean_m bpd(x_m) - H|`, batches of `M` images | Nalisnick et al., 2019 |
 | `WAIC` | `-(mean_k log p_k(x) - var_k log p_k(x))` over an ensemble | Choi et al., 2018 |
-| `DensityOfStates` | `-log q(s(x))`, `q` a KDE of summary statistics `s` | Morningstar et al., AISTATS 2021 |
+| `DensityOfStates` | `-log q(s(x))`, `q` a KDE of statistics `s` | Morningstar et al., 2021 |
 
 Every likelihood goes through the shared evaluator (`tfp_ood.score`), so a
 detector works for every model family and for SavedModels loaded with
