@@ -194,19 +194,16 @@ def _check_outputs(paths, overwrite: bool):
 
 def _fit_images(images, shape, resize: bool, what: str):
     """Checks `images` against the model's shape, resizing only when asked."""
-    import numpy as np
-    import tensorflow as tf
+    from tfp_ood import data
     if images.shape[1:] == tuple(shape):
         return images
     if not resize:
         raise CommandError(f'{what}: images are {list(images.shape[1:])} but the model '
                            f'expects {list(shape)} (H, W, C); pass --resize to resize them')
-    x = tf.convert_to_tensor(images)
-    if x.shape[-1] != shape[-1]:
-        x = (tf.image.rgb_to_grayscale(x) if shape[-1] == 1 else
-             tf.image.grayscale_to_rgb(x[..., :1]) if x.shape[-1] == 1 else x[..., :3])
-    x = tf.image.resize(tf.cast(x, tf.float32), shape[:2], method='area', antialias=True)
-    return np.asarray(tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8))
+    try:
+        return data.resize_images(images, shape)
+    except ValueError as e:
+        raise CommandError(f'{what}: {e}') from None
 
 
 def _read_image_folder(folder: str, shape, resize: bool):

@@ -34,7 +34,7 @@ import tensorflow as tf
 __all__ = [
     'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'constant_images',
     'grayscale', 'images_array', 'load', 'load_arrays', 'local_path', 'perturb',
-    'to_grayscale', 'uniform_noise_images',
+    'resize_images', 'to_grayscale', 'uniform_noise_images',
 ]
 
 DATA_DIR_ENV = 'TFP_OOD_DATA_DIR'
@@ -371,6 +371,41 @@ def perturb(images: np.ndarray, rate: float, rng: np.random.Generator) -> np.nda
     chosen = rng.random(images.shape) < rate
     values = rng.integers(0, 256, size=images.shape, dtype=np.uint8)
     return np.where(chosen, values, images)
+
+
+def resize_images(images, image_shape: Sequence[int]) -> np.ndarray:
+    """Fits uint8 images to `image_shape`: channels, then size.
+
+    RGB to one channel takes the BT.601 luma, one channel to RGB copies it,
+    four channels (RGBA) drop the alpha channel; the size changes by area
+    averaging (antialiased), and values are rounded back to uint8.
+
+    Args:
+      images: uint8 `[N, H, W, C]` with `C` in 1, 3, 4.
+      image_shape: the target `(H, W, C)`, `C` in 1, 3.
+
+    Returns:
+      uint8 `[N] + image_shape` (the input itself if it has that shape).
+
+    Raises:
+      ValueError: images that are not uint8 `[N, H, W, C]` (other dtypes are
+        refused, never converted: a float image in [0, 1] is not a uint8 one).
+    """
+    images = np.asarray(images)
+    target = tuple(int(d) for d in image_shape)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f'resize_images needs uint8 images [N, H, W, C] with 1, 3 or 4 '
+                         f'channels; got dtype {images.dtype} and shape {list(images.shape)}.')
+    if len(target) != 3 or target[-1] not in (1, 3):
+        raise ValueError(f'image_shape must be (H, W, C) with C 1 or 3; got {image_shape}.')
+    if images.shape[1:] == target:
+        return images
+    x = tf.cast(images[..., :3], tf.float32)
+    if x.shape[-1] != target[-1]:
+        x = tf.image.rgb_to_grayscale(x) if target[-1] == 1 else tf.repeat(x, 3, axis=-1)
+    if tuple(x.shape[1:3]) != target[:2]:
+        x = tf.image.resize(x, target[:2], method='area', antialias=True)
+    return np.asarray(tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8))
 
 
 def to_grayscale(images: tf.Tensor) -> tf.Tensor:
