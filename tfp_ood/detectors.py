@@ -103,23 +103,41 @@ def detector_metrics(in_scores: DetectorScores, out_scores: DetectorScores
     return ood_metrics(-in_scores.ood_score, -out_scores.ood_score, nonfinite='lowest')
 
 
+Terms = Dict[str, np.ndarray]
+
+
+def _log_prob_terms(model: DensityModel, images: Images, what: str) -> Terms:
+    return evaluate_score(model, images, name=what, progress=False).scores
+
+
 class Detector(abc.ABC):
-    """An OOD detector: `fit` (where it needs it), then `score`."""
+    """An OOD detector: `fit` (where it needs it), then `score`.
+
+    A detector names the density models it needs in `models`; `score(images)`
+    runs the shared evaluator once per model and passes the per-image terms to
+    `score_terms`. Code that scores the same images under several detectors
+    can evaluate each model once and call `score_terms` directly.
+    """
 
     name: str = 'detector'
+    models: Sequence[DensityModel] = ()
 
     def fit(self, images: Images) -> 'Detector':
         """Fits what the detector learns from in-distribution images; returns `self`."""
         del images
         return self
 
-    @abc.abstractmethod
     def score(self, images: Images) -> DetectorScores:
         """Per-image (or per-batch) OOD scores of `images`."""
+        if not isinstance(images, tf.data.Dataset):
+            images = _as_array(images, self.models[0].image_shape, 'images')
+        terms = [_log_prob_terms(m, images, f'images ({m.name})') for m in self.models]
+        return self.score_terms(terms, images)
 
-
-def _log_prob_terms(model: DensityModel, images: Images, what: str) -> Dict[str, np.ndarray]:
-    return evaluate_score(model, images, name=what, progress=False).scores
+    @abc.abstractmethod
+    def score_terms(self, terms: Sequence[Terms], images: Images) -> DetectorScores:
+        """The scores from the evaluator's per-image terms of each of `models`
+        (`tfp_ood.score(model, images).scores`, in the order of `models`)."""
 
 
 def _num_dims(model: DensityModel) -> int:
@@ -146,11 +164,10 @@ class RawLikelihood(Detector):
     name = 'raw_likelihood'
 
     def __init__(self, model: DensityModel):
-        self.model = model
+        self.models = (model,)
 
-    def score(self, images: Images) -> DetectorScores:
-        terms = _log_prob_terms(self.model, images, 'images')
-        return DetectorScores(self.name, terms['bits_per_dim'].astype(np.float64), terms)
+    def score_terms(self, terms, images=None) -> DetectorScores:
+        return DetectorScores(self.name, terms[0]['bits_per_dim'].astype(np.float64), terms[0])
 
 
 class LikelihoodRatio(Detector):
@@ -171,13 +188,12 @@ class LikelihoodRatio(Detector):
 
     def __init__(self, foreground: DensityModel, background: DensityModel):
         _check_same_shape([foreground, background], 'LikelihoodRatio')
-        self.foreground, self.background = foreground, background
+        self.models = (foreground, background)
 
-    def score(self, images: Images) -> DetectorScores:
-        fg = _log_prob_terms(self.foreground, images, 'images (foreground)')['log_prob']
-        bg = _log_prob_terms(self.background, images, 'images (background)')['log_prob']
+    def score_terms(self, terms, images=None) -> DetectorScores:
+        fg, bg = terms[0]['log_prob'], terms[1]['log_prob']
         log_ratio = fg.astype(np.float64) - bg.astype(np.float64)
-        return DetectorScores(self.name, -log_ratio / (_num_dims(self.foreground) * LN2),
+        return DetectorScores(self.name, -log_ratio / (_num_dims(self.models[0]) * LN2),
                               {'log_prob': fg, 'background_log_prob': bg,
                                'log_ratio': log_ratio})
 
@@ -248,15 +264,14 @@ class InputComplexity(Detector):
     def __init__(self, model: DensityModel, codec: str = 'png', level: Optional[int] = None):
         if codec not in CODECS:
             raise ValueError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
-        self.model, self.codec, self.level = model, codec, level
+        self.models, self.codec, self.level = (model,), codec, level
 
-    def score(self, images: Images) -> DetectorScores:
-        images = _as_array(images, self.model.image_shape, 'InputComplexity images')
-        terms = _log_prob_terms(self.model, images, 'images')
+    def score_terms(self, terms, images) -> DetectorScores:
+        images = _as_array(images, self.models[0].image_shape, 'InputComplexity images')
         bits = compressed_bits(images, self.codec, self.level)
-        complexity = bits / _num_dims(self.model)
-        return DetectorScores(self.name, terms['bits_per_dim'] - complexity,
-                              dict(terms, compressed_bits=bits,
+        complexity = bits / _num_dims(self.models[0])
+        return DetectorScores(self.name, terms[0]['bits_per_dim'] - complexity,
+                              dict(terms[0], compressed_bits=bits,
                                    complexity_bits_per_dim=complexity))
 
 
@@ -288,14 +303,14 @@ class Typicality(Detector):
             raise ValueError(f'batch_size (M) must be >= 1; got {batch_size}.')
         if not 0. < false_alarm_rate < 1.:
             raise ValueError(f'false_alarm_rate must be in (0, 1); got {false_alarm_rate}.')
-        self.model, self.batch_size = model, batch_size
+        self.models, self.batch_size = (model,), batch_size
         self.false_alarm_rate, self.num_bootstrap, self.seed = (false_alarm_rate,
                                                                 num_bootstrap, seed)
         self.entropy: Optional[float] = None
         self.threshold: Optional[float] = None
 
     def _bpd(self, images: Images, what: str) -> np.ndarray:
-        bpd = _log_prob_terms(self.model, images, what)['bits_per_dim'].astype(np.float64)
+        bpd = _log_prob_terms(self.models[0], images, what)['bits_per_dim'].astype(np.float64)
         if not np.all(np.isfinite(bpd)):
             raise ValueError(f'{what}: {int(np.sum(~np.isfinite(bpd)))} images have a '
                              f'non-finite likelihood; the typicality test needs finite ones.')
@@ -323,11 +338,9 @@ class Typicality(Detector):
         batches = bits_per_dim[:num_batches * self.batch_size].reshape(num_batches, -1)
         return np.abs(batches.mean(axis=1) - self.entropy)
 
-    def score(self, images: Images) -> DetectorScores:
-        if self.entropy is None:
-            raise ValueError('Typicality: call fit(train_images) before scoring.')
-        terms = _log_prob_terms(self.model, images, 'images')
-        return DetectorScores(self.name, self.batch_statistic(terms['bits_per_dim']), terms)
+    def score_terms(self, terms, images=None) -> DetectorScores:
+        return DetectorScores(self.name, self.batch_statistic(terms[0]['bits_per_dim']),
+                              terms[0])
 
 
 class WAIC(Detector):
@@ -343,17 +356,14 @@ class WAIC(Detector):
         if len(members) < 2:
             raise ValueError(f'WAIC needs at least two ensemble members; got {len(members)}.')
         _check_same_shape(members, 'WAIC')
-        self.members = list(members)
+        self.models = tuple(members)
 
-    def score(self, images: Images) -> DetectorScores:
-        if not isinstance(images, tf.data.Dataset):
-            images = _as_array(images, self.members[0].image_shape, 'WAIC images')
-        log_probs = [_log_prob_terms(m, images, f'images (member {k})')['log_prob']
-                     for k, m in enumerate(self.members)]
+    def score_terms(self, terms, images=None) -> DetectorScores:
+        log_probs = [t['log_prob'] for t in terms]
         values = analysis.waic(log_probs)
         components = {f'log_prob_{k}': lp for k, lp in enumerate(log_probs)}
         components['waic'] = values
-        return DetectorScores(self.name, -values / (_num_dims(self.members[0]) * LN2),
+        return DetectorScores(self.name, -values / (_num_dims(self.models[0]) * LN2),
                               components)
 
 
@@ -387,7 +397,7 @@ class DensityOfStates(Detector):
             raise ValueError('DensityOfStates needs at least one statistic.')
         if codec is not None and codec not in CODECS:
             raise ValueError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
-        self.model, self.statistics, self.codec = model, tuple(statistics), codec
+        self.models, self.statistics, self.codec = (model,), tuple(statistics), codec
         self.bandwidth, self.max_fit_images = bandwidth, max_fit_images
         self._kde = None
         self._mean = self._scale = None
@@ -396,9 +406,8 @@ class DensityOfStates(Detector):
     def statistic_names(self):
         return self.statistics + (('compressed_bits',) if self.codec else ())
 
-    def _statistics(self, images: Images, what: str):
-        images = _as_array(images, self.model.image_shape, what)
-        terms = _log_prob_terms(self.model, images, what)
+    def _statistics(self, terms: Terms, images: Images, what: str):
+        images = _as_array(images, self.models[0].image_shape, what)
         missing = [s for s in self.statistics if s not in terms]
         if missing:
             raise ValueError(f'DensityOfStates: the model has no {missing}; it reports '
@@ -410,7 +419,9 @@ class DensityOfStates(Detector):
 
     def fit(self, images: Images) -> 'DensityOfStates':
         from sklearn.neighbors import KernelDensity
-        values, _ = self._statistics(images, 'DensityOfStates training images')
+        what = 'DensityOfStates training images'
+        images = _as_array(images, self.models[0].image_shape, what)
+        values, _ = self._statistics(_log_prob_terms(self.models[0], images, what), images, what)
         values = values[np.all(np.isfinite(values), axis=1)][:self.max_fit_images]
         if len(values) < 2:
             raise ValueError('DensityOfStates: fewer than two training images with finite '
@@ -421,10 +432,10 @@ class DensityOfStates(Detector):
         self._kde = KernelDensity(bandwidth=bandwidth).fit((values - self._mean) / self._scale)
         return self
 
-    def score(self, images: Images) -> DetectorScores:
+    def score_terms(self, terms, images) -> DetectorScores:
         if self._kde is None:
             raise ValueError('DensityOfStates: call fit(train_images) before scoring.')
-        values, terms = self._statistics(images, 'images')
+        values, terms = self._statistics(terms[0], images, 'images')
         finite = np.all(np.isfinite(values), axis=1)
         log_density = np.full(len(values), -np.inf)
         if finite.any():
