@@ -121,10 +121,21 @@ class Detector(abc.ABC):
 
     name: str = 'detector'
     models: Sequence[DensityModel] = ()
+    needs_fit: bool = False
 
     def fit(self, images: Images) -> 'Detector':
         """Fits what the detector learns from in-distribution images; returns `self`."""
-        del images
+        if not self.needs_fit:
+            return self
+        if not isinstance(images, tf.data.Dataset):
+            images = _as_array(images, self.models[0].image_shape, f'{self.name} fit images')
+        terms = [_log_prob_terms(m, images, f'{self.name} fit images ({m.name})')
+                 for m in self.models]
+        return self.fit_terms(terms, images)
+
+    def fit_terms(self, terms: Sequence[Terms], images: Images) -> 'Detector':
+        """`fit` from the evaluator's terms of the fit images (see `score_terms`)."""
+        del terms, images
         return self
 
     def score(self, images: Images) -> DetectorScores:
@@ -316,6 +327,16 @@ class Typicality(Detector):
                              f'non-finite likelihood; the typicality test needs finite ones.')
         return bpd
 
+    needs_fit = True
+
+    def fit_terms(self, terms, images=None) -> 'Typicality':
+        bpd = terms[0]['bits_per_dim'].astype(np.float64)
+        if bpd.size == 0 or not np.all(np.isfinite(bpd)):
+            raise ValueError('Typicality: the training images need finite likelihoods, and '
+                             'at least one image.')
+        self.entropy = float(np.mean(bpd))
+        return self
+
     def fit(self, images: Images, validation_images: Optional[Images] = None) -> 'Typicality':
         self.entropy = float(np.mean(self._bpd(images, 'Typicality training images')))
         if validation_images is not None:
@@ -417,11 +438,11 @@ class DensityOfStates(Detector):
         values = np.stack([terms[s].astype(np.float64) for s in self.statistic_names], axis=1)
         return values, terms
 
-    def fit(self, images: Images) -> 'DensityOfStates':
+    needs_fit = True
+
+    def fit_terms(self, terms, images) -> 'DensityOfStates':
         from sklearn.neighbors import KernelDensity
-        what = 'DensityOfStates training images'
-        images = _as_array(images, self.models[0].image_shape, what)
-        values, _ = self._statistics(_log_prob_terms(self.models[0], images, what), images, what)
+        values, _ = self._statistics(terms[0], images, 'DensityOfStates training images')
         values = values[np.all(np.isfinite(values), axis=1)][:self.max_fit_images]
         if len(values) < 2:
             raise ValueError('DensityOfStates: fewer than two training images with finite '

@@ -124,7 +124,7 @@ def plot_histogram_panels(groups: Sequence[Sequence[ScoreResult]], path: str,
     rows = -(-len(groups) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(7 * columns, 4.2 * rows), squeeze=False)
     for ax, group in zip(axes.flat, groups):
-        fewest = min(r.num_images for r in group)  # Fewer bins for a few images.
+        fewest = min(len(r.scores[key]) for r in group)  # Fewer bins for a few images.
         _hist(ax, group, key, int(min(bins, max(10, 2 * np.sqrt(fewest)))), quantiles)
         ax.set_title(group[0].model)
     for ax in axes.flat[len(groups):]:

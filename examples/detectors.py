@@ -1,0 +1,273 @@
+r"""OOD detectors that work: every detector under every shipped model, against
+the published AUROCs.
+
+Scores each detector of `tfp_ood.detectors` under each shipped model it
+applies to, for CIFAR-10 test (in) against SVHN test, constant images, uniform
+noise and grayscale CIFAR-10 and SVHN; FashionMNIST test against MNIST test;
+and the reverse pair, SVHN held out against CIFAR-10 test. Writes to --out
+`detectors.csv`, `detectors.md` and `detectors.json` (AUROC, AUPR-in, AUPR-out
+and FPR at 95% TPR per row, with the published AUROC beside ours where there
+is one) and `detectors.png` (the OOD scores of CIFAR-10 test and SVHN test
+per detector and model).
+
+    python examples/detectors.py                   # embedded samples
+    python examples/detectors.py --data-dir DATA   # full test sets
+
+Detectors that learn from in-distribution data (typicality, density of
+states) fit on training images (`--num-fit-images` of them); the embedded
+samples have no training split, so there they fit on the first half of the
+in-distribution sample and score the second half. The likelihood ratio needs
+a background model `saved_models/background_<model>`; models without one get
+no likelihood-ratio rows.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+import common  # examples/common.py
+
+from tfp_ood import data, detectors, evaluate, export, plotting
+
+TYPICALITY_M = (1, 2, 5, 10, 25)
+# Published single-image AUROCs (M images per test for typicality), keyed by
+# (detector, model family, in, out, M); a pair of numbers is a published range.
+# Ren et al. 2019; Serrà et al. 2020 (input complexity; 0.784 is an
+# independent PNG re-run of their Glow figure); Nalisnick et al. 2019
+# (typicality); Choi et al. 2018 (WAIC); Morningstar et al. 2021 (density of
+# states).
+PUBLISHED = {
+    ('raw_likelihood', 'glow', 'cifar10', 'svhn_cropped', 1): 0.063,
+    ('raw_likelihood', 'glow', 'fashion_mnist', 'mnist', 1): (0.122, 0.197),
+    ('raw_likelihood', 'pixelcnn', 'cifar10', 'svhn_cropped', 1): 0.155,
+    ('likelihood_ratio', 'pixelcnn', 'cifar10', 'svhn_cropped', 1): 0.930,
+    ('likelihood_ratio', 'pixelcnn', 'fashion_mnist', 'mnist', 1): 0.994,
+    ('input_complexity', 'glow', 'cifar10', 'svhn_cropped', 1): 0.950,
+    ('input_complexity', 'glow', 'fashion_mnist', 'mnist', 1): 0.998,
+    ('input_complexity', 'pixelcnn', 'cifar10', 'svhn_cropped', 1): 0.929,
+    ('typicality', 'glow', 'cifar10', 'svhn_cropped', 1): 0.865,
+    ('typicality', 'glow', 'cifar10', 'svhn_cropped', 2): 0.950,
+    ('typicality', 'glow', 'fashion_mnist', 'mnist', 1): (0.48, 0.70),
+    ('waic', 'glow', 'cifar10', 'svhn_cropped', 1): 1.000,
+    ('density_of_states', 'glow', 'cifar10', 'svhn_cropped', 1): 0.97,
+    ('density_of_states', 'glow', 'fashion_mnist', 'mnist', 1): 1.00,
+}
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One model, its in-distribution set and the sets it is tested against."""
+
+    model: str
+    train: Tuple[str, str]  # (dataset, split) to fit on.
+    in_set: Tuple[str, str]
+    out_sets: List[str]  # dataset names or synthetic sets.
+    ensemble: Optional[str] = None  # A folder of members for WAIC.
+
+
+def experiments(source: common.Source) -> List[Experiment]:
+    cifar_outs = ['svhn_cropped', 'constant', 'uniform_noise', 'cifar10_gray',
+                  'svhn_cropped_gray']
+    svhn_train, svhn_test = ('test[:7000]', 'test[7000:]') if not (
+        source.tfds or source.samples) else ('train', 'test')
+    return [
+        Experiment('glow_cifar10', ('cifar10', 'train'), ('cifar10', 'test'), cifar_outs,
+                   ensemble='ensemble_cifar10'),
+        Experiment('cvglow_cifar10', ('cifar10', 'train'), ('cifar10', 'test'), cifar_outs),
+        Experiment('pixelcnn_cifar10', ('cifar10', 'train'), ('cifar10', 'test'), cifar_outs),
+        Experiment('glow_fashion_mnist', ('fashion_mnist', 'train'), ('fashion_mnist', 'test'),
+                   ['mnist', 'constant', 'uniform_noise']),
+        Experiment('glow_svhn', ('svhn_cropped', svhn_train), ('svhn_cropped', svhn_test),
+                   ['cifar10']),
+    ]
+
+
+class Sets:
+    """The image arrays of the run, loaded once each."""
+
+    def __init__(self, source: common.Source, num_fit: int, num_synthetic: int):
+        self.source, self.num_fit, self.num_synthetic = source, num_fit, num_synthetic
+        self._cache: Dict[str, np.ndarray] = {}
+
+    def _load(self, name: str, split: str) -> np.ndarray:
+        key = f'{name}/{split}'
+        if key not in self._cache:
+            self._cache[key] = data.images_array(self.source.load(name, split))
+        return self._cache[key]
+
+    def fit_and_in(self, experiment: Experiment) -> Tuple[np.ndarray, np.ndarray]:
+        """Training images to fit on, and the in-distribution test images."""
+        if self.source.samples:  # No training split: halves of the test sample.
+            images = self._load(experiment.in_set[0], 'test')
+            half = len(images) // 2
+            return images[:half], images[half:]
+        name, split = experiment.train
+        return (self._load(name, split)[:self.num_fit], self._load(*experiment.in_set))
+
+    def out(self, name: str, shape) -> np.ndarray:
+        n = self.num_synthetic
+        if name == 'constant':
+            return data.images_array(data.constant_images(128, shape, n))
+        if name == 'uniform_noise':
+            return data.images_array(data.uniform_noise_images(shape, n, seed=0))
+        gray = name.endswith('_gray')
+        dataset = name[:-len('_gray')] if gray else name
+        images = self._load(dataset, 'test')
+        return data.to_grayscale(images).numpy() if gray else images
+
+
+def _row(detector: str, model: str, family: str, in_name: str, out_name: str, m: int,
+         in_scores, out_scores) -> dict:
+    metrics = detectors.detector_metrics(in_scores, out_scores)
+    published = PUBLISHED.get((detector, family, in_name, out_name, m))
+    return {'detector': detector, 'model': model, 'in': in_name, 'out': out_name,
+            'batch_size': m, 'auroc': metrics['auroc'], 'aupr_in': metrics['aupr_in'],
+            'aupr_out': metrics['aupr_out'], 'fpr_at_95_tpr': metrics['fpr_at_95_tpr'],
+            'published_auroc': list(published) if isinstance(published, tuple) else published,
+            'num_in': metrics['num_in'], 'num_out': metrics['num_out']}
+
+
+def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures: dict):
+    path = os.path.join(args.models_dir, experiment.model)
+    if not os.path.isdir(path):
+        print(f'{experiment.model}: not in {args.models_dir}; skipped')
+        return
+    model = export.load(path)
+    family = model.get_config()['family']
+    fit_images, in_images = sets.fit_and_in(experiment)
+    background_path = os.path.join(args.models_dir, f'background_{experiment.model}')
+    background = export.load(background_path) if os.path.isdir(background_path) else None
+    members = []
+    if experiment.ensemble:
+        folder = os.path.join(args.models_dir, experiment.ensemble)
+        if os.path.isdir(folder):
+            members = [export.load(os.path.join(folder, m)) for m in sorted(os.listdir(folder))
+                       if os.path.exists(os.path.join(folder, m, 'saved_model.pb'))]
+    is_flow = family in ('glow', 'cv_glow')
+    limit = args.num_images
+    cache: Dict[Tuple[int, str], dict] = {}
+
+    def terms(m, name, images):
+        key = (id(m), name)
+        if key not in cache:
+            cache[key] = evaluate.score(m, images[:limit] if limit else images, name=name,
+                                        progress=args.progress).scores
+        return cache[key]
+
+    single = {'raw_likelihood': detectors.RawLikelihood(model),
+              'input_complexity': detectors.InputComplexity(model, codec='png'),
+              'density_of_states': detectors.DensityOfStates(
+                  model, ('log_prob', 'log_pz', 'log_det') if is_flow else ('log_prob',)),
+              # Ours: the flow's two terms and the compressed length.
+              'terms_and_complexity': detectors.DensityOfStates(
+                  model, ('log_pz', 'log_det') if is_flow else ('log_prob',), codec='png')}
+    if background is not None:
+        single['likelihood_ratio'] = detectors.LikelihoodRatio(model, background)
+    if len(members) >= 2:
+        single['waic'] = detectors.WAIC(members)
+    typicality = {m: detectors.Typicality(model, batch_size=m) for m in TYPICALITY_M}
+
+    def scores_of(detector, name, images, fit=False):
+        images = images[:limit] if limit else images
+        evaluated = [terms(m, name, images) for m in detector.models]
+        if fit:
+            return detector.fit_terms(evaluated, images)
+        return detector.score_terms(evaluated, images)
+
+    for detector in list(single.values()) + list(typicality.values()):
+        if detector.needs_fit:
+            scores_of(detector, 'fit', fit_images, fit=True)
+
+    in_name = experiment.in_set[0]
+    in_scores = {d: scores_of(det, 'in', in_images) for d, det in single.items()}
+    for out_name in experiment.out_sets:
+        out_images = sets.out(out_name, model.image_shape)
+        for d, det in single.items():
+            out_scores = scores_of(det, out_name, out_images)
+            rows.append(_row(d, experiment.model, family, in_name, out_name, 1,
+                             in_scores[d], out_scores))
+            if out_name == experiment.out_sets[0]:
+                figures[(d, experiment.model)] = (in_name, in_scores[d], out_name, out_scores)
+        for m, det in typicality.items():
+            in_batches, out_batches = (scores_of(det, n, x) for n, x in
+                                       (('in', in_images), (out_name, out_images)))
+            if min(len(in_batches.ood_score), len(out_batches.ood_score)) >= 2:
+                rows.append(_row('typicality', experiment.model, family, in_name, out_name, m,
+                                 in_batches, out_batches))
+    print(f'{experiment.model}: {len([r for r in rows if r["model"] == experiment.model])} '
+          f'rows', flush=True)
+
+
+def _format(value) -> str:
+    if value is None:
+        return '–'
+    if isinstance(value, list):
+        return f'{value[0]:.3f}-{value[1]:.3f}'
+    return f'{value:.3f}' if isinstance(value, float) else str(value)
+
+
+def write(rows: list, figures: dict, out: str, note: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'detectors.json'), 'w') as f:
+        json.dump({'note': note, 'rows': rows}, f, indent=2)
+    with open(os.path.join(out, 'detectors.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: _format(v) if isinstance(v, list) else v for k, v in r.items()}
+                         for r in rows)
+    keys = ['detector', 'model', 'in', 'out', 'batch_size', 'auroc', 'published_auroc',
+            'aupr_in', 'aupr_out', 'fpr_at_95_tpr']
+    lines = ['| ' + ' | '.join(k.replace('_', ' ') for k in keys) + ' |',
+             '|' + '---|' * 5 + '---:|' * 5]
+    lines += ['| ' + ' | '.join(_format(r[k]) for k in keys) + ' |' for r in rows]
+    with open(os.path.join(out, 'detectors.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    groups = []
+    for (detector, model), (in_name, in_s, out_name, out_s) in figures.items():
+        label = f'{detector} ({model})'
+        groups.append([evaluate.ScoreResult(name, {'ood_score': s.ood_score},
+                                            np.full(len(s.ood_score), -1), (0, 0, 0), label)
+                       for name, s in ((in_name, in_s), (out_name, out_s))])
+    if groups:
+        plotting.plot_histogram_panels(groups, os.path.join(out, 'detectors.png'),
+                                       key='ood_score',
+                                       title='OOD scores (higher = more out-of-distribution)')
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    common.add_data_flags(p, 'results/detectors')
+    p.add_argument('--num-fit-images', type=int, default=5000,
+                   help='training images the fitted detectors learn from')
+    p.add_argument('--num-synthetic', type=int, default=1000,
+                   help='constant and noise images')
+    p.add_argument('--models', nargs='+', default=None, help='only these models')
+    args = p.parse_args(argv)
+    source = common.Source(args)
+    sets = Sets(source, args.num_fit_images, args.num_synthetic)
+    rows, figures = [], {}
+    for experiment in experiments(source):
+        if args.models and experiment.model not in args.models:
+            continue
+        run_experiment(args, experiment, sets, rows, figures)
+    if not rows:
+        raise ValueError('No model to score: none of the shipped models is in --models-dir.')
+    note = source.note() + (' The fitted detectors fit on the first half of each '
+                            'in-distribution sample and score the second.'
+                            if source.samples else '')
+    write(rows, figures, args.out, note.strip())
+    with open(os.path.join(args.out, 'detectors.md')) as f:
+        print(f.read())
+    if note.strip():
+        print(note.strip())
+    print(f'Wrote {os.path.abspath(args.out)}')
+    return rows
+
+
+if __name__ == '__main__':
+    common.run(main)
