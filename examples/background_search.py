@@ -32,16 +32,17 @@ import common  # examples/common.py
 
 from tfp_ood import data, detectors, export, models, train
 
-# in-distribution training set and validation OOD sets per image shape:
-# (dataset, split, transform) with transform 'gray' (luma, resized) or None.
+# In-distribution training set and validation OOD sets per image shape:
+# (name, (dataset, which `--num-images` block of its training split), transform)
+# with transform 'gray' (BT.601 luma) or None; every set is then fitted to the
+# model's shape (`data.resize_images`). Block 1 of CIFAR-10 for its gray set:
+# block 0 is the in-distribution set.
 VALIDATION = {
     (32, 32, 3): ('cifar10', [('uniform_noise', None, None),
-                              ('cifar10_gray', ('cifar10', 'train[2000:4000]'), 'gray'),
-                              ('fashion_mnist_resized', ('fashion_mnist', 'train[:2000]'),
-                               None)]),
+                              ('cifar10_gray', ('cifar10', 1), 'gray'),
+                              ('fashion_mnist_resized', ('fashion_mnist', 0), None)]),
     (28, 28, 1): ('fashion_mnist', [('uniform_noise', None, None),
-                                    ('cifar10_gray_resized', ('cifar10', 'train[:2000]'),
-                                     None)]),
+                                    ('cifar10_gray_resized', ('cifar10', 0), None)]),
 }
 
 
@@ -64,7 +65,9 @@ def validation_sets(source: common.Source, shape, num_images: int):
         if spec is None:
             sets[name] = data.images_array(data.uniform_noise_images(shape, num_images, seed=1))
             continue
-        images = data.images_array(source.load(*spec))[:num_images]
+        dataset, block = spec
+        images = data.images_array(source.load(
+            dataset, f'train[{block * num_images}:{(block + 1) * num_images}]'))
         if transform == 'gray':
             images = data.to_grayscale(images).numpy()
         sets[name] = data.resize_images(images, shape)
@@ -73,12 +76,14 @@ def validation_sets(source: common.Source, shape, num_images: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--foreground', required=True, help='SavedModel of the in-distribution model')
+    p.add_argument('--foreground', required=True,
+                   help='SavedModel of the in-distribution model')
     p.add_argument('--background', action='append', required=True,
                    help='a candidate background model: run directory or SavedModel '
                         '(repeatable)')
     p.add_argument('--data-dir', default=None, help='directory of <name>_<split>.npz arrays')
-    p.add_argument('--source', default='auto', choices=data.SOURCES)
+    p.add_argument('--source', default='auto', choices=data.SOURCES,
+                   help='where images come from')
     p.add_argument('--download', action='store_true', help='let TFDS download')
     p.add_argument('--num-images', type=int, default=2000, help='images per validation set')
     p.add_argument('--out', default='results/background_search', help='results folder')

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -98,6 +99,32 @@ class ExamplesTest(tf.test.TestCase):
         with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
             cifar_svhn.main(['--reverse', '--models', 'glow_cifar10'])
 
+    def test_background_search_on_tiny_models(self):
+        models_dir = self.create_tempdir().full_path
+        images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+        for name, seed in (('fg', 0), ('bg_a', 1), ('bg_b', 2)):
+            _export_tiny(os.path.join(models_dir, name), 'glow', (32, 32, 3), images, seed)
+        out = self.create_tempdir().full_path
+        run = _script('background_search.py', '--foreground', os.path.join(models_dir, 'fg'),
+                      '--background', os.path.join(models_dir, 'bg_a'),
+                      '--background', os.path.join(models_dir, 'bg_b'),
+                      '--data-dir', self.data, '--num-images', '16', '--out', out)
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        with open(os.path.join(out, 'search.json')) as f:
+            search = json.load(f)
+        self.assertLen(search['rows'], 2)
+        for row in search['rows']:
+            self.assertEqual(sorted(k for k in row if k.startswith('auroc_')),
+                             ['auroc_cifar10_gray', 'auroc_fashion_mnist_resized',
+                              'auroc_uniform_noise'])
+        best = max(search['rows'], key=lambda r: r['mean_auroc'])
+        self.assertEqual(search['chosen'], best['background'])
+        # The validation sets are training images: the embedded samples are refused.
+        run = _script('background_search.py', '--foreground', os.path.join(models_dir, 'fg'),
+                      '--background', os.path.join(models_dir, 'bg_a'), '--out', out)
+        self.assertEqual(run.returncode, 2)
+        self.assertIn('pass --data-dir', run.stderr)
+
     def test_fashion_mnist_retrain_tiny(self):
         out = self.create_tempdir().full_path
         fashion_mnist.main(_tiny(self.data, out))
@@ -105,6 +132,13 @@ class ExamplesTest(tf.test.TestCase):
         self.assertEqual(scored, {'fashion_mnist/train', 'fashion_mnist/test', 'mnist/test',
                                   'constant_0', 'uniform_noise'})
         self.assertTrue(os.path.exists(os.path.join(out, 'glow_fashion_mnist_log_prob.png')))
+
+
+def _script(name, *args):
+    """Runs `examples/<name>` with `args` in a fresh process."""
+    return subprocess.run([sys.executable, os.path.join(REPO, 'examples', name), *args],
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
 
 
 def _export_tiny(path, family, shape, init_images, seed=0):
@@ -192,6 +226,34 @@ class NoFlagsTest(tf.test.TestCase):
         self.assertLess(rows['mnist/test'].bpd_mean, rows['fashion_mnist/test'].bpd_mean)
         self.assertLess(outcome['metrics']['glow_fashion_mnist']['auroc'], 0.5)
         self.assertGreater(rows['uniform_noise'].bpd_mean, rows['fashion_mnist/test'].bpd_mean)
+
+
+class DetectorsExampleTest(tf.test.TestCase):
+
+    def test_detectors_table_on_the_samples(self):
+        out = self.create_tempdir().full_path
+        run = _script('detectors.py', '--models', 'glow_cifar10', '--num-images', '100',
+                      '--num-synthetic', '50', '--out', out, '--no-progress')
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        with open(os.path.join(out, 'detectors.json')) as f:
+            rows = json.load(f)['rows']
+        keys = {'detector', 'model', 'in', 'out', 'batch_size', 'auroc', 'aupr_in', 'aupr_out',
+                'fpr_at_95_tpr', 'published_auroc'}
+        for row in rows:
+            self.assertContainsSubset(keys, row)
+        found = {(r['detector'], r['out'], r['batch_size']) for r in rows}
+        for detector in ('raw_likelihood', 'input_complexity', 'density_of_states', 'waic'):
+            for out_set in ('svhn_cropped', 'constant', 'uniform_noise', 'cifar10_gray',
+                            'svhn_cropped_gray'):
+                self.assertIn((detector, out_set, 1), found)
+        for m in (1, 2, 5, 10, 25):
+            self.assertIn(('typicality', 'svhn_cropped', m), found)
+        raw = next(r for r in rows if r['detector'] == 'raw_likelihood'
+                   and r['out'] == 'svhn_cropped')
+        self.assertEqual(raw['published_auroc'], 0.063)
+        self.assertLess(raw['auroc'], 0.5)  # The paper's failure, on real images.
+        for name in ('detectors.csv', 'detectors.md', 'detectors.png'):
+            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
 
 
 class AnalysisExampleTest(tf.test.TestCase):
