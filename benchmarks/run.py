@@ -281,7 +281,7 @@ def ours(model, batch: int) -> Runner:
 
 
 def tfp_peer(config: GlowConfig, batch: int) -> Runner:
-    """TFP's `tfb.Glow` scored and trained like ours (fixed batch: DESIGN.md trap 2)."""
+    """TFP's `tfb.Glow` scored and trained like ours (fixed batch: docs/stack.md, note 2)."""
     distribution = tfp_glow_distribution(config)
     images = _images(batch, config.image_shape)
     noise = tf.random.uniform(images.shape, seed=1)

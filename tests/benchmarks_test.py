@@ -164,7 +164,7 @@ class BenchmarksTest(tf.test.TestCase):
             self.assertGreater(result['kernel_seconds'], 0)
 
     def test_flop_count_of_the_paper_glow(self):
-        # 1.33 GFLOP per 32x32x3 image for 3 x 8 x 400 (DESIGN.md); by hand for a
+        # 1.33 GFLOP per 32x32x3 image for 3 x 8 x 400 (docs/performance.md); by hand for a
         # one-level, one-step flow on 2x2x1: squeeze to 1x1x4, coupling network
         # 3x3 (2 -> h), 1x1 (h -> h), 3x3 (h -> 2 * 2), and a 4x4 1x1 convolution.
         self.assertAllClose(benchmarks.glow_forward_flops(GlowConfig.named('paper')) / 1e9,

@@ -163,6 +163,16 @@ class DocsClaimsTest(tf.test.TestCase):
             self.assertNotIn('../shared', text, doc)
             self.assertNotIn('DESIGN.md', text, doc)
 
+    def test_no_file_points_at_notes_users_do_not_have(self):
+        for folder in ('tfp_ood', 'examples', 'benchmarks', 'saved_models', 'docs'):
+            for root, _, files in os.walk(os.path.join(REPO, folder)):
+                for name in files:
+                    if name.endswith(('.py', '.md', '.sh', '.cfg')):
+                        with open(os.path.join(root, name)) as f:
+                            text = f.read()
+                        for pointer in ('DESIGN.md', 'STYLE.md', '../shared'):
+                            self.assertNotIn(pointer, text, os.path.join(root, name))
+
     def test_commands_name_scripts_and_flags_that_exist(self):
         commands = []  # (doc, command, key of its --help, words)
         for doc in DOCS:

@@ -60,7 +60,7 @@ def _saved_objects(model: DensityModel) -> Dict[str, Any]:
 
     The model itself, as a training checkpoint does; or, for models whose
     Keras network cannot be saved as objects (a weight-normed layer's own call
-    function captures a kernel computed in the parent graph: DESIGN.md trap 5),
+    function captures a kernel computed in the parent graph: docs/stack.md, note 5),
     only their variables.
     """
     if getattr(model, 'export_variables_only', False):

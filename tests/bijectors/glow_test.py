@@ -65,7 +65,7 @@ class GlowTest(tf.test.TestCase, parameterized.TestCase):
     def test_starts_as_identity_up_to_orthogonal_mixing(self):
         # Zero-initialised networks: only the 1x1 rotations act, so the volume is 0
         # and the latent has the same norm as the input (TFP's exit net would scale
-        # the factored-out half by e^2, DESIGN.md trap 11).
+        # the factored-out half by e^2, docs/stack.md, note 11).
         flow = glow(_config((16, 16, 3)))
         y = _images((16, 16, 3))
         x, terms = inverse_and_log_det_terms(flow, y)

@@ -43,7 +43,7 @@ class Coupling(ImageBijector):
       network: a `tf_keras.Model` from `[N, H, W, C // 2]` to
         `[N, H, W, C - C // 2]` (additive) or `[N, H, W, 2 * (C - C // 2)]`
         (affine: shift, then raw log-scale). Build it with `tf_keras`, not
-        Keras 3, or its weights are not tracked (DESIGN.md trap 1).
+        Keras 3, or its weights are not tracked (docs/stack.md, note 1).
       log_det_term: `'volume'` for a flow step, `'distribution'` for a split
         prior.
         Default value: `'volume'`.

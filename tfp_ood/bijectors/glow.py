@@ -3,7 +3,7 @@
 `forward` maps a latent of shape `[H, W, C]` to an image of the same shape;
 `inverse` maps an image to its latent. Each level of the multi-scale
 architecture is itself shape-preserving, which is what lets it run with an
-unknown batch size (unlike `tfb.Glow`, DESIGN.md trap 2):
+unknown batch size (unlike `tfb.Glow`, docs/stack.md, note 2):
 
 ```none
 image [H, W, C]
@@ -80,7 +80,7 @@ def exit_network_fn() -> NetworkFn:
 
     At initialisation the prior of the factored-out channels is `N(0, I)`
     (TFP's default exit network starts at a scale of `e^2` instead,
-    DESIGN.md trap 11).
+    docs/stack.md, note 11).
     """
 
     def network(input_shape, output_channels, seed):

@@ -4,12 +4,12 @@ Direction follows TFP: `forward` maps a latent to an image (sampling) and
 `inverse` maps an image to a latent (scoring). Every bijector here acts on
 events of shape `[H, W, C]` (`forward_min_event_ndims = 3`) with any number of
 leading batch dimensions, including an unknown batch size inside a
-`tf.function` (TFP's `tfb.Glow` needs a static one; see DESIGN.md trap 2).
+`tf.function` (TFP's `tfb.Glow` needs a static one; see docs/stack.md, note 2).
 
 Besides the standard `tfb.Bijector` methods, each bijector has
 `inverse_and_log_det(y)`, which returns the inverse and its log-determinant
 per example in one pass. TFP's `inverse` + `inverse_log_det_jacobian` would
-run a coupling network twice (DESIGN.md trap 10); the package's flows score
+run a coupling network twice (docs/stack.md, note 10); the package's flows score
 through `tfp_ood.bijectors.inverse_and_log_det_terms`, which uses the one-pass
 method. Each bijector also names the likelihood term its log-determinant
 belongs to (`log_det_term`): `'volume'` for the flow's own layers,
@@ -416,7 +416,7 @@ def inverse_and_log_det_terms(
             ildj = b.inverse_log_det_jacobian(t, event_ndims=3)
             t = b.inverse(t)
             term = VOLUME
-        # Constant Jacobians come back as scalars (DESIGN.md trap 3).
+        # Constant Jacobians come back as scalars (docs/stack.md, note 3).
         terms[term] = terms[term] + ildj
         return t
 

@@ -13,7 +13,7 @@ comes from.
 `PixelCNNModel` holds the network's variables and reaches the distribution
 through a closure: a `tf.Module` that holds a weight-normalised
 `tfd.PixelCNN` directly cannot be saved ("captures graph tensor from a parent
-function", DESIGN.md trap 5).
+function", docs/stack.md, note 5).
 
 #### References
 
@@ -121,7 +121,7 @@ class PixelCNNModel(DensityModel):
     term_names = ()
     sample_temperatures = (1.0,)
 
-    export_variables_only = True  # tfp_ood.export: DESIGN.md trap 5.
+    export_variables_only = True  # tfp_ood.export: docs/stack.md, note 5.
 
     def __init__(self, config: PixelCNNConfig, name: str = 'pixelcnn'):
         super().__init__(config.image_shape, name=name)

@@ -11,7 +11,7 @@ Either decoder can be chosen with `likelihood='categorical'` or
 `'logistic'`. The discretized logistic is computed the numerically stable way
 of PixelCNN++ (edge bins from the log-CDF, a density fallback for tiny bins):
 `tfd.QuantizedDistribution(tfd.Logistic)` gave NaN losses after about ten
-steps (DESIGN.md trap 6).
+steps (docs/stack.md, note 6).
 
 The decoders are discrete, so log-likelihoods are of the uint8 images
 themselves (no dequantization). Training maximises the one-sample ELBO;
