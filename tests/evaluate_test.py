@@ -1,11 +1,11 @@
-"""Tests of the shared evaluator, the OOD metrics and the histograms."""
+"""Tests of the shared evaluator."""
 
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from tfp_ood import data, plotting, report
+from tfp_ood import data, report
 from tfp_ood.config import GlowConfig
 from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
@@ -94,42 +94,6 @@ class EvaluateTest(tf.test.TestCase):
         self.assertAlmostEqual(summary['bpd_mean'], float(np.mean(result.bits_per_dim)), 5)
         self.assertEqual(summary['num_nonfinite'], 0)
 
-    def test_histograms_are_written(self):
-        a = score(self.model, _uint8(20, seed=1), name='a', progress=False)
-        b = score(self.model, data.constant_images(0, SHAPE, 20), name='b', progress=False)
-        directory = self.create_tempdir().full_path
-        for path in (plotting.plot_histograms([a, b], os.path.join(directory, 'bpd.png')),
-                     plotting.plot_term_histograms([a, b], os.path.join(directory, 't.png'))):
-            with open(path, 'rb') as f:
-                self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
-        history = [{'step': 100, 'a/bits_per_dim': 5.0, 'b/bits_per_dim': 4.0},
-                   {'step': 200, 'a/bits_per_dim': 4.5, 'b/bits_per_dim': 3.5}]
-        curves = plotting.plot_training_curves(history, os.path.join(directory, 'curves.png'))
-        with open(curves, 'rb') as f:
-            self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
-        with self.assertRaisesRegex(ValueError, 'no "<set>/bits_per_dim"'):
-            plotting.plot_training_curves([{'step': 1}], os.path.join(directory, 'x.png'))
-        with self.assertRaisesRegex(ValueError, "score 'log_pz' missing"):
-            c = ScoreResult('c', {'log_prob': np.zeros(2), 'bits_per_dim': np.zeros(2)},
-                            np.zeros(2), SHAPE)
-            plotting.plot_histograms([c], os.path.join(directory, 'c.png'), key='log_pz')
-
-    def test_histogram_range_quantiles(self):
-        values = [np.concatenate([np.linspace(0., 1., 99), [-1e7]]), np.linspace(0., 1., 100)]
-        self.assertEqual(plotting._histogram_range(values, None), (-1e7, 1.))
-        low, high = plotting._histogram_range(values, (0.01, 0.99))
-        self.assertGreater(low, -1.)  # The outlier is outside the plotted range...
-        self.assertLess(high, 1.)
-        self.assertAllClose((low, high), np.quantile(np.concatenate(values), (0.01, 0.99)))
-        # ...and a constant score still gets a bin.
-        self.assertEqual(plotting._histogram_range([np.full(3, 2.)], (0.01, 0.99)), (1.5, 2.5))
-        path = plotting.plot_histograms(
-            [ScoreResult(f's{i}', {'waic': v, 'log_prob': v, 'bits_per_dim': v}, np.zeros(100),
-                         SHAPE) for i, v in enumerate(values)],
-            os.path.join(self.create_tempdir().full_path, 'w.png'), key='waic',
-            quantiles=(0.01, 0.99))
-        self.assertTrue(os.path.exists(path))
-
     def test_bad_inputs(self):
         floats = tf.data.Dataset.from_tensor_slices(np.zeros((2,) + SHAPE, np.float32))
         with self.assertRaisesRegex(ValueError, r'svhn: expected uint8 images.*holds float32'):
@@ -161,35 +125,6 @@ class EvaluateTest(tf.test.TestCase):
             ood_metrics(result.log_prob, np.zeros(3))
         metrics = ood_metrics(result.log_prob, np.zeros(3), nonfinite='lowest')
         self.assertEqual(metrics['num_nonfinite_in'], 2)
-
-
-class MetricsTest(tf.test.TestCase):
-
-    def test_hand_computed_case(self):
-        # In: 3, 4, 5; out: 1, 2, 3.5. Of the 9 (in, out) pairs, in wins in 8 and
-        # loses (3 < 3.5) in 1: AUROC = 8/9.
-        metrics = ood_metrics([3., 4., 5.], [1., 2., 3.5])
-        self.assertAlmostEqual(metrics['auroc'], 8 / 9)
-        # Keeping 95% of in-distribution needs the threshold at 3: out 3.5 passes.
-        self.assertAlmostEqual(metrics['fpr_at_95_tpr'], 1 / 3)
-        # Ranked (desc): 5 in, 4 in, 3.5 out, 3 in, ... AP_in = (1 + 1 + 3/4) / 3.
-        self.assertAlmostEqual(metrics['aupr_in'], (1 + 1 + 0.75) / 3)
-        # Out as positive, scores negated: 1 out, 2 out, 3 in, 3.5 out: (1 + 1 + 3/4) / 3.
-        self.assertAlmostEqual(metrics['aupr_out'], (1 + 1 + 0.75) / 3)
-
-    def test_ties_and_reversed(self):
-        self.assertAlmostEqual(ood_metrics([1., 1.], [1., 1.])['auroc'], 0.5)
-        self.assertAlmostEqual(ood_metrics([0., 1.], [2., 3.])['auroc'], 0.)
-        self.assertAlmostEqual(ood_metrics([2., 3.], [0., 1.])['fpr_at_95_tpr'], 0.)
-
-    def test_lowest_policy_ranks_nonfinite_last(self):
-        metrics = ood_metrics([1., 2.], [-np.inf, np.nan, 0.], nonfinite='lowest')
-        self.assertAlmostEqual(metrics['auroc'], 1.)
-        self.assertEqual(metrics['num_nonfinite_out'], 2)
-        with self.assertRaisesRegex(ValueError, 'nonfinite must be one of'):
-            ood_metrics([1.], [0.], nonfinite='drop')
-        with self.assertRaisesRegex(ValueError, 'no scores'):
-            ood_metrics([], [0.])
 
 
 if __name__ == '__main__':

@@ -1,14 +1,16 @@
-"""Histograms of scores, in the style of the paper's figures (PNG, matplotlib)."""
+"""Histograms of scores, in the style of the paper's figures (PNG, matplotlib).
+
+Figures are drawn with matplotlib's object API (`matplotlib.figure.Figure`),
+never through `pyplot`: writing a PNG needs no display, and importing tfp_ood
+leaves the user's backend (e.g. a notebook's inline plots) as it was.
+"""
 
 from typing import Optional, Sequence, Tuple
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use('Agg')  # Files only; no display needed.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tfp_ood.evaluate import ScoreResult  # noqa: E402
+from tfp_ood.evaluate import ScoreResult
 
 __all__ = ['plot_channel_statistics', 'plot_graying', 'plot_histogram_panels', 'plot_histograms',
            'plot_second_order', 'plot_term_histograms', 'plot_training_curves',
@@ -61,7 +63,6 @@ def _hist(ax, results: Sequence[ScoreResult], key: str, bins: int,
 def _save(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -90,7 +91,8 @@ def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_
     if missing:
         raise ValueError(f'plot_histograms: score {key!r} missing from {missing}; '
                          f'available: {sorted(results[0].scores)}.')
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     _hist(ax, results, key, bins, quantiles)
     ax.set_title(title or f'{results[0].model}: {key}')
     return _save(fig, path)
@@ -122,7 +124,8 @@ def plot_histogram_panels(groups: Sequence[Sequence[ScoreResult]], path: str,
         raise ValueError('plot_histogram_panels: every panel needs at least one score set.')
     columns = min(len(groups), 2)
     rows = -(-len(groups) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(7 * columns, 4.2 * rows), squeeze=False)
+    fig = Figure(figsize=(7 * columns, 4.2 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, group in zip(axes.flat, groups):
         fewest = min(len(r.scores[key]) for r in group)  # Fewer bins for a few images.
         _hist(ax, group, key, int(min(bins, max(10, 2 * np.sqrt(fewest)))), quantiles)
@@ -147,7 +150,8 @@ def plot_term_histograms(results: Sequence[ScoreResult], path: str,
     if not results or len(keys) < 3:
         raise ValueError('plot_term_histograms needs flow scores with log_pz and '
                          'log_det for every result.')
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    fig = Figure(figsize=(18, 4.5))
+    axes = fig.subplots(1, 3)
     for ax, key in zip(axes, keys):
         _hist(ax, results, key, bins)
     fig.suptitle(title or f'{results[0].model}: log p(x) = log p(z) + log|det| + const')
@@ -165,7 +169,8 @@ def plot_training_curves(history: Sequence[dict], path: str, title: Optional[str
     keys = sorted({k for row in history for k in row if k.endswith('/bits_per_dim')})
     if not keys:
         raise ValueError('plot_training_curves: no "<set>/bits_per_dim" entries in the history.')
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for key in keys:
         rows = [r for r in history if key in r]
         ax.plot([r['step'] for r in rows], [r[key] for r in rows], marker='o',
@@ -187,7 +192,8 @@ def plot_channel_statistics(statistics: Sequence, path: str, title: Optional[str
     """
     if not statistics:
         raise ValueError('plot_channel_statistics: no statistics given.')
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
     markers = ('o', 's', '^')
     for i, stats in enumerate(statistics):
         color = f'C{i}'
@@ -214,7 +220,8 @@ def plot_variance_maps(statistics: Sequence, path: str, title: Optional[str] = N
         raise ValueError('plot_variance_maps: no statistics given.')
     maps = [s.pixel_variance.mean(axis=-1) for s in statistics]
     vmax = max(float(m.max()) for m in maps)
-    fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps) + 0.8, 2.9), squeeze=False)
+    fig = Figure(figsize=(2.6 * len(maps) + 0.8, 2.9))
+    axes = fig.subplots(1, len(maps), squeeze=False)
     for ax, stats, m in zip(axes[0], statistics, maps):
         image = ax.imshow(m, vmin=0., vmax=vmax, cmap='viridis')
         ax.set_title(f'{stats.name}\nsum {stats.pixel_variance.sum():.1f}', fontsize='small')
@@ -222,7 +229,6 @@ def plot_variance_maps(statistics: Sequence, path: str, title: Optional[str] = N
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label='pixel variance ([0, 1] scale)')
     fig.suptitle(title or 'per-pixel variance', fontsize='medium')
     fig.savefig(path, dpi=110, bbox_inches='tight')
-    plt.close(fig)
     return path
 
 
@@ -237,7 +243,8 @@ def plot_graying(rows: Sequence[dict], path: str, title: Optional[str] = None) -
         raise ValueError('plot_graying: no rows given.')
     labels = [f'{r["model"]}\n{r["set"]}' for r in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6., 1.3 * len(rows)), 4.5))
+    fig = Figure(figsize=(max(6., 1.3 * len(rows)), 4.5))
+    ax = fig.subplots()
     ax.bar(x - 0.2, [r['bpd_colour'] for r in rows], 0.4, label='colour')
     ax.bar(x + 0.2, [r['bpd_gray'] for r in rows], 0.4, label='grayscale')
     ax.set_xticks(x)
@@ -263,7 +270,8 @@ def plot_second_order(results: Sequence[dict], path: str, title: Optional[str] =
     if not results:
         raise ValueError('plot_second_order: no results given.')
     x = np.arange(len(results))
-    fig, ax = plt.subplots(figsize=(max(5., 2.4 * len(results)), 4.5))
+    fig = Figure(figsize=(max(5., 2.4 * len(results)), 4.5))
+    ax = fig.subplots()
     bars = (('predicted_paper_alpha', "second order, paper's alpha_c"),
             ('predicted', 'second order, exact diagonal curvature'),
             ('predicted_full', 'second order, full quadratic form'),

@@ -1,0 +1,39 @@
+"""Tests of the OOD detection metrics against hand computations."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_ood.metrics import ood_metrics
+
+
+class MetricsTest(tf.test.TestCase):
+
+    def test_hand_computed_case(self):
+        # In: 3, 4, 5; out: 1, 2, 3.5. Of the 9 (in, out) pairs, in wins in 8 and
+        # loses (3 < 3.5) in 1: AUROC = 8/9.
+        metrics = ood_metrics([3., 4., 5.], [1., 2., 3.5])
+        self.assertAlmostEqual(metrics['auroc'], 8 / 9)
+        # Keeping 95% of in-distribution needs the threshold at 3: out 3.5 passes.
+        self.assertAlmostEqual(metrics['fpr_at_95_tpr'], 1 / 3)
+        # Ranked (desc): 5 in, 4 in, 3.5 out, 3 in, ... AP_in = (1 + 1 + 3/4) / 3.
+        self.assertAlmostEqual(metrics['aupr_in'], (1 + 1 + 0.75) / 3)
+        # Out as positive, scores negated: 1 out, 2 out, 3 in, 3.5 out: (1 + 1 + 3/4) / 3.
+        self.assertAlmostEqual(metrics['aupr_out'], (1 + 1 + 0.75) / 3)
+
+    def test_ties_and_reversed(self):
+        self.assertAlmostEqual(ood_metrics([1., 1.], [1., 1.])['auroc'], 0.5)
+        self.assertAlmostEqual(ood_metrics([0., 1.], [2., 3.])['auroc'], 0.)
+        self.assertAlmostEqual(ood_metrics([2., 3.], [0., 1.])['fpr_at_95_tpr'], 0.)
+
+    def test_lowest_policy_ranks_nonfinite_last(self):
+        metrics = ood_metrics([1., 2.], [-np.inf, np.nan, 0.], nonfinite='lowest')
+        self.assertAlmostEqual(metrics['auroc'], 1.)
+        self.assertEqual(metrics['num_nonfinite_out'], 2)
+        with self.assertRaisesRegex(ValueError, 'nonfinite must be one of'):
+            ood_metrics([1.], [0.], nonfinite='drop')
+        with self.assertRaisesRegex(ValueError, 'no scores'):
+            ood_metrics([], [0.])
+
+
+if __name__ == '__main__':
+    tf.test.main()

@@ -1,0 +1,84 @@
+"""Tests of the figures: files written, axis ranges, bad input, and no global
+matplotlib state changed by importing the package."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_ood import plotting
+from tfp_ood.evaluate import ScoreResult
+
+SHAPE = (8, 8, 3)
+PNG = b'\x89PNG\r\n\x1a\n'
+
+
+def _result(name, seed=0, n=20):
+    """A flow-like ScoreResult with random terms."""
+    rng = np.random.default_rng(seed)
+    log_pz, log_det = rng.normal(-300, 20, n), rng.normal(100, 5, n)
+    log_prob = log_pz + log_det
+    return ScoreResult(name, {'log_prob': log_prob, 'bits_per_dim': -log_prob / 192 / np.log(2),
+                              'log_pz': log_pz, 'log_det': log_det},
+                       np.full(n, -1), SHAPE, model='m')
+
+
+class PlottingTest(tf.test.TestCase):
+
+    def test_histograms_are_written(self):
+        a, b = _result('a', seed=1), _result('b', seed=2)
+        directory = self.create_tempdir().full_path
+        for path in (plotting.plot_histograms([a, b], os.path.join(directory, 'bpd.png')),
+                     plotting.plot_term_histograms([a, b], os.path.join(directory, 't.png'))):
+            with open(path, 'rb') as f:
+                self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+        history = [{'step': 100, 'a/bits_per_dim': 5.0, 'b/bits_per_dim': 4.0},
+                   {'step': 200, 'a/bits_per_dim': 4.5, 'b/bits_per_dim': 3.5}]
+        curves = plotting.plot_training_curves(history, os.path.join(directory, 'curves.png'))
+        with open(curves, 'rb') as f:
+            self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+        with self.assertRaisesRegex(ValueError, 'no "<set>/bits_per_dim"'):
+            plotting.plot_training_curves([{'step': 1}], os.path.join(directory, 'x.png'))
+        with self.assertRaisesRegex(ValueError, "score 'log_pz' missing"):
+            c = ScoreResult('c', {'log_prob': np.zeros(2), 'bits_per_dim': np.zeros(2)},
+                            np.zeros(2), SHAPE)
+            plotting.plot_histograms([c], os.path.join(directory, 'c.png'), key='log_pz')
+
+    def test_histogram_range_quantiles(self):
+        values = [np.concatenate([np.linspace(0., 1., 99), [-1e7]]), np.linspace(0., 1., 100)]
+        self.assertEqual(plotting._histogram_range(values, None), (-1e7, 1.))
+        low, high = plotting._histogram_range(values, (0.01, 0.99))
+        self.assertGreater(low, -1.)  # The outlier is outside the plotted range...
+        self.assertLess(high, 1.)
+        self.assertAllClose((low, high), np.quantile(np.concatenate(values), (0.01, 0.99)))
+        # ...and a constant score still gets a bin.
+        self.assertEqual(plotting._histogram_range([np.full(3, 2.)], (0.01, 0.99)), (1.5, 2.5))
+        path = plotting.plot_histograms(
+            [ScoreResult(f's{i}', {'waic': v, 'log_prob': v, 'bits_per_dim': v}, np.zeros(100),
+                         SHAPE) for i, v in enumerate(values)],
+            os.path.join(self.create_tempdir().full_path, 'w.png'), key='waic',
+            quantiles=(0.01, 0.99))
+        self.assertTrue(os.path.exists(path))
+
+    def test_panels_one_per_model(self):
+        path = plotting.plot_histogram_panels(
+            [[_result('a'), _result('b', 1)], [_result('c', 2, n=5), _result('d', 3, n=5)],
+             [_result('e', 4)]], os.path.join(self.create_tempdir().full_path, 'p.png'))
+        with open(path, 'rb') as f:
+            self.assertEqual(f.read(8), PNG)
+        with self.assertRaisesRegex(ValueError, 'at least one score set'):
+            plotting.plot_histogram_panels([[]], 'x.png')
+
+    def test_importing_the_package_leaves_the_matplotlib_backend_alone(self):
+        code = ('import matplotlib; matplotlib.use("svg"); import tfp_ood; '
+                'print(matplotlib.get_backend())')
+        run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                             timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        self.assertEqual(run.stdout.strip(), 'svg')
+
+
+if __name__ == '__main__':
+    tf.test.main()
