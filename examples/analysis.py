@@ -276,10 +276,7 @@ def _markdown(results: dict) -> str:
                 f'{r["predicted_full"]:+.4g} | {r["measured"]:+.1f} | '
                 f'{"yes" if r["same_sign"] else "NO"} |')
     if results['graying']:
-        lines += ['', '## Graying', '', '| model | set | bits/dim colour | bits/dim gray | '
-                  'gray - colour |', '|---|---|---:|---:|---:|']
-        lines += [f'| {g["model"]} | {g["set"]} | {g["bpd_colour"]:.3f} | {g["bpd_gray"]:.3f} | '
-                  f'{g["difference"]:+.3f} |' for g in results['graying']]
+        lines += ['', '## Graying', '', analysis.graying_table(results['graying']).rstrip()]
     if results['training_curves']:
         lines += ['', '## Likelihood over training (held-out bits/dim)', '',
                   '| model | in set | out set | evaluations | out set more likely at every '

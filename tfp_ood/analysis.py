@@ -29,10 +29,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_ood.bijectors.layers import ActNorm, InvertibleConv1x1, Squeeze
+from tfp_ood.models.base import dequantize
 
 __all__ = ['ChannelStatistics', 'GRAY_SUFFIX', 'SecondOrderResult', 'channel_statistics',
-           'ensemble_scores', 'graying_rows', 'log_mean_exp', 'log_prob_hessian_diagonal',
-           'paper_alpha', 'quadratic_expansion_difference', 'second_order_difference', 'waic']
+           'ensemble_scores', 'graying_rows', 'graying_table', 'log_mean_exp',
+           'log_prob_hessian_diagonal', 'paper_alpha', 'quadratic_expansion_difference',
+           'second_order_difference', 'waic']
 
 
 @dataclasses.dataclass
@@ -351,7 +353,7 @@ def second_order_difference(model, stats_p: ChannelStatistics, stats_q: ChannelS
         raise ValueError(f'Statistics of shape {stats_p.pixel_variance.shape} do not match '
                          f'the model ({model.image_shape}).')
     if hessian_diagonal is None:
-        x0 = (stats_p.pixel_mean * 255. + 0.5) / 256. - 0.5
+        x0 = dequantize(stats_p.pixel_mean * 255.).numpy()  # The mean pixel, as seen.
         hessian_diagonal = log_prob_hessian_diagonal(model, x0)
     delta = stats_q.pixel_variance - stats_p.pixel_variance  # [0, 1] scale.
     predicted = 0.5 * float(np.sum(hessian_diagonal * delta * _MODEL_SCALE ** 2))
@@ -394,3 +396,12 @@ def graying_rows(results: Dict) -> list:
         rows.append({'model': model, 'set': name, 'bpd_colour': colour_bpd,
                      'bpd_gray': gray_bpd, 'difference': gray_bpd - colour_bpd})
     return rows
+
+
+def graying_table(rows: Sequence[dict]) -> str:
+    """`graying_rows` as a Markdown table."""
+    lines = ['| model | set | bits/dim colour | bits/dim gray | gray - colour |',
+             '|---|---|---:|---:|---:|']
+    lines += [f'| {g["model"]} | {g["set"]} | {g["bpd_colour"]:.3f} | {g["bpd_gray"]:.3f} | '
+              f'{g["difference"]:+.3f} |' for g in rows]
+    return '\n'.join(lines) + '\n'

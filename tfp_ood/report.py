@@ -273,10 +273,7 @@ def run_experiment(models: Mapping[str, ModelEntry],
     graying = analysis.graying_rows(results)
     if graying:
         with open(os.path.join(out_dir, 'graying.md'), 'w') as f:
-            f.write('| model | set | bits/dim colour | bits/dim gray | gray - colour |\n'
-                    '|---|---|---:|---:|---:|\n')
-            f.writelines(f'| {g["model"]} | {g["set"]} | {g["bpd_colour"]:.3f} | '
-                         f'{g["bpd_gray"]:.3f} | {g["difference"]:+.3f} |\n' for g in graying)
+            f.write(analysis.graying_table(graying))
     summary = headline(rows, metrics, in_set, out_set)
     with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
         f.write(summary)
