@@ -53,6 +53,7 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from tfp_ood import models, train
+from tfp_ood.bijectors import coupling_network_fn, exit_network_fn
 from tfp_ood.config import GlowConfig
 from tfp_ood.models.base import dequantize
 
@@ -212,25 +213,16 @@ def glow_forward_flops(config: GlowConfig) -> float:
 def tfp_glow_distribution(config: GlowConfig) -> tfd.Distribution:
     """`tfb.Glow` with our coupling and exit networks, as a distribution on images."""
     width = 2 if config.coupling == 'affine' else 1
-    hidden = config.hidden_channels
-    glorot = tf_keras.initializers.GlorotUniform
+    coupling_network = coupling_network_fn(config.hidden_channels)
+    exit_network = exit_network_fn()
 
+    # TFP's factories take the input shape (and the output channels of an exit);
+    # ours also take the output width and a seed (1: Glorot seeds 1 and 2).
     def coupling_fn(input_shape):
-        return tf_keras.Sequential([
-            tf_keras.Input(shape=tuple(input_shape)),
-            tf_keras.layers.Conv2D(hidden, 3, padding='same', activation='relu',
-                                   kernel_initializer=glorot(seed=1)),
-            tf_keras.layers.Conv2D(hidden, 1, activation='relu', kernel_initializer=glorot(seed=2)),
-            tf_keras.layers.Conv2D(width * input_shape[-1], 3, padding='same',
-                                   kernel_initializer='zeros'),
-        ])
+        return coupling_network(input_shape, width * input_shape[-1], 1)
 
     def exit_fn(input_shape, output_chan):
-        return tf_keras.Sequential([
-            tf_keras.Input(shape=tuple(input_shape)),
-            tf_keras.layers.Conv2D(width * output_chan, 3, padding='same',
-                                   kernel_initializer='zeros'),
-        ])
+        return exit_network(input_shape, width * output_chan, 0)
 
     glow = tfb.Glow(output_shape=config.image_shape, num_glow_blocks=config.num_levels,
                     num_steps_per_block=config.num_steps_per_level,

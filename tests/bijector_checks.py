@@ -25,12 +25,12 @@ def assert_bijective_and_finite(test: tf.test.TestCase, bijector, y, atol=1e-4):
     test.assertFalse(np.allclose(x_, y_), 'the bijector acts as the identity')
     test.assertAllClose(y_, y_again_, atol=atol)
     test.assertAllClose(x_, x_again_, atol=atol)
-    # The one-pass walker gives the same inverse and total log-determinant.
+    # The one-pass protocol gives the same inverse and total log-determinant.
     x_walk, terms = inverse_and_log_det_terms(bijector, tf.identity(y))
     ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=3)
     fldj = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=3)
     test.assertAllClose(x_walk, x_, atol=atol)
-    total = (terms['volume'] + terms['distribution']).numpy()
+    total = terms.total.numpy()
     test.assertAllClose(total, np.broadcast_to(ildj.numpy(), total.shape), rtol=1e-5, atol=1e-3)
     test.assertAllClose(np.broadcast_to(fldj.numpy(), total.shape), -total, rtol=1e-5, atol=1e-3)
 
@@ -51,6 +51,6 @@ def assert_log_det_matches_jacobian(test: tf.test.TestCase, bijector, y, rtol=1e
     _, expected = np.linalg.slogdet(jacobian.numpy().astype(np.float64))
     ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=3).numpy()
     _, terms = inverse_and_log_det_terms(bijector, tf.identity(y))
-    total = (terms['volume'] + terms['distribution']).numpy()
+    total = terms.total.numpy()
     test.assertAllClose(np.broadcast_to(ildj, expected.shape), expected, rtol=rtol, atol=atol)
     test.assertAllClose(total, expected, rtol=rtol, atol=atol)

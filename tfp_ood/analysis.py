@@ -28,7 +28,6 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from tfp_ood.bijectors.layers import ActNorm, InvertibleConv1x1, Squeeze
 from tfp_ood.models.base import dequantize
 
 __all__ = ['ChannelStatistics', 'GRAY_SUFFIX', 'SecondOrderResult', 'channel_statistics',
@@ -218,22 +217,16 @@ def paper_alpha(model) -> np.ndarray:
     Returns:
       `alpha_c^2` per colour channel, `[C]` (float64).
     """
-    level = getattr(model, 'bijector', None)
-    bijectors = getattr(level, 'bijectors', ())
-    if not any(isinstance(b, Squeeze) for b in bijectors):
+    levels = getattr(model, 'levels', ())
+    if not levels:
         raise ValueError('paper_alpha needs a multi-scale Glow (tfp_ood.bijectors.glow).')
     alpha = None
-    pending_scale = None
-    for b in bijectors:
-        if isinstance(b, ActNorm):
-            pending_scale = np.exp(-b.log_scale.numpy().astype(np.float64))
-        elif isinstance(b, InvertibleConv1x1):
-            u = b.weight().numpy().astype(np.float64)
-            if pending_scale is not None:
-                u = u * pending_scale[np.newaxis, :]
-            pending_scale = None
-            column_sums = u.sum(axis=0)
-            alpha = column_sums if alpha is None else alpha * column_sums
+    for step in levels[0].steps:
+        # ActNorm scales input channel j by exp(-log_scale_j) before the 1x1 convolution.
+        scale = np.exp(-step.act_norm.log_scale.numpy().astype(np.float64))
+        u = step.conv1x1.weight().numpy().astype(np.float64) * scale[np.newaxis, :]
+        column_sums = u.sum(axis=0)
+        alpha = column_sums if alpha is None else alpha * column_sums
     if alpha is None:
         raise ValueError('paper_alpha: the model has no 1x1 convolutions in its first level.')
     channels = model.image_shape[-1]

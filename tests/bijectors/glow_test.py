@@ -2,13 +2,16 @@
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 from absl.testing import parameterized
 
 from tests import bijector_checks
-from tfp_ood.bijectors import (ActNorm, ApplyToChannels, Coupling, InvertibleConv1x1, cv_glow,
-                               glow, inverse_and_log_det_terms)
+from tfp_ood.bijectors import (ActNorm, ApplyToChannels, Chain, Coupling, Invert,
+                               InvertibleConv1x1, Squeeze, Step, cv_glow, glow,
+                               inverse_and_log_det_terms)
 from tfp_ood.config import GlowConfig
 
+tfb = tfp.bijectors
 SHAPES = (('32x32x3', (32, 32, 3)), ('28x28x1', (28, 28, 1)), ('16x16x3', (16, 16, 3)))
 
 
@@ -69,8 +72,8 @@ class GlowTest(tf.test.TestCase, parameterized.TestCase):
         flow = glow(_config((16, 16, 3)))
         y = _images((16, 16, 3))
         x, terms = inverse_and_log_det_terms(flow, y)
-        self.assertAllClose(terms['volume'], np.zeros(4), atol=1e-3)
-        self.assertAllClose(terms['distribution'], np.zeros(4), atol=1e-6)
+        self.assertAllClose(terms.volume, np.zeros(4), atol=1e-3)
+        self.assertAllClose(terms.distribution, np.zeros(4), atol=1e-6)
         self.assertAllClose(tf.norm(tf.reshape(x, [4, -1]), axis=1),
                             tf.norm(tf.reshape(y, [4, -1]), axis=1), rtol=1e-4)
 
@@ -82,7 +85,7 @@ class GlowTest(tf.test.TestCase, parameterized.TestCase):
         @tf.function(input_signature=[tf.TensorSpec((None,) + shape)])
         def inverse(y):
             x, terms = inverse_and_log_det_terms(flow, y)
-            return x, terms['volume'] + terms['distribution'], flow.forward(x)
+            return x, terms.total, flow.forward(x)
 
         for n in (1, 5):
             y = _images(shape, n=n)
@@ -91,6 +94,58 @@ class GlowTest(tf.test.TestCase, parameterized.TestCase):
             self.assertEqual(ildj.shape, (n,))
             self.assertAllClose(y_again, y, atol=1e-4)
         self.assertEqual(inverse.experimental_get_tracing_count(), 1)
+
+    def test_levels_name_their_parts(self):
+        config = _config((16, 16, 3), levels=3, steps=2)
+        flow = glow(config)
+        self.assertLen(flow.levels, 3)
+        self.assertEqual([len(level.steps) for level in flow.levels], [2, 2, 2])
+        for level in flow.levels:
+            for step in level.steps:
+                self.assertIsInstance(step, Step)
+                self.assertIsInstance(step.act_norm, ActNorm)
+                self.assertIsInstance(step.conv1x1, InvertibleConv1x1)
+                self.assertEqual(step.coupling.log_det_term, 'volume')
+        self.assertEqual([level.split_prior is None for level in flow.levels],
+                         [False, False, True])
+        self.assertIs(flow.levels[0].next_level, flow.levels[1])
+        self.assertEqual(flow.levels[1].squeeze.image_event_shape, (8, 8, 6))
+
+    @parameterized.named_parameters(('Glow', 'affine'), ('CVGlow', 'additive'))
+    def test_level_terms_sum_to_the_totals(self, coupling):
+        shape = (16, 16, 3)
+        flow = glow(_config(shape, coupling, levels=3))
+        y = _images(shape, n=5)
+        inverse_and_log_det_terms(flow, y, data_init=True)
+        bijector_checks.perturb_variables(flow, 0.05)
+        x, terms = flow.inverse_and_log_det_terms(y)
+        self.assertLen(terms.levels, 3)
+        self.assertAllClose(sum(level.volume for level in terms.levels), terms.volume,
+                            rtol=1e-6, atol=1e-4)
+        self.assertAllClose(sum(level.prior_log_det for level in terms.levels),
+                            terms.distribution, rtol=1e-6, atol=1e-4)
+        self.assertAllEqual(terms.levels[-1].prior_log_det, np.zeros(5))  # No split.
+        # Each level's latent is a disjoint part of z: together, the base log-density.
+        base = -0.5 * np.sum(x.numpy() ** 2, axis=(1, 2, 3)) - 0.5 * np.log(2 * np.pi) * 768
+        self.assertAllClose(sum(level.latent_log_prob for level in terms.levels), base,
+                            rtol=1e-5)
+
+    def test_compositions_take_the_package_bijectors_only(self):
+        with self.assertRaisesRegex(TypeError, 'Chain composes the package.*got Exp'):
+            Chain([ActNorm((4, 4, 2)), tfb.Exp()])
+        with self.assertRaisesRegex(TypeError, 'inverse_and_log_det_terms composes'):
+            inverse_and_log_det_terms(tfb.Exp(), tf.zeros([1, 4, 4, 2]))
+        with self.assertRaisesRegex(ValueError, 'maps to latent events of shape'):
+            Chain([Squeeze((4, 4, 2)), ActNorm((4, 4, 2))])
+        with self.assertRaisesRegex(ValueError, 'parameter-free'):
+            Invert(ActNorm((4, 4, 2)))
+        unsqueeze = Invert(Squeeze((4, 4, 2)))
+        y = _images((2, 2, 8), n=3)
+        x, terms = unsqueeze.inverse_and_log_det_terms(tf.identity(y))
+        self.assertEqual(x.shape, (3, 4, 4, 2))
+        self.assertAllEqual(x, tf.nn.depth_to_space(y, 2))
+        self.assertAllEqual(unsqueeze.forward(tf.identity(x)), y)
+        self.assertAllEqual(terms.total, np.zeros(3))
 
     def test_configs(self):
         self.assertEqual(GlowConfig.named('paper').num_steps_per_level, 8)

@@ -96,8 +96,8 @@ class LayersTest(tf.test.TestCase, parameterized.TestCase):
         bijector_checks.perturb_variables(prior, 0.1)
         y = _random((3,) + SHAPE)
         _, terms = inverse_and_log_det_terms(prior, y)
-        self.assertAllEqual(terms[VOLUME], np.zeros(3))
-        self.assertAllClose(terms[DISTRIBUTION],
+        self.assertAllEqual(terms.volume, np.zeros(3))
+        self.assertAllClose(terms.distribution,
                             prior.inverse_log_det_jacobian(y, event_ndims=3))
 
     def test_bad_inputs(self):

@@ -53,6 +53,14 @@ class FlowModelTest(tf.test.TestCase, parameterized.TestCase):
                             rtol=1e-5)
         bpd = model.score_batch(images)['bits_per_dim'].numpy()
         self.assertAllClose(bpd, -terms['log_prob'] / (np.prod(SHAPE) * np.log(2)), rtol=1e-6)
+        # Every level's share: they add up to the two terms.
+        levels = len(model.levels)
+        self.assertEqual(levels, 2)
+        self.assertAllClose(sum(terms[f'level{i}_log_pz'] for i in range(levels)),
+                            terms['log_pz'], rtol=1e-5)
+        self.assertAllClose(sum(terms[f'level{i}_log_det'] for i in range(levels)),
+                            terms['log_det'], rtol=1e-5, atol=1e-3)
+        self.assertEqual(set(model.term_names), set(terms) - {'log_prob'})
 
     def test_cv_glow_volume_is_constant(self):
         model = _model('additive')

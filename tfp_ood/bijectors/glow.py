@@ -17,9 +17,13 @@ image [H, W, C]
 latent [H, W, C]  ~  N(0, I)
 ```
 
-The list each level builds is in scoring order (image to latent): a
-`tfb.Chain` applies the inverses of its bijectors in list order (and the
-forwards in reverse order), so no reversal is needed.
+Each level is a `Level`, a `Chain` in scoring order (image to latent: the
+chain applies the inverses of its bijectors in list order and the forwards in
+reverse order, so no reversal is needed) that names its parts: `squeeze`,
+`steps` (each a `Step` of ActNorm, 1x1 convolution and coupling),
+`split_prior`, `next_level`. `glow(...).levels` lists every level, outermost
+first, and its `inverse_and_log_det_terms` reports each level's share of the
+log-likelihood (`LogDetTerms.levels`).
 
 CV-Glow uses additive couplings in the flow steps and an additive split prior
 (`N(mu(x_a), I)`), so every log-determinant left depends on parameters only
@@ -34,19 +38,19 @@ and the volume term is one number for every image.
 """
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+import math
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
-import tensorflow_probability as tfp
+import tensorflow as tf
 import tf_keras
 
 from tfp_ood.bijectors.coupling import Coupling
-from tfp_ood.bijectors.layers import (DISTRIBUTION, VOLUME, ActNorm, ApplyToChannels,
-                                      InvertibleConv1x1, Squeeze)
+from tfp_ood.bijectors.layers import (DISTRIBUTION, VOLUME, ActNorm, ApplyToChannels, Chain,
+                                      Invert, InvertibleConv1x1, LevelTerms, LogDetTerms,
+                                      Squeeze)
 from tfp_ood.config import GlowConfig
 
-tfb = tfp.bijectors
-
-__all__ = ['glow', 'cv_glow', 'coupling_network_fn', 'exit_network_fn']
+__all__ = ['Level', 'Step', 'glow', 'cv_glow', 'coupling_network_fn', 'exit_network_fn']
 
 # A factory `fn(input_shape, output_channels, seed) -> tf_keras.Model`.
 NetworkFn = Callable[[Sequence[int], int, int], tf_keras.Model]
@@ -94,9 +98,104 @@ def exit_network_fn() -> NetworkFn:
     return network
 
 
+class Step(NamedTuple):
+    """One flow step of a level: ActNorm -> invertible 1x1 convolution -> coupling."""
+
+    act_norm: ActNorm
+    conv1x1: InvertibleConv1x1
+    coupling: Coupling
+
+
+def _standard_normal_log_prob(z: tf.Tensor) -> tf.Tensor:
+    """`log N(z; 0, I)` summed over each example's `[H, W, C]`."""
+    size = float(z.shape[1] * z.shape[2] * z.shape[3])
+    return -0.5 * tf.reduce_sum(tf.square(z), axis=[1, 2, 3]) - 0.5 * math.log(2 * math.pi) * size
+
+
+class Level(Chain):
+    """One level of a multi-scale Glow, a `Chain` that names its parts.
+
+    In scoring order: `squeeze`, the `steps`, then (all but the last level)
+    the `split_prior` on the second half of the channels and the next level on
+    the first half (`ApplyToChannels`), and the un-squeeze. The factored-out
+    half leaves the flow as this level's latent, with a standard normal base.
+
+    Args:
+      squeeze: the level's `Squeeze`.
+      steps: its `Step`s.
+      split_prior: the coupling that gives the factored-out half its learned
+        conditional prior, or `None` for the last level.
+      next_level: the next `Level`, or `None` for the last level.
+      name: the level's name.
+    """
+
+    def __init__(self, squeeze: Squeeze, steps: Sequence[Step],
+                 split_prior: Optional[Coupling] = None, next_level: Optional['Level'] = None,
+                 name: str = 'level'):
+        if (split_prior is None) != (next_level is None):
+            raise ValueError('Level: a split prior and a next level come together.')
+        shape = squeeze.latent_event_shape
+        bijectors = [squeeze] + [b for step in steps for b in step]
+        if next_level is not None:
+            bijectors += [split_prior,
+                          ApplyToChannels(next_level, shape, next_level.image_event_shape[-1],
+                                          name=f'{name}_inner')]
+        bijectors.append(Invert(squeeze, name=f'{name}_unsqueeze'))
+        super().__init__(bijectors, name=name)
+        # Plain Python values: the parts are reached through `bijectors` only, so
+        # every variable keeps the one checkpoint path it had in a TFP chain.
+        self._num_steps = len(steps)
+        self._has_next = next_level is not None
+
+    @property
+    def _inner(self) -> Optional[ApplyToChannels]:
+        return self.bijectors[-2] if self._has_next else None
+
+    @property
+    def squeeze(self) -> Squeeze:
+        return self.bijectors[0]
+
+    @property
+    def steps(self) -> Tuple[Step, ...]:
+        parts = self.bijectors[1:1 + 3 * self._num_steps]
+        return tuple(Step(*parts[i:i + 3]) for i in range(0, len(parts), 3))
+
+    @property
+    def split_prior(self) -> Optional[Coupling]:
+        return self.bijectors[-3] if self._has_next else None
+
+    @property
+    def next_level(self) -> Optional['Level']:
+        return None if self._inner is None else self._inner.bijector
+
+    @property
+    def levels(self) -> Tuple['Level', ...]:
+        """This level and every deeper one, outermost first."""
+        return (self,) + (self.next_level.levels if self.next_level is not None else ())
+
+    def _inverse_and_log_det_terms_4d(self, y, data_init):
+        own, inner = LogDetTerms.zero(), LogDetTerms.zero()
+        latent_log_prob = None
+        kept = None if self._inner is None else self.next_level.image_event_shape[-1]
+        for b in self.bijectors:
+            y, part = b._inverse_and_log_det_terms_4d(y, data_init)
+            if b is self._inner:
+                inner = part
+            else:
+                own = own.plus(part)
+            if kept is not None and b is self.split_prior:
+                # The factored-out half is final: the next level leaves it alone.
+                latent_log_prob = _standard_normal_log_prob(y[..., kept:])
+        if latent_log_prob is None:  # The last level: all of its latent is final.
+            latent_log_prob = _standard_normal_log_prob(y)
+        level = LevelTerms(own.volume, own.distribution, latent_log_prob)
+        return y, LogDetTerms(own.volume + inner.volume, own.distribution + inner.distribution,
+                              (level,) + inner.levels)
+
+
 def glow(config: GlowConfig,
          coupling_fn: Optional[NetworkFn] = None,
-         exit_fn: Optional[NetworkFn] = None) -> tfb.Chain:
+         exit_fn: Optional[NetworkFn] = None) -> Level:
     """Builds the Glow bijector described by `config`.
 
     Args:
@@ -108,8 +207,8 @@ def glow(config: GlowConfig,
         Default value: `exit_network_fn()`.
 
     Returns:
-      A `tfb.Chain` whose `forward` maps latents `[..., H, W, C]` to images of
-      the same shape.
+      The outermost `Level`: a `Chain` whose `forward` maps latents
+      `[..., H, W, C]` to images of the same shape.
     """
     coupling_fn = coupling_fn or coupling_network_fn(config.hidden_channels)
     exit_fn = exit_fn or exit_network_fn()
@@ -127,29 +226,21 @@ def glow(config: GlowConfig,
     def level(event_shape, index):
         squeeze = Squeeze(event_shape, name=f'level{index}_squeeze')
         shape = squeeze.latent_event_shape
-        bijectors = [squeeze]
+        steps = []
         for step in range(config.num_steps_per_level):
             prefix = f'level{index}_step{step}'
-            bijectors += [
-                ActNorm(shape, name=f'{prefix}_act_norm'),
-                InvertibleConv1x1(shape, seed=next(seeds),
-                                  name=f'{prefix}_conv1x1'),
-                coupling(shape, coupling_fn, VOLUME, f'{prefix}_coupling'),
-            ]
-        if index + 1 < config.num_levels:
-            kept = shape[-1] // 2
-            bijectors += [
-                coupling(shape, exit_fn, DISTRIBUTION,
-                         f'level{index}_split_prior'),
-                ApplyToChannels(level((shape[0], shape[1], kept), index + 1),
-                                shape, kept, name=f'level{index}_inner'),
-            ]
-        bijectors.append(tfb.Invert(squeeze, name=f'level{index}_unsqueeze'))
-        return tfb.Chain(bijectors, name=f'level{index}')
+            steps.append(Step(ActNorm(shape, name=f'{prefix}_act_norm'),
+                              InvertibleConv1x1(shape, seed=next(seeds), name=f'{prefix}_conv1x1'),
+                              coupling(shape, coupling_fn, VOLUME, f'{prefix}_coupling')))
+        if index + 1 == config.num_levels:
+            return Level(squeeze, steps, name=f'level{index}')
+        prior = coupling(shape, exit_fn, DISTRIBUTION, f'level{index}_split_prior')
+        inner = level((shape[0], shape[1], shape[-1] // 2), index + 1)
+        return Level(squeeze, steps, prior, inner, name=f'level{index}')
 
     return level(config.image_shape, 0)
 
 
-def cv_glow(config: GlowConfig, **kwargs) -> tfb.Chain:
+def cv_glow(config: GlowConfig, **kwargs) -> Level:
     """Constant-volume Glow: `glow` with additive couplings and priors."""
     return glow(dataclasses.replace(config, coupling='additive'), **kwargs)

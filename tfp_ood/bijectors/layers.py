@@ -6,17 +6,24 @@ events of shape `[H, W, C]` (`forward_min_event_ndims = 3`) with any number of
 leading batch dimensions, including an unknown batch size inside a
 `tf.function` (TFP's `tfb.Glow` needs a static one; see docs/stack.md, note 2).
 
-Besides the standard `tfb.Bijector` methods, each bijector has
-`inverse_and_log_det(y)`, which returns the inverse and its log-determinant
-per example in one pass. TFP's `inverse` + `inverse_log_det_jacobian` would
-run a coupling network twice (docs/stack.md, note 10); the package's flows score
-through `tfp_ood.bijectors.inverse_and_log_det_terms`, which uses the one-pass
-method. Each bijector also names the likelihood term its log-determinant
-belongs to (`log_det_term`): `'volume'` for the flow's own layers,
-`'distribution'` for the learned conditional priors of the multi-scale split.
+**The one-pass protocol.** Besides the standard `tfb.Bijector` methods, every
+bijector of the package has
+
+```python
+x, terms = bijector.inverse_and_log_det_terms(y)   # terms: LogDetTerms
+```
+
+which returns the inverse and its log-determinant in one pass (TFP's
+`inverse` + `inverse_log_det_jacobian` would run a coupling network twice,
+docs/stack.md, note 10), split by the likelihood term each piece belongs to:
+`terms.volume` for the flow's own layers, `terms.distribution` for the learned
+conditional priors of a multi-scale split (each leaf declares its side in
+`log_det_term`). The package's `Chain`, `Invert` and `ApplyToChannels` compose
+the protocol, as distrax composes `forward_and_log_det`; a chain holds
+`ImageBijector`s only, so nothing falls back to TFP's two-pass methods.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -24,24 +31,73 @@ import tensorflow_probability as tfp
 
 tfb = tfp.bijectors
 
-# `tfb.Chain(bijectors)` returns an instance of TFP's private `_Chain` (not a
-# `tfb.Chain`) when its bijectors are not CompositeTensors, as ours are not.
-_CHAIN_TYPES = (tfb.Chain, tfb.chain._Chain)
-
 __all__ = [
-        'ImageBijector',
         'ActNorm',
-        'InvertibleConv1x1',
-        'Squeeze',
         'ApplyToChannels',
-        'inverse_and_log_det_terms',
-        'VOLUME',
+        'Chain',
         'DISTRIBUTION',
+        'ImageBijector',
+        'Invert',
+        'InvertibleConv1x1',
+        'LevelTerms',
+        'LogDetTerms',
+        'Squeeze',
+        'VOLUME',
+        'inverse_and_log_det_terms',
 ]
 
 VOLUME = 'volume'
 DISTRIBUTION = 'distribution'
-_TERMS = (VOLUME, DISTRIBUTION)
+
+
+class LevelTerms(NamedTuple):
+    """One level of a multi-scale flow's share of the log-likelihood, per example.
+
+    Attributes:
+      volume: the log-determinant of the level's own steps (ActNorm, 1x1
+        convolutions, couplings).
+      prior_log_det: the log-determinant of the level's split prior (part of
+        the distribution term); 0 for the last level, which has none.
+      latent_log_prob: the standard normal log-density of the latent the
+        level factors out (all of the last level's latent).
+    """
+
+    volume: tf.Tensor
+    prior_log_det: tf.Tensor
+    latent_log_prob: tf.Tensor
+
+
+class LogDetTerms(NamedTuple):
+    """An inverse log-determinant split by the likelihood term it belongs to.
+
+    Attributes:
+      volume: the part from the flow's own layers (the paper's volume term).
+      distribution: the part from learned conditional priors of multi-scale
+        splits (part of the paper's distribution term).
+      levels: the per-level breakdown, outermost level first, where the flow
+        has levels (`tfp_ood.bijectors.glow.Level`); empty otherwise.
+
+    Inside a composition an entry may be a scalar (a constant Jacobian);
+    `ImageBijector.inverse_and_log_det_terms` returns one value per example.
+    """
+
+    volume: tf.Tensor
+    distribution: tf.Tensor
+    levels: Tuple[LevelTerms, ...] = ()
+
+    @property
+    def total(self) -> tf.Tensor:
+        """The whole inverse log-determinant, `volume + distribution`."""
+        return self.volume + self.distribution
+
+    def plus(self, other: 'LogDetTerms') -> 'LogDetTerms':
+        """The terms of two bijectors applied one after the other."""
+        return LogDetTerms(self.volume + other.volume, self.distribution + other.distribution,
+                           self.levels + other.levels)
+
+    @classmethod
+    def zero(cls) -> 'LogDetTerms':
+        return cls(tf.constant(0.), tf.constant(0.))
 
 
 def _check_event_shape(x: tf.Tensor, expected: Tuple[int, int, int],
@@ -64,15 +120,18 @@ def _check_event_shape(x: tf.Tensor, expected: Tuple[int, int, int],
 class ImageBijector(tfb.Bijector):
     """Base class for bijectors on `[..., H, W, C]` events.
 
-    Subclasses implement two methods on rank-4 tensors `[N, H, W, C]`:
+    Leaves implement two methods on rank-4 tensors `[N, H, W, C]`:
 
     - `_forward_4d(x) -> y`
     - `_inverse_and_log_det_4d(y) -> (x, ildj)`, `ildj` of shape `[N]`, or a
-        scalar when the Jacobian is constant.
+        scalar when the Jacobian is constant;
 
-    The base class handles arbitrary batch shapes, shape checks and the TFP
-    plumbing. `y` is the image side (`image_event_shape`), `x` the latent side
-    (`latent_event_shape`); they differ only for `Squeeze`.
+    and declare in `log_det_term` which likelihood term their log-determinant
+    belongs to. Compositions implement `_inverse_and_log_det_terms_4d(y,
+    data_init) -> (x, LogDetTerms)` instead. The base class handles arbitrary
+    batch shapes, shape checks and the TFP plumbing. `y` is the image side
+    (`image_event_shape`), `x` the latent side (`latent_event_shape`); they
+    differ only for `Squeeze`.
     """
 
     log_det_term = VOLUME
@@ -117,7 +176,26 @@ class ImageBijector(tfb.Bijector):
         raise NotImplementedError
 
     def _inverse_and_log_det_4d(self, y):
+        """Leaves: `(x, ildj)`, `ildj` of shape `[N]` or a scalar."""
         raise NotImplementedError
+
+    def _initialize(self, y) -> None:
+        """Data-dependent initialisation from image-side data `y` (leaves that have one)."""
+        del y
+
+    def _inverse_and_log_det_terms_4d(self, y, data_init: bool):
+        """`(x, LogDetTerms)` on `[N, H, W, C]`; entries may be scalars.
+
+        Leaves put their log-determinant on the side they declare in
+        `log_det_term`; compositions override this to combine their parts.
+        """
+        if data_init:
+            self._initialize(y)
+        x, ildj = self._inverse_and_log_det_4d(y)
+        zero = tf.constant(0.)
+        if self.log_det_term == DISTRIBUTION:
+            return x, LogDetTerms(zero, ildj)
+        return x, LogDetTerms(ildj, zero)
 
     # ---------------------------------------------------------------------------
     # Batch handling.
@@ -140,6 +218,35 @@ class ImageBijector(tfb.Bijector):
 
     # ---------------------------------------------------------------------------
     # Public one-pass inverse.
+    def inverse_and_log_det_terms(self, y: tf.Tensor, data_init: bool = False
+                                  ) -> Tuple[tf.Tensor, LogDetTerms]:
+        """The inverse and its log-determinant, split into terms, in one pass.
+
+        Args:
+          y: image-side tensor `[..., H, W, C]`.
+          data_init: if `True`, every `ActNorm` is first initialised from the
+            data that reaches it (data-dependent initialisation); for eager use
+            before training.
+            Default value: `False`.
+
+        Returns:
+          x: the latent-side tensor `inverse(y)`.
+          terms: a `LogDetTerms` whose entries have one value per example,
+            shape `[...]`, and sum to `inverse_log_det_jacobian(y, 3)`.
+        """
+        _check_event_shape(y, self._image_event_shape, self.name)
+        y4, batch_shape = self._to_4d(y, self._image_event_shape)
+        x4, terms = self._inverse_and_log_det_terms_4d(y4, data_init)
+        # Constant Jacobians come back as scalars (docs/stack.md, note 3).
+        per_example = tf.zeros(tf.shape(y4)[:1], y4.dtype)
+
+        def per_batch(t):
+            return self._from_4d_log_det(per_example + t, batch_shape)
+
+        levels = tuple(LevelTerms(*(per_batch(t) for t in level)) for level in terms.levels)
+        return (self._from_4d(x4, batch_shape, self._latent_event_shape),
+                LogDetTerms(per_batch(terms.volume), per_batch(terms.distribution), levels))
+
     def inverse_and_log_det(self, y: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         """Returns `(inverse(y), inverse_log_det_jacobian(y))` in one pass.
 
@@ -153,9 +260,9 @@ class ImageBijector(tfb.Bijector):
         """
         _check_event_shape(y, self._image_event_shape, self.name)
         y4, batch_shape = self._to_4d(y, self._image_event_shape)
-        x4, ildj = self._inverse_and_log_det_4d(y4)
+        x4, terms = self._inverse_and_log_det_terms_4d(y4, data_init=False)
         return (self._from_4d(x4, batch_shape, self._latent_event_shape),
-                self._from_4d_log_det(ildj, batch_shape))
+                self._from_4d_log_det(terms.total, batch_shape))
 
     # ---------------------------------------------------------------------------
     # tfb.Bijector interface.
@@ -212,6 +319,9 @@ class ActNorm(ImageBijector):
                 tf.reshape(y, [-1, self._image_event_shape[-1]]), axes=[0])
         self.loc.assign(mean)
         self.log_scale.assign(0.5 * tf.math.log(variance + epsilon))
+
+    def _initialize(self, y) -> None:
+        self.initialize(y)
 
     def _log_det(self):
         height, width, _ = self._image_event_shape
@@ -327,25 +437,26 @@ class ApplyToChannels(ImageBijector):
 
     The remaining channels pass through unchanged. In a multi-scale flow this
     is how the deeper levels act on the half of the channels that is not
-    factored out. `bijector` may be any bijector (usually a `tfb.Chain`) that
+    factored out. `bijector` is an `ImageBijector` (usually a `Chain`) that
     maps `[H, W, num_channels]` events to events of the same shape.
     """
 
-    def __init__(self, bijector: tfb.Bijector, event_shape: Sequence[int],
+    def __init__(self, bijector: ImageBijector, event_shape: Sequence[int],
                  num_channels: int, name: str = 'apply_to_channels'):
         parameters = dict(locals())
         height, width, channels = (int(d) for d in event_shape)
         if not 0 < num_channels < channels:
             raise ValueError(f'ApplyToChannels: num_channels must be in '
                              f'(0, {channels}); got {num_channels}.')
-        inner = tf.TensorShape([height, width, num_channels])
-        for what, shape in (('forward', bijector.forward_event_shape(inner)),
-                            ('inverse', bijector.inverse_event_shape(inner))):
-            if shape != inner:
+        _check_image_bijector(bijector, 'ApplyToChannels')
+        inner = (height, width, num_channels)
+        for what, shape in (('image', bijector.image_event_shape),
+                            ('latent', bijector.latent_event_shape)):
+            if tuple(shape) != inner:
                 raise ValueError(
                     f'ApplyToChannels: the inner bijector must map events of '
-                    f'shape {inner} to the same shape; its {what} maps them '
-                    f'to {shape}.')
+                    f'shape {list(inner)} to the same shape; its {what} events '
+                    f'are {list(shape)}.')
         self._bijector = bijector
         self._num_channels = num_channels
         super().__init__(event_shape, event_shape,
@@ -353,7 +464,7 @@ class ApplyToChannels(ImageBijector):
                          parameters=parameters, name=name)
 
     @property
-    def bijector(self) -> tfb.Bijector:
+    def bijector(self) -> ImageBijector:
         return self._bijector
 
     def split(self, t: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -363,62 +474,106 @@ class ApplyToChannels(ImageBijector):
         x1, x2 = self.split(x)
         return tf.concat([self._bijector.forward(x1), x2], axis=-1)
 
-    def _inverse_and_log_det_4d(self, y):
+    def _inverse_and_log_det_terms_4d(self, y, data_init):
         y1, y2 = self.split(y)
-        x1, terms = inverse_and_log_det_terms(self._bijector, y1)
-        return tf.concat([x1, y2], axis=-1), terms[VOLUME] + terms[DISTRIBUTION]
+        x1, terms = self._bijector._inverse_and_log_det_terms_4d(y1, data_init)
+        return tf.concat([x1, y2], axis=-1), terms
 
 
-def inverse_and_log_det_terms(
-        bijector: tfb.Bijector, y: tf.Tensor, data_init: bool = False
-) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
-    """Inverts `bijector` at `y` in one pass, splitting the log-determinant.
+def _check_image_bijector(bijector, owner: str) -> None:
+    if not isinstance(bijector, ImageBijector):
+        raise TypeError(f'{owner} composes the package\'s image bijectors (ImageBijector), '
+                        f'which split their log-determinants into terms in one pass; got '
+                        f'{type(bijector).__name__}.')
 
-    Walks a tree of `tfb.Chain`, `ApplyToChannels` and leaf bijectors and
-    inverts each leaf once, with `ImageBijector.inverse_and_log_det` where the
-    leaf has it (so a coupling network runs once, not twice as in TFP's
-    `inverse` followed by `inverse_log_det_jacobian`), and TFP's generic
-    methods otherwise. Each leaf's log-determinant is added to the term it
-    declares in `log_det_term` (`'volume'` unless it says otherwise).
+
+class Chain(ImageBijector):
+    """The composition of image bijectors, listed in scoring order.
+
+    `inverse` applies `bijectors[0]`'s inverse first (the image side), as
+    `tfb.Chain` does; `forward` applies them in reverse order. Each one's
+    latent event shape must be the next one's image event shape. The
+    log-determinant terms of the parts add up.
 
     Args:
-      bijector: the flow, `forward` mapping latents to images.
-      y: images (image side), `[..., H, W, C]`.
-      data_init: if `True`, every `ActNorm` is first initialised from the data
-        that reaches it (data-dependent initialisation); for eager use before
-        training.
-        Default value: `False`.
-
-    Returns:
-      x: the latent `bijector.inverse(y)`.
-      terms: `{'volume': [...], 'distribution': [...]}`, the parts of
-        `bijector.inverse_log_det_jacobian(y, event_ndims=3)`, one value per
-        example, summing to it.
+      bijectors: `ImageBijector`s, image side first.
+      name: name of the chain.
     """
-    zeros = tf.zeros(tf.shape(y)[:-3], dtype=y.dtype)
-    terms = {VOLUME: zeros, DISTRIBUTION: zeros}
 
-    def walk(b, t):
-        if isinstance(b, _CHAIN_TYPES):
-            # Chain applies the inverses of its bijectors in list order.
-            for sub in b.bijectors:
-                t = walk(sub, t)
-            return t
-        if isinstance(b, ApplyToChannels):
-            t1, t2 = b.split(t)
-            return tf.concat([walk(b.bijector, t1), t2], axis=-1)
-        if isinstance(b, ImageBijector):
-            if data_init and isinstance(b, ActNorm):
-                b.initialize(t)
-            t, ildj = b.inverse_and_log_det(t)
-            term = b.log_det_term
-        else:
-            ildj = b.inverse_log_det_jacobian(t, event_ndims=3)
-            t = b.inverse(t)
-            term = VOLUME
-        # Constant Jacobians come back as scalars (docs/stack.md, note 3).
-        terms[term] = terms[term] + ildj
-        return t
+    def __init__(self, bijectors: Sequence[ImageBijector], name: str = 'chain'):
+        parameters = dict(locals())
+        bijectors = list(bijectors)
+        if not bijectors:
+            raise ValueError('Chain: needs at least one bijector.')
+        for b in bijectors:
+            _check_image_bijector(b, 'Chain')
+        for a, b in zip(bijectors, bijectors[1:]):
+            if tuple(a.latent_event_shape) != tuple(b.image_event_shape):
+                raise ValueError(f'Chain: {a.name} maps to latent events of shape '
+                                 f'{list(a.latent_event_shape)}, but {b.name} takes '
+                                 f'{list(b.image_event_shape)}.')
+        super().__init__(bijectors[0].image_event_shape, bijectors[-1].latent_event_shape,
+                         is_constant_jacobian=all(b.is_constant_jacobian for b in bijectors),
+                         parameters=parameters, name=name)
+        # The attribute name of TFP's chains, which the shipped checkpoints and
+        # SavedModels were written with: the variables keep their paths.
+        self._bijectors_trackable = bijectors
 
-    x = walk(bijector, y)
-    return x, terms
+    @property
+    def bijectors(self) -> Tuple[ImageBijector, ...]:
+        return tuple(self._bijectors_trackable)
+
+    def _forward_4d(self, x):
+        for b in reversed(self.bijectors):
+            x = b.forward(x)
+        return x
+
+    def _inverse_and_log_det_terms_4d(self, y, data_init):
+        terms = LogDetTerms.zero()
+        for b in self.bijectors:
+            y, part = b._inverse_and_log_det_terms_4d(y, data_init)
+            terms = terms.plus(part)
+        return y, terms
+
+
+class Invert(ImageBijector):
+    """The inverse of a parameter-free, constant-Jacobian image bijector (e.g.
+    `Invert(Squeeze(...))`, the un-squeeze that ends a level of Glow).
+
+    Its inverse is the wrapped bijector's forward, whose log-determinant is
+    minus the wrapped inverse's (a constant).
+    """
+
+    def __init__(self, bijector: ImageBijector, name: str = 'invert'):
+        parameters = dict(locals())
+        _check_image_bijector(bijector, 'Invert')
+        if not bijector.is_constant_jacobian or bijector.trainable_variables:
+            raise ValueError(f'Invert: supports parameter-free bijectors with a constant '
+                             f'Jacobian; {bijector.name} is not one.')
+        super().__init__(bijector.latent_event_shape, bijector.image_event_shape,
+                         is_constant_jacobian=True, parameters=parameters, name=name)
+        self._bijector = bijector  # The attribute name of tfb.Invert, as in Chain.
+
+    @property
+    def bijector(self) -> ImageBijector:
+        return self._bijector
+
+    def _forward_4d(self, x):
+        return self._bijector.inverse(x)
+
+    def _inverse_and_log_det_4d(self, y):
+        x = self._bijector.forward(y)
+        _, ildj = self._bijector.inverse_and_log_det(x)
+        return x, -ildj
+
+
+def inverse_and_log_det_terms(bijector: ImageBijector, y: tf.Tensor, data_init: bool = False
+                              ) -> Tuple[tf.Tensor, LogDetTerms]:
+    """`bijector.inverse_and_log_det_terms(y, data_init)`, for any image bijector.
+
+    Raises:
+      TypeError: `bijector` is not an `ImageBijector` of the package (TFP's own
+        bijectors have no split of their log-determinant).
+    """
+    _check_image_bijector(bijector, 'inverse_and_log_det_terms')
+    return bijector.inverse_and_log_det_terms(y, data_init=data_init)

@@ -14,6 +14,11 @@ dequant_const -D log 256, the change of scale from pixel values to [0, 1)
 
 `log_prob` is the sum of the three, so the split is exact by construction;
 the tests check it against `tfd.TransformedDistribution.log_prob`.
+
+A multi-scale flow also reports each level's share (`level<i>_log_pz`: the
+standard normal log-density of the latent the level factors out plus its split
+prior's log-determinant; `level<i>_log_det`: its steps' log-determinant). They
+sum to `log_pz` and `log_det` up to float rounding.
 """
 
 from typing import Dict, Optional
@@ -24,11 +29,10 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_ood.bijectors.glow import glow
-from tfp_ood.bijectors.layers import DISTRIBUTION, VOLUME, inverse_and_log_det_terms
+from tfp_ood.bijectors.layers import ImageBijector, inverse_and_log_det_terms
 from tfp_ood.config import GlowConfig
 from tfp_ood.models.base import NUM_BINS, DensityModel, check_images, dequantize
 
-tfb = tfp.bijectors
 tfd = tfp.distributions
 
 __all__ = ['FlowModel']
@@ -38,8 +42,8 @@ class FlowModel(DensityModel):
     """A flow on images with the distribution/volume split.
 
     Args:
-      bijector: `forward` maps latents `[..., H, W, C]` to images of the same
-        shape (as `tfp_ood.bijectors.glow` builds).
+      bijector: an `ImageBijector` whose `forward` maps latents `[..., H, W, C]`
+        to images of the same shape (as `tfp_ood.bijectors.glow` builds).
       image_shape: `(H, W, C)`.
       config: the configuration the bijector was built from, if any; kept for
         export and checkpoints.
@@ -54,9 +58,7 @@ class FlowModel(DensityModel):
     ```
     """
 
-    term_names = ('log_pz', 'log_det', 'dequant_const')
-
-    def __init__(self, bijector: tfb.Bijector, image_shape, config: Optional[GlowConfig] = None,
+    def __init__(self, bijector: ImageBijector, image_shape, config: Optional[GlowConfig] = None,
                  name: str = 'flow'):
         super().__init__(image_shape, name=name)
         self.config = config
@@ -69,6 +71,18 @@ class FlowModel(DensityModel):
                                                         bijector)
         self.initialized = tf.Variable(False, trainable=False,
                                        name='initialized')
+
+    @property
+    def levels(self):
+        """The levels of a multi-scale flow (`tfp_ood.bijectors.Level`), outermost
+        first; empty for a flow without levels."""
+        return tuple(getattr(self.bijector, 'levels', ()))
+
+    @property
+    def term_names(self):
+        per_level = tuple(f'level{i}_{t}' for i in range(len(self.levels))
+                          for t in ('log_pz', 'log_det'))
+        return ('log_pz', 'log_det', 'dequant_const') + per_level
 
     @classmethod
     def from_config(cls, config: GlowConfig) -> 'FlowModel':
@@ -96,8 +110,7 @@ class FlowModel(DensityModel):
         """
         images = check_images(images, self.image_shape)
         noise = tf.random.stateless_uniform(tf.shape(images), seed=[seed, 0])
-        inverse_and_log_det_terms(self.bijector, dequantize(images, noise),
-                                  data_init=True)
+        inverse_and_log_det_terms(self.bijector, dequantize(images, noise), data_init=True)
         self.initialized.assign(True)
 
     def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
@@ -111,20 +124,23 @@ class FlowModel(DensityModel):
 
         Returns:
           A dict of `[batch]` float32 tensors, in nats per image:
-          `log_prob == log_pz + log_det + dequant_const`.
+          `log_prob == log_pz + log_det + dequant_const`, and for a multi-scale
+          flow `level<i>_log_pz` and `level<i>_log_det` per level.
         """
         images = check_images(images, self.image_shape)
-        z, log_det = inverse_and_log_det_terms(self.bijector,
-                                               dequantize(images, noise))
-        log_pz = self.base_distribution.log_prob(z) + log_det[DISTRIBUTION]
-        volume = log_det[VOLUME]
+        z, terms = inverse_and_log_det_terms(self.bijector, dequantize(images, noise))
+        log_pz = self.base_distribution.log_prob(z) + terms.distribution
         const = tf.fill(tf.shape(log_pz), self.dequant_const)
-        return {
-            'log_prob': log_pz + volume + const,
+        out = {
+            'log_prob': log_pz + terms.volume + const,
             'log_pz': log_pz,
-            'log_det': volume,
+            'log_det': terms.volume,
             'dequant_const': const,
         }
+        for i, level in enumerate(terms.levels):
+            out[f'level{i}_log_pz'] = level.latent_log_prob + level.prior_log_det
+            out[f'level{i}_log_det'] = level.volume
+        return out
 
     def sample(self, num_images: int, temperature: float = 1.0,
                seed: Optional[int] = None) -> tf.Tensor:
