@@ -137,8 +137,11 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
     if not os.path.isdir(path):
         print(f'{experiment.model}: not in {args.models_dir}; skipped')
         return
-    model = export.load(path)
-    family = model.get_config()['family']
+    family = export.read_metadata(path)['model']['family']
+    is_flow = family in ('glow', 'cv_glow')
+    # Flows are rebuilt from their weights, for the per-level terms that
+    # SavedModels exported before those existed do not output.
+    model = export.restore(path) if is_flow else export.load(path)
     fit_images, in_images = sets.fit_and_in(experiment)
     background_path = os.path.join(args.models_dir, f'background_{experiment.model}')
     background = export.load(background_path) if os.path.isdir(background_path) else None
@@ -148,7 +151,6 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
         if os.path.isdir(folder):
             members = [export.load(os.path.join(folder, m)) for m in sorted(os.listdir(folder))
                        if os.path.exists(os.path.join(folder, m, 'saved_model.pb'))]
-    is_flow = family in ('glow', 'cv_glow')
     limit = args.num_images
     cache: Dict[Tuple[int, str], dict] = {}
 
@@ -163,9 +165,13 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
               'input_complexity': detectors.InputComplexity(model, codec='png'),
               'density_of_states': detectors.DensityOfStates(
                   model, ('log_prob', 'log_pz', 'log_det') if is_flow else ('log_prob',)),
-              # Ours: the flow's two terms and the compressed length.
-              'terms_and_complexity': detectors.DensityOfStates(
+              # Ours: the flow's two terms, or every level's two terms, and the
+              # compressed length.
+              'density_of_states_terms': detectors.DensityOfStates(
                   model, ('log_pz', 'log_det') if is_flow else ('log_prob',), codec='png')}
+    if is_flow:
+        single['density_of_states_levels'] = detectors.DensityOfStates(
+            model, [t for t in model.term_names if t.startswith('level')], codec='png')
     if background is not None:
         single['likelihood_ratio'] = detectors.LikelihoodRatio(model, background)
     if len(members) >= 2:
