@@ -148,6 +148,15 @@ class CliTest(tf.test.TestCase):
                               '--output', os.path.join(sets, 'constant'))
         self.assertEqual(code, 0, err)
 
+    def test_train_refuses_invalid_hyper_parameters_before_any_work(self):
+        for flag, value in (('--clip-norm', 'inf'), ('--clip-norm', 'nan'),
+                            ('--learning-rate', 'nan'), ('--mutation-rate', '2')):
+            workdir = os.path.join(self.dir, f'run_{flag}_{value}')
+            code, _, err = _run(*_train_args(workdir, self.data, 5), flag, value)
+            self.assertEqual(code, 2, err)
+            self.assertRegex(err, r'^tfp-ood train: error: .*must be')
+            self.assertFalse(os.path.exists(workdir))  # Nothing written.
+
     def test_help(self):
         for verb in ('train', 'export', 'score', 'compare'):
             with self.assertRaises(SystemExit) as cm, \
@@ -191,7 +200,9 @@ class KillAndResumeTest(tf.test.TestCase):
             self._wait_for_checkpoint(process, workdir, stopped_at)
             process.send_signal(sig)
             out, err = process.communicate(timeout=120)
-            self.assertEqual(process.returncode, 0, err[-2000:])
+            # Saved but unfinished: 130 / 143, so that `set -e` scripts stop there.
+            self.assertEqual(process.returncode, 128 + int(sig), err[-2000:])
+            self.assertIn('run the same command to resume', err)
             with open(os.path.join(workdir, 'provenance.json')) as f:
                 provenance = json.load(f)
             self.assertEqual(provenance['stop_reason'], f'stopped by {sig.name}')

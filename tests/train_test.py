@@ -251,6 +251,11 @@ class BackgroundModelTest(tf.test.TestCase):
                        dict(weight_decay=-1.), dict(weight_decay=float('inf'))):
             with self.assertRaisesRegex(ValueError, 'mutation_rate|weight_decay'):
                 _config(**kwargs)
+        # NaN passed `x <= 0` checks, and an infinite clip norm gives NaN gradients.
+        for kwargs in (dict(clip_norm=float('inf')), dict(clip_norm=float('nan')),
+                       dict(learning_rate=float('nan')), dict(learning_rate=float('inf'))):
+            with self.assertRaisesRegex(ValueError, 'must be finite and > 0'):
+                _config(**kwargs)
 
 
 class StrategyTest(tf.test.TestCase):

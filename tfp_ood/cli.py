@@ -13,6 +13,7 @@ of the wrong size) print one line and exit with status 2.
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -158,6 +159,12 @@ def _train(args) -> int:
     last = result.history[-1] if result.history else {}
     print(f'{result.stop_reason} at step {result.step} after {result.wall_time:.0f} s; '
           f'last evaluation: {last}')
+    if result.stop_reason.startswith('stopped by '):
+        # Saved, but not finished: a script (`set -e`) must not go on to export.
+        name = result.stop_reason[len('stopped by '):]
+        print(f'The run is not finished: its checkpoint at step {result.step} is saved; run '
+              f'the same command to resume.', file=sys.stderr)
+        return 128 + int(getattr(signal, name, signal.SIGTERM))
     return 0
 
 

@@ -41,6 +41,7 @@ skipped (no parameter or optimizer update) and counted; after
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -118,9 +119,11 @@ class TrainConfig:
                      'max_consecutive_nonfinite', 'num_init_images', 'keep_checkpoints'):
             if getattr(self, name) < 1:
                 raise ValueError(f'TrainConfig.{name} must be >= 1; got {getattr(self, name)}.')
-        if self.learning_rate <= 0 or self.clip_norm <= 0 or self.warmup_steps < 0:
-            raise ValueError(f'learning_rate and clip_norm must be > 0 and warmup_steps '
-                             f'>= 0; got {self.learning_rate}, {self.clip_norm}, '
+        # `not x > 0` also refuses NaN; clipping to an infinite norm gives NaN gradients.
+        if not (0 < self.learning_rate < math.inf and 0 < self.clip_norm < math.inf
+                and self.warmup_steps >= 0):
+            raise ValueError(f'learning_rate and clip_norm must be finite and > 0 and '
+                             f'warmup_steps >= 0; got {self.learning_rate}, {self.clip_norm}, '
                              f'{self.warmup_steps}.')
         if not 0.0 <= self.mutation_rate <= 1.0:
             raise ValueError(f'mutation_rate must be in [0, 1]; got {self.mutation_rate}.')
