@@ -70,7 +70,9 @@ class CliTest(tf.test.TestCase):
             self.assertTrue(os.path.exists(os.path.join(sets, 'test', name)), name)
         with open(os.path.join(sets, 'test', 'scores.csv')) as f:
             header, first = f.readline().strip(), f.readline().strip().split(',')
-        self.assertEqual(header, 'index,source,label,log_prob,bits_per_dim,log_pz,log_det')
+        levels = ','.join(f'level{i}_{t}' for i in range(2) for t in ('log_pz', 'log_det'))
+        self.assertEqual(header, 'index,source,label,log_prob,bits_per_dim,log_pz,log_det,'
+                         + levels)
         test_labels = np.load(os.path.join(self.data, 'cifar10_test.npz'))['labels']
         self.assertEqual(int(first[2]), test_labels[0])
 
@@ -114,6 +116,12 @@ class CliTest(tf.test.TestCase):
         with open(os.path.join(corrupt, 'assets', 'tfp_ood.json'), 'w') as f:
             f.write(metadata)
         out_dir = os.path.join(self.dir, 'err')
+        empty, truncated = (os.path.join(self.dir, n) for n in ('empty.npz', 'truncated.npz'))
+        open(empty, 'wb').close()
+        with open(npz, 'rb') as f, open(truncated, 'wb') as g:
+            g.write(f.read()[:200])
+        mislabelled = os.path.join(self.dir, 'mislabelled.npz')
+        np.savez(mislabelled, images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.zeros(2))
         cases = [
             (('score', '--model-dir', os.path.join(self.dir, 'nope'), '--npz', npz,
               '--output', out_dir), 'No SavedModel directory'),
@@ -122,7 +130,7 @@ class CliTest(tf.test.TestCase):
             (('score', '--model-dir', model, '--npz', small, '--output', out_dir),
              r'images are \[16, 16, 3\] but the model expects \[32, 32, 3\].*--resize'),
             (('score', '--model-dir', model, '--npz', os.path.join(self.dir, 'x.npz'),
-              '--output', out_dir), 'no file at'),
+              '--output', out_dir), 'No file at'),
             (('score', '--model-dir', model, '--npz', npz, '--output',
               os.path.join(sets, 'constant')), 'already exist.*--overwrite'),
             (('score', '--model-dir', model, '--dataset', 'cifar11', '--output', out_dir),
@@ -130,8 +138,17 @@ class CliTest(tf.test.TestCase):
             (('score', '--model-dir', model, '--images-dir', os.path.join(self.dir, 'none'),
               '--output', out_dir), 'no folder at'),
             (('compare', os.path.join(self.dir, 'x.npz'), npz, '--output', out_dir),
-             'no score file'),
+             'No score file at'),
             (('compare', npz, npz, '--output', out_dir), 'is not a score file'),
+            # Empty, truncated and inconsistent files: one line, never a traceback.
+            (('score', '--model-dir', model, '--npz', empty, '--output', out_dir),
+             'is not a readable .npz file'),
+            (('score', '--model-dir', model, '--npz', truncated, '--output', out_dir),
+             'is not a readable .npz file'),
+            (('score', '--model-dir', model, '--npz', mislabelled, '--output', out_dir),
+             '3 images but 2 labels'),
+            (('compare', empty, npz, '--output', out_dir), 'is not a score file'),
+            (('compare', npz, truncated, '--output', out_dir), 'is not a score file'),
             (('export', '--workdir', work, '--output', model), 'already exists'),
             (('export', '--workdir', self.data, '--output', out_dir), 'not a run directory'),
             (_train_args(work, self.data, 8) + ['--no-resume'], 'already holds a run'),

@@ -255,13 +255,7 @@ def _score(args) -> int:
         images = np.concatenate([b['image'] for b in batches])
         labels = np.concatenate([b['label'] for b in batches])
     elif args.npz:
-        if not os.path.exists(args.npz):
-            raise CommandError(f'no file at {args.npz}')
-        with np.load(args.npz) as f:
-            if 'images' not in f:
-                raise CommandError(f'{args.npz}: no "images" array (found {sorted(f.files)})')
-            images = f['images']
-            labels = f['labels'] if 'labels' in f else None
+        images, labels = data.read_npz(args.npz)
         name = args.name or os.path.splitext(os.path.basename(args.npz))[0]
     else:
         images, sources = _read_image_folder(args.images_dir, shape, args.resize)
@@ -300,14 +294,7 @@ def _compare(args) -> int:
     from tfp_ood import plotting
     from tfp_ood.evaluate import ScoreResult
     from tfp_ood.metrics import ood_metrics
-    results = []
-    for path in (args.in_scores, args.out_scores):
-        if not os.path.exists(path):
-            raise CommandError(f'no score file at {path}')
-        try:
-            results.append(ScoreResult.load(path))
-        except (KeyError, OSError, ValueError) as e:
-            raise CommandError(f'{path} is not a score file of tfp-ood score ({e})') from None
+    results = [ScoreResult.load(path) for path in (args.in_scores, args.out_scores)]
     files = {k: os.path.join(args.output, k) for k in ('metrics.json', 'histogram.png')}
     _check_outputs(files.values(), args.overwrite)
     os.makedirs(args.output, exist_ok=True)

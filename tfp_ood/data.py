@@ -26,6 +26,7 @@ centre-cropped to a square and resized with area averaging, as in the paper's
 
 import dataclasses
 import os
+import zipfile
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,7 +35,7 @@ import tensorflow as tf
 __all__ = [
     'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'constant_images',
     'grayscale', 'images_array', 'load', 'load_arrays', 'local_path', 'perturb',
-    'resize_images', 'to_grayscale', 'uniform_noise_images',
+    'read_npz', 'resize_images', 'to_grayscale', 'uniform_noise_images',
 ]
 
 DATA_DIR_ENV = 'TFP_OOD_DATA_DIR'
@@ -154,13 +155,33 @@ def _fit_shape(images: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
     return tf.ensure_shape(images, images.shape[:-3].concatenate(spec.image_shape))
 
 
+def read_npz(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The `images` and `labels` (or `None`) arrays of an `.npz` file.
+
+    Raises:
+      DataNotFoundError: there is no file at `path`.
+      ValueError: the file is empty, truncated or not an `.npz` archive, has no
+        `images` array, or has labels of another length than its images.
+    """
+    if not os.path.isfile(path):
+        raise DataNotFoundError(f'No file at {path}.')
+    try:
+        with np.load(path) as f:
+            if 'images' not in f:
+                raise ValueError(f'{path}: expected an array named "images" '
+                                 f'(and "labels"); found {sorted(f.files)}.')
+            images = f['images']
+            labels = f['labels'] if 'labels' in f else None
+    except (EOFError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f'{path} is not a readable .npz file ({type(e).__name__}: '
+                         f'{e}).') from None
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f'{path}: {len(images)} images but {len(labels)} labels.')
+    return images, labels
+
+
 def _read_npz(path: str, spec: DatasetSpec) -> Tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as f:
-        if 'images' not in f:
-            raise ValueError(f'{path}: expected an array named "images" '
-                             f'(and "labels"); found {sorted(f.files)}.')
-        images = f['images']
-        labels = f['labels'] if 'labels' in f else None
+    images, labels = read_npz(path)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f'{path}: "images" must be uint8 [N, H, W, C]; got '
                          f'{images.dtype} {list(images.shape)}.')
@@ -171,8 +192,6 @@ def _read_npz(path: str, spec: DatasetSpec) -> Tuple[np.ndarray, np.ndarray]:
                          f'{list(images.shape[1:])}.')
     if labels is None:
         labels = np.full(len(images), -1, np.int64)
-    if len(labels) != len(images):
-        raise ValueError(f'{path}: {len(images)} images but {len(labels)} labels.')
     return images, labels.astype(np.int64)
 
 

@@ -10,7 +10,9 @@ terms (for flows `log_pz`, `log_det`, `dequant_const`).
 
 import dataclasses
 import json
+import os
 import sys
+import zipfile
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -85,10 +87,22 @@ class ScoreResult:
 
     @classmethod
     def load(cls, path: str) -> 'ScoreResult':
-        with np.load(path) as f:
-            meta = json.loads(str(f['meta']))
-            scores = {k[len('score_'):]: f[k] for k in f.files if k.startswith('score_')}
-            labels = f['labels']
+        """Reads a `save`d file.
+
+        Raises:
+          FileNotFoundError: no file at `path`.
+          ValueError: the file is empty, truncated, or not a saved `ScoreResult`.
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'No score file at {path}.')
+        try:
+            with np.load(path) as f:
+                meta = json.loads(str(f['meta']))
+                scores = {k[len('score_'):]: f[k] for k in f.files if k.startswith('score_')}
+                labels = f['labels']
+        except (EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f'{path} is not a score file of tfp_ood ({type(e).__name__}: '
+                             f'{e}).') from None
         return cls(name=meta['name'], scores=scores, labels=labels,
                    image_shape=tuple(meta['image_shape']), model=meta['model'])
 
