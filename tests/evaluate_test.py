@@ -114,6 +114,17 @@ class EvaluateTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'without an "image" key'):
             score(self.model, tf.data.Dataset.from_tensor_slices({'x': [1]}), progress=False)
 
+    def test_array_likes_and_what_is_not_images(self):
+        images = _uint8(3)
+        expected = score(self.model, images, progress=False).log_prob
+        for like in (list(images), tuple(images), images.tolist()):
+            self.assertAllClose(score(self.model, like, progress=False).log_prob, expected)
+        for bad in (None, 'images', 3, (x for x in images), {'image': images}):
+            with self.assertRaisesRegex(ValueError, 'expected uint8 images'):
+                score(self.model, bad, progress=False)
+        with self.assertRaisesRegex(ValueError, 'different shapes'):
+            score(self.model, [images[0], images[0, :4]], progress=False)
+
     def test_nonfinite_scores_are_counted_not_dropped(self):
         images = _uint8(6)
         images[[1, 4]] = 0

@@ -43,8 +43,9 @@ def dequantize(images: tf.Tensor, noise: Optional[tf.Tensor] = None) -> tf.Tenso
 def check_images(images, image_shape: Sequence[int], what: str = 'images'):
     """Validates a batch of images for a model of `image_shape`.
 
-    Accepts a NumPy array or a `tf.Tensor` `[batch, H, W, C]` of uint8, or of
-    another integer type with values in `0..255` (cast to uint8).
+    Accepts a NumPy array, a `tf.Tensor` or a nested list or tuple
+    `[batch, H, W, C]` of uint8, or of another integer type with values in
+    `0..255` (cast to uint8).
 
     Returns:
       The images as a uint8 `tf.Tensor`.
@@ -54,6 +55,19 @@ def check_images(images, image_shape: Sequence[int], what: str = 'images'):
         `0..255`; the message says what was expected and what was seen.
     """
     expected = '[batch, ' + ', '.join(str(d) for d in image_shape) + ']'
+    if not isinstance(images, (np.ndarray, tf.Tensor, tf.Variable)):
+        if images is None or isinstance(images, (str, bytes, dict)) or not hasattr(
+                images, '__len__'):
+            raise ValueError(f'{what}: expected uint8 images {expected} as a NumPy array, a '
+                             f'tf.Tensor, a nested list or a tf.data.Dataset; got '
+                             f'{type(images).__name__}.')
+        try:
+            images = np.asarray(images)  # Lists and tuples of images.
+        except ValueError:
+            images = None
+        if images is None or images.dtype == object:
+            raise ValueError(f'{what}: the images are of different shapes; expected '
+                             f'{expected}.')
     dtype = tf.as_dtype(images.dtype)
     shape = tuple(images.shape)
     if len(shape) != 4:
