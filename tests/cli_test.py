@@ -174,6 +174,35 @@ class CliTest(tf.test.TestCase):
             self.assertRegex(err, r'^tfp-ood train: error: .*must be')
             self.assertFalse(os.path.exists(workdir))  # Nothing written.
 
+    def test_compare_reports_non_finite_scores_and_different_models(self):
+        from tfp_ood.evaluate import ScoreResult
+
+        def write(name, values, model='glow_cifar10'):
+            values = np.asarray(values, np.float32)
+            path = os.path.join(self.dir, f'{name}.npz')
+            ScoreResult(name, {'log_prob': values, 'bits_per_dim': -values}, np.zeros(len(values)),
+                        (32, 32, 3), model).save(path)
+            return path
+
+        good, partly = write('good', [1., 2., 3.]), write('partly', [0., np.nan, -1.])
+        out = os.path.join(self.dir, 'cmp')
+        code, printed, err = _run('compare', good, partly, '--output', out)
+        self.assertEqual(code, 0, err)
+        self.assertIn('0 in and 1 out of the scores are non-finite', printed)
+        code, _, err = _run('compare', good, write('nan', [np.nan] * 3), '--output', out,
+                            '--overwrite')
+        self.assertEqual(code, 2)
+        self.assertIn('every one of its 3 scores is non-finite', err)
+        code, _, err = _run('compare', good, write('other', [0., 1.], model='glow_svhn'),
+                            '--output', out, '--overwrite')
+        self.assertEqual(code, 0, err)
+        self.assertIn("different models ('glow_cifar10' and 'glow_svhn')", err)
+        fresh = os.path.join(self.dir, 'cmp_key')
+        code, _, err = _run('compare', good, partly, '--output', fresh, '--key', 'bogus')
+        self.assertEqual(code, 2)
+        self.assertIn("no score 'bogus'", err)
+        self.assertFalse(os.path.exists(os.path.join(fresh, 'metrics.json')))
+
     def test_help(self):
         for verb in ('train', 'export', 'score', 'compare'):
             with self.assertRaises(SystemExit) as cm, \

@@ -295,6 +295,17 @@ def _compare(args) -> int:
     from tfp_ood.evaluate import ScoreResult
     from tfp_ood.metrics import ood_metrics
     results = [ScoreResult.load(path) for path in (args.in_scores, args.out_scores)]
+    for path, result in zip((args.in_scores, args.out_scores), results):
+        if args.key not in result.scores:
+            raise CommandError(f'{path} has no score {args.key!r}; it has '
+                               f'{sorted(result.scores)}')
+        if result.num_nonfinite == result.num_images:
+            raise CommandError(f'{path}: every one of its {result.num_images} scores is '
+                               f'non-finite (NaN or inf); there is nothing to compare')
+    if results[0].model != results[1].model:
+        print(f'tfp-ood compare: warning: the two files were scored by different models '
+              f'({results[0].model!r} and {results[1].model!r}); their likelihoods are not '
+              f'comparable', file=sys.stderr)
     files = {k: os.path.join(args.output, k) for k in ('metrics.json', 'histogram.png')}
     _check_outputs(files.values(), args.overwrite)
     os.makedirs(args.output, exist_ok=True)
@@ -303,9 +314,13 @@ def _compare(args) -> int:
     with open(files['metrics.json'], 'w') as f:
         json.dump(metrics, f, indent=2)
     plotting.plot_histograms(results, files['histogram.png'], key=args.key)
+    nonfinite = ''
+    if metrics['num_nonfinite_in'] or metrics['num_nonfinite_out']:
+        nonfinite = (f' ({metrics["num_nonfinite_in"]} in and {metrics["num_nonfinite_out"]} '
+                     f'out of the scores are non-finite, ranked as least likely)')
     print(f'{results[0].name} (in) vs {results[1].name} (out): AUROC {metrics["auroc"]:.4f}, '
           f'AUPR-in {metrics["aupr_in"]:.4f}, AUPR-out {metrics["aupr_out"]:.4f}, '
-          f'FPR@95%TPR {metrics["fpr_at_95_tpr"]:.4f}; wrote {args.output}')
+          f'FPR@95%TPR {metrics["fpr_at_95_tpr"]:.4f}{nonfinite}; wrote {args.output}')
     return 0
 
 
