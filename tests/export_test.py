@@ -104,6 +104,29 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
         for key in ('log_prob', 'log_pz', 'log_det'):
             self.assertAllClose(after[key], before[key], rtol=1e-6, atol=1e-2, msg=key)
 
+    def test_overwrite_replaces_only_a_previous_export(self):
+        model = models.from_config(dict(family='glow', **_GLOW.to_dict()))
+        model.initialize(np.zeros((2,) + SHAPE, np.uint8))
+        directory = self.create_tempdir().full_path
+        path = export.export(model, os.path.join(directory, 'model'))
+        export.export(model, path, overwrite=True)  # A previous export: replaced.
+        self.assertEqual(sorted(os.listdir(directory)), ['model'])  # No staging left.
+        # A run directory, a folder holding an export and more, a regular file: kept.
+        run = os.path.join(directory, 'run')
+        os.makedirs(os.path.join(run, 'checkpoints'))
+        with open(os.path.join(run, 'config.json'), 'w') as f:
+            f.write('{}')
+        regular = os.path.join(directory, 'notes.txt')
+        with open(regular, 'w') as f:
+            f.write('mine')
+        for target in (run, directory, regular):
+            with self.assertRaisesRegex(FileExistsError, 'refusing|replaces only'):
+                export.export(model, target, overwrite=True)
+        self.assertTrue(os.path.exists(os.path.join(run, 'config.json')))
+        self.assertTrue(os.path.exists(os.path.join(path, 'saved_model.pb')))
+        with open(regular) as f:
+            self.assertEqual(f.read(), 'mine')
+
     def test_restore_refuses_variables_of_another_model(self):
         model = models.from_config(dict(family='glow', **_GLOW.to_dict()))
         path = export.export(model, os.path.join(self.create_tempdir().full_path, 'model'))

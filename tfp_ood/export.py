@@ -117,11 +117,11 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
     Raises:
       FileExistsError: `path` exists and `overwrite` is `False`.
     """
-    if os.path.exists(path):
+    if os.path.lexists(path):
         if not overwrite:
             raise FileExistsError(f'{path} already exists; pass overwrite=True (--overwrite) '
                                   f'to replace it.')
-        shutil.rmtree(path)
+        _check_replaceable(path)
     metadata = {
         'format': FORMAT,
         'model': model.get_config(),
@@ -138,8 +138,39 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
         signatures = {'serving_default': module.log_prob, 'log_prob': module.log_prob}
         if metadata['can_sample']:
             signatures['sample'] = module.sample
-        tf.saved_model.save(module, path, signatures=signatures)
+        # Written beside `path` and moved into place, so that an interrupted
+        # export leaves the previous one intact.
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix='.export-', dir=parent)
+        try:
+            tf.saved_model.save(module, staging, signatures=signatures)
+            if os.path.lexists(path):
+                shutil.rmtree(path)
+            os.rename(staging, path)
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging)
     return path
+
+
+# What a SavedModel directory of `export` holds; `overwrite` replaces nothing else.
+_EXPORT_ENTRIES = {'saved_model.pb', 'variables', 'assets', 'fingerprint.pb'}
+
+
+def _check_replaceable(path: str) -> None:
+    """Refuses to delete `path` unless it is a previous export and nothing more."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise FileExistsError(f'{path} exists and is not a SavedModel directory; refusing '
+                              f'to replace it.')
+    entries = set(os.listdir(path))
+    if not os.path.exists(os.path.join(path, 'assets', METADATA_FILE)) or (
+            entries - _EXPORT_ENTRIES):
+        extra = sorted(entries - _EXPORT_ENTRIES)
+        raise FileExistsError(f'{path} is not a previous export of tfp_ood (it holds '
+                              f'{", ".join(extra) or "no " + METADATA_FILE}); --overwrite '
+                              f'replaces only a previous export, never a folder that holds '
+                              f'anything else.')
 
 
 def read_metadata(path: str) -> Dict[str, Any]:
