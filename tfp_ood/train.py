@@ -93,8 +93,9 @@ class TrainConfig:
         (Ren et al., 2019).
       weight_decay: L2 penalty `weight_decay * sum(kernel**2)` over every
         convolution and dense kernel, added to the per-image negative
-        log-likelihood in nats (Ren et al.'s `lambda`, so their values carry
-        over; in the bits/dim loss it is divided by `D ln 2`).
+        log-likelihood in nats (Ren et al.'s `lambda`; in the bits/dim loss it
+        is divided by `D ln 2`). The kernels of the `cpu` Glows sum to about
+        6,000 in squares, so `0.01` adds a few percent to their loss.
     """
 
     num_steps: int = 10000
