@@ -204,6 +204,31 @@ _TWO_DEVICES = textwrap.dedent('''
 ''')
 
 
+class RunLockTest(tf.test.TestCase):
+
+    def _lock(self, workdir, pid, host=None):
+        import socket
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, train.LOCK_FILE), 'w') as f:
+            json.dump({'pid': pid, 'host': host or socket.gethostname()}, f)
+
+    def test_a_live_run_is_refused_and_a_stale_lock_taken_over(self):
+        workdir = self.create_tempdir().full_path
+        self._lock(workdir, os.getpid())  # A live process on this machine.
+        with self.assertRaisesRegex(train.RunLockedError, f'process {os.getpid()} on this'):
+            train.fit(_model(), _images(), _config(num_steps=2), workdir, progress=False)
+        self.assertFalse(os.path.exists(os.path.join(workdir, 'checkpoints')))
+        self._lock(workdir, 1, host='elsewhere')
+        with self.assertRaisesRegex(train.RunLockedError, 'on elsewhere.*delete the lock'):
+            train.fit(_model(), _images(), _config(num_steps=2), workdir, progress=False)
+        gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                              capture_output=True, text=True, check=True)
+        self._lock(workdir, int(gone.stdout))  # A crashed run's lock.
+        result = train.fit(_model(), _images(), _config(num_steps=2), workdir, progress=False)
+        self.assertEqual(result.step, 2)
+        self.assertFalse(os.path.exists(os.path.join(workdir, train.LOCK_FILE)))  # Released.
+
+
 class BackgroundModelTest(tf.test.TestCase):
     """The two settings of the likelihood-ratio detector's background model."""
 

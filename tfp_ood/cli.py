@@ -332,7 +332,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return handlers[args.verb](args)
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,
-            FileNotFoundError, ValueError) as e:
+            train.RunLockedError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f'tfp-ood {args.verb}: error: {e}', file=sys.stderr)
         return 2
 

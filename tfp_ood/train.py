@@ -44,6 +44,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -52,6 +53,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from absl import logging
 from tqdm.auto import tqdm
 
 from tfp_ood.data import perturb
@@ -59,8 +61,8 @@ from tfp_ood.evaluate import score
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.summaries import Summaries
 
-__all__ = ['ConfigMismatchError', 'LinearWarmup', 'TrainConfig', 'TrainResult',
-           'TrainingDivergedError', 'fit', 'load_run_config', 'restore_latest',
+__all__ = ['ConfigMismatchError', 'LinearWarmup', 'RunLockedError', 'TrainConfig',
+           'TrainResult', 'TrainingDivergedError', 'fit', 'load_run_config', 'restore_latest',
            'train_on_dataset']
 
 # Training-config fields that may change between a run and its resumption.
@@ -313,6 +315,74 @@ def _stop_on_signals(stop: threading.Event):
             signal.signal(sig, old)
 
 
+class RunLockedError(RuntimeError):
+    """Another live process is training in the same run directory."""
+
+
+LOCK_FILE = 'run.lock'
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # Alive, another user's.
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _run_lock(workdir: str):
+    """Holds `workdir/run.lock` for the run; refuses a live holder, replaces a stale one.
+
+    The lock names the process and the machine that holds it. It is removed
+    on any exit of the run; after a crash (SIGKILL, power loss) it is left
+    behind, and the next run on the same machine sees that its process is gone
+    and takes it over.
+    """
+    path = os.path.join(workdir, LOCK_FILE)
+    me = {'pid': os.getpid(), 'host': socket.gethostname()}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    holder = json.load(f)
+                pid, host = int(holder['pid']), str(holder['host'])
+            except (OSError, ValueError, KeyError, TypeError):
+                pid, host = None, me['host']  # Unreadable: a crash while writing it.
+            if pid is not None and host != me['host']:
+                raise RunLockedError(
+                    f'{workdir} is being trained by process {pid} on {host} (lock {path}); '
+                    f'if that run is gone, delete the lock file.') from None
+            if pid is not None and _process_alive(pid):
+                raise RunLockedError(
+                    f'{workdir} is being trained by process {pid} on this machine (lock '
+                    f'{path}); wait for it or stop it, or use another run directory.') from None
+            logging.warning('Taking over the stale lock %s (its process %s is gone).',
+                            path, pid)
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, 'w') as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        try:
+            with open(path) as f:
+                mine = json.load(f) == me
+        except (OSError, ValueError):
+            mine = False
+        if mine:
+            os.remove(path)
+
+
 def restore_latest(model: DensityModel, workdir: str) -> int:
     """Loads the model weights of the last checkpoint in `workdir`; returns its step.
 
@@ -369,10 +439,20 @@ def fit(model: DensityModel,
 
     Raises:
       ConfigMismatchError: `workdir` holds a run of another configuration.
+      RunLockedError: another live process is training in `workdir`.
       TrainingDivergedError: too many non-finite steps in a row.
       ValueError: bad images or too few of them.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    os.makedirs(workdir, exist_ok=True)
+    # One training per run directory (the chief's, under a multi-worker strategy).
+    lock = _run_lock(workdir) if strategy.extended.should_checkpoint else contextlib.nullcontext()
+    with lock:
+        return _fit(model, train_images, config, workdir, eval_sets, strategy, data_info,
+                    progress)
+
+
+def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, progress):
     train_images = check_images(train_images, model.image_shape, 'train_images').numpy()
     if len(train_images) < config.batch_size:
         raise ValueError(f'train_images: {len(train_images)} images are fewer than one '
@@ -385,7 +465,6 @@ def fit(model: DensityModel,
                  for name, images in (eval_sets or {}).items()}
     run_config = {'model': model.get_config(), 'train': dataclasses.asdict(config),
                   'data': dict(data_info or {})}
-    os.makedirs(workdir, exist_ok=True)
     saved = load_run_config(workdir)
     if saved is not None:
         _check_same_run(saved, run_config, workdir)
