@@ -127,6 +127,15 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
         with open(regular) as f:
             self.assertEqual(f.read(), 'mine')
 
+    def test_capabilities_are_declared_not_guessed(self):
+        # hasattr(model, 'sample') was true for every loaded SavedModel.
+        self.assertFalse(models.DensityModel((4, 4, 1)).can_sample)
+        pixelcnn = export.load(os.path.join(REPO, 'saved_models', 'pixelcnn_cifar10'))
+        self.assertTrue(pixelcnn.can_sample)
+        self.assertEqual(pixelcnn.sample_temperatures, (1.0,))
+        with self.assertRaisesRegex(ValueError, 'PixelCNN, which samples at temperature 1'):
+            pixelcnn.sample(2, temperature=0.7)
+
     def test_restore_refuses_variables_of_another_model(self):
         model = models.from_config(dict(family='glow', **_GLOW.to_dict()))
         path = export.export(model, os.path.join(self.create_tempdir().full_path, 'model'))

@@ -79,7 +79,7 @@ class _ExportModule(tf.Module):
         self.metadata = tf.saved_model.Asset(metadata_path)
         images = tf.TensorSpec((None,) + model.image_shape, tf.uint8, name='images')
         self.log_prob = tf.function(self._log_prob, input_signature=[images])
-        if hasattr(model, 'sample'):
+        if model.can_sample:
             self.sample = tf.function(self._sample, input_signature=[
                 tf.TensorSpec([], tf.int32, name='num_images'),
                 tf.TensorSpec([], tf.float32, name='temperature')])
@@ -127,7 +127,8 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
         'model': model.get_config(),
         'image_shape': list(model.image_shape),
         'outputs': ['log_prob', 'bits_per_dim'] + list(exported_terms(model)),
-        'can_sample': hasattr(model, 'sample'),
+        'can_sample': model.can_sample,
+        'sample_temperatures': list(model.sample_temperatures),
         'provenance': dict(provenance or {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,6 +206,11 @@ class SavedModelAdapter(DensityModel):
         self.path = path
         self.term_names = tuple(k for k in metadata['outputs']
                                 if k not in ('log_prob', 'bits_per_dim'))
+        self.can_sample = bool(metadata['can_sample'])
+        # The temperatures of training summaries; exports before the key was
+        # written: 1 for PixelCNNs, 0.7 and 1 otherwise.
+        self.sample_temperatures = tuple(metadata.get('sample_temperatures') or (
+            (1.0,) if metadata['model'].get('family') == 'pixelcnn' else (0.7, 1.0)))
 
     def get_config(self) -> Dict[str, Any]:
         return dict(self.metadata['model'])
@@ -218,8 +224,11 @@ class SavedModelAdapter(DensityModel):
 
     def sample(self, num_images: int, temperature: float = 1.0, seed=None) -> tf.Tensor:
         del seed
-        if not self.metadata['can_sample']:
+        if not self.can_sample:
             raise ValueError(f'The model at {self.path} cannot sample.')
+        if self.metadata['model'].get('family') == 'pixelcnn' and temperature != 1.0:
+            raise ValueError(f'The model at {self.path} is a PixelCNN, which samples at '
+                             f'temperature 1 only; got {temperature}.')
         return self._loaded.sample(tf.constant(num_images, tf.int32),
                                    tf.constant(temperature, tf.float32))['images']
 

@@ -79,9 +79,9 @@ class Summaries:
                 seed: Optional[int] = 0) -> None:
         """Image summaries of samples at the model's `sample_temperatures`
         (`SAMPLE_TEMPERATURES`, 0.7 and 1.0, for flows and VAEs)."""
-        if not hasattr(model, 'sample'):
+        if not model.can_sample:
             return
-        for temperature in getattr(model, 'sample_temperatures', SAMPLE_TEMPERATURES):
+        for temperature in model.sample_temperatures:
             images = model.sample(num_images, temperature=temperature, seed=seed)
             self.images(f'samples/temperature_{temperature}', images, step, num_images)
 

@@ -107,7 +107,9 @@ class DensityModel(tf.Module):
 
     #: Keys of `log_prob_terms`, besides `'log_prob'`.
     term_names: Tuple[str, ...] = ()
-    #: Temperatures at which training summaries draw samples (models that sample).
+    #: Whether the model draws images with `sample(num_images, temperature, seed)`.
+    can_sample: bool = False
+    #: The temperatures `sample` supports, at which training summaries draw samples.
     sample_temperatures: Tuple[float, ...] = (0.7, 1.0)
 
     def __init__(self, image_shape: Sequence[int], name: Optional[str] = None):

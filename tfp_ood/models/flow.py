@@ -58,6 +58,8 @@ class FlowModel(DensityModel):
     ```
     """
 
+    can_sample = True
+
     def __init__(self, bijector: ImageBijector, image_shape, config: Optional[GlowConfig] = None,
                  name: str = 'flow'):
         super().__init__(image_shape, name=name)

@@ -119,6 +119,7 @@ class PixelCNNModel(DensityModel):
     """A PixelCNN++ as a `DensityModel` (discrete likelihood, no terms)."""
 
     term_names = ()
+    can_sample = True
     sample_temperatures = (1.0,)
 
     export_variables_only = True  # tfp_ood.export: docs/stack.md, note 5.

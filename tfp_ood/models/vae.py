@@ -147,6 +147,7 @@ class VAE(DensityModel):
     estimate, `elbo` the K-sample ELBO."""
 
     term_names = ('elbo',)
+    can_sample = True
 
     def __init__(self, config: VAEConfig, name: str = 'vae'):
         super().__init__(config.image_shape, name=name)
