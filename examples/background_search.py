@@ -82,8 +82,8 @@ def main(argv=None):
                    help='a candidate background model: run directory or SavedModel '
                         '(repeatable)')
     p.add_argument('--data-dir', default=None, help='directory of <name>_<split>.npz arrays')
-    p.add_argument('--source', default='auto', choices=data.SOURCES,
-                   help='where images come from')
+    p.add_argument('--source', default=None, choices=common.EXAMPLE_SOURCES,
+                   help='where images come from (default: local with --data-dir)')
     p.add_argument('--download', action='store_true', help='let TFDS download')
     p.add_argument('--num-images', type=int, default=2000, help='images per validation set')
     p.add_argument('--out', default='results/background_search', help='results folder')

@@ -33,13 +33,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOW_FAMILY_IMAGES = {'pixelcnn': (500, None), 'vae': (30, 1000)}
 
 
+# Where an experiment's images come from. There is no 'auto' here: without a
+# data directory the examples use the embedded samples, never a TFDS lookup.
+EXAMPLE_SOURCES = ('local', 'tfds', 'samples')
+
+
 def add_data_flags(p: argparse.ArgumentParser, default_out: str) -> None:
     """The flags every experiment script has: where images come from, where results go."""
     p.add_argument('--data-dir', default=None,
                    help='directory of <name>_<split>.npz arrays (default: $TFP_OOD_DATA_DIR; '
                         'with neither this nor --source tfds, the embedded samples)')
-    p.add_argument('--source', default='auto', choices=data.SOURCES,
-                   help='where images come from (default: auto)')
+    p.add_argument('--source', default=None, choices=EXAMPLE_SOURCES,
+                   help='where images come from (default: local with --data-dir or '
+                        '$TFP_OOD_DATA_DIR, else the samples embedded in the package)')
     p.add_argument('--download', action='store_true',
                    help='with --source tfds: let TFDS download what is not prepared '
                         '(needs internet access)')
@@ -98,10 +104,11 @@ class Source:
         if data_dir and args.source != 'tfds' and not os.path.isdir(data_dir):
             raise data.DataNotFoundError(f'The data directory {data_dir} does not exist: give '
                                          f'--data-dir a folder of <name>_<split>.npz arrays.')
-        if args.source == 'samples' or (args.source == 'auto' and not data_dir):
-            self.source, self.data_dir, self.samples = 'samples', None, True
-        else:
-            self.source, self.data_dir, self.samples = args.source, data_dir, False
+        source = args.source or ('local' if data_dir else 'samples')
+        if source == 'local' and not data_dir:
+            raise ValueError('--source local needs --data-dir (or $TFP_OOD_DATA_DIR).')
+        self.source, self.samples = source, source == 'samples'
+        self.data_dir = None if self.samples else data_dir
         self.tfds = args.source == 'tfds'
         self.download = self.tfds and args.download
         self.num_images = args.num_images
