@@ -55,25 +55,12 @@ def exported_terms(model: DensityModel):
     return tuple(k for k in model.term_names if k not in _CONSTANT_TERMS)
 
 
-def _saved_objects(model: DensityModel) -> Dict[str, Any]:
-    """What the SavedModel's object graph holds of `model` (export and restore).
-
-    The model itself, as a training checkpoint does; or, for models whose
-    Keras network cannot be saved as objects (a weight-normed layer's own call
-    function captures a kernel computed in the parent graph: docs/stack.md, note 5),
-    only their variables.
-    """
-    if getattr(model, 'export_variables_only', False):
-        return {'model_variables': list(model.variables)}
-    return {'model': model}
-
-
 class _ExportModule(tf.Module):
     """What is saved: the model's variables and three traced functions."""
 
     def __init__(self, model: DensityModel, metadata_path: str):
         super().__init__(name='tfp_ood_export')
-        for name, value in _saved_objects(model).items():
+        for name, value in model.saved_objects().items():
             setattr(self, name, value)
         self._held_model = lambda: model
         self.metadata = tf.saved_model.Asset(metadata_path)
@@ -252,7 +239,7 @@ def restore(path: str) -> DensityModel:
     from tfp_ood import models  # Local import: the models package imports this one's base.
     metadata = read_metadata(path)
     model = models.from_config(metadata['model'])
-    status = tf.train.Checkpoint(**_saved_objects(model)).read(
+    status = tf.train.Checkpoint(**model.saved_objects()).read(
         os.path.join(path, 'variables', 'variables'))
     try:
         status.expect_partial().assert_existing_objects_matched()

@@ -17,7 +17,7 @@ from it, never recomputed.
 """
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -160,6 +160,13 @@ class DensityModel(tf.Module):
     def initialize(self, images, seed: int = 0) -> None:
         """Data-dependent initialisation before training; nothing by default."""
         del images, seed
+
+    def saved_objects(self) -> Dict[str, Any]:
+        """What a SavedModel's object graph holds of the model (`tfp_ood.export`
+        writes and `restore` reads it): the model itself, as a training
+        checkpoint does. Models whose layers cannot be saved as objects hold
+        their variables only."""
+        return {'model': self}
 
     def log_prob(self, images, noise=None) -> tf.Tensor:
         """Discrete log-likelihood `log P(k)` in nats per image, `[batch]`."""

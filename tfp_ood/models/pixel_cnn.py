@@ -122,8 +122,6 @@ class PixelCNNModel(DensityModel):
     can_sample = True
     sample_temperatures = (1.0,)
 
-    export_variables_only = True  # tfp_ood.export: docs/stack.md, note 5.
-
     def __init__(self, config: PixelCNNConfig, name: str = 'pixelcnn'):
         super().__init__(config.image_shape, name=name)
         self.config = config
@@ -144,6 +142,12 @@ class PixelCNNModel(DensityModel):
     @property
     def distribution(self) -> PixelCNNDistribution:
         return self._distribution()
+
+    def saved_objects(self):
+        """The variables only: a weight-normed layer's call captures a kernel
+        computed in the parent graph, so the layers cannot be saved as objects
+        (docs/stack.md, note 5)."""
+        return {'model_variables': list(self.variables)}
 
     def get_config(self) -> Dict[str, Any]:
         return dict(family='pixelcnn', **self.config.to_dict())
