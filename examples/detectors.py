@@ -7,7 +7,8 @@ noise and grayscale CIFAR-10 and SVHN; FashionMNIST test against MNIST test;
 and the reverse pair, SVHN held out against CIFAR-10 test. Writes to --out
 `detectors.csv`, `detectors.md` and `detectors.json` (AUROC, AUPR-in, AUPR-out
 and FPR at 95% TPR per row, with the published AUROC beside ours where there
-is one) and `detectors.png` (the OOD scores of CIFAR-10 test and SVHN test
+is one), `summary.md` (the AUROCs on the paper's pairs in one table) and
+`detectors.png` (the OOD scores of the in- and first out-of-distribution set
 per detector and model).
 
     python examples/detectors.py                   # embedded samples
@@ -217,6 +218,38 @@ def _format(value) -> str:
     return f'{value:.3f}' if isinstance(value, float) else str(value)
 
 
+# The short table: single images (and typicality at M = 25) on the paper's pairs.
+SUMMARY_COLUMNS = (('glow_cifar10', 'cifar10', 'svhn_cropped'),
+                   ('pixelcnn_cifar10', 'cifar10', 'svhn_cropped'),
+                   ('glow_fashion_mnist', 'fashion_mnist', 'mnist'),
+                   ('glow_svhn', 'svhn_cropped', 'cifar10'))
+SUMMARY_ROWS = (('raw_likelihood', 1), ('likelihood_ratio', 1), ('input_complexity', 1),
+                ('typicality', 1), ('typicality', 25), ('waic', 1), ('density_of_states', 1),
+                ('density_of_states_terms', 1), ('density_of_states_levels', 1))
+
+
+def summary_table(rows: list) -> str:
+    """AUROC per detector (rows) and model and pair (columns), published in parentheses."""
+    found = {(r['detector'], r['batch_size'], r['model'], r['in'], r['out']): r for r in rows}
+    columns = [c for c in SUMMARY_COLUMNS if any(k[2:] == c for k in found)]
+    lines = ['| detector | ' + ' | '.join(f'{m}: {i} -> {o}' for m, i, o in columns) + ' |',
+             '|---|' + '---:|' * len(columns)]
+    for detector, m in SUMMARY_ROWS:
+        cells = []
+        for column in columns:
+            row = found.get((detector, m) + column)
+            if row is None:
+                cells.append('–')
+                continue
+            published = row['published_auroc']
+            note = f' ({_format(published)})' if published is not None else ''
+            cells.append(f'{row["auroc"]:.3f}{note}')
+        if any(c != '–' for c in cells):
+            name = detector + (f', M = {m}' if detector == 'typicality' else '')
+            lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def write(rows: list, figures: dict, out: str, note: str) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'detectors.json'), 'w') as f:
@@ -233,6 +266,8 @@ def write(rows: list, figures: dict, out: str, note: str) -> None:
     lines += ['| ' + ' | '.join(_format(r[k]) for k in keys) + ' |' for r in rows]
     with open(os.path.join(out, 'detectors.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
+    with open(os.path.join(out, 'summary.md'), 'w') as f:
+        f.write(summary_table(rows))
     groups = []
     for (detector, model), (in_name, in_s, out_name, out_s) in figures.items():
         label = f'{detector} ({model})'
@@ -267,8 +302,9 @@ def main(argv=None):
                             'in-distribution sample and score the second.'
                             if source.samples else '')
     write(rows, figures, args.out, note.strip())
-    with open(os.path.join(args.out, 'detectors.md')) as f:
-        print(f.read())
+    print('AUROC of each detector (higher is better; 0.5 is chance), the published figure '
+          'in parentheses; every row is in detectors.md:\n')
+    print(summary_table(rows))
     if note.strip():
         print(note.strip())
     print(f'Wrote {os.path.abspath(args.out)}')
