@@ -152,6 +152,8 @@ class CliTest(tf.test.TestCase):
             (('export', '--workdir', work, '--output', model), 'already exists'),
             (('export', '--workdir', self.data, '--output', out_dir), 'not a run directory'),
             (_train_args(work, self.data, 8) + ['--no-resume'], 'already holds a run'),
+            (('score', '--model-dir', model, '--npz', npz, '--output', npz),
+             'is a file, not a folder'),
         ]
         for argv, pattern in cases:
             code, out, err = _run(*argv)
@@ -269,6 +271,7 @@ class KillAndResumeTest(tf.test.TestCase):
         out, err = process.communicate(timeout=300)
         self.assertEqual(process.returncode, 0, err[-2000:])
         self.assertIn('completed at step 300', out)
+        self.assertIn(f'Resuming {workdir} from ckpt-{killed_at}.', out)  # Even --no-progress.
         with open(os.path.join(workdir, 'history.jsonl')) as f:
             steps = [json.loads(line)['step'] for line in f]
         self.assertEqual(steps, [100, 200, 300])

@@ -139,6 +139,11 @@ class FitTest(tf.test.TestCase):
         self.assertAllEqual(model.loc.numpy(), np.zeros(SHAPE))  # Never updated.
         with open(os.path.join(workdir, 'provenance.json')) as f:
             self.assertRegex(json.load(f)['stop_reason'], '^error: TrainingDivergedError')
+        # Running it again would burn as many steps and diverge again: refused at once.
+        with self.assertRaisesRegex(train.TrainingDivergedError,
+                                    'would diverge again.*--learning-rate'):
+            train.fit(_Toy(always_nan=True), images, _config(max_consecutive_nonfinite=5),
+                      workdir, progress=False)
 
     def test_tensorboard_tags(self):
         workdir = self.create_tempdir().full_path

@@ -152,6 +152,10 @@ def _train(args) -> int:
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         num_eval_images=args.num_eval_images, seed=args.seed,
         mutation_rate=args.mutation_rate, weight_decay=args.weight_decay)
+    import tensorflow as tf
+    latest = tf.train.latest_checkpoint(os.path.join(args.workdir, 'checkpoints'))
+    if latest is not None:  # Said also without a progress bar.
+        print(f'Resuming {args.workdir} from {os.path.basename(latest)}.', flush=True)
     _, result = train.train_on_dataset(
         args.model, args.config, args.dataset, args.split, args.workdir, config,
         eval_specs=args.eval_sets, data_dir=args.data_dir, source=args.source,
@@ -243,6 +247,8 @@ def _score(args) -> int:
     model = export.load(args.model_dir)
     shape = model.image_shape
     out = args.output
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f'--output {out} is a file, not a folder')
     files = {k: os.path.join(out, k) for k in ('scores.csv', 'scores.npz', 'summary.json',
                                                'summary.md', 'histogram.png')}
     _check_outputs(files.values(), args.overwrite)
@@ -332,7 +338,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return handlers[args.verb](args)
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,
-            train.RunLockedError, FileExistsError, FileNotFoundError, ValueError) as e:
+            train.RunLockedError, train.TrainingDivergedError, FileExistsError,
+            FileNotFoundError, ValueError) as e:
         print(f'tfp-ood {args.verb}: error: {e}', file=sys.stderr)
         return 2
 

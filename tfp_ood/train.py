@@ -202,6 +202,25 @@ def _check_same_run(saved: Dict[str, Any], current: Dict[str, Any], workdir: str
             f'configuration to resume.')
 
 
+def _refuse_to_repeat_a_divergence(workdir: str) -> None:
+    """A run that stopped on non-finite steps would diverge again from the same
+    checkpoint with the same settings: say what to change instead."""
+    path = os.path.join(workdir, 'provenance.json')
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        try:
+            provenance = json.load(f)
+        except ValueError:
+            return
+    if str(provenance.get('stop_reason', '')).startswith('error: TrainingDivergedError'):
+        raise TrainingDivergedError(
+            f'{workdir} diverged at step {provenance.get("steps")} (see its provenance.json); '
+            f'resuming with the same settings would diverge again. Start a new run directory '
+            f'with a lower learning_rate (--learning-rate) or clip_norm (--clip-norm), or '
+            f'delete {workdir} to start over.')
+
+
 def _batch(images: np.ndarray, step: int, batch_size: int, seed: int):
     """Indices and dequantization noise of global batch `step` (a function of step)."""
     steps_per_epoch = len(images) // batch_size
@@ -468,6 +487,7 @@ def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, p
     saved = load_run_config(workdir)
     if saved is not None:
         _check_same_run(saved, run_config, workdir)
+        _refuse_to_repeat_a_divergence(workdir)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
         json.dump(run_config, f, indent=2)
 
