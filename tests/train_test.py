@@ -209,6 +209,22 @@ _TWO_DEVICES = textwrap.dedent('''
 ''')
 
 
+class NonFiniteCheckpointTest(tf.test.TestCase):
+
+    def test_a_non_finite_checkpoint_is_refused_for_export(self):
+        workdir = self.create_tempdir().full_path
+        model = _Toy()
+        train.fit(model, _images(), _config(num_steps=4), workdir, progress=False)
+        self.assertEqual(train.nonfinite_variables(model), [])
+        model.loc.assign(tf.fill(SHAPE, np.nan))  # As a run with an infinite clip norm did.
+        self.assertLen(train.nonfinite_variables(model), 1)
+        step = tf.Variable(5, dtype=tf.int64)
+        tf.train.CheckpointManager(tf.train.Checkpoint(model=model, step=step),
+                                   os.path.join(workdir, 'checkpoints'), 5).save(5)
+        with self.assertRaisesRegex(ValueError, 'non-finite variables'):
+            train.restore_latest(_Toy(), workdir)
+
+
 class RunLockTest(tf.test.TestCase):
 
     def _lock(self, workdir, pid, host=None):

@@ -62,8 +62,8 @@ from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.summaries import Summaries
 
 __all__ = ['ConfigMismatchError', 'LinearWarmup', 'RunLockedError', 'TrainConfig',
-           'TrainResult', 'TrainingDivergedError', 'fit', 'load_run_config', 'restore_latest',
-           'train_on_dataset']
+           'TrainResult', 'TrainingDivergedError', 'fit', 'load_run_config',
+           'nonfinite_variables', 'restore_latest', 'train_on_dataset']
 
 # Training-config fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = ('num_steps', 'checkpoint_every', 'eval_every', 'log_every',
@@ -418,7 +418,17 @@ def restore_latest(model: DensityModel, workdir: str) -> int:
         raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}.')
     step = tf.Variable(0, dtype=tf.int64)
     tf.train.Checkpoint(model=model, step=step).read(path).expect_partial()
+    bad = nonfinite_variables(model)
+    if bad:
+        raise ValueError(f'The checkpoint {path} holds {len(bad)} non-finite variables (e.g. '
+                         f'{bad[0]}); every score of the model would be NaN.')
     return int(step)
+
+
+def nonfinite_variables(model: DensityModel) -> List[str]:
+    """Names of the model's variables that hold NaN or infinite values."""
+    return [v.name for v in model.trainable_variables
+            if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))]
 
 
 def _read_history(path: str, up_to_step: int) -> List[Dict[str, Any]]:
@@ -534,8 +544,16 @@ def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, p
             summaries.samples(model, step)
         return row
 
-    def save(step):
+    def save(step, on_exit=False):
         wall_var.assign(float(wall_var) + time.monotonic() - t0)
+        bad = nonfinite_variables(model)
+        if bad:  # Never a checkpoint that every later score would be NaN from.
+            message = (f'Not saving step {step}: {len(bad)} variables are not finite (e.g. '
+                       f'{bad[0]}); the last good checkpoint is in {manager.directory}.')
+            if on_exit:  # Leave the run's own error (or stop) as the reason.
+                logging.warning(message)
+                return time.monotonic()
+            raise TrainingDivergedError(message)
         manager.save(checkpoint_number=step)
         return time.monotonic()
 
@@ -594,7 +612,7 @@ def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, p
         raise
     finally:
         if step > last_saved or not manager.latest_checkpoint:
-            t0 = save(step)
+            t0 = save(step, on_exit=True)
         summaries.flush()
         # Provenance of the last checkpoint, however the run ended.
         final = {k: v for k, v in (history[-1] if history else {}).items()
