@@ -127,6 +127,25 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
         with open(regular) as f:
             self.assertEqual(f.read(), 'mine')
 
+    def test_edited_or_corrupt_metadata_is_named(self):
+        model = models.from_config(dict(family='glow', **_GLOW.to_dict()))
+        model.initialize(np.zeros((2,) + SHAPE, np.uint8))
+        path = export.export(model, os.path.join(self.create_tempdir().full_path, 'model'))
+        metadata_path = os.path.join(path, 'assets', export.METADATA_FILE)
+        with open(metadata_path) as f:
+            original = json.load(f)
+        for content, pattern in (
+                ('{"format": ', 'is not valid JSON'),
+                (json.dumps(dict(original, image_shape='32x32')), 'image_shape must be'),
+                (json.dumps(dict(original, image_shape=[8, 8])), 'image_shape must be'),
+                (json.dumps(dict(original, outputs=None)), "'outputs' must be a list"),
+                ('[]', 'unknown format')):
+            with open(metadata_path, 'w') as f:
+                f.write(content)
+            with self.assertRaisesRegex(ValueError, pattern) as cm:
+                export.load(path)
+            self.assertIn(metadata_path, str(cm.exception))
+
     def test_capabilities_are_declared_not_guessed(self):
         # hasattr(model, 'sample') was true for every loaded SavedModel.
         self.assertFalse(models.DensityModel((4, 4, 1)).can_sample)

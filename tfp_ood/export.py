@@ -171,11 +171,23 @@ def read_metadata(path: str) -> Dict[str, Any]:
     if not os.path.exists(metadata_path):
         raise FileNotFoundError(f'{path} is a SavedModel but not a tfp_ood export: no '
                                 f'assets/{METADATA_FILE}.')
-    with open(metadata_path) as f:
-        metadata = json.load(f)
-    if metadata.get('format') != FORMAT:
-        raise ValueError(f'{metadata_path}: unknown format {metadata.get("format")!r}; '
-                         f'expected {FORMAT!r}.')
+    try:
+        with open(metadata_path) as f:
+            metadata = json.load(f)
+    except ValueError as e:
+        raise ValueError(f'{metadata_path} is not valid JSON ({e}).') from None
+    if not isinstance(metadata, dict) or metadata.get('format') != FORMAT:
+        found = metadata.get('format') if isinstance(metadata, dict) else type(metadata).__name__
+        raise ValueError(f'{metadata_path}: unknown format {found!r}; expected {FORMAT!r}.')
+    shape = metadata.get('image_shape')
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(d, int) and d > 0 for d in shape)):
+        raise ValueError(f'{metadata_path}: image_shape must be [H, W, C] of positive '
+                         f'integers; got {shape!r}.')
+    for key, kind in (('model', dict), ('outputs', list), ('can_sample', bool)):
+        if not isinstance(metadata.get(key), kind):
+            raise ValueError(f'{metadata_path}: {key!r} must be a {kind.__name__}; got '
+                             f'{metadata.get(key)!r}.')
     return metadata
 
 
