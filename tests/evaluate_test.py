@@ -125,6 +125,22 @@ class EvaluateTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'different shapes'):
             score(self.model, [images[0], images[0, :4]], progress=False)
 
+    def test_datasets_of_unknown_shape_or_string_labels(self):
+        def generator(shape):
+            def gen():
+                yield np.zeros(SHAPE, np.uint8)
+                yield np.zeros(shape, np.uint8)
+            return tf.data.Dataset.from_generator(
+                gen, output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
+
+        self.assertEqual(score(self.model, generator(SHAPE), progress=False).num_images, 2)
+        with self.assertRaisesRegex(ValueError, r'unknown: expected images of shape \[8, 8, 3\]'):
+            score(self.model, generator((4, 4, 3)), name='unknown', progress=False)
+        strings = tf.data.Dataset.from_tensor_slices(
+            {'image': _uint8(2), 'label': tf.constant(['cat', 'dog'])})
+        with self.assertRaisesRegex(ValueError, 'labels must be integers.*string'):
+            score(self.model, strings, progress=False)
+
     def test_nonfinite_scores_are_counted_not_dropped(self):
         images = _uint8(6)
         images[[1, 4]] = 0

@@ -117,6 +117,12 @@ def _as_dataset(data, model: DensityModel, name: str) -> tf.data.Dataset:
         images = check_images(data, model.image_shape, what=name)
         return tf.data.Dataset.from_tensor_slices((images, _no_labels(images)))
     spec = data.element_spec
+    label_spec = (spec.get('label') if isinstance(spec, dict) else
+                  spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None)
+    if label_spec is not None and not (label_spec.dtype.is_integer or label_spec.dtype.is_bool
+                                       or label_spec.dtype.is_floating):
+        raise ValueError(f'{name}: labels must be integers; the dataset holds '
+                         f'{label_spec.dtype.name} labels.')
     if isinstance(spec, dict):
         if 'image' not in spec:
             raise ValueError(f'{name}: dataset elements are dicts without an "image" '
@@ -147,6 +153,8 @@ def _as_dataset(data, model: DensityModel, name: str) -> tf.data.Dataset:
     if shape.rank != 3 or any(s is not None and s != e for s, e in zip(shape, expected)):
         raise ValueError(f'{name}: expected images of shape {expected} (H, W, C); the '
                          f'dataset holds images of shape {shape}.')
+    if not shape.is_fully_defined():  # Checked per image as the dataset is read.
+        ds = ds.map(lambda image, label: (tf.ensure_shape(image, expected), label))
     return ds
 
 
@@ -196,10 +204,14 @@ def score(model: DensityModel,
     interval = 1.0 if sys.stderr.isatty() else 30.0
     with tqdm(total=num_images if num_images >= 0 else None, desc=f'scoring {name}',
               unit='img', disable=not progress, leave=False, mininterval=interval) as bar:
-        for images, batch_labels in ds:
-            chunks.append({k: v.numpy() for k, v in score_batch(images).items()})
-            labels.append(batch_labels.numpy())
-            bar.update(len(batch_labels))
+        try:
+            for images, batch_labels in ds:
+                chunks.append({k: v.numpy() for k, v in score_batch(images).items()})
+                labels.append(batch_labels.numpy())
+                bar.update(len(batch_labels))
+        except tf.errors.InvalidArgumentError as e:  # ensure_shape above.
+            raise ValueError(f'{name}: expected images of shape {list(model.image_shape)}; the '
+                             f'dataset holds another ({e.message.splitlines()[0]}).') from None
     if not chunks:
         raise ValueError(f'{name}: the dataset is empty; nothing to score.')
     scores = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
