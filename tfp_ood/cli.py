@@ -11,6 +11,7 @@ of the wrong size) print one line and exit with status 2.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -196,6 +197,15 @@ def _export(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _atomic_open(path: str, mode: str = 'w', **kwargs):
+    """Writes `path` through a partial file moved into place when complete."""
+    partial = f'{path}.partial'
+    with open(partial, mode, **kwargs) as f:
+        yield f
+    os.replace(partial, path)
+
+
 def _check_outputs(paths, overwrite: bool):
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not overwrite:
@@ -275,16 +285,16 @@ def _score(args) -> int:
     os.makedirs(out, exist_ok=True)
     result.save(files['scores.npz'])
     keys = ['log_prob', 'bits_per_dim'] + list(model.term_names)
-    with open(files['scores.csv'], 'w', newline='') as f:
+    with _atomic_open(files['scores.csv'], newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['index', 'source', 'label'] + keys)
         for i in range(result.num_images):
             writer.writerow([i, sources[i] if sources else i, int(result.labels[i])]
                             + [f'{result.scores[k][i]:.6g}' for k in keys])
     summary = dict(result.summary(), name=name, model_dir=args.model_dir)
-    with open(files['summary.json'], 'w') as f:
+    with _atomic_open(files['summary.json']) as f:
         json.dump(summary, f, indent=2)
-    with open(files['summary.md'], 'w') as f:
+    with _atomic_open(files['summary.md']) as f:
         f.write('| set | images | non-finite | bits/dim (mean ± std) | log p(x) nats (mean) |\n'
                 '|---|---:|---:|---:|---:|\n'
                 f'| {name} | {summary["num_images"]} | {summary["num_nonfinite"]} | '
@@ -317,7 +327,7 @@ def _compare(args) -> int:
     os.makedirs(args.output, exist_ok=True)
     metrics = ood_metrics(results[0].log_prob, results[1].log_prob, nonfinite='lowest')
     metrics.update(in_set=results[0].name, out_set=results[1].name)
-    with open(files['metrics.json'], 'w') as f:
+    with _atomic_open(files['metrics.json']) as f:
         json.dump(metrics, f, indent=2)
     plotting.plot_histograms(results, files['histogram.png'], key=args.key)
     nonfinite = ''

@@ -78,12 +78,17 @@ class ScoreResult:
         }
 
     def save(self, path: str) -> None:
-        """Writes the scores as `.npz` (arrays plus a JSON `meta` entry)."""
+        """Writes the scores as `.npz` (arrays plus a JSON `meta` entry), atomically."""
         meta = json.dumps({'name': self.name, 'model': self.model,
                            'image_shape': list(self.image_shape)})
-        with open(path, 'wb') as f:  # np.savez would append '.npz'.
+        if len(self.labels) != self.num_images:
+            raise ValueError(f'{self.name}: {self.num_images} scores but {len(self.labels)} '
+                             f'labels.')
+        partial = f'{path}.partial'  # Moved into place once complete.
+        with open(partial, 'wb') as f:  # np.savez would append '.npz'.
             np.savez(f, labels=self.labels, meta=np.array(meta),
                      **{f'score_{k}': v for k, v in self.scores.items()})
+        os.replace(partial, path)
 
     @classmethod
     def load(cls, path: str) -> 'ScoreResult':
