@@ -225,6 +225,26 @@ class NonFiniteCheckpointTest(tf.test.TestCase):
             train.restore_latest(_Toy(), workdir)
 
 
+class TruncatedCheckpointTest(tf.test.TestCase):
+
+    def test_resume_and_export_fall_back_past_a_truncated_checkpoint(self):
+        workdir = self.create_tempdir().full_path
+        images = _images()
+        train.fit(_model(), images, _config(num_steps=8, checkpoint_every=4), workdir,
+                  progress=False)
+        directory = os.path.join(workdir, 'checkpoints')
+        data = [n for n in os.listdir(directory) if n.startswith('ckpt-8.data')][0]
+        with open(os.path.join(directory, data), 'r+b') as f:  # Killed mid-write.
+            f.truncate(100)
+        os.makedirs(os.path.join(directory, 'ckpt-12_temp'))  # An unfinished write.
+        self.assertEqual(train.restore_latest(_model(), workdir), 4)
+        self.assertFalse(os.path.exists(os.path.join(directory, 'ckpt-12_temp')))
+        result = train.fit(_model(), images, _config(num_steps=12, checkpoint_every=4),
+                           workdir, progress=False)
+        self.assertEqual(result.step, 12)
+        self.assertEqual(train.restore_latest(_model(), workdir), 12)
+
+
 class RunLockTest(tf.test.TestCase):
 
     def _lock(self, workdir, pid, host=None):

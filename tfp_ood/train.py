@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -402,6 +403,49 @@ def _run_lock(workdir: str):
             os.remove(path)
 
 
+def _restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
+                             full: bool) -> Optional[str]:
+    """Restores the newest checkpoint in `directory` that reads, newest first.
+
+    A checkpoint cut short (the process killed while writing it, a full disk)
+    is skipped with a warning, and the one before it restored; folders of
+    unfinished writes (`*_temp*`) are removed. Returns the path restored, or
+    `None` if the directory has no checkpoint.
+
+    Raises:
+      ValueError: there are checkpoints but none of them reads.
+    """
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if '_temp' in name and os.path.isdir(os.path.join(directory, name)):
+                logging.warning('Removing %s: an unfinished checkpoint write.', name)
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    state = tf.train.get_checkpoint_state(directory)
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    errors = []
+    for path in reversed(paths):
+        try:
+            status = checkpoint.read(path)
+            if full:
+                status.assert_existing_objects_matched()
+            else:
+                status.expect_partial()
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+            # A truncated file: "IndexError: Read less bytes than requested".
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            logging.warning('Checkpoint %s does not read (%s); trying the one before it.',
+                            path, message)
+            errors.append(f'{os.path.basename(path)}: {message}')
+            continue
+        if errors:
+            logging.warning('Restored %s instead of the newer checkpoints that do not read.',
+                            os.path.basename(path))
+        return path
+    if errors:
+        raise ValueError(f'No checkpoint in {directory} reads: {"; ".join(errors)}.')
+    return None
+
+
 def restore_latest(model: DensityModel, workdir: str) -> int:
     """Loads the model weights of the last checkpoint in `workdir`; returns its step.
 
@@ -413,11 +457,11 @@ def restore_latest(model: DensityModel, workdir: str) -> int:
     if saved['model'] != model.get_config():
         raise ConfigMismatchError(f'The checkpoint in {workdir} is of model '
                                   f'{saved["model"]}, not {model.get_config()}.')
-    path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+    step = tf.Variable(0, dtype=tf.int64)
+    path = _restore_newest_readable(tf.train.Checkpoint(model=model, step=step),
+                                    os.path.join(workdir, 'checkpoints'), full=False)
     if path is None:
         raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}.')
-    step = tf.Variable(0, dtype=tf.int64)
-    tf.train.Checkpoint(model=model, step=step).read(path).expect_partial()
     bad = nonfinite_variables(model)
     if bad:
         raise ValueError(f'The checkpoint {path} holds {len(bad)} non-finite variables (e.g. '
@@ -513,9 +557,7 @@ def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, p
                                      wall_time=wall_var, skipped=skipped_var)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, 'checkpoints'),
                                          max_to_keep=config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    else:
+    if _restore_newest_readable(checkpoint, manager.directory, full=True) is None:
         init = train_images[:config.num_init_images]
         model.initialize(init, seed=config.seed)
     start = int(step_var)
