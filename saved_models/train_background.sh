@@ -13,7 +13,9 @@
 # The learning rate is half the foreground's: at 1e-3 a FashionMNIST Glow on
 # perturbed images (MU 0.1) diverged after 1,057 steps (loss 1e19). At 5e-4 it
 # trained, but after 1,500 steps a few clean test images got astronomically
-# low likelihoods (mean 1.3e13 bits/dim): hence weight decay in the grid.
+# low likelihoods (mean 1.3e13 bits/dim): hence weight decay in the grid. With
+# weight decay 0.01 (MU 0.1, 5e-4) it diverged at step 1,371 (loss 1e24): the
+# next grid should also lower the learning rate (1e-4) or the clip norm.
 set -euo pipefail
 DATA=${1:?usage: bash saved_models/train_background.sh DATA_DIR [RUNS_DIR] [MODEL...]}
 RUNS=${2:-runs}
@@ -44,7 +46,9 @@ for model in $MODELS; do
         --learning-rate 5e-4 --batch-size "$batch" --steps "$GRID_STEPS" --eval-every 500 \
         --checkpoint-every 250 --workdir "$dir" --data-dir "$DATA" --no-progress \
         || echo "$dir: stopped with an error (see above); left out of the search"
-      [ -f "$dir/config.json" ] && candidates+=(--background "$dir")
+      if grep -q '"stop_reason": "completed"' "$dir/provenance.json" 2>/dev/null; then
+        candidates+=(--background "$dir")
+      fi
     done
   done
   python examples/background_search.py --foreground "saved_models/$model" "${candidates[@]}" \
