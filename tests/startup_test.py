@@ -1,0 +1,73 @@
+"""TensorFlow's start-up notices are filtered when tfp_ood is imported, and
+nothing else is: a fresh interpreter, because TensorFlow prints them once."""
+
+import os
+import subprocess
+import sys
+
+from tfp_ood import _startup
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code, **env):
+    environment = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    environment.update(env)
+    return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_notices_are_recognised_and_other_lines_are_not():
+    notices = [
+        'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR',
+        'E0000 00:00:1796146476.145437    3490 cuda_platform.cc:52] failed call to cuInit: '
+        'INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)',
+        'I0000 00:00:1796146471.702402    3490 cudart_stub.cc:31] Could not find cuda drivers '
+        'on your machine, GPU will not be used.',
+        'I0000 00:00:1796146471.702057    3490 port.cc:153] oneDNN custom operations are on.',
+        'I0000 00:00:1796146471.746587    3490 cpu_feature_guard.cc:227] This TensorFlow binary '
+        'is optimized to use available CPU instructions in performance-critical operations.',
+        'To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild '
+        'TensorFlow with the appropriate compiler flags.',
+    ]
+    others = [
+        'E0000 00:00:1796146476.145437    3490 op_kernel.cc:1830] OP_REQUIRES failed: OOM',
+        'W0000 00:00:1.0    1 bfc_allocator.cc:482] Allocator ran out of memory',
+        'Traceback (most recent call last):',
+        'ImportError: libcudart.so.12: cannot open shared object file',
+        'a port.cc:1] line that does not start like a log line',
+    ]
+    assert all(_startup.is_notice(line + '\n') for line in notices)
+    assert not any(_startup.is_notice(line) for line in others)
+
+
+def test_import_prints_nothing_on_a_machine_without_gpu():
+    result = _python('import tfp_ood')
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ''
+
+
+def test_lines_other_than_notices_are_written_back():
+    code = ('import os\n'
+            'from tfp_ood import _startup\n'
+            'with _startup._filtered_stderr():\n'
+            '    os.write(2, b"I0000 00:00:1.0    1 cudart_stub.cc:31] Could not find cuda\\n")\n'
+            '    os.write(2, b"a real problem\\n")\n'
+            'os.write(2, b"after\\n")\n')
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == 'a real problem\nafter\n'
+
+
+def test_every_message_with_log_level_zero():
+    result = _python('import tfp_ood', TF_CPP_MIN_LOG_LEVEL='0')
+    assert 'cudart_stub.cc' in result.stderr or 'cuInit' in result.stderr or (
+        'port.cc' in result.stderr)
+
+
+def test_devices_can_still_be_configured_after_import():
+    result = _python('import tfp_ood, tensorflow as tf\n'
+                     'tf.config.set_visible_devices([], "GPU")\n'
+                     'print(tf.config.get_visible_devices("CPU")[0].device_type)')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'CPU'

@@ -1,0 +1,74 @@
+"""Import TensorFlow without its start-up notices on a machine with no GPU.
+
+Importing TensorFlow, and its first look at the devices, print lines such as
+`E0000 ... cuda_platform.cc:52] failed call to cuInit: ...` and `I0000 ...
+cudart_stub.cc:31] Could not find cuda drivers on your machine` from C++,
+before `TF_CPP_MIN_LOG_LEVEL` can act (absl writes everything to stderr until
+it is initialised). On a CPU-only machine a user reads them as errors.
+
+`import_tensorflow()` imports TensorFlow and lists the physical devices with
+file descriptor 2 redirected to a temporary file, then writes back every line
+of it that is not one of those notices: nothing else is hidden, and a real
+error during the import still reaches stderr (and raises). Listing devices
+does not initialise the runtime, so `tf.config.set_visible_devices` and
+memory growth can still be set afterwards.
+
+It does nothing when TensorFlow is already imported or when
+`TF_CPP_MIN_LOG_LEVEL=0` asks for every message.
+"""
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+
+# The notices, one pattern per line (C++ log lines start with a severity
+# letter and the date as four digits).
+_NOTICES = re.compile(
+    r'^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR'
+    r'|[IWE]\d{4} .*\b(cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn'
+    r'|cuda_fft|cuda_blas|port|cpu_feature_guard)\.cc:\d+\] .*'
+    r'|To enable the following instructions: .*in other operations, rebuild TensorFlow'
+    r' with the appropriate compiler flags\.)$')
+
+
+def is_notice(line: str) -> bool:
+    """Whether `line` is one of TensorFlow's start-up notices."""
+    return bool(_NOTICES.match(line.rstrip('\r\n')))
+
+
+@contextlib.contextmanager
+def _filtered_stderr():
+    """Collect what is written to file descriptor 2; write back all but the notices."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable descriptor 2
+        yield
+        return
+    with tempfile.TemporaryFile(mode='w+b') as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode('utf-8', 'replace').splitlines(True)
+                    if not is_notice(line)]
+            if kept:
+                os.write(2, ''.join(kept).encode())
+
+
+def import_tensorflow():
+    """Import TensorFlow (and list its devices) with the start-up notices filtered out."""
+    if 'tensorflow' in sys.modules or os.environ.get('TF_CPP_MIN_LOG_LEVEL') == '0':
+        return
+    with _filtered_stderr():
+        import tensorflow as tf
+        tf.config.list_physical_devices()
