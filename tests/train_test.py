@@ -1,6 +1,8 @@
 """Tests of fit(): training, exact resume, refusal of other runs, non-finite guard,
 TensorBoard tags, and the two-device strategy against one device."""
 
+import collections
+import glob
 import json
 import os
 import subprocess
@@ -243,6 +245,31 @@ class TruncatedCheckpointTest(tf.test.TestCase):
                            workdir, progress=False)
         self.assertEqual(result.step, 12)
         self.assertEqual(train.restore_latest(_model(), workdir), 12)
+
+    def test_a_run_resumed_after_a_kill_logs_each_step_once(self):
+        workdir = self.create_tempdir().full_path
+        images = _images()
+        config = _config(num_steps=10, checkpoint_every=4, eval_every=3, log_every=1)
+        train.fit(_model(), images, config, workdir, eval_sets={'held': images[:16]},
+                  progress=False)
+        # A SIGKILL after step 10 had been logged but before ckpt-10 was written.
+        directory = os.path.join(workdir, 'checkpoints')
+        for name in os.listdir(directory):
+            if name.startswith('ckpt-10.'):
+                os.remove(os.path.join(directory, name))
+        with open(glob.glob(os.path.join(workdir, 'logs', 'events.*'))[0], 'ab') as f:
+            f.write(b'\x10\x00\x00')  # And a record cut short.
+        train.fit(_model(), images, _config(num_steps=12, checkpoint_every=4, eval_every=3,
+                                            log_every=1),
+                  workdir, eval_sets={'held': images[:16]}, progress=False)
+        steps = collections.defaultdict(list)
+        for path in glob.glob(os.path.join(workdir, 'logs', 'events.*')):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    steps[value.tag].append(event.step)
+        self.assertEqual(sorted(steps['train/loss']), list(range(1, 13)))
+        self.assertEqual(sorted(steps['eval/held/bits_per_dim']), [3, 6, 9, 12])
+        self.assertEqual(len(glob.glob(os.path.join(workdir, 'logs', 'events.*'))), 2)
 
 
 class RunLockTest(tf.test.TestCase):

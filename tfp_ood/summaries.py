@@ -8,27 +8,74 @@ Tags written:
   `eval/<set>/log_pz` and `eval/<set>/log_det` (histograms of per-image values);
 - `samples/temperature_0.7`, `samples/temperature_1.0` (images, flows);
 - `config` (text: the run's configuration as JSON).
+
+A run resumed from a checkpoint at step `s` first drops the events after `s`
+from the event files already in the log directory (`drop_events_after`): the
+steps between the checkpoint and the interruption are trained again, and
+TensorBoard would otherwise show them twice.
 """
 
+import glob
 import json
+import os
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.util import event_pb2
 
 from tfp_ood.evaluate import ScoreResult
 
-__all__ = ['Summaries', 'HISTOGRAM_TERMS', 'SAMPLE_TEMPERATURES']
+__all__ = ['Summaries', 'HISTOGRAM_TERMS', 'SAMPLE_TEMPERATURES', 'drop_events_after']
 
 HISTOGRAM_TERMS = ('log_prob', 'log_pz', 'log_det')
 SAMPLE_TEMPERATURES = (0.7, 1.0)
 
 
-class Summaries:
-    """A TensorBoard event-file writer for one run directory."""
+def drop_events_after(logdir: str, step: int) -> int:
+    """Removes the summaries of steps after `step` from the event files in `logdir`.
 
-    def __init__(self, logdir: str):
+    Each event file that holds such summaries is rewritten without them (into
+    a temporary file, then moved into place). A record cut short at the end
+    of a file (the process killed while writing it) is dropped too.
+
+    Returns:
+      The number of events removed.
+    """
+    removed = 0
+    for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
+        kept, dropped = [], 0
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                if event.HasField('summary') and event.step > step:
+                    dropped += 1
+                else:
+                    kept.append(record.numpy())
+        except tf.errors.DataLossError:  # A truncated last record.
+            dropped += 1
+        if dropped:
+            with tf.io.TFRecordWriter(path + '.tmp') as writer:
+                for record in kept:
+                    writer.write(record)
+            os.replace(path + '.tmp', path)
+            removed += dropped
+    return removed
+
+
+class Summaries:
+    """A TensorBoard event-file writer for one run directory.
+
+    Args:
+      logdir: the directory of the event files.
+      resume_step: the step a resumed run restarts from: the summaries of
+        later steps already in `logdir` are removed first.
+    """
+
+    def __init__(self, logdir: str, resume_step: Optional[int] = None):
         self.logdir = logdir
+        if resume_step is not None:
+            drop_events_after(logdir, resume_step)
         self._writer = tf.summary.create_file_writer(logdir)
 
     def config(self, config: Mapping[str, Any], step: int = 0) -> None:

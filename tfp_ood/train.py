@@ -566,7 +566,7 @@ def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, p
     with open(history_path, 'w') as f:  # Drop rows past the restored step.
         f.writelines(json.dumps(r) + '\n' for r in history)
 
-    summaries = Summaries(os.path.join(workdir, 'logs'))
+    summaries = Summaries(os.path.join(workdir, 'logs'), resume_step=start)
     if start == 0:
         summaries.config(run_config)
     train_step = _make_train_step(model, optimizer, strategy, config)
