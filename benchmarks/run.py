@@ -54,7 +54,7 @@ import tf_keras
 
 from tfp_ood import models, train
 from tfp_ood.bijectors import coupling_network_fn, exit_network_fn
-from tfp_ood.config import GlowConfig
+from tfp_ood.config import GlowConfig, named_config
 from tfp_ood.models.base import dequantize
 
 tfb, tfd = tfp.bijectors, tfp.distributions
@@ -355,13 +355,12 @@ def build_model(family: str, config_name: str, shape=(32, 32, 3)):
 def compare_with_tfp(plan: Plan, log: Callable) -> Dict:
     """Our Glow and CV-Glow against `tfb.Glow` at the same architecture."""
     out = {}
-    for coupling in ('affine', 'additive'):
-        config = GlowConfig.named(plan.glow_compare, coupling=coupling)
-        key = 'glow' if coupling == 'affine' else 'cvglow'
+    for model, key in (('glow', 'glow'), ('cv_glow', 'cvglow')):
+        config = named_config(model, plan.glow_compare)
         mine = ours(models.FlowModel.from_config(config), plan.compare_batch)
         peer = tfp_peer(config, plan.compare_batch)
         tasks = {'ours_score': mine.score, 'tfp_score': peer.score}
-        if coupling == 'affine':  # Training comparison for the affine Glow.
+        if model == 'glow':  # Training comparison for the affine Glow.
             tasks.update(ours_train=mine.train_step, tfp_train=peer.train_step)
         seconds = alternate(tasks, plan.repeats, plan.min_seconds)
         ips = {k: plan.compare_batch / v for k, v in seconds.items()}

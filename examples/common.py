@@ -19,9 +19,8 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from tfp_ood import data, export, report, train
-from tfp_ood.config import GLOW_CONFIG_NAMES, GlowConfig
-from tfp_ood.models import FlowModel
+from tfp_ood import data, export, models, report, train
+from tfp_ood.config import GLOW_CONFIG_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Images per set scored under the families whose scoring is slow, as
@@ -143,7 +142,6 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
 
     Returns `None` when the pretrained model is not in `--models-dir`.
     """
-    coupling = 'affine' if family == 'glow' else 'additive'
     if args.retrain:
         config = train.TrainConfig(num_steps=args.steps, batch_size=args.batch_size,
                                    eval_every=max(1, min(1000, args.steps)),
@@ -157,8 +155,7 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
         return report.ModelEntry(model, family, dataset)
     if args.untrained:
         shape = data.DATASETS[dataset].image_shape
-        config = GlowConfig.named(args.config, shape, coupling=coupling)
-        model = FlowModel.from_config(config)
+        model = models.named_model(family, args.config, shape)
         init_split = 'test' if source.samples else train_split
         model.initialize(data.images_array(source.load(dataset, init_split), limit=512))
         return report.ModelEntry(model, family, f'untrained ({dataset} init)')

@@ -12,6 +12,7 @@ of the wrong size) print one line and exit with status 2.
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -44,8 +45,24 @@ def _add_data_args(parser):
                         help='let TFDS download missing datasets (needs internet)')
 
 
+def _add_dataclass_flags(parser, cls) -> None:
+    """A flag per field of dataclass `cls` (`--field-name`, or the field's `flag`
+    metadata), with its type, default and `help` metadata."""
+    for field in dataclasses.fields(cls):
+        flag = (field.metadata.get('flag') or field.name).replace('_', '-')
+        parser.add_argument(f'--{flag}', dest=field.name, type=field.type, default=field.default,
+                            metavar={int: 'N', float: 'X'}.get(field.type, 'VALUE'),
+                            help=f'{field.metadata["help"]} (default: {field.default})')
+
+
+def _from_flags(cls, args):
+    """The dataclass `cls` from the flags `_add_dataclass_flags` added."""
+    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    from tfp_ood.config import GLOW_CONFIG_NAMES
+    from tfp_ood.config import MODEL_NAMES, MODELS, SIZE_NAMES
+    from tfp_ood.train import TrainConfig
     parser = argparse.ArgumentParser(
         prog='tfp-ood', description='Likelihood-based out-of-distribution analysis with '
         'deep generative models (Nalisnick et al., 2019).')
@@ -55,12 +72,12 @@ def _build_parser() -> argparse.ArgumentParser:
         'train', help='train a model (resumes from --workdir if it holds the same run)',
         description='Train a model. Running the same command again after an interruption '
         '(Ctrl-C, SIGTERM, a crash) resumes from the last checkpoint.')
-    train.add_argument('--model', default='glow',
-                       choices=('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'),
-                       help='model (default: glow; vae is the conv-categorical VAE, '
-                            'vae_rnvp the VAE with a RealNVP encoder)')
-    train.add_argument('--config', default='cpu', choices=GLOW_CONFIG_NAMES,
-                       help='named architecture (default: cpu)')
+    train.add_argument('--model', default='glow', choices=MODEL_NAMES,
+                       help='model (default: glow): ' + '; '.join(
+                           f'{spec.name}: {spec.description}' for spec in MODELS.values()))
+    train.add_argument('--config', default='cpu', choices=SIZE_NAMES,
+                       help='named size (default: cpu): ' + '; '.join(
+                           f'{spec.name}: {", ".join(spec.sizes)}' for spec in MODELS.values()))
     train.add_argument('--dataset', default='cifar10', help='training dataset (TFDS name)')
     train.add_argument('--split', default='train', help='training split, e.g. "test[:7000]"')
     train.add_argument('--eval', dest='eval_sets', type=_eval_spec, action='append',
@@ -68,22 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='held-out set scored every --eval-every steps (repeatable; '
                             'default: the test split of --dataset)')
     train.add_argument('--workdir', required=True, help='run directory (checkpoints, logs)')
-    train.add_argument('--steps', type=int, default=10000, help='total training steps')
-    train.add_argument('--batch-size', type=int, default=64, help='global batch size')
-    train.add_argument('--learning-rate', type=float, default=1e-3, help='peak Adam rate')
-    train.add_argument('--warmup-steps', type=int, default=500, help='linear warm-up steps')
-    train.add_argument('--clip-norm', type=float, default=50.0, help='gradient clip norm')
-    train.add_argument('--checkpoint-every', type=int, default=500, help='steps per checkpoint')
-    train.add_argument('--eval-every', type=int, default=1000, help='steps per evaluation')
-    train.add_argument('--num-eval-images', type=int, default=2000,
-                       help='images per held-out set')
-    train.add_argument('--seed', type=int, default=0, help='seed of weights and data order')
-    train.add_argument('--mutation-rate', type=float, default=0.0,
-                       help='replace each training value with this probability by a uniform '
-                            'draw from 0..255 (a background model for the likelihood-ratio '
-                            'detector; default: 0)')
-    train.add_argument('--weight-decay', type=float, default=0.0,
-                       help='L2 penalty on every kernel, per image in nats (default: 0)')
+    _add_dataclass_flags(train, TrainConfig)
     train.add_argument('--strategy', default='default',
                        choices=('default', 'mirrored', 'multi_worker'),
                        help='tf.distribute strategy (multi_worker reads TF_CONFIG)')
@@ -144,15 +146,14 @@ def _strategy(name: str):
 
 def _train(args) -> int:
     from tfp_ood import train
+    from tfp_ood.config import config_names
     if not args.resume and train.load_run_config(args.workdir) is not None:
         raise CommandError(f'{args.workdir} already holds a run and --no-resume was given; '
                            f'choose another --workdir.')
-    config = train.TrainConfig(
-        num_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps, clip_norm=args.clip_norm,
-        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        num_eval_images=args.num_eval_images, seed=args.seed,
-        mutation_rate=args.mutation_rate, weight_decay=args.weight_decay)
+    if args.config not in config_names(args.model):
+        raise CommandError(f'--model {args.model} has no size {args.config!r}; it has '
+                           f'{", ".join(config_names(args.model))}.')
+    config = _from_flags(train.TrainConfig, args)
     import tensorflow as tf
     latest = tf.train.latest_checkpoint(os.path.join(args.workdir, 'checkpoints'))
     if latest is not None:  # Said also without a progress bar.

@@ -71,6 +71,11 @@ _RESUMABLE_CHANGES = ('num_steps', 'checkpoint_every', 'eval_every', 'log_every'
                       'keep_checkpoints', 'num_eval_images', 'sample_every')
 
 
+def _field(default, help_text: str, flag: Optional[str] = None):
+    """A `TrainConfig` field with its command-line help (and flag name, if not the field's)."""
+    return dataclasses.field(default=default, metadata={'help': help_text, 'flag': flag})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How to train.
@@ -101,22 +106,25 @@ class TrainConfig:
         6,000 in squares, so `0.01` adds a few percent to their loss.
     """
 
-    num_steps: int = 10000
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    warmup_steps: int = 500
-    clip_norm: float = 50.0
-    max_consecutive_nonfinite: int = 20
-    checkpoint_every: int = 500
-    eval_every: int = 1000
-    log_every: int = 50
-    sample_every: int = 0
-    num_init_images: int = 512
-    num_eval_images: int = 2000
-    keep_checkpoints: int = 3
-    seed: int = 0
-    mutation_rate: float = 0.0
-    weight_decay: float = 0.0
+    num_steps: int = _field(10000, 'total training steps', flag='steps')
+    batch_size: int = _field(64, 'global batch size')
+    learning_rate: float = _field(1e-3, 'peak Adam learning rate')
+    warmup_steps: int = _field(500, 'steps of linear warm-up')
+    clip_norm: float = _field(50.0, 'gradient clip norm')
+    max_consecutive_nonfinite: int = _field(
+        20, 'stop after this many non-finite steps in a row')
+    checkpoint_every: int = _field(500, 'steps per checkpoint')
+    eval_every: int = _field(1000, 'steps per evaluation of the held-out sets')
+    log_every: int = _field(50, 'steps per training scalars (TensorBoard)')
+    sample_every: int = _field(0, 'steps per sample images (0: with every evaluation)')
+    num_init_images: int = _field(512, 'training images for the data-dependent initialisation')
+    num_eval_images: int = _field(2000, 'images per held-out set')
+    keep_checkpoints: int = _field(3, 'checkpoints kept on disk')
+    seed: int = _field(0, 'seed of the weights, the data order and the dequantization noise')
+    mutation_rate: float = _field(
+        0.0, 'replace each training value with this probability by a uniform draw from '
+        '0..255 (a background model for the likelihood-ratio detector)')
+    weight_decay: float = _field(0.0, 'L2 penalty on every kernel, per image in nats')
 
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'checkpoint_every', 'eval_every', 'log_every',

@@ -1,53 +1,41 @@
 """Density models on uint8 images."""
 
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
-from tfp_ood.config import GlowConfig
+from tfp_ood.config import (MODEL_NAMES, GlowConfig, PixelCNNConfig, VAEConfig, named_config,
+                            spec_of_family)
 from tfp_ood.models.base import DensityModel, bits_per_dim, check_images, dequantize
 from tfp_ood.models.flow import FlowModel
-from tfp_ood.models.pixel_cnn import PixelCNNConfig, PixelCNNModel
-from tfp_ood.models.vae import VAE, VAEConfig
+from tfp_ood.models.pixel_cnn import PixelCNNModel
+from tfp_ood.models.vae import VAE
 
-__all__ = ['DensityModel', 'FAMILIES', 'FlowModel', 'PixelCNNConfig', 'PixelCNNModel', 'VAE',
-           'VAEConfig', 'MODEL_NAMES', 'bits_per_dim', 'check_images', 'dequantize',
-           'from_config', 'named_model']
+__all__ = ['DensityModel', 'FlowModel', 'PixelCNNConfig', 'PixelCNNModel', 'VAE', 'VAEConfig',
+           'MODEL_NAMES', 'bits_per_dim', 'build', 'check_images', 'dequantize', 'from_config',
+           'named_model']
 
-#: Model families and how to build them from a `get_config()` dict.
-FAMILIES = {
-    'glow': lambda d: FlowModel.from_config(GlowConfig.from_dict(dict(d, coupling='affine'))),
-    'cv_glow': lambda d: FlowModel.from_config(GlowConfig.from_dict(dict(d, coupling='additive'))),
-    'pixelcnn': lambda d: PixelCNNModel(PixelCNNConfig(**d)),
-    'vae': lambda d: VAE(VAEConfig(**d)),
-}
+# The model class of each configuration class (`tfp_ood.config.MODELS` maps
+# names to configuration classes).
+_BUILDERS = {GlowConfig: FlowModel.from_config, PixelCNNConfig: PixelCNNModel, VAEConfig: VAE}
 
 
-#: Model names accepted by `named_model` (and `tfp-ood train --model`).
-MODEL_NAMES = ('glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp')
+def build(config) -> DensityModel:
+    """The model of a configuration (`GlowConfig`, `PixelCNNConfig` or `VAEConfig`)."""
+    return _BUILDERS[type(config)](config)
 
 
-def named_model(model: str, config_name: str, image_shape, seed: int = 0) -> DensityModel:
-    """A model by name and named configuration ('paper', 'cpu', 'tiny').
+def named_model(model: str, config_name: str, image_shape: Sequence[int],
+                seed: int = 0) -> DensityModel:
+    """A model by name (`tfp_ood.config.MODEL_NAMES`) and named size ('paper', 'cpu', ...).
 
-    `model` is one of `MODEL_NAMES`: `'vae'` is the conv-categorical VAE and
-    `'vae_rnvp'` the VAE with a RealNVP encoder.
+    `'vae'` is the conv-categorical VAE and `'vae_rnvp'` the VAE with a
+    RealNVP encoder.
     """
-    if model in ('glow', 'cv_glow'):
-        coupling = 'affine' if model == 'glow' else 'additive'
-        return FlowModel.from_config(GlowConfig.named(config_name, image_shape,
-                                                      coupling=coupling, seed=seed))
-    if model == 'pixelcnn':
-        return PixelCNNModel(PixelCNNConfig.named(config_name, image_shape))
-    if model in ('vae', 'vae_rnvp'):
-        variant = 'conv_categorical' if model == 'vae' else 'rnvp_encoder'
-        return VAE(VAEConfig.named(config_name, image_shape, variant=variant, seed=seed))
-    raise ValueError(f'Unknown model {model!r}; expected one of {MODEL_NAMES}.')
+    overrides = {} if model == 'pixelcnn' else {'seed': seed}
+    return build(named_config(model, config_name, image_shape, **overrides))
 
 
 def from_config(config: Dict[str, Any]) -> DensityModel:
     """Builds a model from `model.get_config()` output (`{'family': ..., ...}`)."""
     config = dict(config)
-    family = config.pop('family', None)
-    if family not in FAMILIES:
-        raise ValueError(f'Unknown model family {family!r}; expected one of '
-                         f'{sorted(FAMILIES)}.')
-    return FAMILIES[family](config)
+    spec = spec_of_family(config.pop('family', None))
+    return build(spec.config_class.from_dict(dict(config, **spec.fixed)))

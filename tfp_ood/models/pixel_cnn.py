@@ -21,67 +21,17 @@ function", docs/stack.md, note 5).
      ICLR 2017. https://arxiv.org/abs/1701.05517
 """
 
-import dataclasses
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_ood.config import PIXEL_CNN_CONFIG_NAMES, PixelCNNConfig
 from tfp_ood.models.base import DensityModel, check_images
 
 tfd = tfp.distributions
 
 __all__ = ['PIXEL_CNN_CONFIG_NAMES', 'PixelCNNConfig', 'PixelCNNDistribution', 'PixelCNNModel']
-
-# (num_resnet, num_hierarchies, num_filters, num_logistic_mix, dropout_p).
-_SIZES = {
-    # PixelCNN++ as in Salimans et al. (2017) and the paper.
-    'paper': (5, 3, 160, 10, 0.5),
-    # For a 2-core CPU: the largest candidate whose training step runs at >= 30
-    # images/s at batch 32. Measured on the 2-core development machine with
-    # `python benchmarks/cpu_config.py --family pixelcnn --batch-size 32
-    # --repeats 3` (benchmarks/results/cpu_config_pixelcnn.json): 1 x 2 x 32
-    # (628k parameters) trains at 42.7 images/s; the next size up, 2 x 2 x 32,
-    # at 27.6; 1 x 1 x 32 at 69.6.
-    'cpu': (1, 2, 32, 5, 0.0),
-    'tiny': (1, 1, 8, 2, 0.0),
-}
-PIXEL_CNN_CONFIG_NAMES = tuple(_SIZES)
-
-
-@dataclasses.dataclass(frozen=True)
-class PixelCNNConfig:
-    """Architecture of a PixelCNN++ (arguments of `tfd.PixelCNN`)."""
-
-    image_shape: Tuple[int, int, int] = (32, 32, 3)
-    num_resnet: int = 5
-    num_hierarchies: int = 3
-    num_filters: int = 160
-    num_logistic_mix: int = 10
-    dropout_p: float = 0.5
-
-    def __post_init__(self):
-        object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
-        if len(self.image_shape) != 3:
-            raise ValueError(f'image_shape must be (H, W, C); got {self.image_shape}.')
-        for name in ('num_resnet', 'num_hierarchies', 'num_filters', 'num_logistic_mix'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1; got {getattr(self, name)}.')
-
-    family = 'pixelcnn'
-
-    @classmethod
-    def named(cls, name: str, image_shape: Sequence[int] = (32, 32, 3)) -> 'PixelCNNConfig':
-        if name not in _SIZES:
-            raise ValueError(f'Unknown PixelCNN configuration {name!r}; expected one of '
-                             f'{PIXEL_CNN_CONFIG_NAMES}.')
-        resnet, hierarchies, filters, mix, dropout = _SIZES[name]
-        return cls(tuple(image_shape), resnet, hierarchies, filters, mix, dropout)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d['image_shape'] = list(self.image_shape)
-        return d
 
 
 class PixelCNNDistribution(tfd.PixelCNN):

@@ -22,14 +22,14 @@ vectors for every image (reparameterised by each image's posterior), so a
 score is a function of the image alone, whatever the batch.
 """
 
-import dataclasses
 import math
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from tfp_ood.config import LIKELIHOODS, VAE_CONFIG_NAMES, VAEConfig
 from tfp_ood.models.base import DensityModel, check_images
 
 tfb = tfp.bijectors
@@ -38,71 +38,7 @@ tfd = tfp.distributions
 __all__ = ['LIKELIHOODS', 'VAE', 'VAEConfig', 'VAE_CONFIG_NAMES',
            'discretized_logistic_log_prob']
 
-LIKELIHOODS = ('categorical', 'logistic')
-# (latent_dim, filters) by name.
-_SIZES = {'paper': (128, 128), 'cpu': (64, 64), 'tiny': (4, 8)}
-VAE_CONFIG_NAMES = tuple(_SIZES)
 _MAX_LOG_SCALE = 3.0
-
-
-@dataclasses.dataclass(frozen=True)
-class VAEConfig:
-    """Architecture of a VAE.
-
-    Attributes:
-      image_shape: `(H, W, C)`, `H` and `W` divisible by 4.
-      latent_dim: size of the latent `z`.
-      filters: width of the convolutional encoder and decoder.
-      encoder_flow_layers: RealNVP couplings on the posterior (0: diagonal Gaussian).
-      likelihood: `'categorical'` (256-way) or `'logistic'` (discretized).
-      num_importance_samples: `K` of the importance-weighted scores.
-      seed: seed of the weights and of the scoring draws.
-    """
-
-    image_shape: Tuple[int, int, int] = (32, 32, 3)
-    latent_dim: int = 64
-    filters: int = 64
-    encoder_flow_layers: int = 0
-    likelihood: str = 'categorical'
-    num_importance_samples: int = 100
-    seed: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
-        height, width, _ = self.image_shape
-        if height % 4 or width % 4:
-            raise ValueError(f'VAE image height and width must be divisible by 4; got '
-                             f'{self.image_shape}.')
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f'likelihood must be one of {LIKELIHOODS}; got '
-                             f'{self.likelihood!r}.')
-        if self.latent_dim < 2 or self.filters < 1 or self.num_importance_samples < 1:
-            raise ValueError('latent_dim must be >= 2, filters and num_importance_samples '
-                             '>= 1.')
-        if self.encoder_flow_layers < 0:
-            raise ValueError(f'encoder_flow_layers must be >= 0; got '
-                             f'{self.encoder_flow_layers}.')
-
-    @classmethod
-    def named(cls, name: str, image_shape: Sequence[int] = (32, 32, 3),
-              variant: str = 'conv_categorical', **kwargs) -> 'VAEConfig':
-        """`variant`: `'conv_categorical'` or `'rnvp_encoder'` (the paper's two VAEs)."""
-        if name not in _SIZES:
-            raise ValueError(f'Unknown VAE configuration {name!r}; expected one of '
-                             f'{VAE_CONFIG_NAMES}.')
-        variants = {'conv_categorical': dict(encoder_flow_layers=0, likelihood='categorical'),
-                    'rnvp_encoder': dict(encoder_flow_layers=4, likelihood='logistic')}
-        if variant not in variants:
-            raise ValueError(f'Unknown VAE variant {variant!r}; expected one of '
-                             f'{sorted(variants)}.')
-        latent, filters = _SIZES[name]
-        return cls(tuple(image_shape), latent, filters,
-                   **dict(variants[variant], **kwargs))
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d['image_shape'] = list(self.image_shape)
-        return d
 
 
 def discretized_logistic_log_prob(k, loc, log_scale):
