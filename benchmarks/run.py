@@ -267,7 +267,7 @@ def ours(model, batch: int) -> Runner:
     model.initialize(images.numpy())
     config = train.TrainConfig(batch_size=batch)
     optimizer = tf_keras.optimizers.Adam(1e-4)
-    step = train._make_train_step(model, optimizer, tf.distribute.get_strategy(), config)
+    step = train.make_train_step(model, optimizer, config)
     return Runner(lambda: model.score_batch(images)['log_prob'].numpy(),
                   lambda: step(images, noise)[0].numpy(), _num_params(model.trainable_variables))
 
@@ -302,32 +302,26 @@ def tfp_peer(config: GlowConfig, batch: int) -> Runner:
 
 
 def xla_peers(config: GlowConfig, batch: int) -> Dict[str, Callable]:
-    """Scoring and a plain training step of our Glow, with and without XLA.
+    """Scoring and the training step of our Glow, with and without XLA.
 
-    The step is `fit`'s work (forward, backward, global-norm clipping, Adam)
-    without the `tf.distribute` plumbing, which XLA cannot compile through.
+    Without XLA the step is `fit`'s (`train.make_train_step`); with XLA it is
+    the same step without the `tf.distribute` plumbing, which XLA cannot
+    compile through (`make_train_step(..., jit_compile=True)`).
     """
     model = models.FlowModel.from_config(config)
     images = _images(batch, config.image_shape)
     noise = tf.random.uniform(images.shape, seed=1)
     model.initialize(images.numpy())
-    variables = model.trainable_variables
+    train_config = train.TrainConfig(batch_size=batch)
     fns = {}
     for xla in (False, True):
         optimizer = tf_keras.optimizers.Adam(1e-4, jit_compile=xla)
-
-        def step(optimizer=optimizer):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(model.bits_per_dim(model.training_log_prob(images, noise)))
-            grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), 50.)
-            optimizer.apply_gradients(zip(grads, variables))
-            return loss
-
+        optimizer.build(model.trainable_variables)
+        step = train.make_train_step(model, optimizer, train_config, jit_compile=xla)
         score = tf.function(lambda: model.log_prob_terms(images)['log_prob'], jit_compile=xla)
-        train_step = tf.function(step, jit_compile=xla)
         suffix = 'xla' if xla else 'plain'
         fns[f'score_{suffix}'] = lambda f=score: f().numpy()
-        fns[f'train_{suffix}'] = lambda f=train_step: f().numpy()
+        fns[f'train_{suffix}'] = lambda f=step: f(images, noise).loss.numpy()
     return fns
 
 

@@ -155,11 +155,21 @@ class FitTest(tf.test.TestCase):
         events = EventAccumulator(os.path.join(workdir, 'logs'))
         events.Reload()
         tags = set(events.Tags()['tensors'])
-        expected = {'config', 'train/loss', 'train/bits_per_dim', 'train/learning_rate',
+        expected = {'config', 'train/bits_per_dim', 'train/learning_rate',
                     'train/grad_norm', 'train/images_per_s', 'train/skipped_steps',
                     'eval/held/bits_per_dim', 'eval/held/log_prob', 'eval/held/log_pz',
                     'eval/held/log_det', 'samples/temperature_0.7', 'samples/temperature_1.0'}
         self.assertEqual(expected - tags, set())
+        # The loss is the bits/dim unless there is weight decay: then both.
+        self.assertNotIn('train/loss', tags)
+        decayed = self.create_tempdir().full_path
+        train.fit(_model(), images, _config(num_steps=2, weight_decay=1.0), decayed,
+                  progress=False)
+        events = EventAccumulator(os.path.join(decayed, 'logs'))
+        events.Reload()
+        loss, bpd = (tf.make_ndarray(events.Tensors(t)[-1].tensor_proto)
+                     for t in ('train/loss', 'train/bits_per_dim'))
+        self.assertGreater(float(loss), float(bpd))
 
     def test_every_family_trains(self):
         images = _images()
@@ -267,7 +277,7 @@ class TruncatedCheckpointTest(tf.test.TestCase):
             for event in tf.compat.v1.train.summary_iterator(path):
                 for value in event.summary.value:
                     steps[value.tag].append(event.step)
-        self.assertEqual(sorted(steps['train/loss']), list(range(1, 13)))
+        self.assertEqual(sorted(steps['train/bits_per_dim']), list(range(1, 13)))
         self.assertEqual(sorted(steps['eval/held/bits_per_dim']), [3, 6, 9, 12])
         self.assertEqual(len(glob.glob(os.path.join(workdir, 'logs', 'events.*'))), 2)
 
@@ -311,15 +321,17 @@ class BackgroundModelTest(tf.test.TestCase):
         penalty_nats = decay * sum(float(np.sum(v.numpy() ** 2)) for v in kernels)
         expected_bpd = float(np.mean(model.bits_per_dim(
             model.training_log_prob(images, noise))))
-        step = train._make_train_step(model, tf_keras.optimizers.Adam(0.),
-                                      tf.distribute.get_strategy(),
-                                      _config(batch_size=16, weight_decay=decay))
-        loss, bpd, _, ok = step(tf.constant(images), noise)
-        self.assertTrue(bool(ok))
-        self.assertAllClose(float(bpd), expected_bpd, rtol=1e-5)
         num_dims = np.prod(SHAPE)
-        self.assertAllClose(float(loss) - float(bpd), penalty_nats / (num_dims * np.log(2.)),
-                            rtol=1e-4)
+        config = _config(batch_size=16, weight_decay=decay)
+        for jit_compile in (False, True):  # The distributed step and the XLA one.
+            optimizer = tf_keras.optimizers.Adam(0.)
+            optimizer.build(model.trainable_variables)
+            step = train.make_train_step(model, optimizer, config, jit_compile=jit_compile)
+            loss, bpd, _, ok = step(tf.constant(images), noise)
+            self.assertTrue(bool(ok))
+            self.assertAllClose(float(bpd), expected_bpd, rtol=1e-5)
+            self.assertAllClose(float(loss) - float(bpd),
+                                penalty_nats / (num_dims * np.log(2.)), rtol=1e-4)
 
     def test_mutated_batches_change_the_expected_fraction_deterministically(self):
         images = _images(96)

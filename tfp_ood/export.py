@@ -37,6 +37,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import tensorflow as tf
 
+from tfp_ood import models
 from tfp_ood.models.base import DensityModel
 
 __all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'exported_terms', 'load',
@@ -248,7 +249,6 @@ def restore(path: str) -> DensityModel:
       FileNotFoundError, ValueError: `path` is not a tfp_ood export, or its
         variables do not match the model its configuration describes.
     """
-    from tfp_ood import models  # Local import: the models package imports this one's base.
     metadata = read_metadata(path)
     model = models.from_config(metadata['model'])
     status = tf.train.Checkpoint(**model.saved_objects()).read(

@@ -2,8 +2,9 @@
 
 Tags written:
 
-- `train/loss`, `train/bits_per_dim`, `train/learning_rate`, `train/grad_norm`,
-  `train/images_per_s`, `train/skipped_steps` (scalars);
+- `train/bits_per_dim`, `train/learning_rate`, `train/grad_norm`,
+  `train/images_per_s`, `train/skipped_steps` (scalars), and `train/loss` (the
+  bits/dim plus the weight-decay penalty) when there is weight decay;
 - `eval/<set>/bits_per_dim` (scalar) and `eval/<set>/log_prob`, plus for flows
   `eval/<set>/log_pz` and `eval/<set>/log_det` (histograms of per-image values);
 - `samples/temperature_0.7`, `samples/temperature_1.0` (images, flows);

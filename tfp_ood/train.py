@@ -49,7 +49,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -57,14 +57,16 @@ import tf_keras
 from absl import logging
 from tqdm.auto import tqdm
 
+from tfp_ood import data, models
 from tfp_ood.data import perturb
 from tfp_ood.evaluate import score
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.summaries import Summaries
 
-__all__ = ['ConfigMismatchError', 'LinearWarmup', 'RunLockedError', 'TrainConfig',
-           'TrainResult', 'TrainingDivergedError', 'fit', 'load_run_config',
-           'nonfinite_variables', 'restore_latest', 'train_on_dataset']
+__all__ = ['ConfigMismatchError', 'Hook', 'LinearWarmup', 'LoopState', 'RunDirectory',
+           'RunLockedError', 'StepOutputs', 'TrainConfig', 'TrainResult', 'TrainingDivergedError',
+           'fit', 'load_run_config', 'make_train_step', 'nonfinite_variables', 'restore_latest',
+           'run_loop', 'train_on_dataset']
 
 # Training-config fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = ('num_steps', 'checkpoint_every', 'eval_every', 'log_every',
@@ -181,11 +183,7 @@ class LinearWarmup(tf_keras.optimizers.schedules.LearningRateSchedule):
 
 def load_run_config(workdir: str) -> Optional[Dict[str, Any]]:
     """The `config.json` of a run directory, or `None` if there is none."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return RunDirectory(workdir).read_config()
 
 
 def _check_same_run(saved: Dict[str, Any], current: Dict[str, Any], workdir: str) -> None:
@@ -274,13 +272,82 @@ def _decayed(model: DensityModel) -> List[tf.Variable]:
             if v.name.split('/')[-1].split(':')[0] == 'kernel']
 
 
-def _make_train_step(model: DensityModel, optimizer, strategy, config: TrainConfig):
+class StepOutputs(NamedTuple):
+    """What one training step returns (all scalars).
+
+    Attributes:
+      loss: the minimised objective: `bits_per_dim` plus the weight-decay
+        penalty in the same units.
+      bits_per_dim: mean bits/dim of the batch.
+      grad_norm: global gradient norm before clipping.
+      applied: whether the update was applied (loss and norm finite).
+    """
+
+    loss: tf.Tensor
+    bits_per_dim: tf.Tensor
+    grad_norm: tf.Tensor
+    applied: tf.Tensor
+
+
+def make_train_step(model: DensityModel, optimizer: tf_keras.optimizers.Optimizer,
+                    config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
+                    jit_compile: bool = False):
+    """`fit`'s training step: `step(images, noise) -> StepOutputs`, a `tf.function`.
+
+    Minimises the mean bits/dim of the batch dequantized with `noise`, plus
+    `config.weight_decay` on every kernel; clips the gradients to
+    `config.clip_norm`; applies them with `optimizer` only if the loss and
+    the norm are finite.
+
+    Args:
+      model: the `DensityModel` (built, and initialised where it needs data).
+      optimizer: a built `tf_keras` optimizer.
+      config: the `TrainConfig` (batch size, clip norm, weight decay).
+      strategy: a `tf.distribute.Strategy`; `images` and `noise` are then its
+        distributed per-replica values, and gradients and losses are summed
+        across replicas. Default value: the current (default) strategy.
+      jit_compile: compile the step with XLA. XLA cannot compile through
+        `tf.distribute`, so this step runs on the caller's device with no
+        strategy (`strategy` must be `None`).
+    """
     variables = model.trainable_variables
     decayed = _decayed(model) if config.weight_decay else []
+    replicas = 1 if jit_compile else (strategy or tf.distribute.get_strategy()
+                                      ).num_replicas_in_sync
     # Nats per image -> the loss's bits/dim; each replica adds its share, since
     # the replicas' losses are summed.
-    decay_scale = config.weight_decay / (model.num_dims * np.log(2.0)
-                                         * strategy.num_replicas_in_sync)
+    decay_scale = config.weight_decay / (model.num_dims * np.log(2.0) * replicas)
+
+    def loss_and_gradients(images, noise):
+        with tf.GradientTape() as tape:
+            bpd = model.bits_per_dim(model.training_log_prob(images, noise))
+            bpd = tf.reduce_sum(bpd) / config.batch_size
+            loss = bpd
+            if decayed:
+                loss += decay_scale * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
+        return loss, bpd, tape.gradient(loss, variables)
+
+    def clip(grads, loss):
+        grads, norm = tf.clip_by_global_norm(grads, config.clip_norm)
+        return grads, norm, tf.math.is_finite(norm) & tf.math.is_finite(loss)
+
+    if jit_compile:
+        if strategy is not None:
+            raise ValueError('make_train_step: jit_compile=True runs without a strategy.')
+
+        def plain_step(images, noise):
+            loss, bpd, grads = loss_and_gradients(images, noise)
+            grads, norm, ok = clip(grads, loss)
+
+            def apply():
+                optimizer.apply_gradients(zip(grads, variables))
+                return tf.constant(True)
+
+            return StepOutputs(loss, bpd, norm, tf.cond(ok, apply, lambda: tf.constant(False)))
+
+        return tf.function(plain_step, jit_compile=True)
+
+    strategy = strategy or tf.distribute.get_strategy()
 
     def apply_if_finite(distribution, grads, ok):
         # A cond whose branch calls apply_gradients (which calls merge_call) must
@@ -298,17 +365,10 @@ def _make_train_step(model: DensityModel, optimizer, strategy, config: TrainConf
 
     def replica_step(images, noise):
         context = tf.distribute.get_replica_context()
-        with tf.GradientTape() as tape:
-            bpd = model.bits_per_dim(model.training_log_prob(images, noise))
-            bpd = tf.reduce_sum(bpd) / config.batch_size
-            loss = bpd
-            if decayed:
-                loss += decay_scale * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
-        grads = tape.gradient(loss, variables)
+        loss, bpd, grads = loss_and_gradients(images, noise)
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         loss, bpd = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, bpd])
-        grads, norm = tf.clip_by_global_norm(grads, config.clip_norm)
-        ok = tf.math.is_finite(norm) & tf.math.is_finite(loss)
+        grads, norm, ok = clip(grads, loss)
         context.merge_call(apply_if_finite, args=(grads, ok))
         return loss, bpd, norm, ok
 
@@ -316,31 +376,37 @@ def _make_train_step(model: DensityModel, optimizer, strategy, config: TrainConf
     def train_step(images, noise):
         outputs = strategy.run(replica_step, args=(images, noise))
         # Identical on every replica (all-reduced): take the first.
-        return tuple(strategy.experimental_local_results(o)[0] for o in outputs)
+        return StepOutputs(*(strategy.experimental_local_results(o)[0] for o in outputs))
 
     return train_step
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """Turns SIGINT and SIGTERM into a request to checkpoint and stop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
+class _StopRequest:
+    """SIGINT and SIGTERM, turned into a request to checkpoint and stop."""
 
-    def handler(signum, frame):
-        del frame
-        stop.set()
-        stop.signal = signal.Signals(signum).name
+    def __init__(self):
+        self.signal_name: Optional[str] = None
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def handler(signum, frame):
+            del frame
+            self.signal_name = signal.Signals(signum).name
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 class RunLockedError(RuntimeError):
@@ -483,12 +549,312 @@ def nonfinite_variables(model: DensityModel) -> List[str]:
             if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))]
 
 
-def _read_history(path: str, up_to_step: int) -> List[Dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r['step'] <= up_to_step]
+def _write_json(path: str, value: Any) -> None:
+    """Writes JSON into a temporary file, then moves it into place."""
+    with open(path + '.tmp', 'w') as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + '.tmp', path)
+
+
+class RunDirectory:
+    """The files of one training run.
+
+    ```none
+    path/
+      config.json        the model and training configuration of the run
+      checkpoints/       tf.train.CheckpointManager: model, optimizer, step, wall time
+      logs/              TensorBoard (tfp_ood.summaries)
+      history.jsonl      one line per evaluation: step, wall time, bits/dim per set
+      provenance.json    what trained the model: data, steps, wall time, final bits/dim
+      run.lock           while a process trains in it
+    ```
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.checkpoints = os.path.join(path, 'checkpoints')
+        self.logs = os.path.join(path, 'logs')
+        self.config_path = os.path.join(path, 'config.json')
+        self.history_path = os.path.join(path, 'history.jsonl')
+        self.provenance_path = os.path.join(path, 'provenance.json')
+
+    def create(self) -> None:
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f'{self.path} is a file, not a run directory.')
+        os.makedirs(self.path, exist_ok=True)
+
+    def lock(self):
+        """A context that holds `run.lock` (see `RunLockedError`)."""
+        return _run_lock(self.path)
+
+    def read_config(self) -> Optional[Dict[str, Any]]:
+        if not os.path.exists(self.config_path):
+            return None
+        with open(self.config_path) as f:
+            return json.load(f)
+
+    def write_config(self, run_config: Mapping[str, Any]) -> None:
+        _write_json(self.config_path, dict(run_config))
+
+    def history(self, up_to_step: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The evaluation rows (of steps `<= up_to_step`)."""
+        if not os.path.exists(self.history_path):
+            return []
+        with open(self.history_path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return [r for r in rows if up_to_step is None or r['step'] <= up_to_step]
+
+    def truncate_history(self, step: int) -> List[Dict[str, Any]]:
+        """Drops the rows past `step` (a run resumed from its checkpoint at `step`)."""
+        rows = self.history(step)
+        with open(self.history_path + '.tmp', 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in rows)
+        os.replace(self.history_path + '.tmp', self.history_path)
+        return rows
+
+    def append_history(self, row: Mapping[str, Any]) -> None:
+        with open(self.history_path, 'a') as f:
+            f.write(json.dumps(dict(row)) + '\n')
+
+    def read_provenance(self) -> Dict[str, Any]:
+        if not os.path.exists(self.provenance_path):
+            return {}
+        with open(self.provenance_path) as f:
+            try:
+                return json.load(f)
+            except ValueError:
+                return {}
+
+    def write_provenance(self, provenance: Mapping[str, Any]) -> None:
+        _write_json(self.provenance_path, dict(provenance))
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What the training loop's hooks see.
+
+    Attributes:
+      step: steps done (the checkpoint's step when the loop begins).
+      start: the step the loop began at.
+      outputs: the last step's `StepOutputs` (as numbers), or `None`.
+      history: the evaluation rows so far.
+      stop_reason: `'completed'`, `'stopped by SIGINT'`, or `'error: ...'`.
+    """
+
+    step: int
+    start: int
+    outputs: Optional[StepOutputs] = None
+    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    stop_reason: str = 'completed'
+
+
+class Hook:
+    """Something the training loop does besides training.
+
+    `begin(state)` before the first step, `after_step(state)` after every step,
+    `end(state)` once however the loop ends (completed, stopped by a signal,
+    an error), in the order the hooks were given.
+    """
+
+    def begin(self, state: LoopState) -> None:
+        pass
+
+    def after_step(self, state: LoopState) -> None:
+        pass
+
+    def end(self, state: LoopState) -> None:
+        pass
+
+
+class _Clock:
+    """Training wall time, kept in a checkpointed variable across resumptions."""
+
+    def __init__(self):
+        self.variable = tf.Variable(0., dtype=tf.float64, trainable=False, name='wall_time')
+        self._since = time.monotonic()
+
+    def elapsed(self) -> float:
+        return float(self.variable) + time.monotonic() - self._since
+
+    def settle(self) -> None:
+        """Adds the time since the last call to the variable (before a checkpoint)."""
+        now = time.monotonic()
+        self.variable.assign(float(self.variable) + now - self._since)
+        self._since = now
+
+
+class _TrainingScalars(Hook):
+    """Every `log_every` steps: the means of the applied steps since the last write."""
+
+    def __init__(self, summaries: Summaries, config: TrainConfig, learning_rate: Callable,
+                 skipped: tf.Variable, progress_bar):
+        self.summaries, self.config, self.learning_rate = summaries, config, learning_rate
+        self.skipped, self.bar = skipped, progress_bar
+        self._values: List[StepOutputs] = []
+        self._since = time.monotonic()
+
+    def after_step(self, state):
+        if state.outputs.applied:
+            self._values.append(state.outputs)
+        if state.step % self.config.log_every or not self._values:
+            return
+        mean = StepOutputs(*np.mean([list(v) for v in self._values], axis=0))
+        images_per_s = self.config.log_every * self.config.batch_size / (
+            time.monotonic() - self._since)
+        scalars = {'train/bits_per_dim': mean.bits_per_dim, 'train/grad_norm': mean.grad_norm,
+                   'train/learning_rate': self.learning_rate(),
+                   'train/images_per_s': images_per_s,
+                   'train/skipped_steps': int(self.skipped)}
+        if self.config.weight_decay:  # Otherwise the loss is the bits/dim.
+            scalars['train/loss'] = mean.loss
+        self.summaries.scalars(scalars, state.step)
+        self.bar.set_postfix(bpd=f'{mean.bits_per_dim:.3f}', img_s=f'{images_per_s:.0f}')
+        self._values, self._since = [], time.monotonic()
+
+
+class _Evaluation(Hook):
+    """Every `eval_every` steps and at the last: held-out bits/dim into the history,
+    TensorBoard (and samples every `sample_every`)."""
+
+    def __init__(self, model: DensityModel, eval_sets: Mapping[str, np.ndarray],
+                 config: TrainConfig, summaries: Summaries, run: RunDirectory, clock: _Clock):
+        self.model, self.eval_sets, self.config = model, eval_sets, config
+        self.summaries, self.run, self.clock = summaries, run, clock
+
+    def after_step(self, state):
+        step = state.step
+        if not self.eval_sets or (step % self.config.eval_every and
+                                  step != self.config.num_steps):
+            return
+        results = {name: score(self.model, images, name=name, progress=False)
+                   for name, images in self.eval_sets.items()}
+        means = self.summaries.scores(results, step)
+        row = {'step': step, 'wall_time': self.clock.elapsed(),
+               **{k[len('eval/'):]: v for k, v in means.items()}}
+        state.history.append(row)
+        self.run.append_history(row)
+        sample_every = self.config.sample_every or self.config.eval_every
+        if step % sample_every == 0 or step == self.config.num_steps:
+            self.summaries.samples(self.model, step)
+
+
+class _Checkpointing(Hook):
+    """Every `checkpoint_every` steps and when the loop ends; never non-finite weights."""
+
+    def __init__(self, model: DensityModel, manager: tf.train.CheckpointManager,
+                 config: TrainConfig, clock: _Clock):
+        self.model, self.manager, self.config, self.clock = model, manager, config, clock
+        self.last_saved = None
+
+    def begin(self, state):
+        self.last_saved = state.step
+
+    def _save(self, step: int, on_exit: bool) -> None:
+        self.clock.settle()
+        bad = nonfinite_variables(self.model)
+        if bad:  # Never a checkpoint that every later score would be NaN from.
+            message = (f'Not saving step {step}: {len(bad)} variables are not finite (e.g. '
+                       f'{bad[0]}); the last good checkpoint is in {self.manager.directory}.')
+            if on_exit:  # Leave the run's own error (or stop) as the reason.
+                logging.warning(message)
+                return
+            raise TrainingDivergedError(message)
+        self.manager.save(checkpoint_number=step)
+        self.last_saved = step
+
+    def after_step(self, state):
+        if state.step % self.config.checkpoint_every == 0:
+            self._save(state.step, on_exit=False)
+
+    def end(self, state):
+        if state.step > self.last_saved or not self.manager.latest_checkpoint:
+            self._save(state.step, on_exit=True)
+
+
+class _Provenance(Hook):
+    """When the loop ends: what produced the last checkpoint, into provenance.json."""
+
+    def __init__(self, run: RunDirectory, config: TrainConfig, data_info: Mapping[str, Any],
+                 clock: _Clock, skipped: tf.Variable, summaries: Summaries):
+        self.run, self.config, self.data_info = run, config, dict(data_info)
+        self.clock, self.skipped, self.summaries = clock, skipped, summaries
+
+    def end(self, state):
+        self.summaries.flush()
+        last = state.history[-1] if state.history else {}
+        self.run.write_provenance({
+            'data': self.data_info, 'steps': state.step,
+            'wall_time_s': round(float(self.clock.variable), 1),
+            'skipped_steps': int(self.skipped),
+            'final_eval': {k: v for k, v in last.items() if k not in ('step', 'wall_time')},
+            'final_eval_step': last.get('step'),
+            'train_config': dataclasses.asdict(self.config), 'stop_reason': state.stop_reason})
+
+
+def run_loop(train_step: Callable, batches, state: LoopState, hooks: Sequence[Hook],
+             config: TrainConfig, skipped: tf.Variable, step_variable: tf.Variable,
+             stop: Optional[_StopRequest] = None) -> LoopState:
+    """The training loop: a step per batch, then every hook's `after_step`.
+
+    Stops when the batches end, when `stop` is requested (after the hooks of
+    that step), or with `TrainingDivergedError` after
+    `config.max_consecutive_nonfinite` skipped steps in a row. Every hook's
+    `end` runs however the loop ends.
+    """
+    consecutive = 0
+    for hook in hooks:
+        hook.begin(state)
+    try:
+        for images, noise in batches:
+            outputs = StepOutputs(*(o.numpy() for o in train_step(images, noise)))
+            state.step += 1
+            state.outputs = outputs
+            step_variable.assign(state.step)
+            if outputs.applied:
+                consecutive = 0
+            else:
+                consecutive += 1
+                skipped.assign_add(1)
+                if consecutive >= config.max_consecutive_nonfinite:
+                    raise TrainingDivergedError(
+                        f'{consecutive} consecutive steps with a non-finite loss or gradient '
+                        f'(last loss {float(outputs.loss)}, gradient norm '
+                        f'{float(outputs.grad_norm)}) at step {state.step}; stopping. The last '
+                        f'good checkpoint is kept. Try a lower learning_rate or clip_norm.')
+            for hook in hooks:
+                hook.after_step(state)
+            if stop is not None and stop.requested:
+                state.stop_reason = f'stopped by {stop.signal_name}'
+                break
+    except BaseException as e:
+        state.stop_reason = f'error: {type(e).__name__}: {e}'[:300]
+        raise
+    finally:
+        for hook in hooks:
+            hook.end(state)
+    return state
+
+
+class _ProgressBar(Hook):
+    """A tqdm bar of the steps: redrawn every second on a terminal, every minute in a log."""
+
+    def __init__(self, config: TrainConfig, enabled: bool):
+        self.config, self.enabled, self.bar = config, enabled, None
+
+    def begin(self, state):
+        self.bar = tqdm(initial=state.step, total=self.config.num_steps, desc='training',
+                        unit='step', disable=not self.enabled,
+                        mininterval=1.0 if sys.stderr.isatty() else 60.0)
+
+    def set_postfix(self, **values):
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+
+    def after_step(self, state):
+        self.bar.update(1)
+
+    def end(self, state):
+        self.bar.close()
 
 
 def fit(model: DensityModel,
@@ -506,7 +872,7 @@ def fit(model: DensityModel,
         `strategy.scope()` when a strategy is given.
       train_images: uint8 `[N, H, W, C]`, `N >= batch_size`.
       config: the `TrainConfig`.
-      workdir: run directory (created if missing).
+      workdir: run directory (created if missing; see `RunDirectory`).
       eval_sets: held-out uint8 image arrays by name, scored every
         `eval_every` steps (at most `num_eval_images` each).
       strategy: a `tf.distribute.Strategy`.
@@ -522,18 +888,19 @@ def fit(model: DensityModel,
       ConfigMismatchError: `workdir` holds a run of another configuration.
       RunLockedError: another live process is training in `workdir`.
       TrainingDivergedError: too many non-finite steps in a row.
-      ValueError: bad images or too few of them.
+      ValueError: bad images or too few of them; `workdir` is a file.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    os.makedirs(workdir, exist_ok=True)
+    run = RunDirectory(workdir)
+    run.create()
     # One training per run directory (the chief's, under a multi-worker strategy).
-    lock = _run_lock(workdir) if strategy.extended.should_checkpoint else contextlib.nullcontext()
+    lock = run.lock() if strategy.extended.should_checkpoint else contextlib.nullcontext()
     with lock:
-        return _fit(model, train_images, config, workdir, eval_sets, strategy, data_info,
+        return _fit(model, train_images, config, run, eval_sets, strategy, data_info or {},
                     progress)
 
 
-def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, progress):
+def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progress):
     train_images = check_images(train_images, model.image_shape, 'train_images').numpy()
     if len(train_images) < config.batch_size:
         raise ValueError(f'train_images: {len(train_images)} images are fewer than one '
@@ -545,13 +912,12 @@ def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, p
                                     f'eval_sets[{name!r}]').numpy()
                  for name, images in (eval_sets or {}).items()}
     run_config = {'model': model.get_config(), 'train': dataclasses.asdict(config),
-                  'data': dict(data_info or {})}
-    saved = load_run_config(workdir)
+                  'data': dict(data_info)}
+    saved = run.read_config()
     if saved is not None:
-        _check_same_run(saved, run_config, workdir)
-        _refuse_to_repeat_a_divergence(workdir)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        json.dump(run_config, f, indent=2)
+        _check_same_run(saved, run_config, run.path)
+        _refuse_to_repeat_a_divergence(run.path)
+    run.write_config(run_config)
 
     with strategy.scope():
         schedule = LinearWarmup(config.learning_rate, config.warmup_steps)
@@ -559,123 +925,35 @@ def _fit(model, train_images, config, workdir, eval_sets, strategy, data_info, p
         optimizer.build(model.trainable_variables)
     # Host-side counters, outside the strategy's scope (not mirrored).
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
-    wall_var = tf.Variable(0., dtype=tf.float64, trainable=False, name='wall_time')
-    skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='skipped')
+    skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name='skipped')
+    clock = _Clock()
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
-                                     wall_time=wall_var, skipped=skipped_var)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, 'checkpoints'),
+                                     wall_time=clock.variable, skipped=skipped)
+    manager = tf.train.CheckpointManager(checkpoint, run.checkpoints,
                                          max_to_keep=config.keep_checkpoints)
     if _restore_newest_readable(checkpoint, manager.directory, full=True) is None:
-        init = train_images[:config.num_init_images]
-        model.initialize(init, seed=config.seed)
+        model.initialize(train_images[:config.num_init_images], seed=config.seed)
     start = int(step_var)
-    history_path = os.path.join(workdir, 'history.jsonl')
-    history = _read_history(history_path, start)
-    with open(history_path, 'w') as f:  # Drop rows past the restored step.
-        f.writelines(json.dumps(r) + '\n' for r in history)
-
-    summaries = Summaries(os.path.join(workdir, 'logs'), resume_step=start)
+    state = LoopState(step=start, start=start, history=run.truncate_history(start))
+    summaries = Summaries(run.logs, resume_step=start)
     if start == 0:
         summaries.config(run_config)
-    train_step = _make_train_step(model, optimizer, strategy, config)
-    batches = _distributed_batches(strategy, train_images, config, start)
 
-    def evaluate(step):
-        results = {name: score(model, images, name=name, progress=False)
-                   for name, images in eval_sets.items()}
-        means = summaries.scores(results, step)
-        row = {'step': step, 'wall_time': float(wall_var) + time.monotonic() - t0,
-               **{k[len('eval/'):]: v for k, v in means.items()}}
-        history.append(row)
-        with open(history_path, 'a') as f:
-            f.write(json.dumps(row) + '\n')
-        sample_every = config.sample_every or config.eval_every
-        if step % sample_every == 0 or step == config.num_steps:
-            summaries.samples(model, step)
-        return row
-
-    def save(step, on_exit=False):
-        wall_var.assign(float(wall_var) + time.monotonic() - t0)
-        bad = nonfinite_variables(model)
-        if bad:  # Never a checkpoint that every later score would be NaN from.
-            message = (f'Not saving step {step}: {len(bad)} variables are not finite (e.g. '
-                       f'{bad[0]}); the last good checkpoint is in {manager.directory}.')
-            if on_exit:  # Leave the run's own error (or stop) as the reason.
-                logging.warning(message)
-                return time.monotonic()
-            raise TrainingDivergedError(message)
-        manager.save(checkpoint_number=step)
-        return time.monotonic()
-
-    stop = threading.Event()
-    stop.signal = None
-    step, consecutive, last_saved = start, 0, start
-    losses, bpds, norms, interval_start = [], [], [], time.monotonic()
-    t0 = time.monotonic()
-    stop_reason = 'completed'
-    try:
-        # Redraw every second on a terminal, every minute into a log file.
-        interval = 1.0 if sys.stderr.isatty() else 60.0
-        with _stop_on_signals(stop), tqdm(initial=start, total=config.num_steps,
-                                          desc='training', unit='step', disable=not progress,
-                                          mininterval=interval) as bar:
-            for images, noise in batches:
-                loss, bpd, norm, ok = train_step(images, noise)
-                step += 1
-                step_var.assign(step)
-                if bool(ok):
-                    consecutive = 0
-                    losses.append(float(loss))
-                    bpds.append(float(bpd))
-                    norms.append(float(norm))
-                else:
-                    consecutive += 1
-                    skipped_var.assign_add(1)
-                    if consecutive >= config.max_consecutive_nonfinite:
-                        raise TrainingDivergedError(
-                            f'{consecutive} consecutive steps with a non-finite loss or '
-                            f'gradient (last loss {float(loss)}, gradient norm '
-                            f'{float(norm)}) at step {step}; stopping. The last good '
-                            f'checkpoint is in {manager.directory}. Try a lower '
-                            f'learning_rate or clip_norm.')
-                bar.update(1)
-                if step % config.log_every == 0 and losses:
-                    elapsed = time.monotonic() - interval_start
-                    images_per_s = config.log_every * config.batch_size / elapsed
-                    summaries.scalars({
-                        'train/loss': np.mean(losses), 'train/bits_per_dim': np.mean(bpds),
-                        'train/grad_norm': np.mean(norms),
-                        'train/learning_rate': float(schedule(optimizer.iterations.numpy())),
-                        'train/images_per_s': images_per_s,
-                        'train/skipped_steps': int(skipped_var)}, step)
-                    bar.set_postfix(bpd=f'{np.mean(bpds):.3f}', img_s=f'{images_per_s:.0f}')
-                    losses, bpds, norms, interval_start = [], [], [], time.monotonic()
-                if eval_sets and (step % config.eval_every == 0 or step == config.num_steps):
-                    evaluate(step)
-                if step % config.checkpoint_every == 0:
-                    t0, last_saved = save(step), step
-                if stop.is_set():
-                    stop_reason = f'stopped by {stop.signal}'
-                    break
-    except BaseException as e:
-        stop_reason = f'error: {type(e).__name__}: {e}'[:300]
-        raise
-    finally:
-        if step > last_saved or not manager.latest_checkpoint:
-            t0 = save(step, on_exit=True)
-        summaries.flush()
-        # Provenance of the last checkpoint, however the run ended.
-        final = {k: v for k, v in (history[-1] if history else {}).items()
-                 if k not in ('step', 'wall_time')}
-        provenance = {'data': dict(data_info or {}), 'steps': step,
-                      'wall_time_s': round(float(wall_var), 1),
-                      'skipped_steps': int(skipped_var), 'final_eval': final,
-                      'final_eval_step': history[-1]['step'] if history else None,
-                      'train_config': dataclasses.asdict(config), 'stop_reason': stop_reason}
-        with open(os.path.join(workdir, 'provenance.json'), 'w') as f:
-            json.dump(provenance, f, indent=2)
-    return TrainResult(step=step, wall_time=float(wall_var), skipped_steps=int(skipped_var),
-                       history=history, stop_reason=stop_reason)
+    bar = _ProgressBar(config, progress)
+    hooks = [bar,
+             _TrainingScalars(summaries, config,
+                              lambda: float(schedule(optimizer.iterations.numpy())), skipped, bar),
+             _Evaluation(model, eval_sets, config, summaries, run, clock),
+             _Checkpointing(model, manager, config, clock),
+             _Provenance(run, config, data_info, clock, skipped, summaries)]
+    stop = _StopRequest()
+    with stop.installed():
+        run_loop(make_train_step(model, optimizer, config, strategy),
+                 _distributed_batches(strategy, train_images, config, start), state, hooks,
+                 config, skipped, step_var, stop)
+    return TrainResult(step=state.step, wall_time=float(clock.variable),
+                       skipped_steps=int(skipped), history=state.history,
+                       stop_reason=state.stop_reason)
 
 
 def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
@@ -703,7 +981,6 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
     Returns:
       The trained model and the `TrainResult`.
     """
-    from tfp_ood import data, models  # Avoids a cycle: models need nothing from here.
     if family not in models.MODEL_NAMES:
         raise ValueError(f'Unknown model {family!r}; expected one of {models.MODEL_NAMES}.')
     spec = data.DATASETS.get(dataset)
