@@ -353,8 +353,9 @@ def train_probes(p, data):
     p.cli('train', '--workdir is a regular file', _train_args(regular, data, 5),
           keep=[regular])
     p.cli('train', '--data-dir missing', _train_args(w('dm'), f'{d}/nodata', 5))
-    p.cli('train', '--config paper for pixelcnn (no such size)',
-          _train_args(w('px'), data, 5) + ['--model', 'pixelcnn', '--config', 'paper'])
+    p.cli('train', '--config small for pixelcnn (no such size)',
+          _train_args(w('px'), data, 5)[:2] + ['small'] + _train_args(w('px'), data, 5)[3:]
+          + ['--model', 'pixelcnn'])
     run = w('run')
     p.cli('train', 'valid short run', _train_args(run, data, 20), 'ok',
           lambda r: os.path.exists(os.path.join(run, 'checkpoints')))
@@ -362,7 +363,7 @@ def train_probes(p, data):
           _train_args(run, data, 30) + ['--learning-rate', '0.01', '--seed', '3'],
           keep=[os.path.join(run, 'checkpoints')])
     p.cli('train', 'same workdir, another model size',
-          _train_args(run, data, 30)[:3] + ['small'] + _train_args(run, data, 30)[4:],
+          _train_args(run, data, 30)[:2] + ['small'] + _train_args(run, data, 30)[3:],
           keep=[os.path.join(run, 'checkpoints')])
     with open(os.path.join(run, 'run.lock'), 'w') as f:
         json.dump({'pid': os.getpid(), 'host': os.uname().nodename}, f)
