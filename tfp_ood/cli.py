@@ -61,6 +61,7 @@ def _from_flags(cls, args):
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from tfp_ood.bijectors import PRECISIONS
     from tfp_ood.config import MODEL_NAMES, MODELS, SIZE_NAMES
     from tfp_ood.train import TrainConfig
     parser = argparse.ArgumentParser(
@@ -86,6 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
                             'default: the test split of --dataset)')
     train.add_argument('--workdir', required=True, help='run directory (checkpoints, logs)')
     _add_dataclass_flags(train, TrainConfig)
+    train.add_argument('--precision', default='float32', choices=PRECISIONS,
+                       help='where the coupling networks of a flow compute (default: float32; '
+                            'bfloat16 on CPUs with AVX-512 BF16 / AMX and on GPUs)')
     train.add_argument('--strategy', default='default',
                        choices=('default', 'mirrored', 'multi_worker'),
                        help='tf.distribute strategy (multi_worker reads TF_CONFIG)')
@@ -102,6 +106,9 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument('--workdir', required=True, help='run directory of tfp-ood train')
     export.add_argument('--output', required=True, help='SavedModel directory to write')
     export.add_argument('--overwrite', action='store_true', help='replace --output')
+    export.add_argument('--precision', default=None, choices=PRECISIONS,
+                        help='where the exported flow\'s coupling networks compute (default: '
+                             'as it was trained)')
 
     score = verbs.add_parser(
         'score', help='score images with a SavedModel',
@@ -119,6 +126,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='resize (and convert channels of) images that do not match the '
                             'model; without it they are an error')
     score.add_argument('--batch-size', type=int, default=256, help='images per batch')
+    score.add_argument('--precision', default=None, choices=PRECISIONS,
+                       help='rebuild the flow with its coupling networks in this precision '
+                            '(default: the SavedModel as exported)')
     score.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     _add_data_args(score)
 
@@ -161,7 +171,8 @@ def _train(args) -> int:
     _, result = train.train_on_dataset(
         args.model, args.config, args.dataset, args.split, args.workdir, config,
         eval_specs=args.eval_sets, data_dir=args.data_dir, source=args.source,
-        download=args.download, strategy=_strategy(args.strategy), progress=args.progress)
+        download=args.download, strategy=_strategy(args.strategy), progress=args.progress,
+        precision=args.precision)
     last = result.history[-1] if result.history else {}
     print(f'{result.stop_reason} at step {result.step} after {result.wall_time:.0f} s; '
           f'last evaluation: {last}')
@@ -182,13 +193,10 @@ def _export(args) -> int:
     if run_config is None:
         raise CommandError(f'{args.workdir} is not a run directory of tfp-ood train '
                            f'(no config.json)')
-    model = models.from_config(run_config['model'])
+    provenance = train.RunDirectory(args.workdir).read_provenance()
+    model = models.from_config(run_config['model'],
+                               args.precision or provenance.get('precision', 'float32'))
     step = train.restore_latest(model, args.workdir)
-    provenance_path = os.path.join(args.workdir, 'provenance.json')
-    provenance = {}
-    if os.path.exists(provenance_path):
-        with open(provenance_path) as f:
-            provenance = json.load(f)
     provenance['checkpoint_step'] = step
     try:
         export.export(model, args.output, provenance=provenance, overwrite=args.overwrite)
@@ -256,6 +264,11 @@ def _score(args) -> int:
     from tfp_ood import data, export, plotting
     from tfp_ood.evaluate import score
     model = export.load(args.model_dir)
+    if args.precision:  # The tfp_ood model itself, rebuilt with its networks in that precision.
+        if model.metadata['model'].get('family') not in ('glow', 'cv_glow'):
+            raise CommandError(f'--precision is for the flows (glow, cv_glow); '
+                               f'{args.model_dir} is a {model.metadata["model"].get("family")}')
+        model = export.restore(args.model_dir, precision=args.precision)
     shape = model.image_shape
     out = args.output
     if os.path.exists(out) and not os.path.isdir(out):

@@ -113,6 +113,8 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
     metadata = {
         'format': FORMAT,
         'model': model.get_config(),
+        # Where the traced functions compute (flows: float32 or bfloat16 networks).
+        'precision': getattr(model, 'precision', 'float32'),
         'image_shape': list(model.image_shape),
         'outputs': ['log_prob', 'bits_per_dim'] + list(exported_terms(model)),
         'can_sample': model.can_sample,
@@ -238,19 +240,26 @@ def load(path: str) -> SavedModelAdapter:
     return SavedModelAdapter(path)
 
 
-def restore(path: str) -> DensityModel:
+def restore(path: str, precision: Optional[str] = None) -> DensityModel:
     """Rebuilds the exported tfp_ood model, with its trained weights.
 
     The model is constructed from the configuration in the metadata asset and
     the SavedModel's variables are read into it (the export's object graph
     holds the model under `model`, as a training checkpoint does).
 
+    Args:
+      path: the SavedModel directory.
+      precision: where a flow's networks compute (`'float32'` or
+        `'bfloat16'`); the variables are float32 either way.
+        Default value: the precision the model was exported in.
+
     Raises:
       FileNotFoundError, ValueError: `path` is not a tfp_ood export, or its
         variables do not match the model its configuration describes.
     """
     metadata = read_metadata(path)
-    model = models.from_config(metadata['model'])
+    model = models.from_config(metadata['model'],
+                               precision or metadata.get('precision', 'float32'))
     status = tf.train.Checkpoint(**model.saved_objects()).read(
         os.path.join(path, 'variables', 'variables'))
     try:

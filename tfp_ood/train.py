@@ -775,9 +775,10 @@ class _Provenance(Hook):
     """When the loop ends: what produced the last checkpoint, into provenance.json."""
 
     def __init__(self, run: RunDirectory, config: TrainConfig, data_info: Mapping[str, Any],
-                 clock: _Clock, skipped: tf.Variable, summaries: Summaries):
+                 clock: _Clock, skipped: tf.Variable, summaries: Summaries, precision: str):
         self.run, self.config, self.data_info = run, config, dict(data_info)
         self.clock, self.skipped, self.summaries = clock, skipped, summaries
+        self.precision = precision
 
     def end(self, state):
         self.summaries.flush()
@@ -788,7 +789,8 @@ class _Provenance(Hook):
             'skipped_steps': int(self.skipped),
             'final_eval': {k: v for k, v in last.items() if k not in ('step', 'wall_time')},
             'final_eval_step': last.get('step'),
-            'train_config': dataclasses.asdict(self.config), 'stop_reason': state.stop_reason})
+            'train_config': dataclasses.asdict(self.config), 'stop_reason': state.stop_reason,
+            'precision': self.precision})
 
 
 def run_loop(train_step: Callable, batches, state: LoopState, hooks: Sequence[Hook],
@@ -945,7 +947,8 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
                               lambda: float(schedule(optimizer.iterations.numpy())), skipped, bar),
              _Evaluation(model, eval_sets, config, summaries, run, clock),
              _Checkpointing(model, manager, config, clock),
-             _Provenance(run, config, data_info, clock, skipped, summaries)]
+             _Provenance(run, config, data_info, clock, skipped, summaries,
+                         getattr(model, 'precision', 'float32'))]
     stop = _StopRequest()
     with stop.installed():
         run_loop(make_train_step(model, optimizer, config, strategy),
@@ -961,7 +964,8 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
                      eval_specs: Optional[List[Tuple[str, str]]] = None,
                      data_dir: Optional[str] = None, source: str = 'auto',
                      download: bool = False, strategy: Optional[tf.distribute.Strategy] = None,
-                     progress: bool = True) -> Tuple[DensityModel, TrainResult]:
+                     progress: bool = True,
+                     precision: str = 'float32') -> Tuple[DensityModel, TrainResult]:
     """Builds a named model for a registry dataset and trains it with `fit`.
 
     What `tfp-ood train` and the examples' `--retrain` run.
@@ -977,6 +981,8 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
         Default value: the test split of `dataset`.
       data_dir, source, download: as in `tfp_ood.data.load`.
       strategy: a `tf.distribute.Strategy`.
+      precision: where a flow's coupling networks compute (`'float32'` or
+        `'bfloat16'`; see `tfp_ood.bijectors.glow`).
 
     Returns:
       The trained model and the `TrainResult`.
@@ -996,7 +1002,8 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
                  for name, split_ in (eval_specs or [(dataset, 'test')])}
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = models.named_model(family, config_name, spec.image_shape, seed=config.seed)
+        model = models.named_model(family, config_name, spec.image_shape, seed=config.seed,
+                                   precision=precision)
     result = fit(model, train_images, config, workdir, eval_sets=eval_sets, strategy=strategy,
                  progress=progress, data_info={'dataset': dataset, 'split': split,
                                                'num_images': int(len(train_images))})

@@ -88,7 +88,9 @@ class Coupling(ImageBijector):
         return self._affine
 
     def _shift_and_log_scale(self, conditioning):
-        h = self.network(conditioning)
+        # A network computing in bfloat16 returns bfloat16: back to the data's
+        # dtype before it touches the data (a no-op for float32 networks).
+        h = tf.cast(self.network(conditioning), conditioning.dtype)
         if not self._affine:
             return h, None
         shift, raw = tf.split(h, 2, axis=-1)

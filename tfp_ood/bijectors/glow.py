@@ -50,29 +50,46 @@ from tfp_ood.bijectors.layers import (DISTRIBUTION, VOLUME, ActNorm, ApplyToChan
                                       Squeeze)
 from tfp_ood.config import GlowConfig
 
-__all__ = ['Level', 'Step', 'glow', 'cv_glow', 'coupling_network_fn', 'exit_network_fn']
+__all__ = ['Level', 'PRECISIONS', 'Step', 'glow', 'cv_glow', 'coupling_network_fn',
+           'exit_network_fn']
 
 # A factory `fn(input_shape, output_channels, seed) -> tf_keras.Model`.
 NetworkFn = Callable[[Sequence[int], int, int], tf_keras.Model]
 
 
-def coupling_network_fn(hidden_channels: int) -> NetworkFn:
+#: Precisions of the coupling and prior networks (`precision=` of `glow`).
+PRECISIONS = ('float32', 'bfloat16')
+
+
+def _layer_dtype(precision: str):
+    """The Keras dtype policy of a network layer: float32 variables always;
+    computation in float32 or (`'bfloat16'`) in bfloat16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}; got {precision!r}.')
+    return 'float32' if precision == 'float32' else tf_keras.mixed_precision.Policy(
+        'mixed_bfloat16')
+
+
+def coupling_network_fn(hidden_channels: int, precision: str = 'float32') -> NetworkFn:
     """Glow's coupling network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> conv3x3.
 
     The last convolution is zero-initialised, so every coupling starts as the
-    identity.
+    identity. With `precision='bfloat16'` the convolutions compute in
+    bfloat16 (Keras' `mixed_bfloat16` policy: float32 variables, inputs cast
+    on the way in); `Coupling` casts the output back to float32.
     """
+    dtype = _layer_dtype(precision)
 
     def network(input_shape, output_channels, seed):
         init = tf_keras.initializers.GlorotUniform
         return tf_keras.Sequential([
             tf_keras.Input(shape=tuple(input_shape)),
             tf_keras.layers.Conv2D(hidden_channels, 3, padding='same',
-                                   activation='relu',
+                                   activation='relu', dtype=dtype,
                                    kernel_initializer=init(seed=seed)),
-            tf_keras.layers.Conv2D(hidden_channels, 1, activation='relu',
+            tf_keras.layers.Conv2D(hidden_channels, 1, activation='relu', dtype=dtype,
                                    kernel_initializer=init(seed=seed + 1)),
-            tf_keras.layers.Conv2D(output_channels, 3, padding='same',
+            tf_keras.layers.Conv2D(output_channels, 3, padding='same', dtype=dtype,
                                    kernel_initializer='zeros'),
         ])
 
@@ -84,7 +101,8 @@ def exit_network_fn() -> NetworkFn:
 
     At initialisation the prior of the factored-out channels is `N(0, I)`
     (TFP's default exit network starts at a scale of `e^2` instead,
-    docs/stack.md, note 11).
+    docs/stack.md, note 11). It computes in float32 at every precision of
+    `glow`: one small convolution, with nothing to gain from bfloat16.
     """
 
     def network(input_shape, output_channels, seed):
@@ -195,22 +213,28 @@ class Level(Chain):
 
 def glow(config: GlowConfig,
          coupling_fn: Optional[NetworkFn] = None,
-         exit_fn: Optional[NetworkFn] = None) -> Level:
+         exit_fn: Optional[NetworkFn] = None,
+         precision: str = 'float32') -> Level:
     """Builds the Glow bijector described by `config`.
 
     Args:
       config: the architecture; `config.coupling` chooses affine (Glow) or
         additive (CV-Glow) couplings and split priors.
       coupling_fn: network factory for the couplings.
-        Default value: `coupling_network_fn(config.hidden_channels)`.
+        Default value: `coupling_network_fn(config.hidden_channels, precision)`.
       exit_fn: network factory for the split priors.
         Default value: `exit_network_fn()`.
+      precision: where the default coupling networks compute: `'float32'` or
+        `'bfloat16'`. Only those: the split priors, ActNorm, the 1x1 convolutions, the
+        log-determinants, the latents' log-densities and every sum over pixels
+        stay float32, and the variables are float32 in both (a checkpoint
+        of one precision loads into the other).
 
     Returns:
       The outermost `Level`: a `Chain` whose `forward` maps latents
       `[..., H, W, C]` to images of the same shape.
     """
-    coupling_fn = coupling_fn or coupling_network_fn(config.hidden_channels)
+    coupling_fn = coupling_fn or coupling_network_fn(config.hidden_channels, precision)
     exit_fn = exit_fn or exit_network_fn()
     # Width of a coupling network's output per transformed channel: shift
     # only (additive), or shift and log-scale (affine).

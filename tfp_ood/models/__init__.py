@@ -18,24 +18,33 @@ __all__ = ['DensityModel', 'FlowModel', 'PixelCNNConfig', 'PixelCNNModel', 'VAE'
 _BUILDERS = {GlowConfig: FlowModel.from_config, PixelCNNConfig: PixelCNNModel, VAEConfig: VAE}
 
 
-def build(config) -> DensityModel:
-    """The model of a configuration (`GlowConfig`, `PixelCNNConfig` or `VAEConfig`)."""
+def build(config, precision: str = 'float32') -> DensityModel:
+    """The model of a configuration (`GlowConfig`, `PixelCNNConfig` or `VAEConfig`).
+
+    `precision='bfloat16'` (the flows only) computes the coupling and prior
+    networks in bfloat16; see `tfp_ood.bijectors.glow`.
+    """
+    if isinstance(config, GlowConfig):
+        return FlowModel.from_config(config, precision=precision)
+    if precision != 'float32':
+        raise ValueError(f'precision {precision!r} is implemented for the flows (glow, '
+                         f'cv_glow); {type(config).__name__} models compute in float32.')
     return _BUILDERS[type(config)](config)
 
 
 def named_model(model: str, config_name: str, image_shape: Sequence[int],
-                seed: int = 0) -> DensityModel:
+                seed: int = 0, precision: str = 'float32') -> DensityModel:
     """A model by name (`tfp_ood.config.MODEL_NAMES`) and named size ('paper', 'cpu', ...).
 
     `'vae'` is the conv-categorical VAE and `'vae_rnvp'` the VAE with a
     RealNVP encoder.
     """
     overrides = {} if model == 'pixelcnn' else {'seed': seed}
-    return build(named_config(model, config_name, image_shape, **overrides))
+    return build(named_config(model, config_name, image_shape, **overrides), precision)
 
 
-def from_config(config: Dict[str, Any]) -> DensityModel:
+def from_config(config: Dict[str, Any], precision: str = 'float32') -> DensityModel:
     """Builds a model from `model.get_config()` output (`{'family': ..., ...}`)."""
     config = dict(config)
     spec = spec_of_family(config.pop('family', None))
-    return build(spec.config_class.from_dict(dict(config, **spec.fixed)))
+    return build(spec.config_class.from_dict(dict(config, **spec.fixed)), precision)

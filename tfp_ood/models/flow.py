@@ -48,6 +48,9 @@ class FlowModel(DensityModel):
       config: the configuration the bijector was built from, if any; kept for
         export and checkpoints.
       name: module name.
+      precision: where the bijector's networks compute (`'float32'` or
+        `'bfloat16'`, see `tfp_ood.bijectors.glow`); recorded in exports. Not
+        part of `get_config()`: the variables are the same in both.
 
     #### Examples
 
@@ -61,9 +64,10 @@ class FlowModel(DensityModel):
     can_sample = True
 
     def __init__(self, bijector: ImageBijector, image_shape, config: Optional[GlowConfig] = None,
-                 name: str = 'flow'):
+                 name: str = 'flow', precision: str = 'float32'):
         super().__init__(image_shape, name=name)
         self.config = config
+        self.precision = precision
         self.bijector = bijector
         self.base_distribution = tfd.Sample(tfd.Normal(0., 1.),
                                             sample_shape=self.image_shape)
@@ -87,10 +91,11 @@ class FlowModel(DensityModel):
         return ('log_pz', 'log_det', 'dequant_const') + per_level
 
     @classmethod
-    def from_config(cls, config: GlowConfig) -> 'FlowModel':
-        """A Glow (affine) or CV-Glow (additive) as `config` says."""
-        return cls(glow(config), config.image_shape, config=config,
-                   name=config.family)
+    def from_config(cls, config: GlowConfig, precision: str = 'float32') -> 'FlowModel':
+        """A Glow (affine) or CV-Glow (additive) as `config` says, its networks
+        computing in `precision`."""
+        return cls(glow(config, precision=precision), config.image_shape, config=config,
+                   name=config.family, precision=precision)
 
     def get_config(self) -> Dict:
         """The model's configuration as JSON-able data (`models.from_config` rebuilds it)."""
