@@ -20,7 +20,11 @@ the repeats:
   passes a memory limit, instead of the whole run dying to the OOM killer;
 - how cost grows: images/s against batch size and image size (16x16, 32x32,
   64x64);
-- XLA (`jit_compile=True`) against plain graphs, for scoring and training.
+- XLA (`jit_compile=True`) against plain graphs, for scoring and training;
+- bfloat16 coupling networks against float32 (the same weights, alternating),
+  scoring and training at the `cpu` and compared sizes, with a bfloat16 matmul
+  peak beside the float32 one, and the per-image bits/dim difference of the
+  shipped `glow_cifar10` between the precisions on the embedded samples.
 
     python benchmarks/run.py --quick --json benchmarks/results/quick.json   # < 5 minutes
     python benchmarks/run.py --json benchmarks/results/full.json            # everything
@@ -29,7 +33,9 @@ the repeats:
 
 The JSON holds the headline numbers at the top level (`glow_score_vs_tfp`,
 `glow_train_vs_tfp`, `cvglow_score_vs_tfp`, `glow_paper_score_fraction_of_peak`,
-`glow_paper_score_images_per_s`, `glow_paper_train_images_per_s`, ...) and
+`glow_paper_score_images_per_s`, `glow_paper_train_images_per_s`,
+`glow_paper_score_bf16_vs_fp32`, `glow_paper_train_bf16_vs_fp32`,
+`bf16_max_abs_bpd_diff`, ...) and
 every measurement under `measurements`.
 """
 
@@ -171,10 +177,10 @@ def alternate(fns: Dict[str, Callable[[], object]], repeats: int,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_peak_gflops(n: int, repeats: int) -> float:
-    """Float32 matmul GFLOP/s (best of `repeats`): the machine's practical peak."""
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
+def matmul_peak_gflops(n: int, repeats: int, dtype=tf.float32) -> float:
+    """Matmul GFLOP/s in `dtype` (best of `repeats`): the machine's practical peak."""
+    a = tf.cast(tf.random.normal([n, n]), dtype)
+    b = tf.cast(tf.random.normal([n, n]), dtype)
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
     matmul()
     best = float('inf')
@@ -531,6 +537,9 @@ def run(mode: str, log: Callable = print,
     if 'tfp_comparison' not in measurements:
         _headline(plan, log, result)
         save()
+    if 'precision' not in measurements:
+        _precision_headline(plan, log, result)
+        save()
     if 'xla' not in measurements:
         measurements['xla'] = compare_xla(plan, plan.xla_configs, log)
         save()
@@ -569,6 +578,92 @@ def _headline(plan: Plan, log: Callable, result: Dict) -> None:
         'matmul_peak_gflops': peak,
     })
     result['measurements']['tfp_comparison'] = comparison
+
+
+def precision_pair(config: GlowConfig, batch: int) -> Dict[str, Runner]:
+    """Our Glow in float32 and with bfloat16 coupling networks, the same weights."""
+    runners = {}
+    weights = None
+    for precision in ('float32', 'bfloat16'):
+        model = models.FlowModel.from_config(config, precision=precision)
+        runner = ours(model, batch)
+        if weights is None:
+            weights = [v.numpy() for v in model.variables]
+        else:
+            for v, w in zip(model.variables, weights):
+                v.assign(w)
+        runners[precision] = runner
+    return runners
+
+
+def bf16_bpd_difference(log: Callable, limit: Optional[int] = None, model_dir: str = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'saved_models',
+        'glow_cifar10')) -> Dict:
+    """Per-image |bits/dim| between the precisions of a shipped Glow on the
+    embedded CIFAR-10 and SVHN test samples (the first `limit` of each), and
+    the AUROC in each."""
+    from tfp_ood import data, evaluate, export, metrics
+    scores = {}
+    for precision in ('float32', 'bfloat16'):
+        model = export.restore(model_dir, precision=precision)
+        for name in ('cifar10', 'svhn_cropped'):
+            images = data.images_array(data.load(name, 'test', source='samples'), limit=limit)
+            scores[precision, name] = evaluate.score(model, images, progress=False).scores
+    out = {}
+    for name in ('cifar10', 'svhn_cropped'):
+        diff = np.abs(scores['float32', name]['bits_per_dim']
+                      - scores['bfloat16', name]['bits_per_dim'])
+        out[name] = {'num_images': int(len(diff)), 'max_abs_bpd_diff': float(diff.max()),
+                     'mean_abs_bpd_diff': float(diff.mean())}
+    for precision in ('float32', 'bfloat16'):
+        out[f'auroc_{precision}'] = metrics.ood_metrics(
+            scores[precision, 'cifar10']['log_prob'],
+            scores[precision, 'svhn_cropped']['log_prob'])['auroc']
+    out['max_abs_bpd_diff'] = max(out[n]['max_abs_bpd_diff'] for n in ('cifar10', 'svhn_cropped'))
+    log(f'bfloat16 vs float32 on the embedded samples ({os.path.basename(model_dir)}): '
+        f'per-image |bits/dim| max {out["max_abs_bpd_diff"]:.4f}, mean '
+        f'{out["cifar10"]["mean_abs_bpd_diff"]:.5f} / '
+        f'{out["svhn_cropped"]["mean_abs_bpd_diff"]:.5f} (CIFAR-10 / SVHN); AUROC '
+        f'{out["auroc_float32"]:.4f} / {out["auroc_bfloat16"]:.4f}')
+    return out
+
+
+def _precision_headline(plan: Plan, log: Callable, result: Dict) -> None:
+    """bfloat16 against float32 coupling networks, side by side, and the bfloat16 peak."""
+    peak = {'float32': matmul_peak_gflops(plan.matmul_size, plan.repeats),
+            'bfloat16': matmul_peak_gflops(plan.matmul_size, plan.repeats, tf.bfloat16)}
+    log(f'matmul peak ({plan.matmul_size}x{plan.matmul_size}): float32 {peak["float32"]:.1f}, '
+        f'bfloat16 {peak["bfloat16"]:.1f} GFLOP/s')
+    out = {'matmul_peak_gflops': peak}
+    for name in dict.fromkeys((plan.scaling_config, plan.glow_compare)):
+        config = GlowConfig.named(name)
+        runners = precision_pair(config, plan.compare_batch)
+        seconds = alternate({f'{k}_{p}': getattr(r, 'score' if k == 'score' else 'train_step')
+                             for p, r in runners.items() for k in ('score', 'train')},
+                            plan.repeats, plan.min_seconds)
+        ips = {k: plan.compare_batch / v for k, v in seconds.items()}
+        flops = glow_forward_flops(config)
+        row = {f'{k}_images_per_s': v for k, v in ips.items()}
+        row.update(score_bf16_vs_fp32=ips['score_bfloat16'] / ips['score_float32'],
+                   train_bf16_vs_fp32=ips['train_bfloat16'] / ips['train_float32'],
+                   score_bf16_fraction_of_bf16_peak=ips['score_bfloat16'] * flops / 1e9
+                   / peak['bfloat16'])
+        out[name] = row
+        log(f'glow {name} bfloat16 / float32: scoring {ips["score_bfloat16"]:.1f} / '
+            f'{ips["score_float32"]:.1f} images/s ({row["score_bf16_vs_fp32"]:.2f}x, '
+            f'{row["score_bf16_fraction_of_bf16_peak"]:.0%} of the bfloat16 peak), training '
+            f'{ips["train_bfloat16"]:.1f} / {ips["train_float32"]:.1f} '
+            f'({row["train_bf16_vs_fp32"]:.2f}x)')
+    out['accuracy'] = bf16_bpd_difference(log, limit=64 if plan.name == 'smoke' else None)
+    compared = out[plan.glow_compare]
+    result.update({
+        # With --smoke these "paper" numbers are of the tiny config.
+        'glow_paper_score_bf16_vs_fp32': compared['score_bf16_vs_fp32'],
+        'glow_paper_train_bf16_vs_fp32': compared['train_bf16_vs_fp32'],
+        'bf16_max_abs_bpd_diff': out['accuracy']['max_abs_bpd_diff'],
+        'bf16_matmul_peak_gflops': peak['bfloat16'],
+    })
+    result['measurements']['precision'] = out
 
 
 def write_json(path: str, result: Dict) -> None:

@@ -58,6 +58,12 @@ class BenchmarksTest(tf.test.TestCase):
             self.assertGreater(row['score_peak_rss_mib'], 0)
         self.assertEqual([r['image_size'] for r in measured['image_size_scaling']], [16, 32])
         self.assertGreater(measured['xla']['tiny']['score_xla_speedup'], 0)
+        for key in ('glow_paper_score_bf16_vs_fp32', 'glow_paper_train_bf16_vs_fp32',
+                    'bf16_max_abs_bpd_diff', 'bf16_matmul_peak_gflops'):
+            self.assertTrue(math.isfinite(result[key]) and result[key] > 0, key)
+        accuracy = measured['precision']['accuracy']
+        self.assertEqual(accuracy['cifar10']['num_images'], 64)
+        self.assertLess(accuracy['max_abs_bpd_diff'], 0.01)  # The shipped glow_cifar10.
         comparison = measured['tfp_comparison']['glow']
         self.assertEqual(comparison['params_ours'], comparison['params_tfp'])
         # The figure of it, and of a partial run with a row over the memory limit.
