@@ -159,15 +159,13 @@ def graying(args, source: common.Source, out: str) -> list:
     if not models:
         print('graying: no colour model in --models-dir; skipped', file=sys.stderr)
         return []
-    sets = {}
-    for name in (COLOUR_IN, COLOUR_OUT):
-        sets[name] = source.load(*name.split('/'))
-        sets[name + analysis.GRAY_SUFFIX] = data.grayscale(sets[name])
+    sets = {name: source.load(*name.split('/')) for name in (COLOUR_IN, COLOUR_OUT)}
+    gray_of = analysis.add_gray_versions(sets, (COLOUR_IN, COLOUR_OUT))
     limits = {name: source.family_images(model.get_config().get('family'))
               for name, model in models.items()}
     results = report.score_all(models, sets, os.path.join(out, 'graying'),
                                progress=args.progress, max_images=limits)
-    rows = analysis.graying_rows(results)
+    rows = analysis.graying_rows(results, gray_of)
     plotting.plot_graying(rows, os.path.join(out, 'graying.png'))
     return rows
 

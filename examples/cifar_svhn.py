@@ -80,13 +80,13 @@ def main(argv=None):
         sets[name] = source.load(dataset, split)
     sets['constant_128'] = data.constant_images(128, SHAPE, n_synthetic)
     sets['uniform_noise'] = data.uniform_noise_images(SHAPE, n_synthetic, seed=0)
-    sets[in_set + analysis.GRAY_SUFFIX] = data.grayscale(sets[in_set])
-    sets[out_set + analysis.GRAY_SUFFIX] = data.grayscale(sets[out_set])
+    gray_of = analysis.add_gray_versions(sets, (in_set, out_set))
 
     paper_names = {'svhn_cropped/train': 'svhn_cropped/train',
                    'svhn_cropped/test[7000:]': 'svhn_cropped/test'}
     outcome = report.run_experiment(models, sets, in_set, out_set, args.out,
-                                    paper_names=paper_names, progress=args.progress)
+                                    paper_names=paper_names, progress=args.progress,
+                                    gray_of=gray_of)
     common.print_report(outcome, source, in_set, out_set, args.out)
     return outcome
 

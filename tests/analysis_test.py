@@ -49,9 +49,11 @@ class AnalysisTest(tf.test.TestCase):
             scores = {'log_prob': -np.ones(2), 'bits_per_dim': np.array(bpd, float)}
             return ScoreResult('x', scores, np.zeros(2), (4, 4, 3))
 
+        # Which set is the gray version of which comes from the mapping, not the names.
         rows = analysis.graying_rows({('m', 'a'): result([4., 4.]),
-                                      ('m', 'a (gray)'): result([3., 3.5]),
-                                      ('m', 'b'): result([2., 2.])})
+                                      ('m', 'gray a'): result([3., 3.5]),
+                                      ('m', 'b'): result([2., 2.]),
+                                      ('m', 'b (gray)'): result([1., 1.])}, {'a': 'gray a'})
         self.assertEqual(rows, [{'model': 'm', 'set': 'a', 'bpd_colour': 4.,
                                  'bpd_gray': 3.25, 'difference': -0.75}])
 

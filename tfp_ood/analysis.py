@@ -23,14 +23,15 @@
 """
 
 import dataclasses
-from typing import Dict, Iterable, Optional, Sequence, Union
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
+from tfp_ood.data import grayscale
 from tfp_ood.models.base import dequantize
 
-__all__ = ['ChannelStatistics', 'GRAY_SUFFIX', 'SecondOrderResult', 'channel_statistics',
+__all__ = ['ChannelStatistics', 'SecondOrderResult', 'add_gray_versions', 'channel_statistics',
            'ensemble_scores', 'graying_rows', 'graying_table', 'log_mean_exp',
            'log_prob_hessian_diagonal', 'paper_alpha', 'quadratic_expansion_difference',
            'second_order_difference', 'waic']
@@ -363,17 +364,31 @@ def second_order_difference(model, stats_p: ChannelStatistics, stats_q: ChannelS
                              channelwise, paper, float(measured))
 
 
-#: Name suffix of a grayscale version of a scored set (as the examples use).
-GRAY_SUFFIX = ' (gray)'
+def add_gray_versions(sets: Dict, names: Sequence[str]) -> Dict[str, str]:
+    """Adds the grayscale version of each dataset `names[i]` of `sets` to `sets`.
+
+    The gray version is named `'<name> (gray)'` for tables and figures; which
+    set is the gray version of which is the returned mapping, never parsed
+    back out of the names.
+
+    Returns:
+      `{colour set name: gray set name}`, for `graying_rows`.
+    """
+    gray_of = {}
+    for name in names:
+        gray_of[name] = f'{name} (gray)'
+        sets[gray_of[name]] = grayscale(sets[name])
+    return gray_of
 
 
-def graying_rows(results: Dict) -> list:
+def graying_rows(results: Dict, gray_of: Mapping[str, str]) -> list:
     """Colour against grayscale bits/dim for every (model, set) scored both ways.
 
     Args:
       results: `{(model, set_name): ScoreResult}` (as `report.score_all`
-        returns), where the gray version of `set_name` is named
-        `set_name + GRAY_SUFFIX`.
+        returns).
+      gray_of: `{colour set name: its grayscale version's set name}` (as
+        `add_gray_versions` returns).
 
     Returns:
       Rows `{'model', 'set', 'bpd_colour', 'bpd_gray', 'difference'}`, with
@@ -382,7 +397,7 @@ def graying_rows(results: Dict) -> list:
     """
     rows = []
     for (model, name), result in results.items():
-        gray = results.get((model, name + GRAY_SUFFIX))
+        gray = results.get((model, gray_of.get(name)))
         if gray is None:
             continue
         colour_bpd, gray_bpd = result.summary()['bpd_mean'], gray.summary()['bpd_mean']

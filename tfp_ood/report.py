@@ -235,15 +235,17 @@ def run_experiment(models: Mapping[str, ModelEntry],
                    datasets: Mapping[str, tf.data.Dataset],
                    in_set: str, out_set: str, out_dir: str,
                    paper_names: Optional[Mapping[str, str]] = None,
-                   batch_size: int = 256, progress: bool = True) -> Dict:
+                   batch_size: int = 256, progress: bool = True,
+                   gray_of: Optional[Mapping[str, str]] = None) -> Dict:
     """Scores every set under every model and writes the whole report to `out_dir`.
 
     Writes the per-image scores, `bpd_table.csv` / `.md` (with the paper's
     numbers), for each model the log p(x) histogram of `in_set` against
     `out_set` and (flows) the term histograms, `overview.png` (every model's
     histograms), `metrics.json` (AUROC etc. of raw likelihood),
-    `summary.md` (`headline`), `graying.md` (colour against gray sets named
-    `<set> (gray)`), `summary.json`, and TensorBoard logs in
+    `summary.md` (`headline`), `graying.md` (colour against the gray sets of
+    `gray_of`, `{colour set: gray set}` as `analysis.add_gray_versions`
+    returns), `summary.json`, and TensorBoard logs in
     `out_dir/tensorboard/<model>` (mean bits/dim per set, histograms of the
     per-image log p(x) and terms, the table as text).
 
@@ -270,7 +272,7 @@ def run_experiment(models: Mapping[str, ModelEntry],
                                if k in ('auroc', 'aupr_in', 'aupr_out', 'fpr_at_95_tpr')}, 0)
         summaries.text('bpd_table', table)
         summaries.flush()
-    graying = analysis.graying_rows(results)
+    graying = analysis.graying_rows(results, gray_of or {})
     if graying:
         with open(os.path.join(out_dir, 'graying.md'), 'w') as f:
             f.write(analysis.graying_table(graying))
