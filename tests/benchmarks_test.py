@@ -12,14 +12,13 @@ import time
 
 import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+from tests import scripts
+from tfp_ood.config import GlowConfig
 
-import op_profile  # noqa: E402  (benchmarks/op_profile.py)
-import plot as benchmark_plot  # noqa: E402  (benchmarks/plot.py)
-import run as benchmarks  # noqa: E402  (benchmarks/run.py)
-
-from tfp_ood.config import GlowConfig  # noqa: E402
+REPO = scripts.REPO
+op_profile = scripts.load('benchmarks/op_profile.py')
+benchmark_plot = scripts.load('benchmarks/plot.py')
+benchmarks = scripts.load('benchmarks/run.py')
 
 
 def _child_measuring_a_row():

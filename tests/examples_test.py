@@ -13,15 +13,14 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'examples'))
+from tests import scripts
+from tfp_ood import export, models
+from tfp_ood.config import GlowConfig
 
-import analysis  # noqa: E402  (examples/analysis.py)
-import cifar_svhn  # noqa: E402
-import fashion_mnist  # noqa: E402
-
-from tfp_ood import export, models  # noqa: E402
-from tfp_ood.config import GlowConfig  # noqa: E402
+REPO = scripts.REPO
+analysis = scripts.load('examples/analysis.py')
+cifar_svhn = scripts.load('examples/cifar_svhn.py')
+fashion_mnist = scripts.load('examples/fashion_mnist.py')
 
 
 def _write(directory, name, split, n, shape):
