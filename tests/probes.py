@@ -14,7 +14,7 @@ issue and counts the outcomes:
 - `traceback`: a traceback, or an exception of the wrong kind (e.g.
   `AttributeError`, a raw TensorFlow error) for bad input.
 
-    python tests/probes.py --out probes.json
+    python -m tests.probes --out probes.json      # from the repository root
 
 Each CLI probe is a fresh process (about 6 s of TensorFlow import each); the
 whole run takes 10-15 minutes on 2 CPU cores.
@@ -34,6 +34,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from tests.cli_test import _write_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, '-m', 'tfp_ood.cli']
@@ -116,14 +118,6 @@ def _digest(path):
 def _npz(path, **arrays):
     np.savez(path, **arrays)
     return path
-
-
-def _write_data(directory, n_train=256, n_test=64):
-    rng = np.random.default_rng(0)
-    for split, n in (('train', n_train), ('test', n_test)):
-        np.savez(os.path.join(directory, f'cifar10_{split}.npz'),
-                 images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                 labels=rng.integers(0, 10, n).astype(np.int64))
 
 
 def _train_args(workdir, data, steps, *extra):
@@ -556,7 +550,7 @@ def main():
     try:
         data = os.path.join(root, 'data')
         os.makedirs(data)
-        _write_data(data)
+        _write_data(data, n_train=256, n_test=64)
         run = train_probes(p, data)
         model = export_probes(p, run, data)
         good_npz, good_scores = score_probes(p, model, data)

@@ -2,16 +2,11 @@
 
 `fit(model, train_images, config, workdir)` minimises the mean bits/dim of
 uniformly dequantized training images with Adam (linear warm-up, gradient
-clipping by global norm), and writes into `workdir`:
-
-```none
-workdir/
-  config.json        the model and training configuration of the run
-  checkpoints/       tf.train.CheckpointManager: model, optimizer, step, wall time
-  logs/              TensorBoard (tfp_ood.summaries)
-  history.jsonl      one line per evaluation: step, wall time, bits/dim per set
-  provenance.json    what trained the model: data, steps, wall time, final bits/dim
-```
+clipping by global norm), and writes into `workdir` the files `RunDirectory`
+lists: configuration, checkpoints, TensorBoard logs, evaluation history and
+provenance. Its pieces are public for other loops: `make_train_step` (the
+traced step), `RunDirectory`, and `run_loop` with `Hook`s (evaluation,
+checkpoints, summaries, provenance, the progress bar).
 
 **Resuming.** Calling `fit` again with the same configuration and `workdir`
 resumes from the last checkpoint with the same optimizer state, step counter
