@@ -193,6 +193,19 @@ class FitTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'got dtype float32'):
             train.fit(_model(), _images().astype(np.float32), _config(),
                       self.create_tempdir().full_path, progress=False)
+        # Refused before any training, not at the end of it.
+        with self.assertRaisesRegex(ValueError, 'num_eval_images must be >= 1'):
+            _config(num_eval_images=0)
+        workdir = self.create_tempdir().full_path
+        with self.assertRaisesRegex(ValueError, "eval_sets\\['held'\\] holds no images"):
+            train.fit(_model(), _images(), _config(), workdir,
+                      eval_sets={'held': _images()[:0]}, progress=False)
+        self.assertFalse(os.path.exists(os.path.join(workdir, 'checkpoints')))
+        with open(os.path.join(workdir, 'a_file'), 'w') as f:
+            f.write('x')
+        with self.assertRaisesRegex(ValueError, 'is a file, not a run directory'):
+            train.fit(_model(), _images(), _config(), os.path.join(workdir, 'a_file'),
+                      progress=False)
 
 
 _TWO_DEVICES = textwrap.dedent('''

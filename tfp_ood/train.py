@@ -125,7 +125,8 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'checkpoint_every', 'eval_every', 'log_every',
-                     'max_consecutive_nonfinite', 'num_init_images', 'keep_checkpoints'):
+                     'max_consecutive_nonfinite', 'num_init_images', 'num_eval_images',
+                     'keep_checkpoints'):
             if getattr(self, name) < 1:
                 raise ValueError(f'TrainConfig.{name} must be >= 1; got {getattr(self, name)}.')
         # `not x > 0` also refuses NaN; clipping to an infinite norm gives NaN gradients.
@@ -134,6 +135,8 @@ class TrainConfig:
             raise ValueError(f'learning_rate and clip_norm must be finite and > 0 and '
                              f'warmup_steps >= 0; got {self.learning_rate}, {self.clip_norm}, '
                              f'{self.warmup_steps}.')
+        if self.sample_every < 0:
+            raise ValueError(f'TrainConfig.sample_every must be >= 0; got {self.sample_every}.')
         if not 0.0 <= self.mutation_rate <= 1.0:
             raise ValueError(f'mutation_rate must be in [0, 1]; got {self.mutation_rate}.')
         if not 0.0 <= self.weight_decay < float('inf'):
@@ -908,6 +911,9 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
     eval_sets = {name: check_images(images[:config.num_eval_images], model.image_shape,
                                     f'eval_sets[{name!r}]').numpy()
                  for name, images in (eval_sets or {}).items()}
+    for name, images in eval_sets.items():  # Before any training, not at the first evaluation.
+        if not len(images):
+            raise ValueError(f'eval_sets[{name!r}] holds no images.')
     run_config = {'model': model.get_config(), 'train': dataclasses.asdict(config),
                   'data': dict(data_info)}
     saved = run.read_config()
