@@ -5,7 +5,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfp_ood import data, report
+from tfp_ood import data
 from tfp_ood.config import GlowConfig
 from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
@@ -63,16 +63,6 @@ class EvaluateTest(tf.test.TestCase):
         xla = score(self.model, images, batch_size=8, progress=False, jit_compile=True)
         for key in ('log_prob', 'log_pz', 'log_det', 'bits_per_dim'):
             self.assertAllClose(xla.scores[key], plain.scores[key], rtol=1e-5, atol=1e-3)
-
-    def test_score_all_limits_images_per_model(self):
-        ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(12), 'label': np.zeros(12)})
-        small = data.constant_images(5, (4, 4, 3), 3)  # Another shape: not scored.
-        results = report.score_all({'a': self.model, 'b': self.model}, {'x': ds, 'y': small},
-                                   progress=False, max_images={'b': 5})
-        self.assertEqual(sorted(results), [('a', 'x'), ('b', 'x')])
-        self.assertEqual(results[('a', 'x')].num_images, 12)
-        self.assertEqual(results[('b', 'x')].num_images, 5)
-        self.assertAllClose(results[('b', 'x')].log_prob, results[('a', 'x')].log_prob[:5])
 
     def test_synthetic_and_grayscale_datasets(self):
         result = score(self.model, data.grayscale(data.constant_images(128, SHAPE, 3)),

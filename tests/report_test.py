@@ -1,0 +1,62 @@
+"""Tests of the experiments' report: scoring every set, the bits/dim table with
+the paper's numbers, file names."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_ood import data, report
+from tfp_ood.config import GlowConfig
+from tfp_ood.models import FlowModel
+
+SHAPE = (8, 8, 3)
+
+
+def _uint8(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n,) + SHAPE, dtype=np.uint8)
+
+
+class ReportTest(tf.test.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.model = FlowModel.from_config(GlowConfig(
+            image_shape=SHAPE, num_levels=2, num_steps_per_level=1, hidden_channels=8))
+        cls.model.initialize(_uint8(32, seed=9))
+
+    def test_score_all_limits_images_per_model_and_saves_each_result(self):
+        ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(12), 'label': np.zeros(12)})
+        small = data.constant_images(5, (4, 4, 3), 3)  # Another shape: not scored.
+        out = self.create_tempdir().full_path
+        results = report.score_all({'a': self.model, 'b': self.model},
+                                   {'x/test': ds, 'y': small}, out_dir=out,
+                                   progress=False, max_images={'b': 5})
+        self.assertEqual(sorted(results), [('a', 'x/test'), ('b', 'x/test')])
+        self.assertEqual(results[('a', 'x/test')].num_images, 12)
+        self.assertEqual(results[('b', 'x/test')].num_images, 5)
+        self.assertAllClose(results[('b', 'x/test')].log_prob,
+                            results[('a', 'x/test')].log_prob[:5])
+        self.assertEqual(sorted(os.listdir(os.path.join(out, 'scores'))),
+                         ['a__x_test.npz', 'b__x_test.npz'])
+
+    def test_bpd_rows_carry_the_papers_number_where_it_reports_the_case(self):
+        ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(4), 'label': np.zeros(4)})
+        results = report.score_all({'m': self.model},
+                                   {'svhn_cropped/test[7000:]': ds, 'other': ds},
+                                   progress=False)
+        rows = {r.scored_set: r for r in report.bpd_rows(
+            results, {'m': 'glow'}, {'m': 'cifar10'},
+            paper_names={'svhn_cropped/test[7000:]': 'svhn_cropped/test'})}
+        self.assertEqual(rows['svhn_cropped/test[7000:]'].paper_bpd, 2.389)
+        self.assertIsNone(rows['other'].paper_bpd)
+        self.assertEqual(rows['other'].num_images, 4)
+
+    def test_slug(self):
+        self.assertEqual(report.slug('cifar10/test (gray)'), 'cifar10_test_gray')
+        self.assertEqual(report.slug('svhn_cropped/test[7000:]'), 'svhn_cropped_test_7000')
+
+
+if __name__ == '__main__':
+    tf.test.main()
