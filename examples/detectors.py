@@ -162,19 +162,10 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
                                         progress=args.progress).scores
         return cache[key]
 
-    single = {'raw_likelihood': detectors.RawLikelihood(model),
-              'input_complexity': detectors.InputComplexity(model, codec='png'),
-              'density_of_states': detectors.DensityOfStates(
-                  model, ('log_prob', 'log_pz', 'log_det') if is_flow else ('log_prob',)),
-              # Ours: the flow's two terms, or every level's two terms, and the
-              # compressed length.
-              'density_of_states_terms': detectors.DensityOfStates(
-                  model, ('log_pz', 'log_det') if is_flow else ('log_prob',), codec='png')}
-    if is_flow:
-        single['density_of_states_levels'] = detectors.DensityOfStates(
-            model, [t for t in model.term_names if t.startswith('level')], codec='png')
-    if background is not None:
-        single['likelihood_ratio'] = detectors.LikelihoodRatio(model, background)
+    names = [n for n in detectors.DETECTOR_NAMES if n != 'typicality'
+             and (n != 'likelihood_ratio' or background is not None)
+             and (n != 'density_of_states_levels' or is_flow)]
+    single = {n: detectors.named(n, model, background) for n in names}
     if len(members) >= 2:
         single['waic'] = detectors.WAIC(members)
     typicality = {m: detectors.Typicality(model, batch_size=m) for m in TYPICALITY_M}

@@ -3,13 +3,14 @@ separable and identical sets, and bad input."""
 
 import io
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 from scipy import stats
 
-from tfp_ood import detectors, models
+from tfp_ood import detectors, export, models
 from tfp_ood.config import GlowConfig
 from tfp_ood.models import DensityModel
 
@@ -183,3 +184,49 @@ class DetectorMetricsTest(tf.test.TestCase):
 
 if __name__ == '__main__':
     tf.test.main()
+
+
+class CalibrationTest(tf.test.TestCase):
+
+    def test_threshold_keeps_exactly_the_requested_fraction(self):
+        scores = np.random.default_rng(0).permutation(np.arange(1000.))
+        calibration = detectors.calibrate(detectors.DetectorScores('x', scores, {}), 0.95)
+        self.assertEqual(calibration.threshold, 949.)
+        self.assertEqual(int(np.sum(~calibration.decide(scores))), 950)
+        self.assertEqual(list(calibration.decide(np.array([949., 949.5, np.nan, -np.inf]))),
+                         [False, True, True, False])
+        with_nan = np.concatenate([np.arange(99.), [np.nan]])
+        self.assertEqual(detectors.calibrate(
+            detectors.DetectorScores('x', with_nan, {}), 0.99).threshold, 98.)
+        with self.assertRaisesRegex(ValueError, 'finite score'):
+            detectors.calibrate(detectors.DetectorScores('x', with_nan, {}), 1.0)
+        with self.assertRaisesRegex(ValueError, 'true_positive_rate'):
+            detectors.calibrate(detectors.DetectorScores('x', scores, {}), 0.)
+
+    def test_a_saved_fit_reloads_to_identical_decisions(self):
+        directory = self.create_tempdir().full_path
+        model = models.from_config(dict(family='glow', **GlowConfig.named(
+            'tiny', (8, 8, 3)).to_dict()))
+        train = _images(96, shape=(8, 8, 3))
+        model.initialize(train)
+        model_dir = export.export(model, os.path.join(directory, 'models', 'flow'))
+        other = _images(40, high=60, shape=(8, 8, 3), seed=4)
+        for name in ('density_of_states_levels', 'typicality', 'input_complexity'):
+            fitted = detectors.fit_detector(name, [model_dir], train[:64], train[64:],
+                                            provenance={'fit': 'train[:64]'})
+            path = fitted.save(os.path.join(directory, 'models', f'{name}.json'))
+            reloaded = detectors.load_detector(path)
+            self.assertEqual(reloaded.calibration.threshold, fitted.calibration.threshold)
+            self.assertEqual(reloaded.provenance, {'fit': 'train[:64]'})
+            a, b = fitted.detect(other), reloaded.detect(other)
+            self.assertAllEqual(a.ood_score, b.ood_score, msg=name)
+            self.assertAllEqual(a.components['is_ood'], b.components['is_ood'], msg=name)
+            # The validation images are kept at the requested rate.
+            kept = ~fitted.calibration.decide(fitted.detect(train[64:]).ood_score)
+            self.assertGreaterEqual(kept.mean(), 0.95, name)
+        with open(os.path.join(directory, 'bad.json'), 'w') as f:
+            f.write('{"format": "other"}')
+        with self.assertRaisesRegex(ValueError, 'not a fitted detector'):
+            detectors.load_detector(os.path.join(directory, 'bad.json'))
+        with self.assertRaisesRegex(ValueError, 'Unknown detector'):
+            detectors.named('nope', model)

@@ -45,21 +45,24 @@ at 95% TPR, with the in-distribution set as the positive class.
 import abc
 import dataclasses
 import io
+import json
 import math
+import os
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
-from tfp_ood import analysis
+from tfp_ood import analysis, export
 from tfp_ood.evaluate import score as evaluate_score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel, check_images
 
 __all__ = [
-    'CODECS', 'DensityOfStates', 'Detector', 'DetectorScores', 'InputComplexity',
-    'LikelihoodRatio', 'RawLikelihood', 'Typicality', 'WAIC', 'compressed_bits',
-    'detector_metrics',
+    'CODECS', 'Calibration', 'DETECTOR_NAMES', 'DensityOfStates', 'Detector', 'DetectorScores',
+    'FittedDetector', 'InputComplexity', 'LikelihoodRatio', 'RawLikelihood', 'Typicality',
+    'WAIC', 'calibrate', 'compressed_bits', 'detector_metrics', 'fit_detector',
+    'load_detector', 'named',
 ]
 
 Images = Union[np.ndarray, tf.Tensor, tf.data.Dataset]
@@ -149,6 +152,14 @@ class Detector(abc.ABC):
     def score_terms(self, terms: Sequence[Terms], images: Images) -> DetectorScores:
         """The scores from the evaluator's per-image terms of each of `models`
         (`tfp_ood.score(model, images).scores`, in the order of `models`)."""
+
+    def get_state(self) -> Dict:
+        """What `fit` learned, as JSON-able data (`set_state` puts it back)."""
+        return {}
+
+    def set_state(self, state: Dict) -> 'Detector':
+        del state
+        return self
 
 
 def _num_dims(model: DensityModel) -> int:
@@ -347,6 +358,13 @@ class Typicality(Detector):
             self.threshold = float(np.quantile(statistic, 1. - self.false_alarm_rate))
         return self
 
+    def get_state(self) -> Dict:
+        return {'entropy': self.entropy, 'threshold': self.threshold}
+
+    def set_state(self, state: Dict) -> 'Typicality':
+        self.entropy, self.threshold = state['entropy'], state.get('threshold')
+        return self
+
     def batch_statistic(self, bits_per_dim: np.ndarray) -> np.ndarray:
         """`|mean bpd - H|` of consecutive, non-overlapping batches of `M` images."""
         if self.entropy is None:
@@ -441,17 +459,38 @@ class DensityOfStates(Detector):
     needs_fit = True
 
     def fit_terms(self, terms, images) -> 'DensityOfStates':
-        from sklearn.neighbors import KernelDensity
         values, _ = self._statistics(terms[0], images, 'DensityOfStates training images')
         values = values[np.all(np.isfinite(values), axis=1)][:self.max_fit_images]
         if len(values) < 2:
             raise ValueError('DensityOfStates: fewer than two training images with finite '
                              'statistics.')
-        self._mean = values.mean(axis=0)
-        self._scale = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.)
+        mean = values.mean(axis=0)
+        scale = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.)
         bandwidth = self.bandwidth or len(values) ** (-1. / (values.shape[1] + 4))
-        self._kde = KernelDensity(bandwidth=bandwidth).fit((values - self._mean) / self._scale)
+        return self._set_kde(values, mean, scale, bandwidth)
+
+    def _set_kde(self, values, mean, scale, bandwidth) -> 'DensityOfStates':
+        from sklearn.neighbors import KernelDensity
+        self._values, self._mean, self._scale = (np.asarray(values, np.float64),
+                                                 np.asarray(mean), np.asarray(scale))
+        self._bandwidth = float(bandwidth)
+        self._kde = KernelDensity(bandwidth=self._bandwidth).fit(
+            (self._values - self._mean) / self._scale)
         return self
+
+    def get_state(self) -> Dict:
+        if self._kde is None:
+            return {}
+        return {'statistics': list(self.statistic_names), 'bandwidth': self._bandwidth,
+                'mean': self._mean.tolist(), 'scale': self._scale.tolist(),
+                'values': self._values.tolist()}
+
+    def set_state(self, state: Dict) -> 'DensityOfStates':
+        if list(state['statistics']) != list(self.statistic_names):
+            raise ValueError(f'DensityOfStates: the saved fit is of the statistics '
+                             f'{state["statistics"]}, not {list(self.statistic_names)}.')
+        return self._set_kde(state['values'], state['mean'], state['scale'],
+                             state['bandwidth'])
 
     def score_terms(self, terms, images) -> DetectorScores:
         if self._kde is None:
@@ -463,3 +502,182 @@ class DensityOfStates(Detector):
             log_density[finite] = self._kde.score_samples(
                 (values[finite] - self._mean) / self._scale)
         return DetectorScores(self.name, -log_density, dict(terms, log_density=log_density))
+
+
+#: The detectors `named` builds, for a model (and a background model).
+DETECTOR_NAMES = ('raw_likelihood', 'likelihood_ratio', 'input_complexity', 'typicality',
+                  'density_of_states', 'density_of_states_terms', 'density_of_states_levels')
+
+
+def _is_flow(model: DensityModel) -> bool:
+    return {'log_pz', 'log_det'} <= set(getattr(model, 'term_names', ()))
+
+
+def named(name: str, model: DensityModel, background: Optional[DensityModel] = None
+          ) -> Detector:
+    """The single-image detector `name` of `DETECTOR_NAMES` over `model`.
+
+    `density_of_states` uses the published statistics (the log-likelihood
+    and, for a flow, its two terms); ours are `density_of_states_terms` (a
+    flow's two terms and the PNG length) and `density_of_states_levels`
+    (every level's two terms and the PNG length; flows only).
+    `likelihood_ratio` needs `background`.
+    """
+    flow = _is_flow(model)
+    if name == 'raw_likelihood':
+        return RawLikelihood(model)
+    if name == 'likelihood_ratio':
+        if background is None:
+            raise ValueError('likelihood_ratio needs a background model.')
+        return LikelihoodRatio(model, background)
+    if name == 'input_complexity':
+        return InputComplexity(model, codec='png')
+    if name == 'typicality':
+        return Typicality(model, batch_size=1)
+    if name == 'density_of_states':
+        return DensityOfStates(model, ('log_prob', 'log_pz', 'log_det') if flow
+                               else ('log_prob',))
+    if name == 'density_of_states_terms':
+        return DensityOfStates(model, ('log_pz', 'log_det') if flow else ('log_prob',),
+                               codec='png')
+    if name == 'density_of_states_levels':
+        levels = [t for t in getattr(model, 'term_names', ()) if t.startswith('level')]
+        if not levels:
+            raise ValueError('density_of_states_levels needs a flow with per-level terms.')
+        return DensityOfStates(model, levels, codec='png')
+    raise ValueError(f'Unknown detector {name!r}; expected one of {DETECTOR_NAMES}.')
+
+
+@dataclasses.dataclass
+class Calibration:
+    """A detector's decision threshold, set on held-out in-distribution images.
+
+    `is_ood = ood_score > threshold`: the threshold is the smallest score at
+    or below which `true_positive_rate` of the validation images fall, so an
+    in-distribution image is flagged with probability about
+    `1 - true_positive_rate` ("less typical than 95% of the training
+    distribution" at the default).
+
+    Attributes:
+      threshold: the score above which an image is out of distribution.
+      true_positive_rate: the fraction of validation images kept.
+      validation_scores: the scores it was set on (for histograms and checks).
+    """
+
+    threshold: float
+    true_positive_rate: float
+    validation_scores: np.ndarray
+
+    def decide(self, ood_score: np.ndarray) -> np.ndarray:
+        """`is_ood` per image (a non-finite score is out of distribution)."""
+        ood_score = np.asarray(ood_score, np.float64)
+        return ~(ood_score <= self.threshold)
+
+
+def calibrate(validation: DetectorScores, true_positive_rate: float = 0.95) -> Calibration:
+    """The threshold at `true_positive_rate` of in-distribution validation scores.
+
+    Non-finite validation scores count as the most out-of-distribution.
+    """
+    if not 0. < true_positive_rate <= 1.:
+        raise ValueError(f'true_positive_rate must be in (0, 1]; got {true_positive_rate}.')
+    scores = np.asarray(validation.ood_score, np.float64)
+    if scores.size == 0:
+        raise ValueError('calibrate: no validation scores.')
+    ordered = np.sort(np.where(np.isfinite(scores), scores, np.inf))
+    kept = int(math.ceil(true_positive_rate * len(ordered)))
+    threshold = float(ordered[kept - 1])
+    if not math.isfinite(threshold):
+        raise ValueError(f'calibrate: fewer than {kept} of the {len(ordered)} validation '
+                         f'images have a finite score.')
+    return Calibration(threshold, true_positive_rate, scores)
+
+
+FIT_FORMAT = 'tfp_ood.fitted_detector/1'
+
+
+@dataclasses.dataclass
+class FittedDetector:
+    """A fitted, calibrated detector: what `tfp-ood detect` runs.
+
+    Attributes:
+      name: its name in `DETECTOR_NAMES`.
+      detector: the `Detector`, fitted.
+      calibration: its `Calibration`.
+      model_dirs: the SavedModels of its models (foreground, then background).
+      provenance: what it was fitted and calibrated on.
+    """
+
+    name: str
+    detector: Detector
+    calibration: Calibration
+    model_dirs: Sequence[str]
+    provenance: Dict
+
+    def detect(self, images: Images) -> DetectorScores:
+        """Scores with `is_ood` (0/1) among the components."""
+        scores = self.detector.score(images)
+        scores.components = dict(scores.components,
+                                 is_ood=self.calibration.decide(scores.ood_score))
+        return scores
+
+    def save(self, path: str) -> str:
+        """Writes the fit as JSON (model paths relative to the file's folder)."""
+        folder = os.path.dirname(os.path.abspath(path))
+        record = {
+            'format': FIT_FORMAT, 'detector': self.name,
+            'models': [os.path.relpath(os.path.abspath(d), folder) for d in self.model_dirs],
+            'state': self.detector.get_state(),
+            'threshold': self.calibration.threshold,
+            'true_positive_rate': self.calibration.true_positive_rate,
+            'validation_scores': [float(v) for v in self.calibration.validation_scores],
+            'provenance': dict(self.provenance),
+        }
+        with open(path + '.tmp', 'w') as f:
+            json.dump(record, f)
+        os.replace(path + '.tmp', path)
+        return path
+
+
+def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
+                 validation_images: Images, true_positive_rate: float = 0.95,
+                 provenance: Optional[Dict] = None) -> FittedDetector:
+    """Builds detector `name` over the SavedModels `model_dirs` (foreground, and a
+    background for `likelihood_ratio`), fits it on `fit_images` and sets its
+    threshold on the held-out in-distribution `validation_images`."""
+    models = [_load_model(d) for d in model_dirs]
+    detector = named(name, models[0], models[1] if len(models) > 1 else None)
+    detector.fit(fit_images)
+    calibration = calibrate(detector.score(validation_images), true_positive_rate)
+    return FittedDetector(name, detector, calibration, list(model_dirs), dict(provenance or {}))
+
+
+def _load_model(path: str) -> DensityModel:
+    """A flow rebuilt from its weights (for every per-level term); other models
+    as their SavedModel."""
+    family = export.read_metadata(path)['model'].get('family')
+    return export.restore(path) if family in ('glow', 'cv_glow') else export.load(path)
+
+
+def load_detector(path: str) -> FittedDetector:
+    """A `FittedDetector` saved with `FittedDetector.save`, exactly as fitted."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'No fitted detector at {path}.') from None
+    except ValueError as e:
+        raise ValueError(f'{path} is not a fitted detector (not JSON: {e}).') from None
+    if not isinstance(record, dict) or record.get('format') != FIT_FORMAT:
+        raise ValueError(f'{path} is not a fitted detector of this version (format '
+                         f'{record.get("format") if isinstance(record, dict) else None!r}, '
+                         f'expected {FIT_FORMAT!r}).')
+    folder = os.path.dirname(os.path.abspath(path))
+    model_dirs = [os.path.normpath(os.path.join(folder, d)) for d in record['models']]
+    models = [_load_model(d) for d in model_dirs]
+    detector = named(record['detector'], models[0], models[1] if len(models) > 1 else None)
+    detector.set_state(record['state'])
+    calibration = Calibration(float(record['threshold']), float(record['true_positive_rate']),
+                              np.asarray(record['validation_scores'], np.float64))
+    return FittedDetector(record['detector'], detector, calibration, model_dirs,
+                          record.get('provenance', {}))
