@@ -1,10 +1,12 @@
-"""The `tfp-ood` command line: train, export, score and compare.
+"""The `tfp-ood` command line: train, export, score, compare, fit-detector and detect.
 
     tfp-ood train   --model glow --config cpu --dataset cifar10 --workdir runs/glow_cifar10
     tfp-ood export  --workdir runs/glow_cifar10 --output saved_models/glow_cifar10
     tfp-ood score   --model-dir saved_models/glow_cifar10 --dataset svhn_cropped \\
                     --split test --output scores/svhn
     tfp-ood compare scores/cifar10/scores.npz scores/svhn/scores.npz --output compare/
+    tfp-ood detect  --detector saved_models/detector_cifar10.json --images-dir my_images/ \\
+                    --output detections/
 
 Every verb has `--help`. Errors (a missing path, a corrupt SavedModel, images
 of the wrong size) print one line and exit with status 2.
@@ -62,6 +64,7 @@ def _from_flags(cls, args):
 
 def _build_parser() -> argparse.ArgumentParser:
     from tfp_ood.bijectors import PRECISIONS
+    from tfp_ood.detectors import DETECTOR_NAMES
     from tfp_ood.config import MODEL_NAMES, MODELS, SIZE_NAMES
     from tfp_ood.train import TrainConfig
     parser = argparse.ArgumentParser(
@@ -115,16 +118,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description='Score images with an exported SavedModel. Writes scores.csv and '
         'scores.npz (per image), summary.json and summary.md, and histogram.png.')
     score.add_argument('--model-dir', required=True, help='SavedModel from tfp-ood export')
-    inputs = score.add_mutually_exclusive_group(required=True)
-    inputs.add_argument('--dataset', help='a dataset name (with --split)')
-    inputs.add_argument('--npz', help='an .npz file with a uint8 "images" array')
-    inputs.add_argument('--images-dir', help='a folder of PNG/JPEG images')
-    score.add_argument('--split', default='test', help='split of --dataset (default: test)')
-    score.add_argument('--name', default=None, help='name of the scored set (for tables)')
+    _add_input_args(score)
     score.add_argument('--output', required=True, help='output folder')
-    score.add_argument('--resize', action='store_true',
-                       help='resize (and convert channels of) images that do not match the '
-                            'model; without it they are an error')
     score.add_argument('--batch-size', type=int, default=256, help='images per batch')
     score.add_argument('--precision', default=None, choices=PRECISIONS,
                        help='rebuild the flow with its coupling networks in this precision '
@@ -142,6 +137,39 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument('--output', required=True, help='output folder')
     compare.add_argument('--key', default='log_prob', help='score to plot (default: log_prob)')
     compare.add_argument('--overwrite', action='store_true', help='replace existing outputs')
+    fit = verbs.add_parser(
+        'fit-detector', help='fit an OOD detector and set its threshold',
+        description='Fit an OOD detector over exported models on in-distribution images, '
+        'set its threshold at a true-positive rate on held-out in-distribution images, and '
+        'save the fit as JSON (what tfp-ood detect runs; it is never re-fitted there).')
+    fit.add_argument('--detector', required=True, choices=DETECTOR_NAMES, help='the detector')
+    fit.add_argument('--model-dir', required=True, help='SavedModel of the density model')
+    fit.add_argument('--background-dir', default=None,
+                     help='SavedModel of the background model (likelihood_ratio)')
+    fit.add_argument('--dataset', required=True, help='the in-distribution dataset')
+    fit.add_argument('--fit-split', default='train[:5000]',
+                     help='images the detector learns from (default: train[:5000])')
+    fit.add_argument('--validation-split', default='test[:5000]',
+                     help='held-out images the threshold is set on (default: test[:5000])')
+    fit.add_argument('--true-positive-rate', type=float, default=0.95,
+                     help='fraction of in-distribution images kept (default: 0.95)')
+    fit.add_argument('--output', required=True, help='JSON file of the fit')
+    fit.add_argument('--overwrite', action='store_true', help='replace --output')
+    _add_data_args(fit)
+
+    detect = verbs.add_parser(
+        'detect', help='flag out-of-distribution images with a fitted detector',
+        description='Score images with a fitted detector (tfp-ood fit-detector, or a shipped '
+        'one such as saved_models/detector_cifar10.json) and flag those above its threshold. '
+        'Writes detections.csv and detections.npz (per image: ood_score, is_ood and the '
+        'components), summary.json and summary.md (the fraction flagged), histogram.png '
+        '(the scores against the in-distribution validation scores, threshold drawn) and '
+        'contact_sheet.png (the most and least out-of-distribution images).')
+    detect.add_argument('--detector', required=True, help='JSON file of a fitted detector')
+    _add_input_args(detect)
+    detect.add_argument('--output', required=True, help='output folder')
+    detect.add_argument('--overwrite', action='store_true', help='replace existing outputs')
+    _add_data_args(detect)
     return parser
 
 
@@ -256,12 +284,48 @@ def _read_image_folder(folder: str, shape, resize: bool):
     return np.stack(images), names
 
 
+def _add_input_args(parser) -> None:
+    """The images a verb works on: a dataset split, an .npz file or a folder."""
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument('--dataset', help='a dataset name (with --split)')
+    inputs.add_argument('--npz', help='an .npz file with a uint8 "images" array')
+    inputs.add_argument('--images-dir', help='a folder of PNG/JPEG images')
+    parser.add_argument('--split', default='test', help='split of --dataset (default: test)')
+    parser.add_argument('--name', default=None, help='name of the set (for tables)')
+    parser.add_argument('--resize', action='store_true',
+                        help='resize (and convert channels of) images that do not match the '
+                             'model; without it they are an error')
+
+
+def _read_inputs(args, shape):
+    """`(images, labels or None, source names or None, set name)` from the input flags,
+    the images checked against (or with --resize fitted to) `shape`."""
+    import numpy as np
+
+    from tfp_ood import data
+    sources = labels = None
+    if args.dataset:
+        name = args.name or f'{args.dataset}/{args.split}'
+        ds = data.load(args.dataset, args.split, data_dir=args.data_dir, source=args.source,
+                       download=args.download)
+        batches = list(ds.batch(4096).as_numpy_iterator())  # One pass over the data.
+        images = np.concatenate([b['image'] for b in batches])
+        labels = np.concatenate([b['label'] for b in batches])
+    elif args.npz:
+        images, labels = data.read_npz(args.npz)
+        name = args.name or os.path.splitext(os.path.basename(args.npz))[0]
+    else:
+        images, sources = _read_image_folder(args.images_dir, shape, args.resize)
+        name = args.name or os.path.basename(os.path.normpath(args.images_dir))
+    return _fit_images(images, shape, args.resize, name), labels, sources, name
+
+
 def _score(args) -> int:
     import csv
 
     import numpy as np
 
-    from tfp_ood import data, export, plotting
+    from tfp_ood import export, plotting
     from tfp_ood.evaluate import score
     model = export.load(args.model_dir)
     if args.precision:  # The tfp_ood model itself, rebuilt with its networks in that precision.
@@ -276,22 +340,7 @@ def _score(args) -> int:
     files = {k: os.path.join(out, k) for k in ('scores.csv', 'scores.npz', 'summary.json',
                                                'summary.md', 'histogram.png')}
     _check_outputs(files.values(), args.overwrite)
-    sources = None
-    if args.dataset:
-        name = args.name or f'{args.dataset}/{args.split}'
-        ds = data.load(args.dataset, args.split, data_dir=args.data_dir, source=args.source,
-                       download=args.download)
-        batches = list(ds.batch(4096).as_numpy_iterator())  # One pass over the data.
-        images = np.concatenate([b['image'] for b in batches])
-        labels = np.concatenate([b['label'] for b in batches])
-    elif args.npz:
-        images, labels = data.read_npz(args.npz)
-        name = args.name or os.path.splitext(os.path.basename(args.npz))[0]
-    else:
-        images, sources = _read_image_folder(args.images_dir, shape, args.resize)
-        labels = None
-        name = args.name or os.path.basename(os.path.normpath(args.images_dir))
-    images = _fit_images(images, shape, args.resize, name)
+    images, labels, sources, name = _read_inputs(args, shape)
     result = score(model, images, name=name, batch_size=args.batch_size,
                    model_name=os.path.basename(os.path.normpath(args.model_dir)))
     if labels is not None:
@@ -354,11 +403,97 @@ def _compare(args) -> int:
     return 0
 
 
+def _fit_detector(args) -> int:
+    from tfp_ood import data, detectors
+    if os.path.exists(args.output) and not args.overwrite:
+        raise CommandError(f'{args.output} already exists; pass --overwrite to replace it')
+    if os.path.isdir(args.output):
+        raise CommandError(f'--output {args.output} is a folder, not a JSON file')
+    model_dirs = [args.model_dir] + ([args.background_dir] if args.background_dir else [])
+    for path in model_dirs:
+        if not os.path.isdir(path):
+            raise CommandError(f'no SavedModel at {path}')
+
+    def images(split):
+        return data.images_array(data.load(args.dataset, split, data_dir=args.data_dir,
+                                           source=args.source, download=args.download))
+
+    fitted = detectors.fit_detector(
+        args.detector, model_dirs, images(args.fit_split), images(args.validation_split),
+        args.true_positive_rate,
+        provenance={'dataset': args.dataset, 'fit_split': args.fit_split,
+                    'validation_split': args.validation_split})
+    fitted.provenance.update(num_validation=int(len(fitted.calibration.validation_scores)))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    fitted.save(args.output)
+    print(f'{args.detector}: threshold {fitted.calibration.threshold:.6g} keeps '
+          f'{args.true_positive_rate:.0%} of {args.dataset} {args.validation_split}; '
+          f'wrote {args.output}')
+    return 0
+
+
+def _detect(args) -> int:
+    import csv
+
+    import numpy as np
+
+    from tfp_ood import detectors, plotting
+    out = args.output
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f'--output {out} is a file, not a folder')
+    files = {k: os.path.join(out, k) for k in ('detections.csv', 'detections.npz',
+                                               'summary.json', 'summary.md', 'histogram.png',
+                                               'contact_sheet.png')}
+    _check_outputs(files.values(), args.overwrite)
+    fitted = detectors.load_detector(args.detector)
+    images, labels, sources, name = _read_inputs(args, fitted.detector.models[0].image_shape)
+    scores = fitted.detect(images)
+    is_ood = scores.components['is_ood']
+    os.makedirs(out, exist_ok=True)
+    components = {k: np.asarray(v) for k, v in scores.components.items()
+                  if np.ndim(v) == 1 and len(v) == len(images)}
+    with _atomic_open(files['detections.npz'], 'wb') as f:
+        np.savez(f, ood_score=scores.ood_score, source=np.array(sources or [], dtype=str),
+                 labels=np.asarray(labels if labels is not None else [], np.int64),
+                 **{f'component_{k}': v for k, v in components.items() if k != 'is_ood'},
+                 is_ood=is_ood)
+    keys = [k for k in components if k != 'is_ood']
+    with _atomic_open(files['detections.csv'], newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['index', 'source', 'ood_score', 'is_ood'] + keys)
+        for i in range(len(images)):
+            writer.writerow([i, sources[i] if sources else i, f'{scores.ood_score[i]:.6g}',
+                             int(is_ood[i])] + [f'{components[k][i]:.6g}' for k in keys])
+    calibration = fitted.calibration
+    summary = {'set': name, 'num_images': int(len(images)), 'num_ood': int(is_ood.sum()),
+               'fraction_ood': float(is_ood.mean()), 'detector': fitted.name,
+               'detector_file': args.detector, 'threshold': calibration.threshold,
+               'true_positive_rate': calibration.true_positive_rate,
+               'num_nonfinite': scores.num_nonfinite, 'fitted_on': fitted.provenance}
+    with _atomic_open(files['summary.json']) as f:
+        json.dump(summary, f, indent=2)
+    with _atomic_open(files['summary.md']) as f:
+        f.write(f'| set | images | flagged out-of-distribution | detector | threshold |\n'
+                f'|---|---:|---:|---|---:|\n'
+                f'| {name} | {len(images)} | {int(is_ood.sum())} ({is_ood.mean():.1%}) | '
+                f'{fitted.name} (keeps {calibration.true_positive_rate:.0%} of in-distribution '
+                f'images) | {calibration.threshold:.6g} |\n')
+    plotting.plot_detection(scores.ood_score, calibration.validation_scores,
+                            calibration.threshold, files['histogram.png'], name=name)
+    plotting.plot_contact_sheet(images, scores.ood_score, files['contact_sheet.png'])
+    print(f'{name}: {int(is_ood.sum())} of {len(images)} images ({is_ood.mean():.1%}) flagged '
+          f'out of distribution by {fitted.name} (threshold {calibration.threshold:.4g}, '
+          f'which keeps {calibration.true_positive_rate:.0%} of in-distribution images); '
+          f'wrote {out}')
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     from tfp_ood import data, train
-    handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare}
+    handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare,
+                'fit-detector': _fit_detector, 'detect': _detect}
     try:
         return handlers[args.verb](args)
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,

@@ -12,9 +12,9 @@ from matplotlib.figure import Figure
 
 from tfp_ood.evaluate import ScoreResult
 
-__all__ = ['plot_channel_statistics', 'plot_graying', 'plot_histogram_panels', 'plot_histograms',
-           'plot_second_order', 'plot_term_histograms', 'plot_training_curves',
-           'plot_variance_maps']
+__all__ = ['plot_channel_statistics', 'plot_contact_sheet', 'plot_detection', 'plot_graying',
+           'plot_histogram_panels', 'plot_histograms', 'plot_second_order',
+           'plot_term_histograms', 'plot_training_curves', 'plot_variance_maps']
 
 _LABELS = {
     'bits_per_dim': 'bits/dim (lower = more likely)',
@@ -290,4 +290,72 @@ def plot_second_order(results: Sequence[dict], path: str, title: Optional[str] =
                  fontsize='medium')
     ax.grid(axis='y', alpha=0.3)
     ax.legend(fontsize='small')
+    return _save(fig, path)
+
+
+def plot_detection(scores: np.ndarray, validation_scores: np.ndarray, threshold: float,
+                   path: str, name: str = 'your images',
+                   title: Optional[str] = None) -> str:
+    """A detector's scores of a set against its in-distribution validation
+    scores, with the decision threshold drawn.
+
+    Args:
+      scores: the set's OOD scores (higher = more out-of-distribution).
+      validation_scores: the held-out in-distribution scores the threshold was
+        set on.
+      threshold: images scoring above it are flagged.
+      path: PNG file to write.
+    """
+    scores, validation = (np.asarray(v, np.float64) for v in (scores, validation_scores))
+    finite = [v[np.isfinite(v)] for v in (scores, validation)]
+    low, high = _histogram_range(finite, (0.005, 0.995))
+    low, high = min(low, threshold), max(high, threshold)
+    bins = np.linspace(low, high, 60)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.hist(np.clip(finite[1], low, high), bins=bins, density=True, alpha=0.5,
+            label=f'in-distribution validation ({len(validation)})')
+    flagged = int(np.sum(~(scores <= threshold)))
+    ax.hist(np.clip(finite[0], low, high), bins=bins, density=True, alpha=0.5,
+            label=f'{name} ({len(scores)}, {flagged} flagged)')
+    ax.axvline(threshold, color='k', linestyle='--', label=f'threshold {threshold:.3g}')
+    ax.set_xlabel('OOD score (higher = more out-of-distribution)')
+    ax.set_ylabel('density')
+    ax.set_title(title or 'OOD scores against the in-distribution validation set')
+    ax.legend(fontsize='small')
+    return _save(fig, path)
+
+
+def plot_contact_sheet(images: np.ndarray, scores: np.ndarray, path: str, per_row: int = 8,
+                       title: Optional[str] = None) -> str:
+    """The `per_row` most and least out-of-distribution images, with their scores.
+
+    Args:
+      images: uint8 `[N, H, W, C]`.
+      scores: `[N]` OOD scores (non-finite ones rank as the most OOD).
+      path: PNG file to write.
+    """
+    images, scores = np.asarray(images), np.asarray(scores, np.float64)
+    if len(images) != len(scores) or not len(images):
+        raise ValueError('plot_contact_sheet: needs as many scores as images, and images.')
+    ranked = np.argsort(np.where(np.isfinite(scores), scores, np.inf))
+    n = min(per_row, len(images))
+    rows = [('most out-of-distribution', ranked[::-1][:n]),
+            ('least out-of-distribution', ranked[:n])]
+    fig = Figure(figsize=(1.3 * n, 3.4))
+    axes = fig.subplots(2, n, squeeze=False)
+    for r, (label, indices) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis('off')
+            if c >= len(indices):
+                continue
+            i = indices[c]
+            image = images[i][..., 0] if images.shape[-1] == 1 else images[i]
+            ax.imshow(image, cmap='gray' if images.shape[-1] == 1 else None, vmin=0, vmax=255)
+            ax.set_title(f'#{i}\n{scores[i]:.3g}', fontsize=7)
+        axes[r][0].text(-0.1, 0.5, label, transform=axes[r][0].transAxes, rotation=90,
+                        ha='right', va='center', fontsize=8)
+    fig.suptitle(title or 'most and least out-of-distribution images (index, score)',
+                 fontsize=9)
     return _save(fig, path)
