@@ -280,3 +280,84 @@ class KillAndResumeTest(tf.test.TestCase):
 
 if __name__ == '__main__':
     tf.test.main()
+
+
+class DetectTest(tf.test.TestCase):
+    """fit-detector and detect on a tiny exported flow and a folder of PNGs."""
+
+    def setUp(self):
+        super().setUp()
+        from tfp_ood import export, models
+        self.dir = self.create_tempdir().full_path
+        self.data = os.path.join(self.dir, 'data')
+        os.makedirs(self.data)
+        _write_data(self.data, n_train=96, n_test=64)
+        model = models.named_model('glow', 'tiny', (32, 32, 3))
+        with np.load(os.path.join(self.data, 'cifar10_train.npz')) as f:
+            model.initialize(f['images'][:64])
+        self.model_dir = export.export(model, os.path.join(self.dir, 'models', 'glow'))
+        self.fit = os.path.join(self.dir, 'models', 'detector.json')
+        code, out, err = _run('fit-detector', '--detector', 'density_of_states_terms',
+                              '--model-dir', self.model_dir, '--dataset', 'cifar10',
+                              '--fit-split', 'train[:64]', '--validation-split', 'test[:40]',
+                              '--output', self.fit, '--data-dir', self.data)
+        self.assertEqual(code, 0, err)
+        self.assertIn('keeps 95%', out)
+
+    def _pngs(self, folder, images):
+        os.makedirs(folder, exist_ok=True)
+        for i, image in enumerate(images):
+            with open(os.path.join(folder, f'{i:02d}.png'), 'wb') as f:
+                f.write(tf.io.encode_png(image).numpy())
+        return folder
+
+    def test_detect_on_a_folder_writes_every_output(self):
+        images = np.random.default_rng(3).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+        images[:3] = 0  # Constant images: far out of distribution.
+        folder = self._pngs(os.path.join(self.dir, 'mine'), images)
+        out = os.path.join(self.dir, 'out')
+        code, printed, err = _run('detect', '--detector', self.fit, '--images-dir', folder,
+                                  '--output', out)
+        self.assertEqual(code, 0, err)
+        self.assertIn('of 10 images', printed)
+        for name in ('detections.csv', 'detections.npz', 'summary.json', 'summary.md',
+                     'histogram.png', 'contact_sheet.png'):
+            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        with np.load(os.path.join(out, 'detections.npz')) as f:
+            is_ood, scores = f['is_ood'], f['ood_score']
+            self.assertEqual(list(f['source'][:2]), ['00.png', '01.png'])
+            self.assertIn('component_compressed_bits', f)
+        self.assertTrue(np.all(is_ood[:3]))  # The constant images are flagged.
+        with open(os.path.join(out, 'summary.json')) as f:
+            summary = json.load(f)
+        self.assertEqual(summary['num_ood'], int(is_ood.sum()))
+        with open(self.fit) as f:
+            threshold = json.load(f)['threshold']
+        self.assertAllEqual(is_ood, scores > threshold)
+        # Nothing is overwritten without --overwrite.
+        code, _, err = _run('detect', '--detector', self.fit, '--images-dir', folder,
+                            '--output', out)
+        self.assertEqual(code, 2)
+        self.assertIn('--overwrite', err)
+
+    def test_grayscale_and_wrong_size_images_are_errors_unless_resized(self):
+        rng = np.random.default_rng(4)
+        gray = self._pngs(os.path.join(self.dir, 'gray'),
+                          rng.integers(0, 256, (2, 32, 32, 1), dtype=np.uint8))
+        code, _, err = _run('detect', '--detector', self.fit, '--images-dir', gray,
+                            '--output', os.path.join(self.dir, 'g'))
+        self.assertEqual(code, 2)
+        self.assertIn('pass --resize', err)
+        code, _, err = _run('detect', '--detector', self.fit, '--images-dir', gray,
+                            '--output', os.path.join(self.dir, 'g'), '--resize')
+        self.assertEqual(code, 0, err)
+        small = self._pngs(os.path.join(self.dir, 'small'),
+                           rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8))
+        code, _, err = _run('detect', '--detector', self.fit, '--images-dir', small,
+                            '--output', os.path.join(self.dir, 's'))
+        self.assertEqual(code, 2)
+        self.assertIn('[20, 24, 3]', err)
+        code, _, err = _run('detect', '--detector', os.path.join(self.dir, 'none.json'),
+                            '--images-dir', small, '--output', os.path.join(self.dir, 'n'))
+        self.assertEqual(code, 2)
+        self.assertIn('No fitted detector', err)
