@@ -58,3 +58,11 @@ for seed in 1 2 3 4 5; do
     --output "saved_models/ensemble_cifar10/seed$seed" --overwrite
   cp "$RUNS/ensemble/glow_small_seed$seed/history.jsonl" "saved_models/ensemble_cifar10/seed${seed}_history.jsonl"
 done
+
+# The fitted detectors `tfp-ood detect` runs (docs/detectors.md): fitted on the
+# first 5,000 training images, the threshold set to keep 95% of test[:5000].
+$T fit-detector --detector density_of_states_levels --model-dir saved_models/glow_cifar10 \
+  --dataset cifar10 --output saved_models/detector_cifar10.json --overwrite --data-dir "$DATA"
+$T fit-detector --detector input_complexity --model-dir saved_models/glow_fashion_mnist \
+  --dataset fashion_mnist --output saved_models/detector_fashion_mnist.json --overwrite \
+  --data-dir "$DATA"
