@@ -183,3 +183,24 @@ class BenchmarksTest(tf.test.TestCase):
 
 if __name__ == '__main__':
     tf.test.main()
+
+
+class PrecisionTrainingFigureTest(tf.test.TestCase):
+
+    def test_both_runs_on_one_figure(self):
+        figure = scripts.load('benchmarks/precision_training.py')
+        directory = self.create_tempdir().full_path
+        for precision, offset in (('float32', 0.), ('bfloat16', 0.01)):
+            os.makedirs(os.path.join(directory, precision))
+            with open(os.path.join(directory, precision, 'history.jsonl'), 'w') as f:
+                for step in (200, 400):
+                    f.write(json.dumps({'step': step, 'a/bits_per_dim': 5. - step / 1e3 + offset})
+                            + '\n')
+        history = figure.merged_history({p: os.path.join(directory, p)
+                                         for p in ('float32', 'bfloat16')})
+        self.assertEqual(history[1], {'step': 400, 'a (float32)/bits_per_dim': 4.6,
+                                      'a (bfloat16)/bits_per_dim': 4.61})
+        png = figure.main([os.path.join(directory, 'float32'),
+                           os.path.join(directory, 'bfloat16'),
+                           os.path.join(directory, 'out.png')])
+        self.assertGreater(os.path.getsize(png), 10000)
