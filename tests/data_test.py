@@ -89,8 +89,9 @@ class LocalArraysTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, r"Unknown split 'valid' of 'cifar10'; expected "
                                                 r"one of \('train', 'test'\)"):
             data.load('cifar10', 'valid', data_dir=self.dir)
-        with self.assertRaisesRegex(ValueError, "Cannot parse split 'test\\[:x\\]'"):
+        with self.assertRaisesRegex(ValueError, "Cannot parse split 'test\\[:x\\]'") as caught:
             data.load('cifar10', 'test[:x]', data_dir=self.dir)
+        self.assertNotIn('\n', str(caught.exception))  # One line for the command line.
         with self.assertRaisesRegex(ValueError, r'asks for \[0:50\] of a split with 20'):
             data.load('cifar10', 'test[:50]', data_dir=self.dir)
         with self.assertRaisesRegex(ValueError, 'selects no images'):

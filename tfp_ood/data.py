@@ -108,8 +108,10 @@ def _parse_split(spec: DatasetSpec, split: str):
         try:
             instruction = tfds.core.ReadInstruction.from_spec(part)
         except (ValueError, AssertionError) as e:
-            raise ValueError(f'Cannot parse split {split!r} of {spec.name!r}: '
-                             f'{e}') from None
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f'Cannot parse split {split!r} of {spec.name!r} ({reason}); '
+                             f'expected e.g. test, train[:5000], test[7000:] or '
+                             f'train+test.') from None
         if instruction.split_name not in spec.splits:
             raise ValueError(f'Unknown split {instruction.split_name!r} of '
                              f'{spec.name!r}; expected one of {spec.splits} '
