@@ -27,13 +27,14 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 import common  # examples/common.py
 
-from tfp_ood import data, detectors, evaluate, export, plotting
+from tfp_ood import data, detectors, evaluate, export, plotting, summaries
 
 TYPICALITY_M = (1, 2, 5, 10, 25)
 # Published single-image AUROCs (M images per test for typicality), keyed by
@@ -183,12 +184,19 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
 
     in_name = experiment.in_set[0]
     in_scores = {d: scores_of(det, 'in', in_images) for d, det in single.items()}
+    # TensorBoard: each detector's scores and precision-recall curve per pair.
+    board = summaries.Summaries(os.path.join(args.out, 'tensorboard', experiment.model))
+    board.histograms({f'{d}/{in_name}': s.ood_score for d, s in in_scores.items()}, 0)
     for out_name in experiment.out_sets:
         out_images = sets.out(out_name, model.image_shape)
         for d, det in single.items():
             out_scores = scores_of(det, out_name, out_images)
             rows.append(_row(d, experiment.model, family, in_name, out_name, 1,
                              in_scores[d], out_scores))
+            board.histograms({f'{d}/{out_name}': out_scores.ood_score}, 0)
+            board.pr_curve(f'pr/{d}: {in_name} vs {out_name}', -in_scores[d].ood_score,
+                           -out_scores.ood_score,
+                           description=f'{d}; {in_name} is the positive class')
             if out_name == experiment.out_sets[0]:
                 figures[(d, experiment.model)] = (in_name, in_scores[d], out_name, out_scores)
         for m, det in typicality.items():
@@ -197,6 +205,7 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
             if min(len(in_batches.ood_score), len(out_batches.ood_score)) >= 2:
                 rows.append(_row('typicality', experiment.model, family, in_name, out_name, m,
                                  in_batches, out_batches))
+    board.flush()
     print(f'{experiment.model}: {len([r for r in rows if r["model"] == experiment.model])} '
           f'rows', flush=True)
 
@@ -283,6 +292,7 @@ def main(argv=None):
     source = common.Source(args)
     sets = Sets(source, args.num_fit_images, args.num_synthetic)
     rows, figures = [], {}
+    shutil.rmtree(os.path.join(args.out, 'tensorboard'), ignore_errors=True)  # This run's own.
     for experiment in experiments(source):
         if args.models and experiment.model not in args.models:
             continue

@@ -103,6 +103,14 @@ class CliTest(tf.test.TestCase):
             metrics = json.load(f)
         self.assertEqual((metrics['num_in'], metrics['num_out']), (20, 10))
         self.assertTrue(0. <= metrics['auroc'] <= 1.)
+        # TensorBoard: the histograms, the metrics and the precision-recall curve.
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        events = EventAccumulator(os.path.join(self.dir, 'compare', 'tensorboard'))
+        events.Reload()
+        tags = set(events.Tags()['tensors'])
+        self.assertIn('ood/auroc', tags)
+        self.assertTrue(any(t.startswith('pr/') for t in tags), tags)
+        self.assertTrue(any(t.startswith('scores/') for t in tags), tags)
 
         # Error paths: each a one-line message and exit status 2.
         small = os.path.join(self.dir, 'small.npz')

@@ -70,6 +70,11 @@ class ExamplesTest(tf.test.TestCase):
                          os.path.join('models', model, 'saved_model.pb'),
                          os.path.join('tensorboard', model)):
                 self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+            from tensorboard.backend.event_processing import event_accumulator
+            events = event_accumulator.EventAccumulator(os.path.join(out, 'tensorboard', model))
+            events.Reload()
+            self.assertIn('pr/cifar10/test vs svhn_cropped/test/pr_curves',
+                          events.Tags()['tensors'])
         with open(os.path.join(out, 'bpd_table.md')) as f:
             table = f.read()
         self.assertIn('| glow_cifar10 | cifar10 | cifar10/test | 16 |', table)
@@ -253,6 +258,12 @@ class DetectorsExampleTest(tf.test.TestCase):
         self.assertLess(raw['auroc'], 0.5)  # The paper's failure, on real images.
         for name in ('detectors.csv', 'detectors.md', 'detectors.png'):
             self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        from tensorboard.backend.event_processing import event_accumulator
+        events = event_accumulator.EventAccumulator(
+            os.path.join(out, 'tensorboard', 'glow_cifar10'))
+        events.Reload()
+        tags = set(events.Tags()['tensors'])
+        self.assertIn('pr/density_of_states_levels: cifar10 vs svhn_cropped/pr_curves', tags)
 
 
 class AnalysisExampleTest(tf.test.TestCase):

@@ -131,7 +131,8 @@ def _build_parser() -> argparse.ArgumentParser:
         'compare', help='detection metrics and histogram of two score files',
         description='AUROC, AUPR and FPR at 95% TPR of telling the in-distribution '
         'scores from the out-of-distribution ones (score: log-likelihood, higher = more '
-        'in-distribution), and their overlaid histogram.')
+        'in-distribution), their overlaid histogram, and TensorBoard logs (the histograms, '
+        'the metrics and the precision-recall curve) in OUTPUT/tensorboard.')
     compare.add_argument('in_scores', help='scores.npz of the in-distribution set')
     compare.add_argument('out_scores', help='scores.npz of the out-of-distribution set')
     compare.add_argument('--output', required=True, help='output folder')
@@ -370,9 +371,12 @@ def _score(args) -> int:
 
 
 def _compare(args) -> int:
+    import shutil
+
     from tfp_ood import plotting
     from tfp_ood.evaluate import ScoreResult
     from tfp_ood.metrics import ood_metrics
+    from tfp_ood.summaries import Summaries
     results = [ScoreResult.load(path) for path in (args.in_scores, args.out_scores)]
     for path, result in zip((args.in_scores, args.out_scores), results):
         if args.key not in result.scores:
@@ -385,7 +389,8 @@ def _compare(args) -> int:
         print(f'tfp-ood compare: warning: the two files were scored by different models '
               f'({results[0].model!r} and {results[1].model!r}); their likelihoods are not '
               f'comparable', file=sys.stderr)
-    files = {k: os.path.join(args.output, k) for k in ('metrics.json', 'histogram.png')}
+    files = {k: os.path.join(args.output, k) for k in ('metrics.json', 'histogram.png',
+                                                       'tensorboard')}
     _check_outputs(files.values(), args.overwrite)
     os.makedirs(args.output, exist_ok=True)
     metrics = ood_metrics(results[0].log_prob, results[1].log_prob, nonfinite='lowest')
@@ -393,6 +398,16 @@ def _compare(args) -> int:
     with _atomic_open(files['metrics.json']) as f:
         json.dump(metrics, f, indent=2)
     plotting.plot_histograms(results, files['histogram.png'], key=args.key)
+    # TensorBoard: the score histograms, the metrics and the precision-recall curve.
+    shutil.rmtree(files['tensorboard'], ignore_errors=True)  # Ours, replaced with --overwrite.
+    summaries = Summaries(files['tensorboard'])
+    summaries.scores({r.name: r for r in results}, step=0, prefix='scores')
+    summaries.scalars({f'ood/{k}': metrics[k] for k in ('auroc', 'aupr_in', 'aupr_out',
+                                                        'fpr_at_95_tpr')}, 0)
+    summaries.pr_curve(f'pr/{results[0].name} vs {results[1].name}', results[0].log_prob,
+                       results[1].log_prob, description='raw likelihood; the first set is the '
+                       'positive class')
+    summaries.flush()
     nonfinite = ''
     if metrics['num_nonfinite_in'] or metrics['num_nonfinite_out']:
         nonfinite = (f' ({metrics["num_nonfinite_in"]} in and {metrics["num_nonfinite_out"]} '

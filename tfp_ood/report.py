@@ -270,6 +270,10 @@ def run_experiment(models: Mapping[str, ModelEntry],
         if name in metrics:
             summaries.scalars({f'ood/{k}': v for k, v in metrics[name].items()
                                if k in ('auroc', 'aupr_in', 'aupr_out', 'fpr_at_95_tpr')}, 0)
+            summaries.pr_curve(f'pr/{in_set} vs {out_set}', results[(name, in_set)].log_prob,
+                               results[(name, out_set)].log_prob,
+                               description=f'raw likelihood (log p(x)) under {name}; '
+                                           f'{in_set} is the positive class')
         summaries.text('bpd_table', table)
         summaries.flush()
     graying = analysis.graying_rows(results, gray_of or {})

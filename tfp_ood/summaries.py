@@ -8,7 +8,9 @@ Tags written:
 - `eval/<set>/bits_per_dim` (scalar) and `eval/<set>/log_prob`, plus for flows
   `eval/<set>/log_pz` and `eval/<set>/log_det` (histograms of per-image values);
 - `samples/temperature_0.7`, `samples/temperature_1.0` (images, flows);
-- `config` (text: the run's configuration as JSON).
+- `config` (text: the run's configuration as JSON);
+- `pr/<in> vs <out>` (precision-recall curves of telling two sets apart,
+  TensorBoard's PR-curve plugin) where an in/out comparison is written.
 
 A run resumed from a checkpoint at step `s` first drops the events after `s`
 from the event files already in the log directory (`drop_events_after`): the
@@ -87,6 +89,13 @@ class Summaries:
         with self._writer.as_default():
             tf.summary.text(tag, text, step=step)
 
+    def histograms(self, values: Mapping[str, np.ndarray], step: int) -> None:
+        """Histograms of the finite values of each array."""
+        with self._writer.as_default():
+            for tag, array in values.items():
+                array = np.asarray(array, np.float64)
+                tf.summary.histogram(tag, array[np.isfinite(array)], step=step)
+
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         with self._writer.as_default():
             for tag, value in values.items():
@@ -118,6 +127,41 @@ class Summaries:
                         tf.summary.histogram(f'{prefix}/{name}/{key}',
                                              values[np.isfinite(values)], step=step)
         return means
+
+    def pr_curve(self, tag: str, in_scores: np.ndarray, out_scores: np.ndarray,
+                 step: int = 0, num_thresholds: int = 201,
+                 description: Optional[str] = None) -> Dict[str, np.ndarray]:
+        """The precision-recall curve of telling `in_scores` from `out_scores`.
+
+        The in-distribution set is the positive class and a higher score
+        means more in-distribution (as `tfp_ood.metrics.ood_metrics`;
+        non-finite scores rank lowest). The curve is exact at
+        `num_thresholds` thresholds, the quantiles of the pooled scores, and
+        written as raw counts for TensorBoard's PR-curve plugin (its
+        threshold axis is the quantile).
+
+        Returns:
+          `{'precision', 'recall', 'thresholds'}`, ascending thresholds.
+        """
+        from tensorboard.plugins.pr_curve import summary as pr_summary
+        scores = [np.where(np.isfinite(v), v, -np.inf).astype(np.float64)
+                  for v in (np.asarray(in_scores), np.asarray(out_scores))]
+        pooled = np.concatenate(scores)
+        finite = pooled[np.isfinite(pooled)]
+        thresholds = np.quantile(finite, np.linspace(0., 1., num_thresholds)) \
+            if finite.size else np.zeros(num_thresholds)
+        tp = np.array([np.sum(scores[0] >= t) for t in thresholds], np.float64)
+        fp = np.array([np.sum(scores[1] >= t) for t in thresholds], np.float64)
+        fn, tn = len(scores[0]) - tp, len(scores[1]) - fp
+        precision = tp / np.maximum(tp + fp, 1.)
+        recall = tp / max(len(scores[0]), 1)
+        proto = pr_summary.raw_data_pb(
+            tag, true_positive_counts=tp, false_positive_counts=fp, true_negative_counts=tn,
+            false_negative_counts=fn, precision=precision, recall=recall,
+            num_thresholds=num_thresholds, description=description)
+        with self._writer.as_default():
+            tf.summary.experimental.write_raw_pb(proto.SerializeToString(), step=step)
+        return {'precision': precision, 'recall': recall, 'thresholds': thresholds}
 
     def images(self, tag: str, images, step: int, max_outputs: int = 16) -> None:
         with self._writer.as_default():
