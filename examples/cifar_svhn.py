@@ -20,6 +20,8 @@ the first 7,000 images of the SVHN test split and its in-distribution test set
 the rest (test[7000:]); with --source tfds, SVHN's real train and test splits.
 """
 
+import os
+
 import common  # examples/common.py
 
 from tfp_ood import analysis, data, report
@@ -88,6 +90,9 @@ def main(argv=None):
                                     paper_names=paper_names, progress=args.progress,
                                     gray_of=gray_of)
     common.print_report(outcome, source, in_set, out_set, args.out)
+    detector = os.path.join(args.models_dir, 'detector_cifar10.json')
+    if not (args.reverse or args.retrain or args.untrained) and os.path.exists(detector):
+        outcome['detector'] = common.print_detector(detector, sets, in_set, out_set)
     return outcome
 
 

@@ -19,7 +19,9 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from tfp_ood import data, export, models, report, train
+import numpy as np
+
+from tfp_ood import data, detectors, export, models, report, train
 from tfp_ood.config import GLOW_CONFIG_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,6 +173,24 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
 def _provenance(workdir: str) -> dict:
     with open(os.path.join(workdir, 'provenance.json')) as f:
         return json.load(f)
+
+
+def print_detector(path: str, sets: dict, in_set: str, out_set: str) -> dict:
+    """The shipped detector on the run's two sets: the fraction each has flagged."""
+    fitted = detectors.load_detector(path)
+    flagged = {name: float(np.mean(fitted.detect(data.images_array(sets[name]))
+                                   .components['is_ood']))
+               for name in (in_set, out_set)}
+    provenance = fitted.provenance
+    kept = f'{fitted.calibration.true_positive_rate:.0%}'
+    print(f'\nA detector that works: the shipped {fitted.name} ({os.path.relpath(path)}, '
+          f'its threshold set to keep {kept} of {provenance.get("dataset")} '
+          f'{provenance.get("validation_split")}) flags {flagged[in_set]:.1%} of {in_set} '
+          f'(about {1 - fitted.calibration.true_positive_rate:.0%} by construction) and '
+          f'{flagged[out_set]:.1%} of {out_set}. '
+          f'On your own images: tfp-ood detect --detector {os.path.relpath(path)} '
+          f'--images-dir my_images/ --output detections/')
+    return {'detector': fitted.name, 'flagged': flagged}
 
 
 def print_report(outcome: dict, source: Source, in_set: str, out_set: str, out: str) -> None:

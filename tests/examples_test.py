@@ -205,6 +205,12 @@ class NoFlagsTest(tf.test.TestCase):
         self.assertEqual(rows['svhn_cropped/test'].num_images, 2000)
         self.assertLess(rows['constant_128'].bpd_mean, rows['svhn_cropped/test'].bpd_mean)
         self.assertGreater(rows['uniform_noise'].bpd_mean, rows['cifar10/test'].bpd_mean)
+        # The shipped detector: about 5% of CIFAR-10 (its threshold's rate), most of SVHN.
+        self.assertIn('A detector that works: the shipped density_of_states_levels', printed)
+        self.assertIn('tfp-ood detect --detector', printed)
+        flagged = outcome['detector']['flagged']
+        self.assertLess(flagged['cifar10/test'], 0.1)
+        self.assertGreater(flagged['svhn_cropped/test'], 0.4)
 
     def test_cifar_svhn_reverse_no_flags(self):
         out = self.create_tempdir().full_path
