@@ -121,6 +121,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_input_args(score)
     score.add_argument('--output', required=True, help='output folder')
     score.add_argument('--batch-size', type=int, default=256, help='images per batch')
+    score.add_argument('--strategy', default='default',
+                       choices=('default', 'mirrored', 'multi_worker'),
+                       help='tf.distribute strategy: mirrored over local GPUs, multi_worker '
+                            'across machines (TF_CONFIG; start the same command on each; the '
+                            'chief writes the outputs); per-image scores as on one device')
     score.add_argument('--precision', default=None, choices=PRECISIONS,
                        help='rebuild the flow with its coupling networks in this precision '
                             '(default: the SavedModel as exported)')
@@ -342,8 +347,14 @@ def _score(args) -> int:
                                                'summary.md', 'histogram.png')}
     _check_outputs(files.values(), args.overwrite)
     images, labels, sources, name = _read_inputs(args, shape)
+    strategy = _strategy(args.strategy) if args.strategy != 'default' else None
     result = score(model, images, name=name, batch_size=args.batch_size,
-                   model_name=os.path.basename(os.path.normpath(args.model_dir)))
+                   model_name=os.path.basename(os.path.normpath(args.model_dir)),
+                   strategy=strategy)
+    if strategy is not None and not strategy.extended.should_checkpoint:
+        print(f'{name}: scored as worker {strategy.cluster_resolver.task_id}; the chief '
+              f'writes the outputs')
+        return 0
     if labels is not None:
         result.labels = np.asarray(labels, np.int64)
     os.makedirs(out, exist_ok=True)

@@ -163,13 +163,27 @@ def _as_dataset(data, model: DensityModel, name: str) -> tf.data.Dataset:
     return ds
 
 
+def _distributed(score_batch, strategy: tf.distribute.Strategy):
+    """`score_batch` run on every replica's share of a distributed batch, the
+    per-image results gathered back in the batch's order."""
+
+    @tf.function
+    def run(images):
+        # A plain callable: strategy.run hands a tf.function the PerReplica values whole.
+        per_replica = strategy.run(lambda shard: score_batch(shard), args=(images,))
+        return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+
+    return run
+
+
 def score(model: DensityModel,
           data: Union[tf.data.Dataset, np.ndarray, tf.Tensor],
           name: str = 'data',
           batch_size: int = 256,
           progress: bool = True,
           model_name: Optional[str] = None,
-          jit_compile: bool = False) -> ScoreResult:
+          jit_compile: bool = False,
+          strategy: Optional[tf.distribute.Strategy] = None) -> ScoreResult:
     """Scores every image of `data` under `model`.
 
     Args:
@@ -190,6 +204,13 @@ def score(model: DensityModel,
         the plain graph for every Glow size on the 2-core development CPU
         (`benchmarks/run.py`), so off by default; measure it on your hardware.
         Default value: `False`.
+      strategy: a `tf.distribute.Strategy` to score with, as training uses
+        one (`MirroredStrategy` over local GPUs, `MultiWorkerMirroredStrategy`
+        across machines): each global batch of `batch_size` images is split
+        across the replicas and the per-image results gathered back in the
+        order of `data`, so the result equals single-device scoring. Load or
+        build the model inside `strategy.scope()` on GPUs.
+        Default value: no distribution.
 
     Returns:
       A `ScoreResult` with one entry per image, in the order of `data`.
@@ -204,6 +225,9 @@ def score(model: DensityModel,
     num_images = int(ds.cardinality())
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     score_batch = model.xla_score_batch if jit_compile else model.score_batch
+    if strategy is not None:
+        score_batch = _distributed(score_batch, strategy)
+        ds = strategy.experimental_distribute_dataset(ds)
     chunks, labels = [], []
     # Redraw at most every second on a terminal, every 30 s into a log file.
     interval = 1.0 if sys.stderr.isatty() else 30.0
@@ -211,6 +235,8 @@ def score(model: DensityModel,
               unit='img', disable=not progress, leave=False, mininterval=interval) as bar:
         try:
             for images, batch_labels in ds:
+                if strategy is not None:
+                    batch_labels = strategy.gather(batch_labels, axis=0)
                 chunks.append({k: v.numpy() for k, v in score_batch(images).items()})
                 labels.append(batch_labels.numpy())
                 bar.update(len(batch_labels))
