@@ -66,3 +66,8 @@ $T fit-detector --detector density_of_states_levels --model-dir saved_models/glo
 $T fit-detector --detector input_complexity --model-dir saved_models/glow_fashion_mnist \
   --dataset fashion_mnist --output saved_models/detector_fashion_mnist.json --overwrite \
   --data-dir "$DATA"
+# The same detectors as SavedModels that plain TensorFlow runs.
+$T export-detector --detector saved_models/detector_cifar10.json \
+  --output saved_models/detector_cifar10 --overwrite
+$T export-detector --detector saved_models/detector_fashion_mnist.json \
+  --output saved_models/detector_fashion_mnist --overwrite

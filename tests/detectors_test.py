@@ -2,6 +2,7 @@
 separable and identical sets, and bad input."""
 
 import io
+import json
 import math
 import os
 
@@ -230,3 +231,58 @@ class CalibrationTest(tf.test.TestCase):
             detectors.load_detector(os.path.join(directory, 'bad.json'))
         with self.assertRaisesRegex(ValueError, 'Unknown detector'):
             detectors.named('nope', model)
+
+
+_PLAIN_TF = '''
+import json, sys
+import numpy as np
+import tensorflow as tf
+detector = tf.saved_model.load(sys.argv[1])
+out = detector.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])['images']))
+leaked = sorted(m for m in sys.modules
+                if m.split('.')[0] in ('tfp_ood', 'tensorflow_probability', 'tf_keras'))
+print(json.dumps({'outputs': {k: v.numpy().tolist() for k, v in out.items()},
+                  'leaked_modules': leaked}))
+'''
+
+
+class ExportedDetectorTest(tf.test.TestCase):
+
+    def test_in_graph_png_length_equals_the_reference(self):
+        images = np.concatenate([_images(6, shape=(8, 8, 3)),
+                                 np.full((2, 8, 8, 3), 7, np.uint8)])
+        self.assertAllEqual(detectors.graph_compressed_bits(tf.constant(images)),
+                            detectors.compressed_bits(images))
+        with self.assertRaisesRegex(ValueError, 'Only the png codec'):
+            detectors.graph_compressed_bits(tf.constant(images), 'jpeg2000')
+
+    def test_exported_detectors_give_the_python_scores_in_plain_tensorflow(self):
+        import subprocess
+        import sys
+        directory = self.create_tempdir().full_path
+        model = models.from_config(dict(family='glow', **GlowConfig.named(
+            'tiny', (8, 8, 3)).to_dict()))
+        train = _images(96, shape=(8, 8, 3))
+        model.initialize(train)
+        for v in model.trainable_variables:
+            v.assign_add(0.05 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
+        model_dir = export.export(model, os.path.join(directory, 'glow'))
+        images = np.concatenate([_images(12, shape=(8, 8, 3), seed=5),
+                                 np.zeros((2, 8, 8, 3), np.uint8)])
+        np.savez(os.path.join(directory, 'x.npz'), images=images)
+        for name in ('density_of_states_levels', 'input_complexity'):  # KDE and codec in-graph.
+            fitted = detectors.fit_detector(name, [model_dir], train[:64], train[64:])
+            expected = fitted.detect(images)
+            path = fitted.export(os.path.join(directory, f'detector_{name}'))
+            run = subprocess.run([sys.executable, '-c', _PLAIN_TF, path,
+                                  os.path.join(directory, 'x.npz')],
+                                 capture_output=True, text=True, timeout=300)
+            self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+            report = json.loads(run.stdout.strip().splitlines()[-1])
+            self.assertEqual(report['leaked_modules'], [])
+            outputs = report['outputs']
+            self.assertAllClose(outputs['ood_score'], expected.ood_score, rtol=1e-5,
+                                atol=1e-6, msg=name)
+            self.assertAllEqual(outputs['is_ood'], expected.components['is_ood'], msg=name)
+            with open(os.path.join(path, 'assets', 'tfp_ood.json')) as f:
+                self.assertEqual(json.load(f)['threshold'], fitted.calibration.threshold)

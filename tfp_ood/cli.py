@@ -176,6 +176,17 @@ def _build_parser() -> argparse.ArgumentParser:
     detect.add_argument('--output', required=True, help='output folder')
     detect.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     _add_data_args(detect)
+
+    export_detector = verbs.add_parser(
+        'export-detector', help='write a fitted detector as a SavedModel',
+        description='Write a fitted detector as a SavedModel whose serving_default(images) '
+        'returns ood_score, is_ood and the components, computed in TensorFlow ops: plain '
+        'TensorFlow runs it, with neither tfp_ood nor TFP installed.')
+    export_detector.add_argument('--detector', required=True,
+                                 help='JSON file of a fitted detector')
+    export_detector.add_argument('--output', required=True, help='SavedModel directory')
+    export_detector.add_argument('--overwrite', action='store_true',
+                                 help='replace a previous export at --output')
     return parser
 
 
@@ -514,12 +525,25 @@ def _detect(args) -> int:
     return 0
 
 
+def _export_detector(args) -> int:
+    from tfp_ood import detectors
+    fitted = detectors.load_detector(args.detector)
+    try:
+        fitted.export(args.output, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise CommandError(str(e)) from None
+    print(f'exported {fitted.name} ({args.detector}) to {args.output}: '
+          f'serving_default(images) -> ood_score, is_ood and its components')
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     from tfp_ood import data, train
     handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare,
-                'fit-detector': _fit_detector, 'detect': _detect}
+                'fit-detector': _fit_detector, 'detect': _detect,
+                'export-detector': _export_detector}
     try:
         return handlers[args.verb](args)
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,

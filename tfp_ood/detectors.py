@@ -157,6 +157,12 @@ class Detector(abc.ABC):
         """What `fit` learned, as JSON-able data (`set_state` puts it back)."""
         return {}
 
+    def graph_score(self, terms: Sequence[Dict[str, tf.Tensor]], images: tf.Tensor):
+        """`score_terms` in TensorFlow ops, for `export_detector`: `(ood_score,
+        components)` as float64 tensors from each model's traced terms (with
+        `bits_per_dim`) and the uint8 images."""
+        raise NotImplementedError(f'{type(self).__name__} cannot be exported as a graph.')
+
     def set_state(self, state: Dict) -> 'Detector':
         del state
         return self
@@ -191,6 +197,9 @@ class RawLikelihood(Detector):
     def score_terms(self, terms, images=None) -> DetectorScores:
         return DetectorScores(self.name, terms[0]['bits_per_dim'].astype(np.float64), terms[0])
 
+    def graph_score(self, terms, images):
+        return _f64(terms[0]['bits_per_dim']), {'log_prob': _f64(terms[0]['log_prob'])}
+
 
 class LikelihoodRatio(Detector):
     """Ren et al.'s likelihood ratio against a background model.
@@ -218,6 +227,11 @@ class LikelihoodRatio(Detector):
         return DetectorScores(self.name, -log_ratio / (_num_dims(self.models[0]) * LN2),
                               {'log_prob': fg, 'background_log_prob': bg,
                                'log_ratio': log_ratio})
+
+    def graph_score(self, terms, images):
+        fg, bg = _f64(terms[0]['log_prob']), _f64(terms[1]['log_prob'])
+        return (-(fg - bg) / (_num_dims(self.models[0]) * LN2),
+                {'log_prob': fg, 'background_log_prob': bg})
 
 
 def _png_bits(image: np.ndarray, level: int) -> int:
@@ -267,6 +281,22 @@ def compressed_bits(images: np.ndarray, codec: str = 'png',
     return np.array([encode(image, level) for image in images], dtype=np.float64)
 
 
+def _f64(tensor) -> tf.Tensor:
+    return tf.cast(tensor, tf.float64)
+
+
+def graph_compressed_bits(images: tf.Tensor, codec: str = 'png',
+                          level: Optional[int] = None) -> tf.Tensor:
+    """`compressed_bits` in TensorFlow ops (PNG only: `tf.io.encode_png`, the
+    same libpng the Python path calls), `[N]` float64."""
+    if codec != 'png':
+        raise ValueError(f'Only the png codec runs inside a TensorFlow graph; got {codec!r}.')
+    level = CODECS['png'][1] if level is None else level
+    lengths = tf.map_fn(lambda image: tf.strings.length(tf.io.encode_png(image, level)),
+                        images, fn_output_signature=tf.int32)
+    return 8. * tf.cast(lengths, tf.float64)
+
+
 class InputComplexity(Detector):
     """Serrà et al.'s input complexity: bits/dim minus the compressed bits/dim.
 
@@ -295,6 +325,11 @@ class InputComplexity(Detector):
         return DetectorScores(self.name, terms[0]['bits_per_dim'] - complexity,
                               dict(terms[0], compressed_bits=bits,
                                    complexity_bits_per_dim=complexity))
+
+    def graph_score(self, terms, images):
+        bits = graph_compressed_bits(images, self.codec, self.level)
+        return (_f64(terms[0]['bits_per_dim']) - bits / _num_dims(self.models[0]),
+                {'log_prob': _f64(terms[0]['log_prob']), 'compressed_bits': bits})
 
 
 class Typicality(Detector):
@@ -380,6 +415,12 @@ class Typicality(Detector):
     def score_terms(self, terms, images=None) -> DetectorScores:
         return DetectorScores(self.name, self.batch_statistic(terms[0]['bits_per_dim']),
                               terms[0])
+
+    def graph_score(self, terms, images):
+        if self.batch_size != 1 or self.entropy is None:
+            raise ValueError('Typicality: only a fitted single-image test (M = 1) exports.')
+        bpd = _f64(terms[0]['bits_per_dim'])
+        return tf.abs(bpd - self.entropy), {'log_prob': _f64(terms[0]['log_prob'])}
 
 
 class WAIC(Detector):
@@ -503,6 +544,25 @@ class DensityOfStates(Detector):
                 (values[finite] - self._mean) / self._scale)
         return DetectorScores(self.name, -log_density, dict(terms, log_density=log_density))
 
+    def graph_score(self, terms, images):
+        """The Gaussian KDE's log-density in float64 ops (as scikit-learn's
+        `KernelDensity.score_samples`), over the saved training statistics."""
+        if self._kde is None:
+            raise ValueError('DensityOfStates: call fit(train_images) before exporting.')
+        columns = {k: _f64(terms[0][k]) for k in self.statistics}
+        if self.codec:
+            columns['compressed_bits'] = graph_compressed_bits(images, self.codec)
+        values = tf.stack([columns[k] for k in self.statistic_names], axis=1)
+        standardised = (values - self._mean) / self._scale
+        train = tf.constant((self._values - self._mean) / self._scale, tf.float64)
+        h, (n, d) = self._bandwidth, self._values.shape
+        squared = tf.reduce_sum(tf.square(standardised[:, None, :] - train[None]), axis=-1)
+        log_density = (tf.reduce_logsumexp(-0.5 * squared / h ** 2, axis=1) - math.log(n)
+                       - 0.5 * d * math.log(2 * math.pi) - d * math.log(h))
+        log_density = tf.where(tf.reduce_all(tf.math.is_finite(values), axis=1), log_density,
+                               -np.inf)
+        return -log_density, dict(columns, log_density=log_density)
+
 
 #: The detectors `named` builds, for a model (and a background model).
 DETECTOR_NAMES = ('raw_likelihood', 'likelihood_ratio', 'input_complexity', 'typicality',
@@ -620,6 +680,17 @@ class FittedDetector:
         scores.components = dict(scores.components,
                                  is_ood=self.calibration.decide(scores.ood_score))
         return scores
+
+    def export(self, path: str, overwrite: bool = False) -> str:
+        """Writes the detector as a SavedModel that plain TensorFlow runs
+        (`tfp_ood.export.export_detector`): images in, `ood_score`, `is_ood`
+        and the components out."""
+        models = [export.restore(d) for d in self.model_dirs]  # Python models, not adapters.
+        detector = named(self.name, models[0], models[1] if len(models) > 1 else None)
+        detector.set_state(self.detector.get_state())
+        return export.export_detector(detector, self.name, self.calibration.threshold,
+                                      self.calibration.true_positive_rate, self.model_dirs,
+                                      path, self.provenance, overwrite)
 
     def save(self, path: str) -> str:
         """Writes the fit as JSON (model paths relative to the file's folder)."""

@@ -33,15 +33,15 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
 from tfp_ood import models
 from tfp_ood.models.base import DensityModel
 
-__all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'exported_terms', 'load',
-           'read_metadata', 'restore']
+__all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'export_detector', 'exported_terms',
+           'load', 'read_metadata', 'restore']
 
 METADATA_FILE = 'tfp_ood.json'
 FORMAT = 'tfp_ood.saved_model/1'
@@ -129,19 +129,98 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
         signatures = {'serving_default': module.log_prob, 'log_prob': module.log_prob}
         if metadata['can_sample']:
             signatures['sample'] = module.sample
-        # Written beside `path` and moved into place, so that an interrupted
-        # export leaves the previous one intact.
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix='.export-', dir=parent)
-        try:
-            tf.saved_model.save(module, staging, signatures=signatures)
-            if os.path.lexists(path):
-                shutil.rmtree(path)
-            os.rename(staging, path)
-        finally:
-            if os.path.exists(staging):
-                shutil.rmtree(staging)
+        _save_staged(module, path, signatures)
+    return path
+
+
+def _save_staged(module: tf.Module, path: str, signatures) -> None:
+    """`tf.saved_model.save` beside `path`, then moved into place, so that an
+    interrupted export leaves the previous one intact."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix='.export-', dir=parent)
+    try:
+        tf.saved_model.save(module, staging, signatures=signatures)
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+        os.rename(staging, path)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
+
+
+DETECTOR_FORMAT = 'tfp_ood.detector_saved_model/1'
+
+
+class _DetectorModule(tf.Module):
+    """What a detector export saves: its models' variables and `detect`."""
+
+    def __init__(self, detector, threshold: float, image_shape, metadata_path: str):
+        super().__init__(name='tfp_ood_detector')
+        for i, model in enumerate(detector.models):
+            for name, value in model.saved_objects().items():
+                setattr(self, f'model{i}_{name}', value)
+        self._held_detector = lambda: detector
+        self._threshold = float(threshold)
+        self.metadata = tf.saved_model.Asset(metadata_path)
+        images = tf.TensorSpec((None,) + tuple(image_shape), tf.uint8, name='images')
+        self.detect = tf.function(self._detect, input_signature=[images])
+
+    def _detect(self, images):
+        detector = self._held_detector()
+        terms = []
+        for model in detector.models:
+            model_terms = dict(model.log_prob_terms(images))
+            model_terms['bits_per_dim'] = model.bits_per_dim(model_terms['log_prob'])
+            terms.append(model_terms)
+        ood_score, components = detector.graph_score(terms, images)
+        outputs = {'ood_score': ood_score,
+                   'is_ood': tf.logical_not(ood_score <= self._threshold)}
+        outputs.update(components)
+        return outputs
+
+
+def export_detector(detector, name: str, threshold: float, true_positive_rate: float,
+                    model_dirs: Sequence[str], path: str,
+                    provenance: Optional[Mapping[str, Any]] = None,
+                    overwrite: bool = False) -> str:
+    """Writes a fitted detector as a SavedModel (`FittedDetector.export` calls it).
+
+    Its `serving_default(images=uint8 [None, H, W, C])` returns `ood_score`
+    (float64, higher = more out-of-distribution), `is_ood` (`threshold`
+    applied) and the components the score is made from, computed entirely in
+    TensorFlow ops (`detector.graph_score`: the PNG length with
+    `tf.io.encode_png`, the density of states' KDE over its saved training
+    statistics), so plain TensorFlow loads and runs it with neither tfp_ood
+    nor TFP installed. `assets/tfp_ood.json` holds the detector, its models'
+    configurations, the threshold and the provenance.
+
+    Args:
+      detector: a fitted `tfp_ood.detectors.Detector` over Python models (as
+        `restore` rebuilds them, not SavedModel adapters).
+      name, threshold, true_positive_rate, model_dirs, provenance: what the
+        metadata records.
+      path: output directory; `overwrite` replaces a previous export only.
+    """
+    if os.path.lexists(path):
+        if not overwrite:
+            raise FileExistsError(f'{path} already exists; pass overwrite=True (--overwrite) '
+                                  f'to replace it.')
+        _check_replaceable(path)
+    image_shape = tuple(detector.models[0].image_shape)
+    metadata = {
+        'format': DETECTOR_FORMAT, 'detector': name,
+        'models': [read_metadata(d)['model'] for d in model_dirs],
+        'image_shape': list(image_shape), 'threshold': float(threshold),
+        'true_positive_rate': float(true_positive_rate),
+        'outputs': ['ood_score', 'is_ood'], 'provenance': dict(provenance or {}),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        metadata_path = os.path.join(tmp, METADATA_FILE)
+        with open(metadata_path, 'w') as f:
+            json.dump(metadata, f, indent=2)
+        module = _DetectorModule(detector, threshold, image_shape, metadata_path)
+        _save_staged(module, path, {'serving_default': module.detect})
     return path
 
 
