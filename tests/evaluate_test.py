@@ -166,9 +166,14 @@ ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
 one = tfp_ood.score(model, ds, batch_size=8, progress=False)
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 two = tfp_ood.score(model, ds, batch_size=8, progress=False, strategy=strategy)
+from tfp_ood import detectors
+dos = detectors.named('density_of_states_levels', model).fit(images[:30])
 print(json.dumps({'replicas': strategy.num_replicas_in_sync, 'keys': sorted(one.scores),
                   'equal': all(np.array_equal(one.scores[k], two.scores[k]) for k in one.scores),
-                  'labels': two.labels.tolist()}))
+                  'labels': two.labels.tolist(),
+                  'detector_equal': bool(np.array_equal(
+                      dos.score(images).ood_score,
+                      dos.score(images, strategy=strategy).ood_score))}))
 '''
 
 
@@ -183,3 +188,4 @@ class DistributedScoringTest(tf.test.TestCase):
         self.assertIn('level1_log_pz', report['keys'])
         self.assertTrue(report['equal'])  # 37 images in batches of 8: the last one uneven.
         self.assertEqual(report['labels'], list(range(37)))  # No loss, no duplicate, in order.
+        self.assertTrue(report['detector_equal'])  # Detecting, distributed the same way.

@@ -121,11 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_input_args(score)
     score.add_argument('--output', required=True, help='output folder')
     score.add_argument('--batch-size', type=int, default=256, help='images per batch')
-    score.add_argument('--strategy', default='default',
-                       choices=('default', 'mirrored', 'multi_worker'),
-                       help='tf.distribute strategy: mirrored over local GPUs, multi_worker '
-                            'across machines (TF_CONFIG; start the same command on each; the '
-                            'chief writes the outputs); per-image scores as on one device')
+    _add_scoring_strategy_arg(score)
     score.add_argument('--precision', default=None, choices=PRECISIONS,
                        help='rebuild the flow with its coupling networks in this precision '
                             '(default: the SavedModel as exported)')
@@ -174,6 +170,7 @@ def _build_parser() -> argparse.ArgumentParser:
     detect.add_argument('--detector', required=True, help='JSON file of a fitted detector')
     _add_input_args(detect)
     detect.add_argument('--output', required=True, help='output folder')
+    _add_scoring_strategy_arg(detect)
     detect.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     _add_data_args(detect)
 
@@ -301,6 +298,22 @@ def _read_image_folder(folder: str, shape, resize: bool):
     return np.stack(images), names
 
 
+def _add_scoring_strategy_arg(parser) -> None:
+    parser.add_argument('--strategy', default='default',
+                        choices=('default', 'mirrored', 'multi_worker'),
+                        help='tf.distribute strategy: mirrored over local GPUs, multi_worker '
+                             'across machines (TF_CONFIG; start the same command on each; the '
+                             'chief writes the outputs); per-image scores as on one device')
+
+
+def _scoring_strategy(args):
+    """`(strategy or None, whether this process writes the outputs)`."""
+    if args.strategy == 'default':
+        return None, True
+    strategy = _strategy(args.strategy)
+    return strategy, strategy.extended.should_checkpoint
+
+
 def _add_input_args(parser) -> None:
     """The images a verb works on: a dataset split, an .npz file or a folder."""
     inputs = parser.add_mutually_exclusive_group(required=True)
@@ -358,13 +371,12 @@ def _score(args) -> int:
                                                'summary.md', 'histogram.png')}
     _check_outputs(files.values(), args.overwrite)
     images, labels, sources, name = _read_inputs(args, shape)
-    strategy = _strategy(args.strategy) if args.strategy != 'default' else None
+    strategy, writes = _scoring_strategy(args)
     result = score(model, images, name=name, batch_size=args.batch_size,
                    model_name=os.path.basename(os.path.normpath(args.model_dir)),
                    strategy=strategy)
-    if strategy is not None and not strategy.extended.should_checkpoint:
-        print(f'{name}: scored as worker {strategy.cluster_resolver.task_id}; the chief '
-              f'writes the outputs')
+    if not writes:
+        print(f'{name}: scored as a worker; the chief writes the outputs')
         return 0
     if labels is not None:
         result.labels = np.asarray(labels, np.int64)
@@ -484,7 +496,11 @@ def _detect(args) -> int:
     _check_outputs(files.values(), args.overwrite)
     fitted = detectors.load_detector(args.detector)
     images, labels, sources, name = _read_inputs(args, fitted.detector.models[0].image_shape)
-    scores = fitted.detect(images)
+    strategy, writes = _scoring_strategy(args)
+    scores = fitted.detect(images, strategy=strategy)
+    if not writes:
+        print(f'{name}: scored as a worker; the chief writes the outputs')
+        return 0
     is_ood = scores.components['is_ood']
     os.makedirs(out, exist_ok=True)
     components = {k: np.asarray(v) for k, v in scores.components.items()

@@ -109,8 +109,9 @@ def detector_metrics(in_scores: DetectorScores, out_scores: DetectorScores
 Terms = Dict[str, np.ndarray]
 
 
-def _log_prob_terms(model: DensityModel, images: Images, what: str) -> Terms:
-    return evaluate_score(model, images, name=what, progress=False).scores
+def _log_prob_terms(model: DensityModel, images: Images, what: str,
+                    strategy: Optional[tf.distribute.Strategy] = None) -> Terms:
+    return evaluate_score(model, images, name=what, progress=False, strategy=strategy).scores
 
 
 class Detector(abc.ABC):
@@ -141,11 +142,14 @@ class Detector(abc.ABC):
         del terms, images
         return self
 
-    def score(self, images: Images) -> DetectorScores:
-        """Per-image (or per-batch) OOD scores of `images`."""
+    def score(self, images: Images,
+              strategy: Optional[tf.distribute.Strategy] = None) -> DetectorScores:
+        """Per-image (or per-batch) OOD scores of `images` (the likelihoods
+        computed under `strategy`, as `tfp_ood.score` does, if given)."""
         if not isinstance(images, tf.data.Dataset):
             images = _as_array(images, self.models[0].image_shape, 'images')
-        terms = [_log_prob_terms(m, images, f'images ({m.name})') for m in self.models]
+        terms = [_log_prob_terms(m, images, f'images ({m.name})', strategy)
+                 for m in self.models]
         return self.score_terms(terms, images)
 
     @abc.abstractmethod
@@ -674,9 +678,10 @@ class FittedDetector:
     model_dirs: Sequence[str]
     provenance: Dict
 
-    def detect(self, images: Images) -> DetectorScores:
-        """Scores with `is_ood` (0/1) among the components."""
-        scores = self.detector.score(images)
+    def detect(self, images: Images,
+               strategy: Optional[tf.distribute.Strategy] = None) -> DetectorScores:
+        """Scores with `is_ood` (0/1) among the components (see `Detector.score`)."""
+        scores = self.detector.score(images, strategy=strategy)
         scores.components = dict(scores.components,
                                  is_ood=self.calibration.decide(scores.ood_score))
         return scores
