@@ -654,7 +654,7 @@ def _precision_headline(plan: Plan, log: Callable, result: Dict) -> None:
             f'{row["score_bf16_fraction_of_bf16_peak"]:.0%} of the bfloat16 peak), training '
             f'{ips["train_bfloat16"]:.1f} / {ips["train_float32"]:.1f} '
             f'({row["train_bf16_vs_fp32"]:.2f}x)')
-    out['accuracy'] = bf16_bpd_difference(log, limit=64 if plan.name == 'smoke' else None)
+    out['accuracy'] = bf16_bpd_difference(log, limit=16 if plan.name == 'smoke' else None)
     compared = out[plan.glow_compare]
     result.update({
         # With --smoke these "paper" numbers are of the tiny config.

@@ -61,7 +61,7 @@ class BenchmarksTest(tf.test.TestCase):
                     'bf16_max_abs_bpd_diff', 'bf16_matmul_peak_gflops'):
             self.assertTrue(math.isfinite(result[key]) and result[key] > 0, key)
         accuracy = measured['precision']['accuracy']
-        self.assertEqual(accuracy['cifar10']['num_images'], 64)
+        self.assertEqual(accuracy['cifar10']['num_images'], 16)
         self.assertLess(accuracy['max_abs_bpd_diff'], 0.01)  # The shipped glow_cifar10.
         comparison = measured['tfp_comparison']['glow']
         self.assertEqual(comparison['params_ours'], comparison['params_tfp'])

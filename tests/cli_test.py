@@ -293,22 +293,35 @@ if __name__ == '__main__':
 class DetectTest(tf.test.TestCase):
     """fit-detector and detect on a tiny exported flow and a folder of PNGs."""
 
+    @classmethod
+    def setUpClass(cls):  # One fit for the class's tests (each writes its own outputs).
+        super().setUpClass()
+        import tempfile
+
+        from tfp_ood import export, models
+        cls.dir = tempfile.mkdtemp(prefix='detect_test_')
+        cls.data = os.path.join(cls.dir, 'data')
+        os.makedirs(cls.data)
+        _write_data(cls.data, n_train=96, n_test=64)
+        model = models.named_model('glow', 'tiny', (32, 32, 3))
+        with np.load(os.path.join(cls.data, 'cifar10_train.npz')) as f:
+            model.initialize(f['images'][:64])
+        cls.model_dir = export.export(model, os.path.join(cls.dir, 'models', 'glow'))
+        cls.fit = os.path.join(cls.dir, 'models', 'detector.json')
+        cls.fit_run = _run('fit-detector', '--detector', 'density_of_states_terms',
+                           '--model-dir', cls.model_dir, '--dataset', 'cifar10',
+                           '--fit-split', 'train[:64]', '--validation-split', 'test[:40]',
+                           '--output', cls.fit, '--data-dir', cls.data)
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+        shutil.rmtree(cls.dir, ignore_errors=True)
+        super().tearDownClass()
+
     def setUp(self):
         super().setUp()
-        from tfp_ood import export, models
-        self.dir = self.create_tempdir().full_path
-        self.data = os.path.join(self.dir, 'data')
-        os.makedirs(self.data)
-        _write_data(self.data, n_train=96, n_test=64)
-        model = models.named_model('glow', 'tiny', (32, 32, 3))
-        with np.load(os.path.join(self.data, 'cifar10_train.npz')) as f:
-            model.initialize(f['images'][:64])
-        self.model_dir = export.export(model, os.path.join(self.dir, 'models', 'glow'))
-        self.fit = os.path.join(self.dir, 'models', 'detector.json')
-        code, out, err = _run('fit-detector', '--detector', 'density_of_states_terms',
-                              '--model-dir', self.model_dir, '--dataset', 'cifar10',
-                              '--fit-split', 'train[:64]', '--validation-split', 'test[:40]',
-                              '--output', self.fit, '--data-dir', self.data)
+        code, out, err = self.fit_run
         self.assertEqual(code, 0, err)
         self.assertIn('keeps 95%', out)
 
