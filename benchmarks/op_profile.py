@@ -14,6 +14,13 @@ the same process.
 
     python benchmarks/op_profile.py --json benchmarks/results/op_profile.json
     python benchmarks/op_profile.py --config tiny --batch 8 --calls 2   # seconds
+    python benchmarks/op_profile.py --precision bfloat16 --no-peer \
+        --json benchmarks/results/op_profile_bf16.json
+
+With `--precision bfloat16` the coupling networks compute in bfloat16 (the
+peak is then the bfloat16 matmul's), and the casts between the two precisions
+are their own category: what the bfloat16 path spends outside the
+convolutions.
 """
 
 import argparse
@@ -44,6 +51,7 @@ CATEGORIES = (
     ('matmul', ('MatMul', 'BatchMatMulV2', 'BatchMatMulV3', 'Einsum')),
     ('optimizer and variables', ('ReadVariableOp', 'AssignVariableOp', 'AssignAddVariableOp',
                                  'AssignSubVariableOp', 'ResourceApplyAdam', 'L2Loss')),
+    ('casts', ('Cast',)),
     ('reductions', ('Sum', 'Mean', 'Max', 'Min', 'Prod', 'BiasAddGrad')),
     ('layout', ('Reshape', 'Transpose', 'ConcatV2', 'Split', 'SplitV', 'StridedSlice',
                 'Pack', 'Unpack', 'Slice', 'DepthToSpace', 'SpaceToDepth', 'Identity',
@@ -134,20 +142,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument('--calls', type=int, default=3, help='profiled calls of each function')
     parser.add_argument('--peer', action=argparse.BooleanOptionalAction, default=True,
                         help="also profile TFP's tfb.Glow at the same architecture")
+    parser.add_argument('--precision', choices=('float32', 'bfloat16'), default='float32',
+                        help="our Glow's coupling networks' precision (TFP's peer is float32)")
     parser.add_argument('--matmul-size', type=int, default=4096)
     parser.add_argument('--json', help='write the results here')
     args = parser.parse_args(argv)
 
-    model = models.named_model('glow', args.config, (32, 32, 3))
+    model = models.named_model('glow', args.config, (32, 32, 3), precision=args.precision)
     config: GlowConfig = model.config
     flops = bench.glow_forward_flops(config) * args.batch
-    peak = bench.matmul_peak_gflops(args.matmul_size, 3)
-    print(f'float32 matmul peak: {peak:.0f} GFLOP/s; Glow {args.config} at batch {args.batch}: '
+    peak = bench.matmul_peak_gflops(args.matmul_size, 3, tf.as_dtype(args.precision))
+    print(f'{args.precision} matmul peak: {peak:.0f} GFLOP/s; Glow {args.config} at batch {args.batch}: '
           f'{flops / 1e9:.2f} GFLOP of convolutions per scoring call')
     runners = {'ours': bench.ours(model, args.batch)}
     if args.peer:
         runners['tfp'] = bench.tfp_peer(config, args.batch)
-    out = {'config': args.config, 'batch': args.batch, 'matmul_peak_gflops': peak,
+    out = {'config': args.config, 'batch': args.batch, 'precision': args.precision,
+           'matmul_peak_gflops': peak,
            'score_conv_gflop_per_call': flops / 1e9, 'results': {}}
     for name, runner in runners.items():
         for what, fn, call_flops in (('score', runner.score, flops),

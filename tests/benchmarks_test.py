@@ -168,6 +168,16 @@ class BenchmarksTest(tf.test.TestCase):
             self.assertAllClose(sum(result['category_share'].values()), 1.)
             self.assertGreater(result['kernel_seconds'], 0)
 
+    def test_profile_in_bfloat16_counts_the_casts(self):
+        out = op_profile.main(['--config', 'tiny', '--batch', '4', '--calls', '2',
+                               '--matmul-size', '256', '--precision', 'bfloat16', '--no-peer'])
+        self.assertEqual(out['precision'], 'bfloat16')
+        self.assertEqual(set(out['results']), {'ours_score', 'ours_train'})
+        score = out['results']['ours_score']
+        # Every coupling network's input is cast to bfloat16 and its output back.
+        self.assertGreater(score['ops']['Cast']['count'], 0)
+        self.assertGreater(score['category_share']['casts'], 0)
+
     def test_flop_count_of_the_paper_glow(self):
         # 1.33 GFLOP per 32x32x3 image for 3 x 8 x 400 (docs/performance.md); by hand for a
         # one-level, one-step flow on 2x2x1: squeeze to 1x1x4, coupling network
