@@ -54,8 +54,12 @@ for model in $MODELS; do
       fi
     done
   done
-  python examples/background_search.py --foreground "saved_models/$model" "${candidates[@]}" \
-    --data-dir "$DATA" --out "$RUNS/background_$model/search"
+  # Searched once: afterwards the chosen run trains on past GRID_STEPS, and a second
+  # search would compare it, longer trained, against the others.
+  if [ ! -f "$RUNS/background_$model/search/search.json" ]; then
+    python examples/background_search.py --foreground "saved_models/$model" "${candidates[@]}" \
+      --data-dir "$DATA" --out "$RUNS/background_$model/search"
+  fi
   chosen=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['chosen'])" \
     "$RUNS/background_$model/search/search.json")
   read -r mu lambda <<< "$(python -c "import json, sys; c = json.load(open(sys.argv[1]))['train']; print(c['mutation_rate'], c['weight_decay'])" "$chosen/config.json")"
