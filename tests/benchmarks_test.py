@@ -191,26 +191,32 @@ class BenchmarksTest(tf.test.TestCase):
                          2 * (9 * 2 * h + h * h + 9 * h * 4 + 16))
 
 
-if __name__ == '__main__':
-    tf.test.main()
-
-
 class PrecisionTrainingFigureTest(tf.test.TestCase):
 
-    def test_both_runs_on_one_figure(self):
+    def test_seeds_of_both_precisions_on_one_figure(self):
         figure = scripts.load('benchmarks/precision_training.py')
         directory = self.create_tempdir().full_path
+        runs = {'float32': [], 'bfloat16': []}
         for precision, offset in (('float32', 0.), ('bfloat16', 0.01)):
-            os.makedirs(os.path.join(directory, precision))
-            with open(os.path.join(directory, precision, 'history.jsonl'), 'w') as f:
-                for step in (200, 400):
-                    f.write(json.dumps({'step': step, 'a/bits_per_dim': 5. - step / 1e3 + offset})
-                            + '\n')
-        history = figure.merged_history({p: os.path.join(directory, p)
-                                         for p in ('float32', 'bfloat16')})
-        self.assertEqual(history[1], {'step': 400, 'a (float32)/bits_per_dim': 4.6,
-                                      'a (bfloat16)/bits_per_dim': 4.61})
-        png = figure.main([os.path.join(directory, 'float32'),
-                           os.path.join(directory, 'bfloat16'),
-                           os.path.join(directory, 'out.png')])
+            for seed in (1, 2):
+                path = os.path.join(directory, f'{precision}_seed{seed}')
+                os.makedirs(path)
+                with open(os.path.join(path, 'history.jsonl'), 'w') as f:
+                    for step in (200, 400):
+                        f.write(json.dumps({'step': step, 'a/bits_per_dim':
+                                            5. - step / 1e3 + offset + seed / 100}) + '\n')
+                runs[precision].append(path)
+        # A history file alone (the shipped ensemble's) counts as a run.
+        runs['float32'][1] = os.path.join(runs['float32'][1], 'history.jsonl')
+        png = os.path.join(directory, 'out.png')
+        finals = figure.main([png, '--float32', *runs['float32'],
+                              '--bfloat16', *runs['bfloat16']])
+        self.assertAllClose(finals['float32']['a'], [4.61, 4.62])
+        self.assertAllClose(finals['bfloat16']['a'], [4.62, 4.63])
         self.assertGreater(os.path.getsize(png), 10000)
+        with self.assertRaisesRegex(ValueError, 'no held-out'):
+            figure.history_of(self.create_tempdir().full_path)
+
+
+if __name__ == '__main__':
+    tf.test.main()
