@@ -17,6 +17,7 @@ from tfp_ood.config import GlowConfig
 
 REPO = scripts.REPO
 op_profile = scripts.load('benchmarks/op_profile.py')
+precision_accuracy = scripts.load('benchmarks/precision_accuracy.py')
 benchmark_plot = scripts.load('benchmarks/plot.py')
 benchmarks = scripts.load('benchmarks/run.py')
 
@@ -177,6 +178,25 @@ class BenchmarksTest(tf.test.TestCase):
         # Every coupling network's input is cast to bfloat16 and its output back.
         self.assertGreater(score['ops']['Cast']['count'], 0)
         self.assertGreater(score['category_share']['casts'], 0)
+
+    def test_precision_accuracy_of_each_setting(self):
+        # The shipped CIFAR-10 Glow on a few embedded images, the speed on a tiny Glow.
+        path = os.path.join(self.create_tempdir().full_path, 'accuracy.json')
+        out = precision_accuracy.main(['--limit', '8', '--speed-config', 'tiny', '--batch', '4',
+                                       '--repeats', '1', '--min-seconds', '0.01',
+                                       '--json', path])
+        self.assertEqual(set(out['accuracy']), set(precision_accuracy.SETTINGS))
+        differences = {s: out['accuracy'][s]['max_abs_bpd_diff']
+                       for s in precision_accuracy.SETTINGS if s != 'float32'}
+        for setting, difference in differences.items():
+            self.assertBetween(difference, 1e-6, 0.05, msg=setting)
+        # More of the network in float32, closer to float32.
+        self.assertLess(differences['bfloat16, first and last in float32'],
+                        differences['bfloat16'])
+        self.assertEqual(out['accuracy']['bfloat16']['cifar10']['num_images'], 8)
+        self.assertEqual(out['score_speedup']['float32'], 1.)
+        with open(path) as f:
+            self.assertEqual(json.load(f)['images'], 'embedded samples')
 
     def test_flop_count_of_the_paper_glow(self):
         # 1.33 GFLOP per 32x32x3 image for 3 x 8 x 400 (docs/performance.md); by hand for a

@@ -12,6 +12,7 @@ import tf_keras
 
 from tfp_ood import export, models, train
 from tfp_ood.bijectors import glow
+from tfp_ood.bijectors.glow import coupling_network_fn
 from tfp_ood.config import named_config
 
 SHAPE = (16, 16, 3)
@@ -84,6 +85,16 @@ class PrecisionTest(tf.test.TestCase):
         for model in (fp32, bf16):
             t = {k: v.numpy() for k, v in model.log_prob_terms(_images()).items()}
             self.assertAllEqual(t['log_pz'] + t['log_det'] + t['dequant_const'], t['log_prob'])
+
+    def test_chosen_convolutions_stay_float32_in_bfloat16(self):
+        network = coupling_network_fn(8, 'bfloat16', float32_convolutions=(0, 2))(
+            (4, 4, 2), 4, 0)
+        self.assertEqual([layer.compute_dtype for layer in network.layers],
+                         ['float32', 'bfloat16', 'float32'])
+        x = tf.random.stateless_normal((2, 4, 4, 2), seed=[3, 4])
+        self.assertEqual(network(x).dtype, tf.float32)
+        with self.assertRaisesRegex(ValueError, 'indices 0, 1, 2'):
+            coupling_network_fn(8, 'bfloat16', float32_convolutions=(3,))
 
     def test_the_float32_path_is_exactly_the_plain_float32_network(self):
         config = named_config('glow', 'tiny', SHAPE)

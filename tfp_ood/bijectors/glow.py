@@ -70,26 +70,41 @@ def _layer_dtype(precision: str):
         'mixed_bfloat16')
 
 
-def coupling_network_fn(hidden_channels: int, precision: str = 'float32') -> NetworkFn:
+def coupling_network_fn(hidden_channels: int, precision: str = 'float32',
+                        float32_convolutions: Sequence[int] = ()) -> NetworkFn:
     """Glow's coupling network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> conv3x3.
 
     The last convolution is zero-initialised, so every coupling starts as the
     identity. With `precision='bfloat16'` the convolutions compute in
     bfloat16 (Keras' `mixed_bfloat16` policy: float32 variables, inputs cast
     on the way in); `Coupling` casts the output back to float32.
+
+    Args:
+      hidden_channels: width of the two hidden layers.
+      precision: `'float32'` or `'bfloat16'`.
+      float32_convolutions: indices (0, 1, 2) of convolutions that compute in
+        float32 even when `precision='bfloat16'`: keeping the first and the
+        last in float32 trades most of bfloat16's speed for per-image
+        likelihoods closer to float32's (`benchmarks/precision_accuracy.py`
+        measures both).
+        Default value: `()`.
     """
-    dtype = _layer_dtype(precision)
+    if not set(float32_convolutions) <= {0, 1, 2}:
+        raise ValueError(f'float32_convolutions are indices 0, 1, 2 of the three convolutions; '
+                         f'got {tuple(float32_convolutions)}.')
+    dtypes = [_layer_dtype('float32' if i in float32_convolutions else precision)
+              for i in range(3)]
 
     def network(input_shape, output_channels, seed):
         init = tf_keras.initializers.GlorotUniform
         return tf_keras.Sequential([
             tf_keras.Input(shape=tuple(input_shape)),
             tf_keras.layers.Conv2D(hidden_channels, 3, padding='same',
-                                   activation='relu', dtype=dtype,
+                                   activation='relu', dtype=dtypes[0],
                                    kernel_initializer=init(seed=seed)),
-            tf_keras.layers.Conv2D(hidden_channels, 1, activation='relu', dtype=dtype,
+            tf_keras.layers.Conv2D(hidden_channels, 1, activation='relu', dtype=dtypes[1],
                                    kernel_initializer=init(seed=seed + 1)),
-            tf_keras.layers.Conv2D(output_channels, 3, padding='same', dtype=dtype,
+            tf_keras.layers.Conv2D(output_channels, 3, padding='same', dtype=dtypes[2],
                                    kernel_initializer='zeros'),
         ])
 
