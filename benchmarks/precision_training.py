@@ -57,10 +57,11 @@ def final_bits_per_dim(runs: Dict[str, Sequence[str]]) -> Dict[str, Dict[str, np
 
 
 def plot(runs: Dict[str, Sequence[str]], path: str) -> str:
-    fig = Figure(figsize=(11, 4.5))
-    curves, ends = fig.subplots(1, 2, gridspec_kw={'width_ratios': (3, 2)})
     finals = final_bits_per_dim(runs)
     sets = sorted({s for f in finals.values() for s in f})
+    fig = Figure(figsize=(6 + 2.6 * len(sets), 4.5))
+    curves, *ends = fig.subplots(1, 1 + len(sets),
+                                 gridspec_kw={'width_ratios': (3,) + (1.2,) * len(sets)})
     for i, precision in enumerate(PRECISIONS):
         history = history_of(runs[precision][0])
         for j, name in enumerate(sets):
@@ -69,20 +70,19 @@ def plot(runs: Dict[str, Sequence[str]], path: str) -> str:
                         marker='o', color=f'C{j}', linestyle=('-', '--')[i],
                         label=f'{name} ({precision}, {os.path.basename(runs[precision][0])})')
             values = finals[precision].get(name, np.array([]))
-            x = j + (i - 0.5) * 0.3 + np.linspace(-0.05, 0.05, len(values))
-            ends.plot(x, values, ('o', 's')[i], color=f'C{j}', alpha=0.8,
-                      label=f'{precision}' if j == 0 else None,
-                      markerfacecolor=('none', f'C{j}')[i])
+            ends[j].plot(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)),
+                         values, 'os'[i], color=f'C{j}', alpha=0.8,
+                         markerfacecolor=('none', f'C{j}')[i])
     curves.set_xlabel('training step')
     curves.set_ylabel('held-out bits/dim')
-    curves.set_title('over training')
+    curves.set_title('over training (first run of each)')
     curves.grid(alpha=0.3)
     curves.legend(fontsize='x-small')
-    ends.set_xticks(range(len(sets)), sets, fontsize='small')
-    ends.set_ylabel('held-out bits/dim at the last step')
-    ends.set_title(f'every seed: float32 (open, {len(runs["float32"])}), '
-                   f'bfloat16 (filled, {len(runs["bfloat16"])})', fontsize='small')
-    ends.grid(alpha=0.3)
+    for name, ax in zip(sets, ends):
+        ax.set_xticks(range(len(PRECISIONS)), PRECISIONS)
+        ax.set_xlim(-0.5, len(PRECISIONS) - 0.5)
+        ax.set_title(f'{name}\nlast step, every run', fontsize='small')
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
