@@ -71,3 +71,9 @@ $T export-detector --detector saved_models/detector_cifar10.json \
   --output saved_models/detector_cifar10 --overwrite
 $T export-detector --detector saved_models/detector_fashion_mnist.json \
   --output saved_models/detector_fashion_mnist --overwrite
+
+# The likelihood ratio's background models (docs/detectors.md): a grid of
+# mutation rates (and weight decays) on perturbed training images, the choice on
+# validation OOD sets that are not the test pairs, the chosen one trained on to
+# the foreground's steps and exported to saved_models/background_<model>.
+MUS="0.1 0.2" LAMBDAS=0 GRID_STEPS=1000 bash saved_models/train_background.sh "$DATA" "$RUNS" pixelcnn_cifar10
