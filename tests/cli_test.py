@@ -184,6 +184,35 @@ class CliTest(tf.test.TestCase):
             self.assertRegex(err, r'^tfp-ood train: error: .*must be')
             self.assertFalse(os.path.exists(workdir))  # Nothing written.
 
+    def test_coupling_scale_is_saved_and_runs_saved_before_it_resume(self):
+        workdir = os.path.join(self.dir, 'contracting')
+        code, _, err = _run(*_train_args(workdir, self.data, 10), '--coupling-scale',
+                            'contracting')
+        self.assertEqual(code, 0, err)
+        with open(os.path.join(workdir, 'config.json')) as f:
+            saved = json.load(f)
+        self.assertEqual(saved['model']['coupling_scale'], 'contracting')
+        # Another scale is another model: refused.
+        code, _, err = _run(*_train_args(workdir, self.data, 20))
+        self.assertEqual(code, 2, err)
+        self.assertIn('another configuration', err)
+        # A run written before the field existed ran with its default, and resumes.
+        workdir = os.path.join(self.dir, 'old')
+        self.assertEqual(_run(*_train_args(workdir, self.data, 10))[0], 0)
+        path = os.path.join(workdir, 'config.json')
+        with open(path) as f:
+            saved = json.load(f)
+        del saved['model']['coupling_scale']
+        with open(path, 'w') as f:
+            json.dump(saved, f)
+        code, out, err = _run(*_train_args(workdir, self.data, 20))
+        self.assertEqual(code, 0, err)
+        self.assertIn('completed at step 20', out)
+        code, _, err = _run(*_train_args(os.path.join(self.dir, 'p'), self.data, 5),
+                            '--model', 'pixelcnn', '--coupling-scale', 'contracting')
+        self.assertEqual(code, 2)
+        self.assertRegex(err, r'^tfp-ood train: error: --coupling-scale is for --model glow')
+
     def test_compare_reports_non_finite_scores_and_different_models(self):
         from tfp_ood.evaluate import ScoreResult
 

@@ -44,6 +44,16 @@ class RegistryTest(tf.test.TestCase):
             self.assertEqual(type(rebuilt), type(model))
 
 
+    def test_a_configuration_saved_before_a_field_existed_is_completed_with_its_default(self):
+        saved = models.named_model('glow', 'tiny', (16, 16, 3)).get_config()
+        del saved['coupling_scale']
+        complete = config.complete_model_config(saved)
+        self.assertEqual(complete['coupling_scale'], 'symmetric')
+        self.assertEqual(complete, models.from_config(saved).get_config())
+        with self.assertRaisesRegex(ValueError, 'coupling_scale must be one of'):
+            config.named_config('glow', 'tiny', coupling_scale='bounded')
+
+
 class FlagsTest(tf.test.TestCase):
 
     def test_train_flags_are_the_train_config_fields_with_their_defaults(self):

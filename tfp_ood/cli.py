@@ -65,7 +65,7 @@ def _from_flags(cls, args):
 def _build_parser() -> argparse.ArgumentParser:
     from tfp_ood.bijectors import PRECISIONS
     from tfp_ood.detectors import DETECTOR_NAMES
-    from tfp_ood.config import MODEL_NAMES, MODELS, SIZE_NAMES
+    from tfp_ood.config import COUPLING_SCALES, MODEL_NAMES, MODELS, SIZE_NAMES
     from tfp_ood.train import TrainConfig
     parser = argparse.ArgumentParser(
         prog='tfp-ood', description='Likelihood-based out-of-distribution analysis with '
@@ -93,6 +93,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument('--precision', default='float32', choices=PRECISIONS,
                        help='where the coupling networks of a flow compute (default: float32; '
                             'bfloat16 on CPUs with AVX-512 BF16 / AMX and on GPUs)')
+    train.add_argument('--coupling-scale', choices=COUPLING_SCALES, default=None,
+                       help="--model glow: how the flow steps bound their scales (default: "
+                            "symmetric; contracting: Glow's sigmoid, the image-to-latent pass "
+                            "only shrinks, as the likelihood ratio's Glow backgrounds need)")
     train.add_argument('--strategy', default='default',
                        choices=('default', 'mirrored', 'multi_worker'),
                        help='tf.distribute strategy (multi_worker reads TF_CONFIG)')
@@ -205,6 +209,12 @@ def _train(args) -> int:
     if args.config not in config_names(args.model):
         raise CommandError(f'--model {args.model} has no size {args.config!r}; it has '
                            f'{", ".join(config_names(args.model))}.')
+    overrides = {}
+    if args.coupling_scale is not None:
+        if args.model != 'glow':
+            raise CommandError(f'--coupling-scale is for --model glow (affine couplings); '
+                               f'got --model {args.model}.')
+        overrides['coupling_scale'] = args.coupling_scale
     config = _from_flags(train.TrainConfig, args)
     import tensorflow as tf
     latest = tf.train.latest_checkpoint(os.path.join(args.workdir, 'checkpoints'))
@@ -214,7 +224,7 @@ def _train(args) -> int:
         args.model, args.config, args.dataset, args.split, args.workdir, config,
         eval_specs=args.eval_sets, data_dir=args.data_dir, source=args.source,
         download=args.download, strategy=_strategy(args.strategy), progress=args.progress,
-        precision=args.precision)
+        precision=args.precision, model_overrides=overrides)
     last = result.history[-1] if result.history else {}
     print(f'{result.stop_reason} at step {result.step} after {result.wall_time:.0f} s; '
           f'last evaluation: {last}')

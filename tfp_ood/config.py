@@ -23,6 +23,8 @@ __all__ = ['COUPLINGS', 'GLOW_CONFIG_NAMES', 'GlowConfig', 'LIKELIHOODS', 'MODEL
            'VAE_CONFIG_NAMES', 'VAEConfig', 'config_names', 'named_config', 'spec_of_family']
 
 COUPLINGS = ('affine', 'additive')
+# How affine flow steps bound their scales (`tfp_ood.bijectors.Coupling`).
+COUPLING_SCALES = ('symmetric', 'contracting')
 LIKELIHOODS = ('categorical', 'logistic')
 
 
@@ -65,6 +67,12 @@ class GlowConfig(_Config):
       coupling: `'affine'` (Glow) or `'additive'` (CV-Glow: additive couplings
         and additive split priors, so the volume term is constant).
       seed: seed of the initial weights (1x1 rotations, network kernels).
+      coupling_scale: how the affine flow steps bound their scales
+        (`tfp_ood.bijectors.Coupling`): `'symmetric'` (stretch or shrink by
+        up to `e^3`) or `'contracting'` (Glow's `sigmoid(raw + 2)`: the
+        image-to-latent pass only shrinks; what the Glow background models of
+        the likelihood ratio use, whose perturbed training images otherwise
+        drive some latents to overflow). The split priors are unaffected.
     """
 
     image_shape: Tuple[int, int, int] = (32, 32, 3)
@@ -73,10 +81,14 @@ class GlowConfig(_Config):
     hidden_channels: int = 400
     coupling: str = 'affine'
     seed: int = 0
+    coupling_scale: str = 'symmetric'
 
     def __post_init__(self):
         self._normalise_image_shape()
         self._check_at_least(1, 'num_levels', 'num_steps_per_level', 'hidden_channels')
+        if self.coupling_scale not in COUPLING_SCALES:
+            raise ValueError(f'coupling_scale must be one of {COUPLING_SCALES}; got '
+                             f'{self.coupling_scale!r}.')
         factor = 2 ** self.num_levels
         height, width, _ = self.image_shape
         if height % factor or width % factor:
@@ -305,3 +317,17 @@ def spec_of_family(family: str) -> ModelSpec:
             return spec
     raise ValueError(f'Unknown model family {family!r}; expected one of '
                      f'{sorted({s.family for s in MODELS.values()})}.')
+
+
+def complete_model_config(model_config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A saved `get_config()` with every field of its configuration class.
+
+    Configurations saved before a field existed were built with its default;
+    filling it in lets a run or an export of that time compare equal to the
+    model the current code builds from it.
+    """
+    model_config = dict(model_config)
+    family = model_config.pop('family', None)
+    spec = spec_of_family(family)
+    config = spec.config_class.from_dict(dict(model_config, **spec.fixed))
+    return dict(family=family, **config.to_dict())

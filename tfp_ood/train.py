@@ -53,6 +53,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from tfp_ood import data, models
+from tfp_ood.config import complete_model_config
 from tfp_ood.data import perturb
 from tfp_ood.evaluate import score
 from tfp_ood.models.base import DensityModel, check_images
@@ -184,9 +185,17 @@ def load_run_config(workdir: str) -> Optional[Dict[str, Any]]:
     return RunDirectory(workdir).read_config()
 
 
+def _complete(model_config: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """`config.complete_model_config`, or the value itself if it is not a model's."""
+    try:
+        return complete_model_config(model_config)
+    except (TypeError, ValueError):
+        return model_config
+
+
 def _check_same_run(saved: Dict[str, Any], current: Dict[str, Any], workdir: str) -> None:
     problems = []
-    if saved.get('model') != current['model']:
+    if _complete(saved.get('model')) != _complete(current['model']):
         problems.append(f'model {saved.get("model")} != {current["model"]}')
     # Runs written before a field existed ran with its default.
     defaults = dataclasses.asdict(TrainConfig())
@@ -526,7 +535,7 @@ def restore_latest(model: DensityModel, workdir: str) -> int:
     saved = load_run_config(workdir)
     if saved is None:
         raise FileNotFoundError(f'{workdir} is not a training run: no config.json.')
-    if saved['model'] != model.get_config():
+    if _complete(saved['model']) != _complete(model.get_config()):
         raise ConfigMismatchError(f'The checkpoint in {workdir} is of model '
                                   f'{saved["model"]}, not {model.get_config()}.')
     step = tf.Variable(0, dtype=tf.int64)
@@ -966,7 +975,9 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
                      data_dir: Optional[str] = None, source: str = 'auto',
                      download: bool = False, strategy: Optional[tf.distribute.Strategy] = None,
                      progress: bool = True,
-                     precision: str = 'float32') -> Tuple[DensityModel, TrainResult]:
+                     precision: str = 'float32',
+                     model_overrides: Optional[Dict[str, Any]] = None
+                     ) -> Tuple[DensityModel, TrainResult]:
     """Builds a named model for a registry dataset and trains it with `fit`.
 
     What `tfp-ood train` and the examples' `--retrain` run.
@@ -984,6 +995,8 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
       strategy: a `tf.distribute.Strategy`.
       precision: where a flow's coupling networks compute (`'float32'` or
         `'bfloat16'`; see `tfp_ood.bijectors.glow`).
+      model_overrides: fields of the model configuration that differ from the
+        named size's, e.g. `{'coupling_scale': 'contracting'}`.
 
     Returns:
       The trained model and the `TrainResult`.
@@ -1004,7 +1017,7 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = models.named_model(family, config_name, spec.image_shape, seed=config.seed,
-                                   precision=precision)
+                                   precision=precision, **(model_overrides or {}))
     result = fit(model, train_images, config, workdir, eval_sets=eval_sets, strategy=strategy,
                  progress=progress, data_info={'dataset': dataset, 'split': split,
                                                'num_images': int(len(train_images))})

@@ -1,5 +1,7 @@
 """Tests of Glow and CV-Glow as bijector chains."""
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -44,13 +46,25 @@ class GlowTest(tf.test.TestCase, parameterized.TestCase):
         bijector_checks.perturb_variables(flow, 0.05)
         bijector_checks.assert_bijective_and_finite(self, flow, _images(shape), atol=1e-3)
 
-    @parameterized.named_parameters(('Glow', 'affine'), ('CVGlow', 'additive'))
-    def test_log_det_matches_autodiff_jacobian(self, coupling):
-        flow = glow(_config((4, 4, 3), coupling, steps=2))
+    @parameterized.named_parameters(('Glow', 'affine', 'symmetric'),
+                                    ('GlowContracting', 'affine', 'contracting'),
+                                    ('CVGlow', 'additive', 'symmetric'))
+    def test_log_det_matches_autodiff_jacobian(self, coupling, scale):
+        flow = glow(dataclasses.replace(_config((4, 4, 3), coupling, steps=2),
+                                        coupling_scale=scale))
         y = _images((4, 4, 3), n=3)
         inverse_and_log_det_terms(flow, y, data_init=True)  # Non-trivial ActNorms.
         bijector_checks.perturb_variables(flow, 0.1, seed=1)
         bijector_checks.assert_log_det_matches_jacobian(self, flow, y)
+
+    def test_contracting_scale_is_for_the_flow_steps_only(self):
+        flow = glow(dataclasses.replace(_config((16, 16, 3)), coupling_scale='contracting'))
+        couplings = [b for b in _leaves(flow) if isinstance(b, Coupling)]
+        self.assertEqual({b.scale for b in couplings if b.log_det_term == 'volume'},
+                         {'contracting'})
+        # A split prior's log-scale is a log standard deviation.
+        self.assertEqual({b.scale for b in couplings if b.log_det_term == 'distribution'},
+                         {'symmetric'})
 
     def test_structure(self):
         config = _config((16, 16, 3), levels=3, steps=2)

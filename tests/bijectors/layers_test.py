@@ -16,11 +16,11 @@ def _random(shape, seed=0):
     return tf.constant(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
 
 
-def _coupling(affine=True, hidden=8, shape=SHAPE, term=VOLUME):
+def _coupling(affine=True, hidden=8, shape=SHAPE, term=VOLUME, scale='symmetric'):
     half = shape[-1] // 2
     network = coupling_network_fn(hidden)((shape[0], shape[1], half),
                                           (2 if affine else 1) * (shape[-1] - half), 3)
-    return Coupling(shape, network, log_det_term=term)
+    return Coupling(shape, network, log_det_term=term, scale=scale)
 
 
 def _bijectors():
@@ -31,6 +31,7 @@ def _bijectors():
         'act_norm': act_norm,
         'conv1x1': InvertibleConv1x1(SHAPE, seed=1),
         'coupling_affine': _coupling(True),
+        'coupling_contracting': _coupling(True, scale='contracting'),
         'coupling_additive': _coupling(False),
         'apply_to_channels': ApplyToChannels(inner, SHAPE, 2),
     }
@@ -41,6 +42,7 @@ class LayersTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.named_parameters(
         ('ActNorm', 'act_norm'), ('Conv1x1', 'conv1x1'),
         ('AffineCoupling', 'coupling_affine'), ('AdditiveCoupling', 'coupling_additive'),
+        ('ContractingCoupling', 'coupling_contracting'),
         ('ApplyToChannels', 'apply_to_channels'))
     def test_bijective_and_log_det(self, key):
         bijector = _bijectors()[key]
@@ -86,6 +88,29 @@ class LayersTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(float(squeeze.inverse_log_det_jacobian(y, event_ndims=3)), 0.)
         self.assertEqual(squeeze.forward_event_shape([2, 3, 12]), [4, 6, 3])
 
+    def test_contracting_scale_only_shrinks_from_image_to_latent(self):
+        # Whatever the network outputs, the transformed half of the latent is at
+        # most as far from the shifted input as the input is (the symmetric
+        # scale may stretch it by up to e^3), and the log-determinant is <= 0.
+        symmetric, contracting = _coupling(), _coupling(scale='contracting')
+        bijector_checks.perturb_variables(symmetric, 3., seed=4)  # Large raw scales.
+        contracting.network.set_weights(symmetric.network.get_weights())
+        y = _random((8,) + SHAPE, 6) * 5.
+        half = SHAPE[-1] // 2
+        for bijector, may_stretch in ((symmetric, True), (contracting, False)):
+            shift, log_scale = bijector._shift_and_log_scale(y[..., :half])
+            x, ildj = bijector.inverse_and_log_det(y)
+            ratio = tf.abs(x[..., half:]) / (tf.abs(y[..., half:] - shift) + 1e-12)
+            if may_stretch:
+                self.assertGreater(float(tf.reduce_max(ratio)), 1.5)
+            else:
+                self.assertLessEqual(float(tf.reduce_max(ratio)), 1. + 1e-6)
+                self.assertAllLessEqual(ildj, 0.)
+        # With a zero network (the zero-initialised last layer) it scales by sigmoid(2).
+        zero = _coupling(scale='contracting')
+        x, _ = zero.inverse_and_log_det(y)
+        self.assertAllClose(x[..., half:], y[..., half:] * tf.sigmoid(2.), rtol=1e-5)
+
     def test_additive_coupling_is_constant_volume(self):
         coupling = _coupling(affine=False)
         self.assertTrue(coupling.is_constant_jacobian)
@@ -112,6 +137,8 @@ class LayersTest(tf.test.TestCase, parameterized.TestCase):
         network = exit_network_fn()((4, 4, 2), 3, 0)
         with self.assertRaisesRegex(ValueError, r'must output 2 \(additive\) or 4 \(affine\)'):
             Coupling(SHAPE, network)
+        with self.assertRaisesRegex(ValueError, 'scale must be one of'):
+            _coupling(scale='bounded')
         with self.assertRaisesRegex(ValueError, 'log_det_term'):
             _coupling(term='bogus')
 

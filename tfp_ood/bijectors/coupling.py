@@ -26,13 +26,19 @@ from typing import Sequence
 import tensorflow as tf
 
 from tfp_ood.bijectors.layers import DISTRIBUTION, VOLUME, ImageBijector
+from tfp_ood.config import COUPLING_SCALES
 
-__all__ = ['Coupling', 'MAX_LOG_SCALE']
+__all__ = ['Coupling', 'MAX_LOG_SCALE', 'SCALES']
 
 # Log-scales are soft-clamped to (-MAX_LOG_SCALE, MAX_LOG_SCALE) with tanh,
 # which is the identity near zero (so a zero-initialised network gives an
 # identity flow) and keeps one bad step from producing an overflow.
 MAX_LOG_SCALE = 3.0
+# How an affine coupling's raw network output becomes its log-scale:
+# 'symmetric': MAX_LOG_SCALE * tanh(raw / MAX_LOG_SCALE), either way;
+# 'contracting': the image-to-latent pass multiplies by sigmoid(raw + 2)
+#   (Kingma & Dhariwal's Glow), so it can only shrink.
+SCALES = COUPLING_SCALES
 
 
 class Coupling(ImageBijector):
@@ -47,11 +53,22 @@ class Coupling(ImageBijector):
       log_det_term: `'volume'` for a flow step, `'distribution'` for a split
         prior.
         Default value: `'volume'`.
+      scale: how an affine coupling's log-scale is bounded. `'symmetric'`:
+        `log_scale = 3 tanh(raw / 3)`, so each step may stretch or shrink by
+        up to `e^3` (the identity at a zero-initialised network).
+        `'contracting'`: the image-to-latent pass multiplies by
+        `sigmoid(raw + 2)` as in Kingma & Dhariwal's Glow, i.e. `log_scale =
+        softplus(-(raw + 2)) >= 0`: it can only shrink, so a chain of steps
+        cannot amplify an unusual input step after step until its latent
+        overflows (the "exploding inverse" of Behrmann et al., 2021, which
+        stopped the FashionMNIST Glow's background training).
+        Default value: `'symmetric'`.
       name: name of the bijector.
     """
 
     def __init__(self, event_shape: Sequence[int], network,
-                 log_det_term: str = VOLUME, name: str = 'coupling'):
+                 log_det_term: str = VOLUME, scale: str = 'symmetric',
+                 name: str = 'coupling'):
         parameters = dict(locals())
         height, width, channels = (int(d) for d in event_shape)
         if channels < 2:
@@ -60,6 +77,8 @@ class Coupling(ImageBijector):
         if log_det_term not in (VOLUME, DISTRIBUTION):
             raise ValueError(f'Coupling: log_det_term must be {VOLUME!r} or '
                              f'{DISTRIBUTION!r}; got {log_det_term!r}.')
+        if scale not in SCALES:
+            raise ValueError(f'Coupling: scale must be one of {SCALES}; got {scale!r}.')
         self._num_conditioning = channels // 2
         num_transformed = channels - self._num_conditioning
         expected_in = (height, width, self._num_conditioning)
@@ -79,6 +98,7 @@ class Coupling(ImageBijector):
                 f'outputs {out_channels}.')
         self.network = network
         self.log_det_term = log_det_term
+        self.scale = scale
         super().__init__(event_shape, event_shape,
                          is_constant_jacobian=not self._affine,
                          parameters=parameters, name=name)
@@ -94,6 +114,8 @@ class Coupling(ImageBijector):
         if not self._affine:
             return h, None
         shift, raw = tf.split(h, 2, axis=-1)
+        if self.scale == 'contracting':
+            return shift, tf.nn.softplus(-(raw + 2.))
         return shift, MAX_LOG_SCALE * tf.tanh(raw / MAX_LOG_SCALE)
 
     def _forward_4d(self, x):

@@ -234,7 +234,8 @@ def glow(config: GlowConfig,
 
     Args:
       config: the architecture; `config.coupling` chooses affine (Glow) or
-        additive (CV-Glow) couplings and split priors.
+        additive (CV-Glow) couplings and split priors, `config.coupling_scale`
+        how the affine flow steps bound their scales.
       coupling_fn: network factory for the couplings.
         Default value: `coupling_network_fn(config.hidden_channels, precision)`.
       exit_fn: network factory for the split priors.
@@ -260,7 +261,9 @@ def glow(config: GlowConfig,
         conditioning = shape[-1] // 2
         network = network_fn((shape[0], shape[1], conditioning),
                              width * (shape[-1] - conditioning), next(seeds))
-        return Coupling(shape, network, log_det_term=log_det_term, name=name)
+        # The split priors' log-scale is a log standard deviation: always symmetric.
+        scale = config.coupling_scale if log_det_term == VOLUME else 'symmetric'
+        return Coupling(shape, network, log_det_term=log_det_term, scale=scale, name=name)
 
     def level(event_shape, index):
         squeeze = Squeeze(event_shape, name=f'level{index}_squeeze')

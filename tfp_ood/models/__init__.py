@@ -33,13 +33,15 @@ def build(config, precision: str = 'float32') -> DensityModel:
 
 
 def named_model(model: str, config_name: str, image_shape: Sequence[int],
-                seed: int = 0, precision: str = 'float32') -> DensityModel:
+                seed: int = 0, precision: str = 'float32', **overrides) -> DensityModel:
     """A model by name (`tfp_ood.config.MODEL_NAMES`) and named size ('paper', 'cpu', ...).
 
     `'vae'` is the conv-categorical VAE and `'vae_rnvp'` the VAE with a
-    RealNVP encoder.
+    RealNVP encoder. `overrides` set other fields of the configuration (e.g.
+    `coupling_scale='contracting'` for a Glow).
     """
-    overrides = {} if model == 'pixelcnn' else {'seed': seed}
+    if model != 'pixelcnn':
+        overrides = dict(overrides, seed=seed)
     return build(named_config(model, config_name, image_shape, **overrides), precision)
 
 
