@@ -165,7 +165,7 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
 
     names = [n for n in detectors.DETECTOR_NAMES if n != 'typicality'
              and (n != 'likelihood_ratio' or background is not None)
-             and (n != 'density_of_states_levels' or is_flow)]
+             and (not n.startswith('density_of_states_levels') or is_flow)]
     single = {n: detectors.named(n, model, background) for n in names}
     if len(members) >= 2:
         single['waic'] = detectors.WAIC(members)
@@ -224,8 +224,9 @@ SUMMARY_COLUMNS = (('glow_cifar10', 'cifar10', 'svhn_cropped'),
                    ('glow_fashion_mnist', 'fashion_mnist', 'mnist'),
                    ('glow_svhn', 'svhn_cropped', 'cifar10'))
 SUMMARY_ROWS = (('raw_likelihood', 1), ('likelihood_ratio', 1), ('input_complexity', 1),
-                ('typicality', 1), ('typicality', 25), ('waic', 1), ('density_of_states', 1),
-                ('density_of_states_terms', 1), ('density_of_states_levels', 1))
+                ('input_complexity_jpeg2000', 1), ('typicality', 1), ('typicality', 25),
+                ('waic', 1), ('density_of_states', 1), ('density_of_states_terms', 1),
+                ('density_of_states_levels', 1), ('density_of_states_levels_png_jpeg2000', 1))
 
 
 def summary_table(rows: list) -> str:

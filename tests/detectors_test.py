@@ -170,6 +170,22 @@ class DetectorMetricsTest(tf.test.TestCase):
         scores = dos.score(_images(8, shape=(8, 8, 3), seed=1))
         self.assertEqual(scores.ood_score.shape, (8,))
         self.assertTrue(np.all(np.isfinite(scores.ood_score)))
+        # Several codecs: one statistic each, the lengths the codecs give.
+        both = detectors.named('density_of_states_levels_png_jpeg2000', model).fit(train)
+        self.assertEqual(both.statistic_names,
+                         ('level0_log_pz', 'level0_log_det', 'level1_log_pz', 'level1_log_det',
+                          'png_bits', 'jpeg2000_bits'))
+        test = _images(8, shape=(8, 8, 3), seed=1)
+        components = both.score(test).components
+        for codec in ('png', 'jpeg2000'):
+            self.assertAllEqual(components[f'{codec}_bits'], detectors.compressed_bits(test, codec))
+        with self.assertRaisesRegex(ValueError, 'Only the png codec'):
+            both.graph_score([model.score_batch(tf.constant(test))], tf.constant(test))
+        with self.assertRaisesRegex(ValueError, "Unknown codec 'gif'"):
+            detectors.DensityOfStates(model, ('log_pz',), codec=('png', 'gif'))
+        jpeg2000 = detectors.named('input_complexity_jpeg2000', model).score(test)
+        self.assertAllClose(jpeg2000.components['compressed_bits'],
+                            detectors.compressed_bits(test, 'jpeg2000'))
 
     def test_bad_images_are_clear_errors(self):
         raw = detectors.RawLikelihood(_Gaussian(0, 1))

@@ -465,8 +465,9 @@ class DensityOfStates(Detector):
       model: the density model.
       statistics: which of the model's per-image terms to use (e.g.
         `('log_pz', 'log_det')` for a flow, `('log_prob',)` for any model).
-      codec: also use the compressed length in bits (`compressed_bits`), or
-        `None`.
+      codec: also use the compressed length in bits (`compressed_bits`) by
+        this codec (statistic `compressed_bits`), or by each of several codecs
+        (statistics `<codec>_bits`), or `None`.
       bandwidth: the kernel bandwidth in standardised units (`None`: Scott's
         rule, `n ** (-1 / (d + 4))`).
       max_fit_images: at most this many training images are kept in the KDE.
@@ -475,20 +476,29 @@ class DensityOfStates(Detector):
     name = 'density_of_states'
 
     def __init__(self, model: DensityModel, statistics: Sequence[str] = ('log_prob',),
-                 codec: Optional[str] = None, bandwidth: Optional[float] = None,
-                 max_fit_images: int = 10000):
-        if not statistics and codec is None:
+                 codec: Union[None, str, Sequence[str]] = None,
+                 bandwidth: Optional[float] = None, max_fit_images: int = 10000):
+        codecs = () if codec is None else (codec,) if isinstance(codec, str) else tuple(codec)
+        if not statistics and not codecs:
             raise ValueError('DensityOfStates needs at least one statistic.')
-        if codec is not None and codec not in CODECS:
-            raise ValueError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
-        self.models, self.statistics, self.codec = (model,), tuple(statistics), codec
+        for name in codecs:
+            if name not in CODECS:
+                raise ValueError(f'Unknown codec {name!r}; expected one of {sorted(CODECS)}.')
+        self.models, self.statistics, self.codecs = (model,), tuple(statistics), codecs
         self.bandwidth, self.max_fit_images = bandwidth, max_fit_images
         self._kde = None
         self._mean = self._scale = None
 
     @property
+    def _codec_statistics(self) -> Dict[str, str]:
+        """Statistic name -> codec: `compressed_bits` for one, `<codec>_bits` for several."""
+        if len(self.codecs) == 1:
+            return {'compressed_bits': self.codecs[0]}
+        return {f'{codec}_bits': codec for codec in self.codecs}
+
+    @property
     def statistic_names(self):
-        return self.statistics + (('compressed_bits',) if self.codec else ())
+        return self.statistics + tuple(self._codec_statistics)
 
     def _statistics(self, terms: Terms, images: Images, what: str):
         images = _as_array(images, self.models[0].image_shape, what)
@@ -496,8 +506,8 @@ class DensityOfStates(Detector):
         if missing:
             raise ValueError(f'DensityOfStates: the model has no {missing}; it reports '
                              f'{sorted(terms)}.')
-        if self.codec:
-            terms = dict(terms, compressed_bits=compressed_bits(images, self.codec))
+        terms = dict(terms, **{name: compressed_bits(images, codec)
+                               for name, codec in self._codec_statistics.items()})
         values = np.stack([terms[s].astype(np.float64) for s in self.statistic_names], axis=1)
         return values, terms
 
@@ -554,8 +564,8 @@ class DensityOfStates(Detector):
         if self._kde is None:
             raise ValueError('DensityOfStates: call fit(train_images) before exporting.')
         columns = {k: _f64(terms[0][k]) for k in self.statistics}
-        if self.codec:
-            columns['compressed_bits'] = graph_compressed_bits(images, self.codec)
+        for name, codec in self._codec_statistics.items():
+            columns[name] = graph_compressed_bits(images, codec)
         values = tf.stack([columns[k] for k in self.statistic_names], axis=1)
         standardised = (values - self._mean) / self._scale
         train = tf.constant((self._values - self._mean) / self._scale, tf.float64)
@@ -569,8 +579,10 @@ class DensityOfStates(Detector):
 
 
 #: The detectors `named` builds, for a model (and a background model).
-DETECTOR_NAMES = ('raw_likelihood', 'likelihood_ratio', 'input_complexity', 'typicality',
-                  'density_of_states', 'density_of_states_terms', 'density_of_states_levels')
+DETECTOR_NAMES = ('raw_likelihood', 'likelihood_ratio', 'input_complexity',
+                  'input_complexity_jpeg2000', 'typicality', 'density_of_states',
+                  'density_of_states_terms', 'density_of_states_levels',
+                  'density_of_states_levels_png_jpeg2000')
 
 
 def _is_flow(model: DensityModel) -> bool:
@@ -583,9 +595,12 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
 
     `density_of_states` uses the published statistics (the log-likelihood
     and, for a flow, its two terms); ours are `density_of_states_terms` (a
-    flow's two terms and the PNG length) and `density_of_states_levels`
-    (every level's two terms and the PNG length; flows only).
-    `likelihood_ratio` needs `background`.
+    flow's two terms and the PNG length), `density_of_states_levels` (every
+    level's two terms and the PNG length; flows only) and
+    `density_of_states_levels_png_jpeg2000` (also the JPEG 2000 length; not
+    exportable as a SavedModel: JPEG 2000 has no TensorFlow op).
+    `input_complexity` compresses with PNG, `input_complexity_jpeg2000` with
+    lossless JPEG 2000. `likelihood_ratio` needs `background`.
     """
     flow = _is_flow(model)
     if name == 'raw_likelihood':
@@ -596,6 +611,8 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
         return LikelihoodRatio(model, background)
     if name == 'input_complexity':
         return InputComplexity(model, codec='png')
+    if name == 'input_complexity_jpeg2000':
+        return InputComplexity(model, codec='jpeg2000')
     if name == 'typicality':
         return Typicality(model, batch_size=1)
     if name == 'density_of_states':
@@ -604,11 +621,12 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     if name == 'density_of_states_terms':
         return DensityOfStates(model, ('log_pz', 'log_det') if flow else ('log_prob',),
                                codec='png')
-    if name == 'density_of_states_levels':
+    if name in ('density_of_states_levels', 'density_of_states_levels_png_jpeg2000'):
         levels = [t for t in getattr(model, 'term_names', ()) if t.startswith('level')]
         if not levels:
-            raise ValueError('density_of_states_levels needs a flow with per-level terms.')
-        return DensityOfStates(model, levels, codec='png')
+            raise ValueError(f'{name} needs a flow with per-level terms.')
+        return DensityOfStates(model, levels, codec='png' if name == 'density_of_states_levels'
+                               else ('png', 'jpeg2000'))
     raise ValueError(f'Unknown detector {name!r}; expected one of {DETECTOR_NAMES}.')
 
 
