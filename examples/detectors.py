@@ -9,7 +9,8 @@ and the reverse pair, SVHN held out against CIFAR-10 test. Writes to --out
 and FPR at 95% TPR per row, with the published AUROC beside ours where there
 is one), `summary.md` (the AUROCs on the paper's pairs in one table) and
 `detectors.png` (the OOD scores of the in- and first out-of-distribution set
-per detector and model).
+per detector and model) and `statistics.md` (which statistics carry our
+density of states' detection: the AUROC of each alone and of all but it).
 
     python examples/detectors.py                   # embedded samples
     python examples/detectors.py --data-dir DATA   # full test sets
@@ -134,7 +135,8 @@ def _row(detector: str, model: str, family: str, in_name: str, out_name: str, m:
             'num_in': metrics['num_in'], 'num_out': metrics['num_out']}
 
 
-def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures: dict):
+def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures: dict,
+                   ablations: list):
     path = os.path.join(args.models_dir, experiment.model)
     if not os.path.isdir(path):
         print(f'{experiment.model}: not in {args.models_dir}; skipped')
@@ -199,6 +201,10 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
                            description=f'{d}; {in_name} is the positive class')
             if out_name == experiment.out_sets[0]:
                 figures[(d, experiment.model)] = (in_name, in_scores[d], out_name, out_scores)
+                if d == ABLATED:
+                    ablations.extend(dict(row, detector=d, model=experiment.model,
+                                          **{'in': in_name, 'out': out_name})
+                                     for row in det.ablation(in_scores[d], out_scores))
         for m, det in typicality.items():
             in_batches, out_batches = (scores_of(det, n, x) for n, x in
                                        (('in', in_images), (out_name, out_images)))
@@ -216,6 +222,21 @@ def _format(value) -> str:
     if isinstance(value, list):
         return f'{value[0]:.3f}-{value[1]:.3f}'
     return f'{value:.3f}' if isinstance(value, float) else str(value)
+
+
+# The density of states whose statistics are ablated ("which statistics carry
+# the detection"), on each flow's first out-of-distribution set.
+ABLATED = 'density_of_states_levels_png_jpeg2000'
+
+
+def ablation_table(ablations: list) -> str:
+    lines = ['| model | in -> out | statistic | AUROC alone | AUROC without it | AUROC all |',
+             '|---|---|---|---:|---:|---:|']
+    for r in ablations:
+        lines.append(f'| {r["model"]} | {r["in"]} -> {r["out"]} | {r["statistic"]} | '
+                     f'{r["auroc_alone"]:.3f} | {_format(r["auroc_without"])} | '
+                     f'{r["auroc_all"]:.3f} |')
+    return '\n'.join(lines) + '\n'
 
 
 # The short table: single images (and typicality at M = 25) on the paper's pairs.
@@ -251,10 +272,13 @@ def summary_table(rows: list) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write(rows: list, figures: dict, out: str, note: str) -> None:
+def write(rows: list, figures: dict, out: str, note: str, ablations: list = ()) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'detectors.json'), 'w') as f:
-        json.dump({'note': note, 'rows': rows}, f, indent=2)
+        json.dump({'note': note, 'rows': rows, 'ablation': list(ablations)}, f, indent=2)
+    if ablations:
+        with open(os.path.join(out, 'statistics.md'), 'w') as f:
+            f.write(ablation_table(ablations))
     with open(os.path.join(out, 'detectors.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -292,21 +316,24 @@ def main(argv=None):
     args = p.parse_args(argv)
     source = common.Source(args)
     sets = Sets(source, args.num_fit_images, args.num_synthetic)
-    rows, figures = [], {}
+    rows, figures, ablations = [], {}, []
     shutil.rmtree(os.path.join(args.out, 'tensorboard'), ignore_errors=True)  # This run's own.
     for experiment in experiments(source):
         if args.models and experiment.model not in args.models:
             continue
-        run_experiment(args, experiment, sets, rows, figures)
+        run_experiment(args, experiment, sets, rows, figures, ablations)
     if not rows:
         raise ValueError('No model to score: none of the shipped models is in --models-dir.')
     note = source.note() + (' The fitted detectors fit on the first half of each '
                             'in-distribution sample and score the second.'
                             if source.samples else '')
-    write(rows, figures, args.out, note.strip())
+    write(rows, figures, args.out, note.strip(), ablations)
     print('AUROC of each detector (higher is better; 0.5 is chance), the published figure '
           'in parentheses; every row is in detectors.md:\n')
     print(summary_table(rows))
+    if ablations:
+        print(f'Which statistics carry the detection ({ABLATED}):\n')
+        print(ablation_table(ablations))
     if note.strip():
         print(note.strip())
     print(f'Wrote {os.path.abspath(args.out)}')

@@ -262,8 +262,20 @@ class DetectorsExampleTest(tf.test.TestCase):
                    and r['out'] == 'svhn_cropped')
         self.assertEqual(raw['published_auroc'], 0.063)
         self.assertLess(raw['auroc'], 0.5)  # The paper's failure, on real images.
-        for name in ('detectors.csv', 'detectors.md', 'detectors.png'):
+        for name in ('detectors.csv', 'detectors.md', 'detectors.png', 'statistics.md'):
             self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        # Which statistics carry the detection: each of the ablated detector's,
+        # alone and left out, against the AUROC of all of them (its row's).
+        with open(os.path.join(out, 'detectors.json')) as f:
+            ablation = json.load(f)['ablation']
+        self.assertEqual([a['statistic'] for a in ablation],
+                         ['level0_log_pz', 'level0_log_det', 'level1_log_pz', 'level1_log_det',
+                          'level2_log_pz', 'level2_log_det', 'png_bits', 'jpeg2000_bits'])
+        full = next(r for r in rows if r['detector'] == 'density_of_states_levels_png_jpeg2000'
+                    and r['out'] == 'svhn_cropped')
+        for a in ablation:
+            self.assertAlmostEqual(a['auroc_all'], full['auroc'], places=6)
+            self.assertBetween(a['auroc_alone'], 0., 1.)
         from tensorboard.backend.event_processing import event_accumulator
         events = event_accumulator.EventAccumulator(
             os.path.join(out, 'tensorboard', 'glow_cifar10'))
