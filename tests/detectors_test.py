@@ -199,9 +199,6 @@ class DetectorMetricsTest(tf.test.TestCase):
                 detectors.WAIC([_Gaussian(0, 1), _Gaussian(1, 1)]).score(_images(4)))
 
 
-if __name__ == '__main__':
-    tf.test.main()
-
 
 class CalibrationTest(tf.test.TestCase):
 
@@ -302,3 +299,14 @@ class ExportedDetectorTest(tf.test.TestCase):
             self.assertAllEqual(outputs['is_ood'], expected.components['is_ood'], msg=name)
             with open(os.path.join(path, 'assets', 'tfp_ood.json')) as f:
                 self.assertEqual(json.load(f)['threshold'], fitted.calibration.threshold)
+        # JPEG 2000 has no TensorFlow op: refused before anything is traced or written.
+        for name in ('input_complexity_jpeg2000', 'density_of_states_levels_png_jpeg2000'):
+            fitted = detectors.fit_detector(name, [model_dir], train[:64], train[64:])
+            path = os.path.join(directory, f'detector_{name}')
+            with self.assertRaisesRegex(ValueError, 'jpeg2000, which has no TensorFlow op'):
+                fitted.export(path)
+            self.assertFalse(os.path.exists(path))
+
+
+if __name__ == '__main__':
+    tf.test.main()

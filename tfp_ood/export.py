@@ -202,6 +202,11 @@ def export_detector(detector, name: str, threshold: float, true_positive_rate: f
         metadata records.
       path: output directory; `overwrite` replaces a previous export only.
     """
+    codecs = set(getattr(detector, 'codecs', ())) | {getattr(detector, 'codec', 'png')}
+    if codecs - {'png'}:
+        raise ValueError(f'{name} compresses with {", ".join(sorted(codecs - {"png"}))}, which '
+                         f'has no TensorFlow op; only detectors whose codec is PNG export as '
+                         f'SavedModels (tfp-ood detect runs this one in Python).')
     if os.path.lexists(path):
         if not overwrite:
             raise FileExistsError(f'{path} already exists; pass overwrite=True (--overwrite) '
