@@ -152,8 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     config: GlowConfig = model.config
     flops = bench.glow_forward_flops(config) * args.batch
     peak = bench.matmul_peak_gflops(args.matmul_size, 3, tf.as_dtype(args.precision))
-    print(f'{args.precision} matmul peak: {peak:.0f} GFLOP/s; Glow {args.config} at batch {args.batch}: '
-          f'{flops / 1e9:.2f} GFLOP of convolutions per scoring call')
+    print(f'{args.precision} matmul peak: {peak:.0f} GFLOP/s; Glow {args.config} at batch '
+          f'{args.batch}: {flops / 1e9:.2f} GFLOP of convolutions per scoring call')
     runners = {'ours': bench.ours(model, args.batch)}
     if args.peer:
         runners['tfp'] = bench.tfp_peer(config, args.batch)

@@ -27,14 +27,13 @@ import sys
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402  (benchmarks/run.py: timing and the runners)
 
 from tfp_ood import data, evaluate, export, metrics  # noqa: E402
 from tfp_ood.bijectors.glow import coupling_network_fn, glow  # noqa: E402
-from tfp_ood.config import GlowConfig  # noqa: E402
+from tfp_ood.config import GlowConfig, config_from_saved  # noqa: E402
 from tfp_ood.models import FlowModel  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,13 +56,8 @@ def flow(config: GlowConfig, setting: str) -> FlowModel:
 
 def restored(model_dir: str, setting: str) -> FlowModel:
     """A shipped Glow's weights in a Glow computing as `setting` says."""
-    config = GlowConfig.from_dict(
-        {k: v for k, v in export.read_metadata(model_dir)['model'].items() if k != 'family'})
-    model = flow(config, setting)
-    status = tf.train.Checkpoint(**model.saved_objects()).read(
-        os.path.join(model_dir, 'variables', 'variables'))
-    status.expect_partial().assert_existing_objects_matched()
-    return model
+    config = config_from_saved(export.read_metadata(model_dir)['model'])
+    return export.read_variables(flow(config, setting), model_dir)
 
 
 def accuracy(model_dir: str, images: Dict[str, np.ndarray], progress: bool = False) -> Dict:
@@ -88,15 +82,7 @@ def accuracy(model_dir: str, images: Dict[str, np.ndarray], progress: bool = Fal
 
 def speed(config: GlowConfig, batch: int, repeats: int, min_seconds: float) -> Dict[str, float]:
     """Scoring speed of each setting over float32's, the same weights, run alternately."""
-    runners, weights = {}, None
-    for setting in SETTINGS:
-        model = flow(config, setting)
-        runners[setting] = bench.ours(model, batch)
-        if weights is None:
-            weights = [v.numpy() for v in model.variables]
-        else:
-            for v, w in zip(model.variables, weights):
-                v.assign(w)
+    runners = bench.same_weights({s: flow(config, s) for s in SETTINGS}, batch)
     seconds = bench.alternate({s: r.score for s, r in runners.items()}, repeats, min_seconds)
     return {s: seconds['float32'] / seconds[s] for s in SETTINGS}
 

@@ -580,20 +580,23 @@ def _headline(plan: Plan, log: Callable, result: Dict) -> None:
     result['measurements']['tfp_comparison'] = comparison
 
 
-def precision_pair(config: GlowConfig, batch: int) -> Dict[str, Runner]:
-    """Our Glow in float32 and with bfloat16 coupling networks, the same weights."""
-    runners = {}
-    weights = None
-    for precision in ('float32', 'bfloat16'):
-        model = models.FlowModel.from_config(config, precision=precision)
-        runner = ours(model, batch)
+def same_weights(flows: Dict[str, 'models.FlowModel'], batch: int) -> Dict[str, Runner]:
+    """`ours` of each flow (of one architecture), every flow given the first's weights."""
+    runners, weights = {}, None
+    for name, model in flows.items():
+        runners[name] = ours(model, batch)
         if weights is None:
             weights = [v.numpy() for v in model.variables]
         else:
             for v, w in zip(model.variables, weights):
                 v.assign(w)
-        runners[precision] = runner
     return runners
+
+
+def precision_pair(config: GlowConfig, batch: int) -> Dict[str, Runner]:
+    """Our Glow in float32 and with bfloat16 coupling networks, the same weights."""
+    return same_weights({p: models.FlowModel.from_config(config, precision=p)
+                         for p in ('float32', 'bfloat16')}, batch)
 
 
 def bf16_bpd_difference(log: Callable, limit: Optional[int] = None, model_dir: str = os.path.join(

@@ -43,7 +43,6 @@ class RegistryTest(tf.test.TestCase):
             self.assertEqual(rebuilt.get_config(), model.get_config())
             self.assertEqual(type(rebuilt), type(model))
 
-
     def test_a_configuration_saved_before_a_field_existed_is_completed_with_its_default(self):
         saved = models.named_model('glow', 'tiny', (16, 16, 3)).get_config()
         del saved['coupling_scale']

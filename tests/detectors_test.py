@@ -199,7 +199,6 @@ class DetectorMetricsTest(tf.test.TestCase):
                 detectors.WAIC([_Gaussian(0, 1), _Gaussian(1, 1)]).score(_images(4)))
 
 
-
 class CalibrationTest(tf.test.TestCase):
 
     def test_threshold_keeps_exactly_the_requested_fraction(self):

@@ -20,7 +20,8 @@ from typing import Any, Dict, Mapping, Sequence, Tuple, Type
 
 __all__ = ['COUPLINGS', 'GLOW_CONFIG_NAMES', 'GlowConfig', 'LIKELIHOODS', 'MODELS', 'MODEL_NAMES',
            'ModelSpec', 'PIXEL_CNN_CONFIG_NAMES', 'PixelCNNConfig', 'SIZE_NAMES',
-           'VAE_CONFIG_NAMES', 'VAEConfig', 'config_names', 'named_config', 'spec_of_family']
+           'VAE_CONFIG_NAMES', 'VAEConfig', 'complete_model_config', 'config_from_saved',
+           'config_names', 'named_config', 'spec_of_family']
 
 COUPLINGS = ('affine', 'additive')
 # How affine flow steps bound their scales (`tfp_ood.bijectors.Coupling`).
@@ -319,15 +320,20 @@ def spec_of_family(family: str) -> ModelSpec:
                      f'{sorted({s.family for s in MODELS.values()})}.')
 
 
-def complete_model_config(model_config: Mapping[str, Any]) -> Dict[str, Any]:
-    """A saved `get_config()` with every field of its configuration class.
+def config_from_saved(model_config: Mapping[str, Any]):
+    """The configuration a saved `get_config()` (`{'family': ..., ...}`) describes.
 
-    Configurations saved before a field existed were built with its default;
-    filling it in lets a run or an export of that time compare equal to the
-    model the current code builds from it.
+    Fields saved before they existed take their defaults; the fields the
+    family fixes (a CV-Glow's additive coupling) are set.
     """
     model_config = dict(model_config)
-    family = model_config.pop('family', None)
-    spec = spec_of_family(family)
-    config = spec.config_class.from_dict(dict(model_config, **spec.fixed))
-    return dict(family=family, **config.to_dict())
+    spec = spec_of_family(model_config.pop('family', None))
+    return spec.config_class.from_dict(dict(model_config, **spec.fixed))
+
+
+def complete_model_config(model_config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A saved `get_config()` with every field of its configuration class, so a
+    run or an export saved before a field existed compares equal to the model
+    the current code builds from it."""
+    return dict(family=model_config.get('family'),
+                **config_from_saved(model_config).to_dict())

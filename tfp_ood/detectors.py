@@ -126,6 +126,8 @@ class Detector(abc.ABC):
     name: str = 'detector'
     models: Sequence[DensityModel] = ()
     needs_fit: bool = False
+    # The lossless codecs the score compresses images with (only PNG runs in a graph).
+    codecs: Sequence[str] = ()
 
     def fit(self, images: Images) -> 'Detector':
         """Fits what the detector learns from in-distribution images; returns `self`."""
@@ -321,6 +323,7 @@ class InputComplexity(Detector):
         if codec not in CODECS:
             raise ValueError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
         self.models, self.codec, self.level = (model,), codec, level
+        self.codecs = (codec,)
 
     def score_terms(self, terms, images) -> DetectorScores:
         images = _as_array(images, self.models[0].image_shape, 'InputComplexity images')
@@ -451,6 +454,20 @@ class WAIC(Detector):
                               components)
 
 
+def _scott_bandwidth(num_points: int, num_dims: int) -> float:
+    """Scott's rule for standardised data, `n ** (-1 / (d + 4))`."""
+    return num_points ** (-1. / (num_dims + 4))
+
+
+def _kde_log_density(kde, standardised: np.ndarray) -> np.ndarray:
+    """`kde.score_samples` of each row; `-inf` where a statistic is not finite."""
+    finite = np.all(np.isfinite(standardised), axis=1)
+    log_density = np.full(len(standardised), -np.inf)
+    if finite.any():
+        log_density[finite] = kde.score_samples(standardised[finite])
+    return log_density
+
+
 class DensityOfStates(Detector):
     """Morningstar et al.'s density of states: a KDE of per-image statistics.
 
@@ -521,7 +538,7 @@ class DensityOfStates(Detector):
                              'statistics.')
         mean = values.mean(axis=0)
         scale = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.)
-        bandwidth = self.bandwidth or len(values) ** (-1. / (values.shape[1] + 4))
+        bandwidth = self.bandwidth or _scott_bandwidth(*values.shape)
         return self._set_kde(values, mean, scale, bandwidth)
 
     def _set_kde(self, values, mean, scale, bandwidth) -> 'DensityOfStates':
@@ -551,11 +568,7 @@ class DensityOfStates(Detector):
         if self._kde is None:
             raise ValueError('DensityOfStates: call fit(train_images) before scoring.')
         values, terms = self._statistics(terms[0], images, 'images')
-        finite = np.all(np.isfinite(values), axis=1)
-        log_density = np.full(len(values), -np.inf)
-        if finite.any():
-            log_density[finite] = self._kde.score_samples(
-                (values[finite] - self._mean) / self._scale)
+        log_density = _kde_log_density(self._kde, (values - self._mean) / self._scale)
         return DetectorScores(self.name, -log_density, dict(terms, log_density=log_density))
 
     def ablation(self, in_scores: DetectorScores, out_scores: DetectorScores) -> List[Dict]:
@@ -587,12 +600,10 @@ class DensityOfStates(Detector):
         in_values, out_values = values(in_scores), values(out_scores)
 
         def auroc(columns):
-            bandwidth = self.bandwidth or len(train) ** (-1. / (len(columns) + 4))
+            bandwidth = self.bandwidth or _scott_bandwidth(len(train), len(columns))
             kde = KernelDensity(bandwidth=bandwidth).fit(train[:, columns])
-            scores = [DetectorScores(self.name, -np.where(
-                np.all(np.isfinite(v[:, columns]), 1),
-                kde.score_samples(np.nan_to_num(v[:, columns], posinf=1e300, neginf=-1e300)),
-                -np.inf), {}) for v in (in_values, out_values)]
+            scores = [DetectorScores(self.name, -_kde_log_density(kde, v[:, columns]), {})
+                      for v in (in_values, out_values)]
             return detector_metrics(*scores)['auroc']
 
         everything = auroc(list(range(len(names))))

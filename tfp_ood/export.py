@@ -41,7 +41,7 @@ from tfp_ood import models
 from tfp_ood.models.base import DensityModel
 
 __all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'export_detector', 'exported_terms',
-           'load', 'read_metadata', 'restore']
+           'load', 'read_metadata', 'read_variables', 'restore']
 
 METADATA_FILE = 'tfp_ood.json'
 FORMAT = 'tfp_ood.saved_model/1'
@@ -202,10 +202,10 @@ def export_detector(detector, name: str, threshold: float, true_positive_rate: f
         metadata records.
       path: output directory; `overwrite` replaces a previous export only.
     """
-    codecs = set(getattr(detector, 'codecs', ())) | {getattr(detector, 'codec', 'png')}
-    if codecs - {'png'}:
-        raise ValueError(f'{name} compresses with {", ".join(sorted(codecs - {"png"}))}, which '
-                         f'has no TensorFlow op; only detectors whose codec is PNG export as '
+    not_in_graph = sorted(set(detector.codecs) - {'png'})
+    if not_in_graph:
+        raise ValueError(f'{name} compresses with {", ".join(not_in_graph)}, which has no '
+                         f'TensorFlow op; only detectors whose codec is PNG export as '
                          f'SavedModels (tfp-ood detect runs this one in Python).')
     if os.path.lexists(path):
         if not overwrite:
@@ -342,8 +342,17 @@ def restore(path: str, precision: Optional[str] = None) -> DensityModel:
         variables do not match the model its configuration describes.
     """
     metadata = read_metadata(path)
-    model = models.from_config(metadata['model'],
-                               precision or metadata.get('precision', 'float32'))
+    return read_variables(models.from_config(
+        metadata['model'], precision or metadata.get('precision', 'float32')), path)
+
+
+def read_variables(model: DensityModel, path: str) -> DensityModel:
+    """Reads the variables of the tfp_ood export at `path` into `model` (built
+    from its configuration, e.g. with other networks' precision); returns it.
+
+    Raises:
+      ValueError: the variables do not match the model.
+    """
     status = tf.train.Checkpoint(**model.saved_objects()).read(
         os.path.join(path, 'variables', 'variables'))
     try:

@@ -2,8 +2,8 @@
 
 from typing import Any, Dict, Sequence
 
-from tfp_ood.config import (MODEL_NAMES, GlowConfig, PixelCNNConfig, VAEConfig, named_config,
-                            spec_of_family)
+from tfp_ood.config import (MODEL_NAMES, GlowConfig, PixelCNNConfig, VAEConfig,
+                            config_from_saved, named_config)
 from tfp_ood.models.base import DensityModel, bits_per_dim, check_images, dequantize
 from tfp_ood.models.flow import FlowModel
 from tfp_ood.models.pixel_cnn import PixelCNNModel
@@ -47,6 +47,4 @@ def named_model(model: str, config_name: str, image_shape: Sequence[int],
 
 def from_config(config: Dict[str, Any], precision: str = 'float32') -> DensityModel:
     """Builds a model from `model.get_config()` output (`{'family': ..., ...}`)."""
-    config = dict(config)
-    spec = spec_of_family(config.pop('family', None))
-    return build(spec.config_class.from_dict(dict(config, **spec.fixed)), precision)
+    return build(config_from_saved(config), precision)
