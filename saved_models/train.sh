@@ -44,12 +44,16 @@ done
 $T train --model pixelcnn --config cpu --batch-size 32 --dataset cifar10 --split train \
   --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
   --workdir "$RUNS/pixelcnn_cifar10" --steps 3000 --data-dir "$DATA"
+# The FashionMNIST PixelCNN++: Ren et al.'s foreground for the likelihood ratio.
+$T train --model pixelcnn --config cpu --batch-size 32 --dataset fashion_mnist --split train \
+  --eval 'fashion_mnist:test[:2000]' --eval 'mnist:test[:2000]' \
+  --workdir "$RUNS/pixelcnn_fashion_mnist" --steps 3000 --data-dir "$DATA"
 $T train --model vae --config cpu --dataset cifar10 --split train \
   --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
   --workdir "$RUNS/vae_cifar10" --steps 4000 --num-eval-images 200 --data-dir "$DATA"
 
 for name in glow_cifar10 cvglow_cifar10 glow_svhn glow_fashion_mnist cvglow_fashion_mnist \
-            pixelcnn_cifar10 vae_cifar10; do
+            pixelcnn_cifar10 pixelcnn_fashion_mnist vae_cifar10; do
   $T export --workdir "$RUNS/$name" --output "saved_models/$name" --overwrite
   cp "$RUNS/$name/history.jsonl" "saved_models/${name}_history.jsonl"
 done

@@ -19,7 +19,7 @@ set -euo pipefail
 DATA=${1:?usage: bash saved_models/train_background.sh DATA_DIR [RUNS_DIR] [MODEL...]}
 RUNS=${2:-runs}
 shift $(( $# < 2 ? $# : 2 ))
-MODELS=${*:-glow_fashion_mnist glow_cifar10 pixelcnn_cifar10}
+MODELS=${*:-glow_fashion_mnist glow_cifar10 pixelcnn_cifar10 pixelcnn_fashion_mnist}
 T="python -m tfp_ood.cli"
 # The grid (each can be set in the environment, e.g. MUS="0.1" LAMBDAS=0).
 GRID_STEPS=${GRID_STEPS:-1500}
@@ -40,6 +40,7 @@ declare -A SPEC=(
   [glow_fashion_mnist]="glow fashion_mnist fashion_mnist:test[:2000] 5000 64 5e-4 10 --coupling-scale=contracting"
   [glow_cifar10]="glow cifar10 cifar10:test[:2000] 10000 64 5e-4 10 --coupling-scale=contracting"
   [pixelcnn_cifar10]="pixelcnn cifar10 cifar10:test[:2000] 3000 32 1e-3 50"
+  [pixelcnn_fashion_mnist]="pixelcnn fashion_mnist fashion_mnist:test[:2000] 3000 32 1e-3 50"
 )
 
 for model in $MODELS; do
