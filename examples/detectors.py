@@ -167,7 +167,7 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
 
     names = [n for n in detectors.DETECTOR_NAMES if n != 'typicality'
              and (n != 'likelihood_ratio' or background is not None)
-             and (not n.startswith('density_of_states_levels') or is_flow)]
+             and (n not in detectors.FLOW_DETECTOR_NAMES or is_flow)]
     single = {n: detectors.named(n, model, background) for n in names}
     if len(members) >= 2:
         single['waic'] = detectors.WAIC(members)
@@ -226,7 +226,7 @@ def _format(value) -> str:
 
 # The density of states whose statistics are ablated ("which statistics carry
 # the detection"), on each flow's first out-of-distribution set.
-ABLATED = 'density_of_states_levels_png_jpeg2000'
+ABLATED = 'density_of_states_gaussian'
 
 
 def ablation_table(ablations: list) -> str:
@@ -245,9 +245,10 @@ SUMMARY_COLUMNS = (('glow_cifar10', 'cifar10', 'svhn_cropped'),
                    ('glow_fashion_mnist', 'fashion_mnist', 'mnist'),
                    ('glow_svhn', 'svhn_cropped', 'cifar10'))
 SUMMARY_ROWS = (('raw_likelihood', 1), ('likelihood_ratio', 1), ('input_complexity', 1),
-                ('input_complexity_jpeg2000', 1), ('typicality', 1), ('typicality', 25),
-                ('waic', 1), ('density_of_states', 1), ('density_of_states_terms', 1),
-                ('density_of_states_levels', 1), ('density_of_states_levels_png_jpeg2000', 1))
+                ('input_complexity_jpeg2000', 1), ('input_complexity_jpegxl', 1),
+                ('typicality', 1), ('typicality', 25), ('waic', 1), ('density_of_states', 1),
+                ('density_of_states_terms', 1), ('density_of_states_levels', 1),
+                ('density_of_states_levels_png_jpeg2000', 1), ('density_of_states_gaussian', 1))
 
 
 def summary_table(rows: list) -> str:

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -88,6 +89,44 @@ class InputComplexityTest(tf.test.TestCase):
         self.assertLess(ours[-1], 0.1 * ours[0])  # A constant image compresses well.
         j2k = detectors.compressed_bits(images[:2], 'jpeg2000')
         self.assertAllGreater(j2k, 0)
+
+    def test_jpegxl_lengths_are_lossless_codes_at_the_chosen_effort(self):
+        import imagecodecs
+        rgb = _images(4, shape=(32, 32, 3))
+        gray = np.full((2, 28, 28, 1), 7, np.uint8)
+        gray[1, 5:20, 5:9] = 250
+        for images in (rgb, gray):
+            bits = detectors.compressed_bits(images, 'jpegxl')
+            for image, length in zip(images, bits):
+                pixels = image[..., 0] if image.shape[-1] == 1 else image
+                code = imagecodecs.jpegxl_encode(pixels, lossless=True, effort=9)
+                self.assertEqual(length, 8 * len(code))
+                self.assertAllEqual(imagecodecs.jpegxl_decode(code), pixels)  # Lossless.
+        self.assertLess(detectors.compressed_bits(gray[:1], 'jpegxl')[0],
+                        detectors.compressed_bits(gray[:1], 'png')[0])
+        fast = detectors.compressed_bits(rgb[:1], 'jpegxl', level=1)[0]
+        code = imagecodecs.jpegxl_encode(rgb[0], lossless=True, effort=1)
+        self.assertEqual(fast, 8 * len(code))
+
+    def test_lengths_are_remembered_by_content_codec_and_level(self):
+        calls = []
+
+        def encode(image, level):
+            calls.append(level)
+            return int(image.sum()) + level
+
+        images = _images(3)
+        with mock.patch.dict(detectors.CODECS, {'counting': (encode, 1)}):
+            first = detectors.compressed_bits(images, 'counting')
+            first[:] = -1  # The caller's copy; the remembered lengths are unchanged.
+            again = detectors.compressed_bits(images.copy(), 'counting')
+            self.assertEqual(len(calls), 3)
+            self.assertAllEqual(again, [int(i.sum()) + 1 for i in images])
+            detectors.compressed_bits(images, 'counting', level=2)
+            changed = images.copy()
+            changed[0, 0, 0, 0] ^= 1
+            detectors.compressed_bits(changed, 'counting')
+            self.assertEqual(len(calls), 9)
 
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, 'Unknown codec'):
@@ -183,9 +222,51 @@ class DetectorMetricsTest(tf.test.TestCase):
             both.graph_score([model.score_batch(tf.constant(test))], tf.constant(test))
         with self.assertRaisesRegex(ValueError, "Unknown codec 'gif'"):
             detectors.DensityOfStates(model, ('log_pz',), codec=('png', 'gif'))
-        jpeg2000 = detectors.named('input_complexity_jpeg2000', model).score(test)
-        self.assertAllClose(jpeg2000.components['compressed_bits'],
-                            detectors.compressed_bits(test, 'jpeg2000'))
+        ours = detectors.named('density_of_states_gaussian', model)
+        self.assertEqual((ours.estimator, ours.codecs), ('gaussian', ('png', 'jpeg2000', 'jpegxl')))
+        for codec in ('jpeg2000', 'jpegxl'):
+            scores = detectors.named(f'input_complexity_{codec}', model).score(test)
+            self.assertAllClose(scores.components['compressed_bits'],
+                                detectors.compressed_bits(test, codec))
+
+    def test_gaussian_estimator_is_the_multivariate_normal_of_the_standardised_statistics(self):
+        shape = (16, 16, 1)
+        model = _Gaussian(128., 60., shape)
+        # Images of several contrasts: the log-likelihood and the PNG length vary together.
+        train = np.concatenate([_images(20, 128 - w, 128 + w, seed=w, shape=shape)
+                                for w in (3, 12, 90)])
+        test = np.concatenate([_images(6, 60, 200, seed=1, shape=shape),
+                               np.full((2,) + shape, 9, np.uint8)])
+        dos = detectors.DensityOfStates(model, ('log_prob',), codec='png',
+                                        estimator='gaussian').fit(train)
+        # By hand: the training statistics standardised, their maximum-likelihood
+        # mean and covariance (plus the 1e-6 ridge), scipy's log-density.
+
+        def statistics(x):
+            return np.stack([model.log_prob_(x), detectors.compressed_bits(x)], 1)
+
+        fit = statistics(train)
+        mean, scale = fit.mean(0), fit.std(0)
+        z = (fit - mean) / scale
+        self.assertGreater(abs(np.corrcoef(z, rowvar=False)[0, 1]), 0.5)
+        expected = -stats.multivariate_normal(
+            z.mean(0), np.cov(z, rowvar=False, bias=True) + 1e-6 * np.eye(2)).logpdf(
+                (statistics(test) - mean) / scale)
+        scores = dos.score(test)
+        self.assertAllClose(scores.ood_score, expected, rtol=1e-5)
+        # The in-graph log-density (what export_detector saves) is the same.
+        graph, _ = dos.graph_score([model.score_batch(tf.constant(test))], tf.constant(test))
+        self.assertAllClose(graph, scores.ood_score, rtol=1e-6)
+        # Its fit reloads to the same scores; a KDE's fit is refused.
+        state = json.loads(json.dumps(dos.get_state()))
+        self.assertEqual(state['estimator'], 'gaussian')
+        again = detectors.DensityOfStates(model, ('log_prob',), codec='png',
+                                          estimator='gaussian').set_state(state)
+        self.assertAllEqual(again.score(test).ood_score, scores.ood_score)
+        with self.assertRaisesRegex(ValueError, 'saved fit is a gaussian, not a kde'):
+            detectors.DensityOfStates(model, ('log_prob',), codec='png').set_state(state)
+        with self.assertRaisesRegex(ValueError, "Unknown estimator 'svm'"):
+            detectors.DensityOfStates(model, estimator='svm')
 
     def test_bad_images_are_clear_errors(self):
         raw = detectors.RawLikelihood(_Gaussian(0, 1))
@@ -299,10 +380,12 @@ class ExportedDetectorTest(tf.test.TestCase):
             with open(os.path.join(path, 'assets', 'tfp_ood.json')) as f:
                 self.assertEqual(json.load(f)['threshold'], fitted.calibration.threshold)
         # JPEG 2000 has no TensorFlow op: refused before anything is traced or written.
-        for name in ('input_complexity_jpeg2000', 'density_of_states_levels_png_jpeg2000'):
+        for name, refused in (('input_complexity_jpeg2000', 'jpeg2000, which has'),
+                              ('density_of_states_levels_png_jpeg2000', 'jpeg2000, which has'),
+                              ('density_of_states_gaussian', 'jpeg2000, jpegxl, which have')):
             fitted = detectors.fit_detector(name, [model_dir], train[:64], train[64:])
             path = os.path.join(directory, f'detector_{name}')
-            with self.assertRaisesRegex(ValueError, 'jpeg2000, which has no TensorFlow op'):
+            with self.assertRaisesRegex(ValueError, f'{refused} no TensorFlow op'):
                 fitted.export(path)
             self.assertFalse(os.path.exists(path))
 

@@ -270,8 +270,9 @@ class DetectorsExampleTest(tf.test.TestCase):
             ablation = json.load(f)['ablation']
         self.assertEqual([a['statistic'] for a in ablation],
                          ['level0_log_pz', 'level0_log_det', 'level1_log_pz', 'level1_log_det',
-                          'level2_log_pz', 'level2_log_det', 'png_bits', 'jpeg2000_bits'])
-        full = next(r for r in rows if r['detector'] == 'density_of_states_levels_png_jpeg2000'
+                          'level2_log_pz', 'level2_log_det', 'png_bits', 'jpeg2000_bits',
+                          'jpegxl_bits'])
+        full = next(r for r in rows if r['detector'] == 'density_of_states_gaussian'
                     and r['out'] == 'svhn_cropped')
         for a in ablation:
             self.assertAlmostEqual(a['auroc_all'], full['auroc'], places=6)

@@ -43,7 +43,9 @@ at 95% TPR, with the in-distribution set as the positive class.
 """
 
 import abc
+import collections
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -52,11 +54,14 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfp_ood import analysis, export
 from tfp_ood.evaluate import score as evaluate_score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel, check_images
+
+tfd = tfp.distributions
 
 __all__ = [
     'CODECS', 'Calibration', 'DETECTOR_NAMES', 'DensityOfStates', 'Detector', 'DetectorScores',
@@ -253,11 +258,28 @@ def _jpeg2000_bits(image: np.ndarray, level: int) -> int:
     return 8 * len(buffer.getvalue())
 
 
+def _jpegxl_bits(image: np.ndarray, level: int) -> int:
+    import imagecodecs
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    return 8 * len(imagecodecs.jpegxl_encode(pixels, lossless=True, effort=level))
+
+
 # Lossless image codecs for InputComplexity: name -> (bits of one image, default level).
 # 'png' is libpng through `tf.io.encode_png` (zlib level 0-9; 9 as Serrà et al.),
 # so the same codec runs inside a TensorFlow graph; 'jpeg2000' is OpenJPEG's
-# lossless (reversible 5/3 wavelet) mode through Pillow.
-CODECS = {'png': (_png_bits, 9), 'jpeg2000': (_jpeg2000_bits, None)}
+# lossless (reversible 5/3 wavelet) mode through Pillow; 'jpegxl' is libjxl's
+# lossless (modular) mode through imagecodecs, the level its effort 1-9 (9, the
+# slowest and smallest). FLIF, Serrà et al.'s best codec, has no maintained
+# Python binding; JPEG XL's modular mode is its successor (FLIF's context trees).
+CODECS = {'png': (_png_bits, 9), 'jpeg2000': (_jpeg2000_bits, None),
+          'jpegxl': (_jpegxl_bits, 9)}
+
+
+# Lengths of recently compressed arrays, keyed by their content, codec and level
+# (the codecs are deterministic): detectors and models that share a codec compress
+# a set once. Bounded; the oldest entry goes first.
+_LENGTHS: 'collections.OrderedDict[tuple, np.ndarray]' = collections.OrderedDict()
+_MAX_CACHED_SETS = 64
 
 
 def compressed_bits(images: np.ndarray, codec: str = 'png',
@@ -265,13 +287,15 @@ def compressed_bits(images: np.ndarray, codec: str = 'png',
     """The length in bits of each image compressed losslessly by `codec`.
 
     The whole file counts (headers included), as in Serrà et al.; for images
-    of one size the headers add the same number of bits to every image.
+    of one size the headers add the same number of bits to every image. The
+    lengths of the last few arrays are remembered by content, so scoring a set
+    with several detectors compresses it once per codec.
 
     Args:
       images: uint8 `[N, H, W, C]`.
-      codec: a name of `CODECS` (`'png'`, `'jpeg2000'`).
+      codec: a name of `CODECS` (`'png'`, `'jpeg2000'`, `'jpegxl'`).
       level: the codec's compression level.
-        Default value: the codec's default (PNG: 9).
+        Default value: the codec's default (PNG: 9; JPEG XL: effort 9).
 
     Returns:
       `[N]` float64 lengths in bits.
@@ -284,7 +308,14 @@ def compressed_bits(images: np.ndarray, codec: str = 'png',
                          f'{images.dtype} and shape {images.shape}.')
     encode, default = CODECS[codec]
     level = default if level is None else level
-    return np.array([encode(image, level) for image in images], dtype=np.float64)
+    key = (hashlib.sha256(np.ascontiguousarray(images).data).hexdigest(), images.shape,
+           codec, level)
+    if key not in _LENGTHS:
+        _LENGTHS[key] = np.array([encode(image, level) for image in images], dtype=np.float64)
+        if len(_LENGTHS) > _MAX_CACHED_SETS:
+            _LENGTHS.popitem(last=False)
+    _LENGTHS.move_to_end(key)
+    return _LENGTHS[key].copy()
 
 
 def _f64(tensor) -> tf.Tensor:
@@ -313,7 +344,7 @@ class InputComplexity(Detector):
 
     Args:
       model: the density model.
-      codec: `'png'` (default, level 9) or `'jpeg2000'`.
+      codec: `'png'` (default, level 9), `'jpeg2000'` or `'jpegxl'` (effort 9).
       level: the codec's level (`None`: its default).
     """
 
@@ -468,15 +499,49 @@ def _kde_log_density(kde, standardised: np.ndarray) -> np.ndarray:
     return log_density
 
 
+#: How `DensityOfStates` models the statistics' density.
+ESTIMATORS = ('kde', 'gaussian')
+
+
+class _Gaussian:
+    """A full-covariance Gaussian of standardised statistics, scored like a KDE
+    (`score_samples`); the covariance is the training sample's (maximum
+    likelihood), with `1e-6` added to its diagonal."""
+
+    def __init__(self, train: np.ndarray):
+        covariance = np.atleast_2d(np.cov(train, rowvar=False, bias=True))
+        self.loc = train.mean(axis=0)
+        self.scale_tril = np.linalg.cholesky(covariance + 1e-6 * np.eye(len(covariance)))
+
+    def distribution(self):
+        return tfd.MultivariateNormalTriL(tf.constant(self.loc, tf.float64),
+                                          tf.constant(self.scale_tril, tf.float64))
+
+    def score_samples(self, standardised: np.ndarray) -> np.ndarray:
+        return self.distribution().log_prob(standardised).numpy()
+
+
+def _fit_density(estimator: str, train: np.ndarray, bandwidth: Optional[float]):
+    """`estimator` fitted to standardised training statistics `[n, d]`; the KDE's
+    bandwidth is `bandwidth` or Scott's rule for `n` and `d`."""
+    if estimator == 'gaussian':
+        return _Gaussian(train)
+    from sklearn.neighbors import KernelDensity
+    return KernelDensity(bandwidth=bandwidth or _scott_bandwidth(*train.shape)).fit(train)
+
+
 class DensityOfStates(Detector):
     """Morningstar et al.'s density of states: a KDE of per-image statistics.
 
     `fit(train_images)` computes each image's summary statistics `s(x)` (the
     model's log-likelihood terms, and with `codec` the compressed length),
     standardises them with the training mean and deviation, and fits a
-    Gaussian kernel density `q` (bandwidth by Scott's rule, or `bandwidth`);
-    `score` is `-log q(s(x))`. For flows, the distribution term `log_pz` and
-    the volume term `log_det` are statistics that no single likelihood shows.
+    Gaussian kernel density `q` (bandwidth by Scott's rule, or `bandwidth`),
+    or with `estimator='gaussian'` one full-covariance Gaussian (a Mahalanobis
+    distance: it sees how the statistics vary together, which a kernel of one
+    width in every standardised direction does not); `score` is
+    `-log q(s(x))`. For flows, the distribution term `log_pz` and the volume
+    term `log_det` are statistics that no single likelihood shows.
 
     Args:
       model: the density model.
@@ -488,13 +553,17 @@ class DensityOfStates(Detector):
       bandwidth: the kernel bandwidth in standardised units (`None`: Scott's
         rule, `n ** (-1 / (d + 4))`).
       max_fit_images: at most this many training images are kept in the KDE.
+      estimator: `'kde'` (default) or `'gaussian'`.
     """
 
     name = 'density_of_states'
 
     def __init__(self, model: DensityModel, statistics: Sequence[str] = ('log_prob',),
                  codec: Union[None, str, Sequence[str]] = None,
-                 bandwidth: Optional[float] = None, max_fit_images: int = 10000):
+                 bandwidth: Optional[float] = None, max_fit_images: int = 10000,
+                 estimator: str = 'kde'):
+        if estimator not in ESTIMATORS:
+            raise ValueError(f'Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.')
         codecs = () if codec is None else (codec,) if isinstance(codec, str) else tuple(codec)
         if not statistics and not codecs:
             raise ValueError('DensityOfStates needs at least one statistic.')
@@ -503,6 +572,7 @@ class DensityOfStates(Detector):
                 raise ValueError(f'Unknown codec {name!r}; expected one of {sorted(CODECS)}.')
         self.models, self.statistics, self.codecs = (model,), tuple(statistics), codecs
         self.bandwidth, self.max_fit_images = bandwidth, max_fit_images
+        self.estimator = estimator
         self._kde = None
         self._mean = self._scale = None
 
@@ -542,18 +612,19 @@ class DensityOfStates(Detector):
         return self._set_kde(values, mean, scale, bandwidth)
 
     def _set_kde(self, values, mean, scale, bandwidth) -> 'DensityOfStates':
-        from sklearn.neighbors import KernelDensity
+        """Fits the estimator (`_kde`, a KDE or a Gaussian) to `values`."""
         self._values, self._mean, self._scale = (np.asarray(values, np.float64),
                                                  np.asarray(mean), np.asarray(scale))
         self._bandwidth = float(bandwidth)
-        self._kde = KernelDensity(bandwidth=self._bandwidth).fit(
-            (self._values - self._mean) / self._scale)
+        self._kde = _fit_density(self.estimator, (self._values - self._mean) / self._scale,
+                                 self._bandwidth)
         return self
 
     def get_state(self) -> Dict:
         if self._kde is None:
             return {}
-        return {'statistics': list(self.statistic_names), 'bandwidth': self._bandwidth,
+        return {'statistics': list(self.statistic_names), 'estimator': self.estimator,
+                'bandwidth': self._bandwidth,
                 'mean': self._mean.tolist(), 'scale': self._scale.tolist(),
                 'values': self._values.tolist()}
 
@@ -561,6 +632,9 @@ class DensityOfStates(Detector):
         if list(state['statistics']) != list(self.statistic_names):
             raise ValueError(f'DensityOfStates: the saved fit is of the statistics '
                              f'{state["statistics"]}, not {list(self.statistic_names)}.')
+        if state.get('estimator', 'kde') != self.estimator:  # Fits before 'estimator': KDEs.
+            raise ValueError(f'DensityOfStates: the saved fit is a {state["estimator"]}, not '
+                             f'a {self.estimator}.')
         return self._set_kde(state['values'], state['mean'], state['scale'],
                              state['bandwidth'])
 
@@ -587,7 +661,6 @@ class DensityOfStates(Detector):
           One dict per statistic: `statistic`, `auroc_alone`, `auroc_without`,
           `auroc_all`.
         """
-        from sklearn.neighbors import KernelDensity
         if self._kde is None:
             raise ValueError('DensityOfStates: call fit(train_images) before ablation.')
         names = list(self.statistic_names)
@@ -600,8 +673,7 @@ class DensityOfStates(Detector):
         in_values, out_values = values(in_scores), values(out_scores)
 
         def auroc(columns):
-            bandwidth = self.bandwidth or _scott_bandwidth(len(train), len(columns))
-            kde = KernelDensity(bandwidth=bandwidth).fit(train[:, columns])
+            kde = _fit_density(self.estimator, train[:, columns], self.bandwidth)
             scores = [DetectorScores(self.name, -_kde_log_density(kde, v[:, columns]), {})
                       for v in (in_values, out_values)]
             return detector_metrics(*scores)['auroc']
@@ -613,8 +685,9 @@ class DensityOfStates(Detector):
                 for i, name in enumerate(names)]
 
     def graph_score(self, terms, images):
-        """The Gaussian KDE's log-density in float64 ops (as scikit-learn's
-        `KernelDensity.score_samples`), over the saved training statistics."""
+        """The estimator's log-density in float64 ops: the Gaussian KDE's as
+        scikit-learn's `KernelDensity.score_samples`, over the saved training
+        statistics, or the Gaussian's `MultivariateNormalTriL.log_prob`."""
         if self._kde is None:
             raise ValueError('DensityOfStates: call fit(train_images) before exporting.')
         columns = {k: _f64(terms[0][k]) for k in self.statistics}
@@ -622,11 +695,14 @@ class DensityOfStates(Detector):
             columns[name] = graph_compressed_bits(images, codec)
         values = tf.stack([columns[k] for k in self.statistic_names], axis=1)
         standardised = (values - self._mean) / self._scale
-        train = tf.constant((self._values - self._mean) / self._scale, tf.float64)
-        h, (n, d) = self._bandwidth, self._values.shape
-        squared = tf.reduce_sum(tf.square(standardised[:, None, :] - train[None]), axis=-1)
-        log_density = (tf.reduce_logsumexp(-0.5 * squared / h ** 2, axis=1) - math.log(n)
-                       - 0.5 * d * math.log(2 * math.pi) - d * math.log(h))
+        if self.estimator == 'gaussian':
+            log_density = self._kde.distribution().log_prob(standardised)
+        else:
+            train = tf.constant((self._values - self._mean) / self._scale, tf.float64)
+            h, (n, d) = self._bandwidth, self._values.shape
+            squared = tf.reduce_sum(tf.square(standardised[:, None, :] - train[None]), axis=-1)
+            log_density = (tf.reduce_logsumexp(-0.5 * squared / h ** 2, axis=1) - math.log(n)
+                           - 0.5 * d * math.log(2 * math.pi) - d * math.log(h))
         log_density = tf.where(tf.reduce_all(tf.math.is_finite(values), axis=1), log_density,
                                -np.inf)
         return -log_density, dict(columns, log_density=log_density)
@@ -634,9 +710,15 @@ class DensityOfStates(Detector):
 
 #: The detectors `named` builds, for a model (and a background model).
 DETECTOR_NAMES = ('raw_likelihood', 'likelihood_ratio', 'input_complexity',
-                  'input_complexity_jpeg2000', 'typicality', 'density_of_states',
-                  'density_of_states_terms', 'density_of_states_levels',
-                  'density_of_states_levels_png_jpeg2000')
+                  'input_complexity_jpeg2000', 'input_complexity_jpegxl', 'typicality',
+                  'density_of_states', 'density_of_states_terms', 'density_of_states_levels',
+                  'density_of_states_levels_png_jpeg2000', 'density_of_states_gaussian')
+# The density-of-states detectors of every level's terms (flows only): their codecs.
+_LEVEL_CODECS = {'density_of_states_levels': 'png',
+                 'density_of_states_levels_png_jpeg2000': ('png', 'jpeg2000'),
+                 'density_of_states_gaussian': ('png', 'jpeg2000', 'jpegxl')}
+#: The detectors of `DETECTOR_NAMES` that need a flow's per-level terms.
+FLOW_DETECTOR_NAMES = tuple(_LEVEL_CODECS)
 
 
 def _is_flow(model: DensityModel) -> bool:
@@ -650,11 +732,15 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     `density_of_states` uses the published statistics (the log-likelihood
     and, for a flow, its two terms); ours are `density_of_states_terms` (a
     flow's two terms and the PNG length), `density_of_states_levels` (every
-    level's two terms and the PNG length; flows only) and
-    `density_of_states_levels_png_jpeg2000` (also the JPEG 2000 length; not
-    exportable as a SavedModel: JPEG 2000 has no TensorFlow op).
-    `input_complexity` compresses with PNG, `input_complexity_jpeg2000` with
-    lossless JPEG 2000. `likelihood_ratio` needs `background`.
+    level's two terms and the PNG length; flows only),
+    `density_of_states_levels_png_jpeg2000` (also the JPEG 2000 length) and
+    `density_of_states_gaussian` (every level's terms and the PNG, JPEG 2000
+    and JPEG XL lengths, under one full-covariance Gaussian instead of a KDE).
+    The last two are not exportable as SavedModels: JPEG 2000 and JPEG XL have
+    no TensorFlow ops. `input_complexity` compresses with PNG,
+    `input_complexity_jpeg2000` with lossless JPEG 2000,
+    `input_complexity_jpegxl` with lossless JPEG XL. `likelihood_ratio` needs
+    `background`.
     """
     flow = _is_flow(model)
     if name == 'raw_likelihood':
@@ -665,8 +751,8 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
         return LikelihoodRatio(model, background)
     if name == 'input_complexity':
         return InputComplexity(model, codec='png')
-    if name == 'input_complexity_jpeg2000':
-        return InputComplexity(model, codec='jpeg2000')
+    if name in ('input_complexity_jpeg2000', 'input_complexity_jpegxl'):
+        return InputComplexity(model, codec=name[len('input_complexity_'):])
     if name == 'typicality':
         return Typicality(model, batch_size=1)
     if name == 'density_of_states':
@@ -675,12 +761,12 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     if name == 'density_of_states_terms':
         return DensityOfStates(model, ('log_pz', 'log_det') if flow else ('log_prob',),
                                codec='png')
-    if name in ('density_of_states_levels', 'density_of_states_levels_png_jpeg2000'):
+    if name in _LEVEL_CODECS:
         levels = [t for t in getattr(model, 'term_names', ()) if t.startswith('level')]
         if not levels:
             raise ValueError(f'{name} needs a flow with per-level terms.')
-        return DensityOfStates(model, levels, codec='png' if name == 'density_of_states_levels'
-                               else ('png', 'jpeg2000'))
+        return DensityOfStates(model, levels, codec=_LEVEL_CODECS[name],
+                               estimator='gaussian' if name.endswith('gaussian') else 'kde')
     raise ValueError(f'Unknown detector {name!r}; expected one of {DETECTOR_NAMES}.')
 
 

@@ -204,7 +204,8 @@ def export_detector(detector, name: str, threshold: float, true_positive_rate: f
     """
     not_in_graph = sorted(set(detector.codecs) - {'png'})
     if not_in_graph:
-        raise ValueError(f'{name} compresses with {", ".join(not_in_graph)}, which has no '
+        raise ValueError(f'{name} compresses with {", ".join(not_in_graph)}, which '
+                         f'{"have" if len(not_in_graph) > 1 else "has"} no '
                          f'TensorFlow op; only detectors whose codec is PNG export as '
                          f'SavedModels (tfp-ood detect runs this one in Python).')
     if os.path.lexists(path):
