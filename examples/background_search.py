@@ -30,20 +30,7 @@ import numpy as np
 
 import common  # examples/common.py
 
-from tfp_ood import data, detectors, export, models, train
-
-# In-distribution training set and validation OOD sets per image shape:
-# (name, (dataset, which `--num-images` block of its training split), transform)
-# with transform 'gray' (BT.601 luma) or None; every set is then fitted to the
-# model's shape (`data.resize_images`). Block 1 of CIFAR-10 for its gray set:
-# block 0 is the in-distribution set.
-VALIDATION = {
-    (32, 32, 3): ('cifar10', [('uniform_noise', None, None),
-                              ('cifar10_gray', ('cifar10', 1), 'gray'),
-                              ('fashion_mnist_resized', ('fashion_mnist', 0), None)]),
-    (28, 28, 1): ('fashion_mnist', [('uniform_noise', None, None),
-                                    ('cifar10_gray_resized', ('cifar10', 0), None)]),
-}
+from tfp_ood import detectors, export, models, train
 
 
 def load_candidate(path: str):
@@ -56,22 +43,6 @@ def load_candidate(path: str):
     model = models.from_config(run['model'])
     step = train.restore_latest(model, path)
     return model, dict(train_config=run['train'], steps=step)
-
-
-def validation_sets(source: common.Source, shape, num_images: int):
-    in_name, ood = VALIDATION[tuple(shape)]
-    sets = {'in': data.images_array(source.load(in_name, f'train[:{num_images}]'))}
-    for name, spec, transform in ood:
-        if spec is None:
-            sets[name] = data.images_array(data.uniform_noise_images(shape, num_images, seed=1))
-            continue
-        dataset, block = spec
-        images = data.images_array(source.load(
-            dataset, f'train[{block * num_images}:{(block + 1) * num_images}]'))
-        if transform == 'gray':
-            images = data.to_grayscale(images).numpy()
-        sets[name] = data.resize_images(images, shape)
-    return sets
 
 
 def main(argv=None):
@@ -94,10 +65,7 @@ def main(argv=None):
                          '--source tfds.')
     foreground = export.load(args.foreground)
     shape = foreground.image_shape
-    if tuple(shape) not in VALIDATION:
-        raise ValueError(f'No validation sets for images of shape {shape}; known: '
-                         f'{sorted(VALIDATION)}.')
-    sets = validation_sets(source, shape, args.num_images)
+    sets = common.validation_sets(source, shape, args.num_images)
     rows = []
     for path in args.background:
         background, provenance = load_candidate(path)

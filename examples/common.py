@@ -170,6 +170,43 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
     return report.ModelEntry(model, model.get_config()['family'], dataset)
 
 
+# Validation OOD sets per image shape, for choices that must not look at the test
+# pairs (the likelihood ratio's background model, our detector's design): the
+# in-distribution dataset, and (name, (dataset, which `num_images` block of its
+# training split), transform) with transform 'gray' (BT.601 luma) or None; every
+# set is then fitted to the model's shape (`data.resize_images`). Block 1 of
+# CIFAR-10 for its gray set: block 0 is the in-distribution set.
+VALIDATION = {
+    (32, 32, 3): ('cifar10', [('uniform_noise', None, None),
+                              ('cifar10_gray', ('cifar10', 1), 'gray'),
+                              ('fashion_mnist_resized', ('fashion_mnist', 0), None)]),
+    (28, 28, 1): ('fashion_mnist', [('uniform_noise', None, None),
+                                    ('cifar10_gray_resized', ('cifar10', 0), None)]),
+}
+
+
+def validation_sets(source: Source, shape, num_images: int) -> dict:
+    """`{'in': the first num_images training images, <name>: a validation OOD set}`
+    for models of `shape` (a key of `VALIDATION`); every training image they use
+    is in the first three `num_images` blocks of its training split."""
+    if tuple(shape) not in VALIDATION:
+        raise ValueError(f'No validation sets for images of shape {tuple(shape)}; known: '
+                         f'{sorted(VALIDATION)}.')
+    in_name, ood = VALIDATION[tuple(shape)]
+    sets = {'in': data.images_array(source.load(in_name, f'train[:{num_images}]'))}
+    for name, spec, transform in ood:
+        if spec is None:
+            sets[name] = data.images_array(data.uniform_noise_images(shape, num_images, seed=1))
+            continue
+        dataset, block = spec
+        images = data.images_array(source.load(
+            dataset, f'train[{block * num_images}:{(block + 1) * num_images}]'))
+        if transform == 'gray':
+            images = data.to_grayscale(images).numpy()
+        sets[name] = data.resize_images(images, shape)
+    return sets
+
+
 def _provenance(workdir: str) -> dict:
     with open(os.path.join(workdir, 'provenance.json')) as f:
         return json.load(f)

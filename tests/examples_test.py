@@ -129,6 +129,34 @@ class ExamplesTest(tf.test.TestCase):
         self.assertEqual(run.returncode, 2)
         self.assertIn('pass --data-dir', run.stderr)
 
+    def test_detector_search_on_a_tiny_flow(self):
+        models_dir = self.create_tempdir().full_path
+        images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+        _export_tiny(os.path.join(models_dir, 'glow_cifar10'), 'glow', (32, 32, 3), images)
+        out = self.create_tempdir().full_path
+        run = _script('detector_search.py', '--models', 'glow_cifar10', '--models-dir',
+                      models_dir, '--data-dir', self.data, '--num-images', '8',
+                      '--num-fit-images', '24', '--out', out, '--no-progress')
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        with open(os.path.join(out, 'search.json')) as f:
+            result = json.load(f)['glow_cifar10']
+        # Fit images after the three validation blocks: none is also a validation image.
+        self.assertEqual(result['fit_split'], 'train[24:48]')
+        self.assertEqual([r['detector'] for r in result['rows']],
+                         list(scripts.load('examples/detector_search.py').CANDIDATES))
+        for row in result['rows']:
+            aurocs = [row[k] for k in ('auroc_uniform_noise', 'auroc_cifar10_gray',
+                                       'auroc_fashion_mnist_resized')]
+            self.assertAlmostEqual(row['mean_auroc'], np.mean(aurocs))
+        self.assertEqual(result['chosen'],
+                         max(result['rows'], key=lambda r: r['mean_auroc'])['detector'])
+        with open(os.path.join(out, 'search.md')) as f:
+            self.assertIn(f'### glow_cifar10 (chosen: {result["chosen"]})', f.read())
+        run = _script('detector_search.py', '--models', 'glow_cifar10', '--models-dir',
+                      models_dir, '--out', out)
+        self.assertEqual(run.returncode, 2)
+        self.assertIn('pass --data-dir', run.stderr)
+
     def test_fashion_mnist_retrain_tiny(self):
         out = self.create_tempdir().full_path
         fashion_mnist.main(_tiny(self.data, out))
