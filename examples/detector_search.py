@@ -13,9 +13,11 @@ and a choice made on SVHN or MNIST would flatter the table of
 The in-distribution validation images are the first `--num-images` training
 images; the detectors that learn fit on `--num-fit-images` training images
 after the first three blocks of `--num-images` (no image is in both). For
-each model it writes the AUROC of every candidate detector per validation
-set and their mean to `--out` (`search.md`, `search.json`) and names the one
-with the highest mean.
+each model it writes the AUROC of every detector per validation set and
+their mean to `--out` (`search.md`, `search.json`) and names the density of
+states design (`DESIGNS`) with the highest mean; the other detectors are
+there for reference (on FashionMNIST's validation sets nearly every
+detector is near 1, so there the sets cannot tell designs apart).
 
     python examples/detector_search.py --data-dir DATA   # glow_cifar10, glow_fashion_mnist
 """
@@ -30,10 +32,12 @@ import common  # examples/common.py
 
 from tfp_ood import data, detectors, evaluate, export
 
+# The designs the search chooses among (the density of states: which statistics,
+# which density), and the detectors scored beside them for reference.
+DESIGNS = ('density_of_states', 'density_of_states_terms', 'density_of_states_levels',
+           'density_of_states_levels_png_jpeg2000', 'density_of_states_gaussian')
 CANDIDATES = ('raw_likelihood', 'input_complexity', 'input_complexity_jpeg2000',
-              'input_complexity_jpegxl', 'density_of_states', 'density_of_states_terms',
-              'density_of_states_levels', 'density_of_states_levels_png_jpeg2000',
-              'density_of_states_gaussian')
+              'input_complexity_jpegxl') + DESIGNS
 
 
 def search(model, sets: dict, fit_images: np.ndarray, names=CANDIDATES,
@@ -94,7 +98,7 @@ def main(argv=None):
         print(f'{name}: fit on {in_name}/{fit_split}, {n} images per validation set',
               flush=True)
         rows = search(model, sets, fit_images, progress=args.progress)
-        best = max(rows, key=lambda r: r['mean_auroc'])
+        best = max((r for r in rows if r['detector'] in DESIGNS), key=lambda r: r['mean_auroc'])
         results[name] = {'fit_split': fit_split, 'num_images': n, 'rows': rows,
                          'chosen': best['detector']}
         print(f'{name}: chosen {best["detector"]} (mean validation AUROC '
