@@ -65,7 +65,8 @@ tfd = tfp.distributions
 
 __all__ = [
     'CODECS', 'Calibration', 'DETECTOR_NAMES', 'DensityOfStates', 'Detector', 'DetectorScores',
-    'ESTIMATORS', 'FLOW_DETECTOR_NAMES', 'FittedDetector', 'InputComplexity', 'LikelihoodRatio', 'RawLikelihood', 'Typicality',
+    'ESTIMATORS', 'FLOW_DETECTOR_NAMES', 'FittedDetector', 'InputComplexity', 'LikelihoodRatio',
+    'RawLikelihood', 'Typicality',
     'WAIC', 'calibrate', 'compressed_bits', 'detector_metrics', 'fit_detector',
     'load_detector', 'named',
 ]
