@@ -70,6 +70,11 @@ $T fit-detector --detector density_of_states_levels --model-dir saved_models/glo
 $T fit-detector --detector input_complexity --model-dir saved_models/glow_fashion_mnist \
   --dataset fashion_mnist --output saved_models/detector_fashion_mnist.json --overwrite \
   --data-dir "$DATA"
+# Our best detector (docs/detectors.md), run by tfp-ood detect in Python: its JPEG 2000
+# and JPEG XL lengths have no TensorFlow ops, so it has no SavedModel.
+$T fit-detector --detector density_of_states_gaussian --model-dir saved_models/glow_cifar10 \
+  --dataset cifar10 --output saved_models/detector_cifar10_gaussian.json --overwrite \
+  --data-dir "$DATA"
 # The same detectors as SavedModels that plain TensorFlow runs.
 $T export-detector --detector saved_models/detector_cifar10.json \
   --output saved_models/detector_cifar10 --overwrite
