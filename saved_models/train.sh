@@ -86,3 +86,4 @@ $T export-detector --detector saved_models/detector_fashion_mnist.json \
 # validation OOD sets that are not the test pairs, the chosen one trained on to
 # the foreground's steps and exported to saved_models/background_<model>.
 MUS="0.1 0.2" LAMBDAS=0 GRID_STEPS=1000 bash saved_models/train_background.sh "$DATA" "$RUNS" pixelcnn_cifar10
+MUS="0.1 0.2" LAMBDAS=0 GRID_STEPS=1500 bash saved_models/train_background.sh "$DATA" "$RUNS" glow_fashion_mnist
