@@ -574,7 +574,7 @@ class DensityOfStates(Detector):
         self.models, self.statistics, self.codecs = (model,), tuple(statistics), codecs
         self.bandwidth, self.max_fit_images = bandwidth, max_fit_images
         self.estimator = estimator
-        self._kde = None
+        self._density = None
         self._mean = self._scale = None
 
     @property
@@ -610,19 +610,19 @@ class DensityOfStates(Detector):
         mean = values.mean(axis=0)
         scale = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.)
         bandwidth = self.bandwidth or _scott_bandwidth(*values.shape)
-        return self._set_kde(values, mean, scale, bandwidth)
+        return self._set_density(values, mean, scale, bandwidth)
 
-    def _set_kde(self, values, mean, scale, bandwidth) -> 'DensityOfStates':
-        """Fits the estimator (`_kde`, a KDE or a Gaussian) to `values`."""
+    def _set_density(self, values, mean, scale, bandwidth) -> 'DensityOfStates':
+        """Fits the estimator (`_density`, a KDE or a Gaussian) to `values`."""
         self._values, self._mean, self._scale = (np.asarray(values, np.float64),
                                                  np.asarray(mean), np.asarray(scale))
         self._bandwidth = float(bandwidth)
-        self._kde = _fit_density(self.estimator, (self._values - self._mean) / self._scale,
-                                 self._bandwidth)
+        self._density = _fit_density(
+            self.estimator, (self._values - self._mean) / self._scale, self._bandwidth)
         return self
 
     def get_state(self) -> Dict:
-        if self._kde is None:
+        if self._density is None:
             return {}
         return {'statistics': list(self.statistic_names), 'estimator': self.estimator,
                 'bandwidth': self._bandwidth,
@@ -636,14 +636,14 @@ class DensityOfStates(Detector):
         if state.get('estimator', 'kde') != self.estimator:  # Fits before 'estimator': KDEs.
             raise ValueError(f'DensityOfStates: the saved fit is a {state["estimator"]}, not '
                              f'a {self.estimator}.')
-        return self._set_kde(state['values'], state['mean'], state['scale'],
-                             state['bandwidth'])
+        return self._set_density(state['values'], state['mean'], state['scale'],
+                                 state['bandwidth'])
 
     def score_terms(self, terms, images) -> DetectorScores:
-        if self._kde is None:
+        if self._density is None:
             raise ValueError('DensityOfStates: call fit(train_images) before scoring.')
         values, terms = self._statistics(terms[0], images, 'images')
-        log_density = _kde_log_density(self._kde, (values - self._mean) / self._scale)
+        log_density = _kde_log_density(self._density, (values - self._mean) / self._scale)
         return DetectorScores(self.name, -log_density, dict(terms, log_density=log_density))
 
     def ablation(self, in_scores: DetectorScores, out_scores: DetectorScores) -> List[Dict]:
@@ -662,7 +662,7 @@ class DensityOfStates(Detector):
           One dict per statistic: `statistic`, `auroc_alone`, `auroc_without`,
           `auroc_all`.
         """
-        if self._kde is None:
+        if self._density is None:
             raise ValueError('DensityOfStates: call fit(train_images) before ablation.')
         names = list(self.statistic_names)
         train = (self._values - self._mean) / self._scale
@@ -689,7 +689,7 @@ class DensityOfStates(Detector):
         """The estimator's log-density in float64 ops: the Gaussian KDE's as
         scikit-learn's `KernelDensity.score_samples`, over the saved training
         statistics, or the Gaussian's `MultivariateNormalTriL.log_prob`."""
-        if self._kde is None:
+        if self._density is None:
             raise ValueError('DensityOfStates: call fit(train_images) before exporting.')
         columns = {k: _f64(terms[0][k]) for k in self.statistics}
         for name, codec in self._codec_statistics.items():
@@ -697,7 +697,7 @@ class DensityOfStates(Detector):
         values = tf.stack([columns[k] for k in self.statistic_names], axis=1)
         standardised = (values - self._mean) / self._scale
         if self.estimator == 'gaussian':
-            log_density = self._kde.distribution().log_prob(standardised)
+            log_density = self._density.distribution().log_prob(standardised)
         else:
             train = tf.constant((self._values - self._mean) / self._scale, tf.float64)
             h, (n, d) = self._bandwidth, self._values.shape
@@ -714,12 +714,13 @@ DETECTOR_NAMES = ('raw_likelihood', 'likelihood_ratio', 'input_complexity',
                   'input_complexity_jpeg2000', 'input_complexity_jpegxl', 'typicality',
                   'density_of_states', 'density_of_states_terms', 'density_of_states_levels',
                   'density_of_states_levels_png_jpeg2000', 'density_of_states_gaussian')
-# The density-of-states detectors of every level's terms (flows only): their codecs.
-_LEVEL_CODECS = {'density_of_states_levels': 'png',
-                 'density_of_states_levels_png_jpeg2000': ('png', 'jpeg2000'),
-                 'density_of_states_gaussian': ('png', 'jpeg2000', 'jpegxl')}
+# The density-of-states detectors of every level's terms (flows only): their
+# codecs and estimator.
+_LEVEL_DESIGNS = {'density_of_states_levels': ('png', 'kde'),
+                  'density_of_states_levels_png_jpeg2000': (('png', 'jpeg2000'), 'kde'),
+                  'density_of_states_gaussian': (('png', 'jpeg2000', 'jpegxl'), 'gaussian')}
 #: The detectors of `DETECTOR_NAMES` that need a flow's per-level terms.
-FLOW_DETECTOR_NAMES = tuple(_LEVEL_CODECS)
+FLOW_DETECTOR_NAMES = tuple(_LEVEL_DESIGNS)
 
 
 def _is_flow(model: DensityModel) -> bool:
@@ -762,12 +763,12 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     if name == 'density_of_states_terms':
         return DensityOfStates(model, ('log_pz', 'log_det') if flow else ('log_prob',),
                                codec='png')
-    if name in _LEVEL_CODECS:
+    if name in _LEVEL_DESIGNS:
         levels = [t for t in getattr(model, 'term_names', ()) if t.startswith('level')]
         if not levels:
             raise ValueError(f'{name} needs a flow with per-level terms.')
-        return DensityOfStates(model, levels, codec=_LEVEL_CODECS[name],
-                               estimator='gaussian' if name.endswith('gaussian') else 'kde')
+        codecs, estimator = _LEVEL_DESIGNS[name]
+        return DensityOfStates(model, levels, codec=codecs, estimator=estimator)
     raise ValueError(f'Unknown detector {name!r}; expected one of {DETECTOR_NAMES}.')
 
 
