@@ -376,6 +376,69 @@ class BackgroundModelTest(tf.test.TestCase):
                 _config(**kwargs)
 
 
+class WeightAveragesTest(tf.test.TestCase):
+    """Polyak averaging of the weights (`TrainConfig.ema_decay`)."""
+
+    def test_averages_follow_the_schedule_by_hand(self):
+        model = _Toy()
+        # With 0.9 the schedule binds for every update here, with 0.3 the cap from n = 2.
+        for cap in (0.9, 0.3):
+            model.loc.assign(tf.fill(SHAPE, 2.))
+            averages = train.WeightAverages(model, decay=cap)
+            averages.reset()
+            expected = 2.
+            for n, value in enumerate([1., -3., 0.5, 4., 7., -1., 2.5, 0., 1., 3., 5., -2.]):
+                model.loc.assign(tf.fill(SHAPE, value))
+                averages.update()
+                decay = min(cap, (1 + n) / (10 + n))
+                expected = decay * expected + (1 - decay) * value
+                self.assertAllClose(averages.averages[0].numpy(), np.full(SHAPE, expected),
+                                    rtol=1e-6)
+        with averages.swapped_in():
+            self.assertAllClose(model.loc.numpy(), np.full(SHAPE, expected), rtol=1e-6)
+        self.assertAllEqual(model.loc.numpy(), np.full(SHAPE, -2.))  # Its own weights back.
+        for decay in (0., 1., -0.5):
+            with self.assertRaisesRegex(ValueError, 'decay'):
+                train.WeightAverages(model, decay)
+        for decay in (1., -0.1, float('nan')):
+            with self.assertRaisesRegex(ValueError, 'ema_decay'):
+                _config(ema_decay=decay)
+
+    def test_a_run_trains_alike_and_evaluates_resumes_and_exports_its_averages(self):
+        images, held = _images(), {'held': _images(32, seed=1)}
+        plain = _model()
+        train.fit(plain, images, _config(), self.create_tempdir().full_path, progress=False)
+        workdir = self.create_tempdir().full_path
+        averaged = _model()
+        result = train.fit(averaged, images, _config(ema_decay=0.9), workdir, eval_sets=held,
+                           progress=False)
+        # The averages do not change what is trained ...
+        for a, b in zip(_weights(plain), _weights(averaged)):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+        # ... but they are what is restored for export and scoring, and evaluated.
+        exported = _model()
+        self.assertEqual(train.restore_latest(exported, workdir), 12)
+        self.assertFalse(all(np.allclose(a, b) for a, b in
+                             zip(_weights(exported), _weights(averaged))))
+        from_checkpoint = train.WeightAverages(_model(), 0.9)
+        tf.train.Checkpoint(averages=from_checkpoint).read(
+            tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))).expect_partial()
+        self.assertEqual(int(from_checkpoint.updates), 12)
+        for a, b in zip(_weights(exported), from_checkpoint.averages):
+            self.assertAllEqual(a, b.numpy())
+        bpd = float(np.mean(exported.bits_per_dim(exported.log_prob(held['held']))))
+        self.assertAllClose(result.history[-1]['held/bits_per_dim'], bpd, rtol=1e-5)
+        # A run interrupted and resumed keeps averaging where it stopped.
+        resumed_dir = self.create_tempdir().full_path
+        train.fit(_model(), images, _config(ema_decay=0.9, num_steps=5), resumed_dir,
+                  progress=False)
+        train.fit(_model(), images, _config(ema_decay=0.9), resumed_dir, progress=False)
+        resumed = _model()
+        train.restore_latest(resumed, resumed_dir)
+        for a, b in zip(_weights(exported), _weights(resumed)):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+
+
 class StrategyTest(tf.test.TestCase):
 
     def test_two_logical_devices_match_one(self):

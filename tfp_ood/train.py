@@ -61,8 +61,8 @@ from tfp_ood.summaries import Summaries
 
 __all__ = ['ConfigMismatchError', 'Hook', 'LinearWarmup', 'LoopState', 'RunDirectory',
            'RunLockedError', 'StepOutputs', 'TrainConfig', 'TrainResult', 'TrainingDivergedError',
-           'fit', 'load_run_config', 'make_train_step', 'nonfinite_variables', 'restore_latest',
-           'run_loop', 'train_on_dataset']
+           'WeightAverages', 'fit', 'load_run_config', 'make_train_step', 'nonfinite_variables',
+           'restore_latest', 'run_loop', 'train_on_dataset']
 
 # Training-config fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = ('num_steps', 'checkpoint_every', 'eval_every', 'log_every',
@@ -102,6 +102,10 @@ class TrainConfig:
         log-likelihood in nats (Ren et al.'s `lambda`; in the bits/dim loss it
         is divided by `D ln 2`). The kernels of the `cpu` Glows sum to about
         6,000 in squares, so `0.01` adds a few percent to their loss.
+      ema_decay: keep an exponential moving average of the weights (Polyak
+        averaging, as PixelCNN++ is trained) with this decay, and evaluate,
+        export and score the run with the averages; `0` keeps none. See
+        `WeightAverages`.
     """
 
     num_steps: int = _field(10000, 'total training steps', flag='steps')
@@ -123,6 +127,9 @@ class TrainConfig:
         0.0, 'replace each training value with this probability by a uniform draw from '
         '0..255 (a background model for the likelihood-ratio detector)')
     weight_decay: float = _field(0.0, 'L2 penalty on every kernel, per image in nats')
+    ema_decay: float = _field(
+        0.0, 'decay of the moving average of the weights that is evaluated and exported '
+        '(e.g. 0.999; 0: none)')
 
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'checkpoint_every', 'eval_every', 'log_every',
@@ -142,6 +149,8 @@ class TrainConfig:
             raise ValueError(f'mutation_rate must be in [0, 1]; got {self.mutation_rate}.')
         if not 0.0 <= self.weight_decay < float('inf'):
             raise ValueError(f'weight_decay must be finite and >= 0; got {self.weight_decay}.')
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f'ema_decay must be in [0, 1); got {self.ema_decay}.')
 
 
 class TrainingDivergedError(RuntimeError):
@@ -277,6 +286,72 @@ def _decayed(model: DensityModel) -> List[tf.Variable]:
     """The variables `TrainConfig.weight_decay` applies to: every layer's kernel."""
     return [v for v in model.trainable_variables
             if v.name.split('/')[-1].split(':')[0] == 'kernel']
+
+
+class WeightAverages(tf.Module):
+    """Exponential moving averages of a model's trainable variables (Polyak averaging).
+
+    After the `n`-th update (`n` from 0) each average is
+    `a <- d_n * a + (1 - d_n) * w` with `d_n = min(decay, (1 + n) / (10 + n))`,
+    `tf.train.ExponentialMovingAverage`'s schedule with `num_updates`: early
+    averages forget the initial weights quickly. A likelihood ratio is the
+    small difference of two models' log-likelihoods, and the weights of one
+    training step to the next move it more than it moves between models
+    (docs/detectors.md); the averages are what a run evaluates and exports
+    when `TrainConfig.ema_decay > 0`. Checkpointed with the run.
+
+    Args:
+      model: the model whose `trainable_variables` are averaged.
+      decay: the largest decay, in `(0, 1)`.
+    """
+
+    def __init__(self, model: DensityModel, decay: float):
+        super().__init__(name='weight_averages')
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f'WeightAverages: decay must be in (0, 1); got {decay}.')
+        self.decay = float(decay)
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name='updates')
+        self.averages = [tf.Variable(v.read_value(), trainable=False,
+                                     name=v.name.split(':')[0].replace('/', '_'))
+                         for v in model.trainable_variables]
+        # A closure, not an attribute: the model's variables are the model's, not
+        # dependencies of the averages in a checkpoint.
+        weights = list(model.trainable_variables)
+        self._weights = lambda: weights
+
+    def reset(self) -> None:
+        """Every average to the current weights, as if no update had been made."""
+        for average, w in zip(self.averages, self._weights()):
+            average.assign(w)
+        self.updates.assign(0)
+
+    @tf.function
+    def _update(self):
+        n = tf.cast(self.updates, tf.float32)
+        decay = tf.minimum(self.decay, (1. + n) / (10. + n))
+        for average, w in zip(self.averages, self._weights()):
+            average.assign(decay * average + (1. - decay) * w)
+        self.updates.assign_add(1)
+
+    def update(self) -> None:
+        """One update of every average from the current weights."""
+        self._update()
+
+    def assign_to_model(self) -> None:
+        """Replaces the model's weights by their averages (for export and scoring)."""
+        for average, w in zip(self.averages, self._weights()):
+            w.assign(average)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The model holds the averages inside the block, its own weights after it."""
+        own = [tf.identity(w) for w in self._weights()]
+        self.assign_to_model()
+        try:
+            yield
+        finally:
+            for w, value in zip(self._weights(), own):
+                w.assign(value)
 
 
 class StepOutputs(NamedTuple):
@@ -527,10 +602,18 @@ def _restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
     return None
 
 
+def _averages(model: DensityModel, ema_decay: float) -> Dict[str, 'WeightAverages']:
+    """`{'averages': WeightAverages}` for a run that keeps them, else `{}`: the
+    checkpoint's entry for them."""
+    return {'averages': WeightAverages(model, ema_decay)} if ema_decay else {}
+
+
 def restore_latest(model: DensityModel, workdir: str) -> int:
     """Loads the model weights of the last checkpoint in `workdir`; returns its step.
 
-    The optimizer state is not needed (and not loaded) for scoring or export.
+    The weights are the run's moving averages where it kept them
+    (`TrainConfig.ema_decay`). The optimizer state is not needed (and not
+    loaded) for scoring or export.
     """
     saved = load_run_config(workdir)
     if saved is None:
@@ -539,10 +622,13 @@ def restore_latest(model: DensityModel, workdir: str) -> int:
         raise ConfigMismatchError(f'The checkpoint in {workdir} is of model '
                                   f'{saved["model"]}, not {model.get_config()}.')
     step = tf.Variable(0, dtype=tf.int64)
-    path = _restore_newest_readable(tf.train.Checkpoint(model=model, step=step),
+    averages = _averages(model, saved.get('train', {}).get('ema_decay', 0.0))
+    path = _restore_newest_readable(tf.train.Checkpoint(model=model, step=step, **averages),
                                     os.path.join(workdir, 'checkpoints'), full=False)
     if path is None:
         raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}.')
+    if averages:
+        averages['averages'].assign_to_model()
     bad = nonfinite_variables(model)
     if bad:
         raise ValueError(f'The checkpoint {path} holds {len(bad)} non-finite variables (e.g. '
@@ -719,20 +805,38 @@ class _TrainingScalars(Hook):
         self._values, self._since = [], time.monotonic()
 
 
+class _Averaging(Hook):
+    """After every applied step: one update of the moving averages of the weights."""
+
+    def __init__(self, averages: WeightAverages):
+        self.averages = averages
+
+    def after_step(self, state):
+        if state.outputs.applied:
+            self.averages.update()
+
+
 class _Evaluation(Hook):
     """Every `eval_every` steps and at the last: held-out bits/dim into the history,
     TensorBoard (and samples every `sample_every`)."""
 
     def __init__(self, model: DensityModel, eval_sets: Mapping[str, np.ndarray],
-                 config: TrainConfig, summaries: Summaries, run: RunDirectory, clock: _Clock):
+                 config: TrainConfig, summaries: Summaries, run: RunDirectory, clock: _Clock,
+                 averages: Optional[WeightAverages] = None):
         self.model, self.eval_sets, self.config = model, eval_sets, config
         self.summaries, self.run, self.clock = summaries, run, clock
+        self.averages = averages
 
     def after_step(self, state):
         step = state.step
         if not self.eval_sets or (step % self.config.eval_every and
                                   step != self.config.num_steps):
             return
+        # The weights the run exports: the averages where it keeps them.
+        with self.averages.swapped_in() if self.averages else contextlib.nullcontext():
+            self._evaluate(state, step)
+
+    def _evaluate(self, state, step):
         results = {name: score(self.model, images, name=name, progress=False)
                    for name, images in self.eval_sets.items()}
         means = self.summaries.scores(results, step)
@@ -935,16 +1039,19 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
         schedule = LinearWarmup(config.learning_rate, config.warmup_steps)
         optimizer = tf_keras.optimizers.Adam(schedule)
         optimizer.build(model.trainable_variables)
+        averages = _averages(model, config.ema_decay)
     # Host-side counters, outside the strategy's scope (not mirrored).
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
     skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name='skipped')
     clock = _Clock()
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
-                                     wall_time=clock.variable, skipped=skipped)
+                                     wall_time=clock.variable, skipped=skipped, **averages)
     manager = tf.train.CheckpointManager(checkpoint, run.checkpoints,
                                          max_to_keep=config.keep_checkpoints)
     if _restore_newest_readable(checkpoint, manager.directory, full=True) is None:
         model.initialize(train_images[:config.num_init_images], seed=config.seed)
+        if averages:
+            averages['averages'].reset()
     start = int(step_var)
     state = LoopState(step=start, start=start, history=run.truncate_history(start))
     summaries = Summaries(run.logs, resume_step=start)
@@ -955,7 +1062,9 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
     hooks = [bar,
              _TrainingScalars(summaries, config,
                               lambda: float(schedule(optimizer.iterations.numpy())), skipped, bar),
-             _Evaluation(model, eval_sets, config, summaries, run, clock),
+             *([_Averaging(averages['averages'])] if averages else []),
+             _Evaluation(model, eval_sets, config, summaries, run, clock,
+                         averages.get('averages')),
              _Checkpointing(model, manager, config, clock),
              _Provenance(run, config, data_info, clock, skipped, summaries,
                          getattr(model, 'precision', 'float32'))]
