@@ -27,6 +27,11 @@ MUS=${MUS:-"0.1 0.2"}
 # In nats per image: the kernels of the cpu Glows sum to about 6,000 in squares, so
 # 0.01 adds about 4% to a FashionMNIST Glow's negative log-likelihood.
 LAMBDAS=${LAMBDAS:-"0 0.01"}
+# The decay of the weights' moving average that is evaluated and exported
+# (--ema-decay; 0: none): the ratio of two short-trained models moves with every
+# step of the optimizer.
+EMA=${EMA:-0}
+TAG=$([ "$EMA" = 0 ] || echo "_ema$EMA")  # In run and search folder names.
 
 # name -> "family dataset eval-set full-steps batch-size learning-rate clip-norm
 # model-flags": the foreground's steps and batch; the PixelCNN++ keeps its 1e-3
@@ -48,9 +53,9 @@ for model in $MODELS; do
   candidates=()
   for mu in $MUS; do
     for lambda in $LAMBDAS; do
-      dir="$RUNS/background_$model/mu${mu}_wd${lambda}"
+      dir="$RUNS/background_$model/mu${mu}_wd${lambda}$TAG"
       $T train --model "$family" --config cpu --dataset "$dataset" --split train \
-        --eval "$eval_set" --mutation-rate "$mu" --weight-decay "$lambda" \
+        --eval "$eval_set" --mutation-rate "$mu" --weight-decay "$lambda" --ema-decay "$EMA" \
         --learning-rate "$lr" --clip-norm "$clip" ${model_flags:-} --batch-size "$batch" --steps "$GRID_STEPS" --eval-every 500 \
         --checkpoint-every 250 --workdir "$dir" --data-dir "$DATA" --no-progress \
         || echo "$dir: stopped with an error (see above); left out of the search"
@@ -61,18 +66,18 @@ for model in $MODELS; do
   done
   # Searched once: afterwards the chosen run trains on past GRID_STEPS, and a second
   # search would compare it, longer trained, against the others.
-  if [ ! -f "$RUNS/background_$model/search/search.json" ]; then
+  if [ ! -f "$RUNS/background_$model/search$TAG/search.json" ]; then
     python examples/background_search.py --foreground "saved_models/$model" "${candidates[@]}" \
-      --data-dir "$DATA" --out "$RUNS/background_$model/search"
+      --data-dir "$DATA" --out "$RUNS/background_$model/search$TAG"
   fi
   chosen=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['chosen'])" \
-    "$RUNS/background_$model/search/search.json")
+    "$RUNS/background_$model/search$TAG/search.json")
   read -r mu lambda <<< "$(python -c "import json, sys; c = json.load(open(sys.argv[1]))['train']; print(c['mutation_rate'], c['weight_decay'])" "$chosen/config.json")"
   $T train --model "$family" --config cpu --dataset "$dataset" --split train \
-    --eval "$eval_set" --mutation-rate "$mu" --weight-decay "$lambda" \
+    --eval "$eval_set" --mutation-rate "$mu" --weight-decay "$lambda" --ema-decay "$EMA" \
     --learning-rate "$lr" --clip-norm "$clip" ${model_flags:-} --batch-size "$batch" --steps "$full_steps" --eval-every 500 \
     --checkpoint-every 250 --workdir "$chosen" --data-dir "$DATA" --no-progress
   $T export --workdir "$chosen" --output "saved_models/background_$model" --overwrite
   cp "$chosen/history.jsonl" "saved_models/background_${model}_history.jsonl"
-  cp "$RUNS/background_$model/search/search.md" "saved_models/background_${model}_search.md"
+  cp "$RUNS/background_$model/search$TAG/search.md" "saved_models/background_${model}_search.md"
 done
