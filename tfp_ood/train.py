@@ -602,10 +602,15 @@ def _restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
     return None
 
 
-def _averages(model: DensityModel, ema_decay: float) -> Dict[str, 'WeightAverages']:
-    """`{'averages': WeightAverages}` for a run that keeps them, else `{}`: the
-    checkpoint's entry for them."""
-    return {'averages': WeightAverages(model, ema_decay)} if ema_decay else {}
+def _averages(model: DensityModel, ema_decay: float) -> Optional[WeightAverages]:
+    """The run's `WeightAverages`, or `None` for a run that keeps none."""
+    return WeightAverages(model, ema_decay) if ema_decay else None
+
+
+def _checkpointed(averages: Optional[WeightAverages]) -> Dict[str, WeightAverages]:
+    """The checkpoint's entry for the averages (none for a run without them, so
+    runs from before them still restore)."""
+    return {'averages': averages} if averages else {}
 
 
 def restore_latest(model: DensityModel, workdir: str) -> int:
@@ -623,12 +628,13 @@ def restore_latest(model: DensityModel, workdir: str) -> int:
                                   f'{saved["model"]}, not {model.get_config()}.')
     step = tf.Variable(0, dtype=tf.int64)
     averages = _averages(model, saved.get('train', {}).get('ema_decay', 0.0))
-    path = _restore_newest_readable(tf.train.Checkpoint(model=model, step=step, **averages),
+    path = _restore_newest_readable(tf.train.Checkpoint(model=model, step=step,
+                                                        **_checkpointed(averages)),
                                     os.path.join(workdir, 'checkpoints'), full=False)
     if path is None:
         raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}.')
     if averages:
-        averages['averages'].assign_to_model()
+        averages.assign_to_model()
     bad = nonfinite_variables(model)
     if bad:
         raise ValueError(f'The checkpoint {path} holds {len(bad)} non-finite variables (e.g. '
@@ -1045,13 +1051,14 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
     skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name='skipped')
     clock = _Clock()
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
-                                     wall_time=clock.variable, skipped=skipped, **averages)
+                                     wall_time=clock.variable, skipped=skipped,
+                                     **_checkpointed(averages))
     manager = tf.train.CheckpointManager(checkpoint, run.checkpoints,
                                          max_to_keep=config.keep_checkpoints)
     if _restore_newest_readable(checkpoint, manager.directory, full=True) is None:
         model.initialize(train_images[:config.num_init_images], seed=config.seed)
         if averages:
-            averages['averages'].reset()
+            averages.reset()
     start = int(step_var)
     state = LoopState(step=start, start=start, history=run.truncate_history(start))
     summaries = Summaries(run.logs, resume_step=start)
@@ -1062,9 +1069,8 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
     hooks = [bar,
              _TrainingScalars(summaries, config,
                               lambda: float(schedule(optimizer.iterations.numpy())), skipped, bar),
-             *([_Averaging(averages['averages'])] if averages else []),
-             _Evaluation(model, eval_sets, config, summaries, run, clock,
-                         averages.get('averages')),
+             *([_Averaging(averages)] if averages else []),
+             _Evaluation(model, eval_sets, config, summaries, run, clock, averages),
              _Checkpointing(model, manager, config, clock),
              _Provenance(run, config, data_info, clock, skipped, summaries,
                          getattr(model, 'precision', 'float32'))]
