@@ -39,14 +39,40 @@ def _child_measuring_a_row():
 
 class BenchmarksTest(tf.test.TestCase):
 
-    def test_smoke_run_writes_every_key(self):
+    def test_smoke_run_interrupted_then_resumed_writes_every_key(self):
+        # Killed after two family rows (what the checkpoint keeps is on disk), then
+        # `run.py --smoke --json PATH --resume` measures only what it lacks.
         path = os.path.join(self.create_tempdir().full_path, 'results', 'smoke.json')
+
+        class Interrupted(Exception):
+            pass
+
+        def checkpoint(result):
+            benchmarks.write_json(path, result)
+            if len(result['measurements'].get('families', [])) == 2:
+                raise Interrupted
+
+        with self.assertRaises(Interrupted):
+            benchmarks.run('smoke', log=lambda line: None, checkpoint=checkpoint)
+        with open(path) as f:
+            partial = json.load(f)
+        self.assertIs(partial['complete'], False)
         run = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'run.py'),
-                              '--smoke', '--json', path], capture_output=True, text=True,
-                             timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                              '--smoke', '--json', path, '--resume'], capture_output=True,
+                             text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
         with open(path) as f:
             result = json.load(f)
+        self.assertEqual(result['resumed'], 1)
+        self.assertEqual(result['glow_score_vs_tfp'], partial['glow_score_vs_tfp'])  # Kept.
+        rows = result['measurements']['families']
+        self.assertEqual(rows[:2], partial['measurements']['families'])
+        self.assertEqual([r['family'] for r in rows],
+                         ['glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'])
+        logged = run.stdout[:run.stdout.index('done in')].splitlines()
+        self.assertLen(logged, 1 + 3 + 2, run.stdout)  # Resuming; three rows; two sizes.
+        with self.assertRaisesRegex(ValueError, 'complete'):
+            benchmarks.run('smoke', resume=result)
         self.assertIs(result['complete'], True)
         for key in benchmarks.HEADLINE_KEYS + ('matmul_peak_gflops',):
             self.assertIsInstance(result[key], float, key)
@@ -120,36 +146,6 @@ class BenchmarksTest(tf.test.TestCase):
         worker.join(60)
         self.assertTrue(result['killed_by_system'])
         self.assertEqual(result['exceeded_memory_limit_mib'], 2 ** 20)
-
-    def test_interrupted_run_resumes_without_measuring_again(self):
-        class Interrupted(Exception):
-            pass
-
-        saved = []
-
-        def checkpoint(result):
-            saved.append(json.loads(json.dumps(result)))  # What write_json would keep.
-            if len(result['measurements'].get('families', [])) == 2:
-                raise Interrupted  # Killed after two family rows.
-
-        with self.assertRaises(Interrupted):
-            benchmarks.run('smoke', log=lambda line: None, checkpoint=checkpoint)
-        partial = saved[-1]
-        self.assertIs(partial['complete'], False)
-        first_rows = [dict(r) for r in partial['measurements']['families']]
-        headline = partial['glow_score_vs_tfp']
-        lines = []
-        result = benchmarks.run('smoke', log=lines.append, resume=partial)
-        self.assertIs(result['complete'], True)
-        self.assertEqual(result['resumed'], 1)
-        self.assertEqual(result['glow_score_vs_tfp'], headline)  # Not measured again.
-        rows = result['measurements']['families']
-        self.assertEqual(rows[:2], first_rows)
-        self.assertEqual([r['family'] for r in rows],
-                         ['glow', 'cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'])
-        self.assertEqual(len(lines), 1 + 3 + 2)  # Resuming; three rows; two image sizes.
-        with self.assertRaisesRegex(ValueError, 'complete'):
-            benchmarks.run('smoke', resume=result)
 
     def test_profile_counts_each_network_once_where_tfp_runs_it_twice(self):
         # Scoring through TransformedDistribution.log_prob runs every coupling and

@@ -2,6 +2,7 @@
 data folder beside it, its Python snippet, and every checkable claim of it and
 of docs/ (paths, shipped models, scripts and their flags)."""
 
+import json
 import os
 import re
 import shlex
@@ -15,9 +16,35 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ['README.md', 'saved_models/README.md'] + sorted(
     os.path.join('docs', name) for name in os.listdir(os.path.join(REPO, 'docs'))
     if name.endswith('.md'))
-# Flags the CI run adds to the README's first command, for time only.
-FEWER_IMAGES = ['--num-images', '40', '--num-synthetic', '20', '--pixelcnn-images', '10',
-                '--vae-images', '2', '--no-progress']
+
+
+# Prints [[key, the --help text], ...] for the keys in argv[1]: ('-m', module, *args)
+# or (script,), each run as `python <key> --help` would run it, in this process.
+_HELPS = r"""
+import contextlib, io, json, os, runpy, sys
+helps = []
+for key in json.loads(sys.argv[1]):
+    module = key[0] == '-m'
+    path = os.path.abspath(key[0])
+    sys.argv = [key[1] if module else path, *key[2 if module else 1:], '--help']
+    sys.path.insert(0, os.getcwd() if module else os.path.dirname(path))
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            if module:
+                runpy.run_module(key[1], run_name='__main__', alter_sys=True)
+            else:
+                runpy.run_path(path, run_name='__main__')
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.path.pop(0)
+    if code not in (0, None):
+        sys.exit(f'{key}: exited {code}')
+    helps.append([key, out.getvalue()])
+print(json.dumps(helps))
+"""
 
 
 def _read(path):
@@ -91,22 +118,54 @@ class StrangerTest(tf.test.TestCase):
                               timeout=900, **kwargs)
 
     def test_first_command_runs_in_a_fresh_clone(self):
+        # Exactly the README's first command, no flags added: the embedded 2,000-image
+        # samples and the SavedModels shipped in saved_models/.
         command = _first_command()
         self.assertEqual(command[0], 'python')
-        run = self._run([sys.executable] + command[1:] + FEWER_IMAGES)
+        run = self._run([sys.executable] + command[1:])
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
-        out = os.path.join(self.clone, 'results', 'cifar_svhn')
-        for name in ('overview.png', 'bpd_table.md', 'summary.md', 'metrics.json'):
-            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
-        self.assertIn(f'Main figure: {os.path.join(out, "overview.png")}', run.stdout)
-        self.assertIn('embedded in the package', run.stdout)
-        for model in ('glow_cifar10', 'cvglow_cifar10', 'pixelcnn_cifar10', 'vae_cifar10'):
-            self.assertIn(f'| {model} |', run.stdout)  # No family dropped.
-        self.assertIn('(3.464)', run.stdout)  # The paper's number beside ours.
         self.assertNotIn('Traceback', run.stderr)
+        printed = run.stdout
+        out = os.path.join(self.clone, 'results', 'cifar_svhn')
+        for name in ('overview.png', 'bpd_table.md', 'summary.md', 'summary.json',
+                     'metrics.json'):
+            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        self.assertIn(f'Main figure: {os.path.join(out, "overview.png")}', printed)
+        self.assertIn('embedded in the package', printed)
         # Files users touch have shell-friendly names.
         for name in os.listdir(os.path.join(out, 'scores')):
             self.assertRegex(name, r'^[A-Za-z0-9_.-]+$')
+        with open(os.path.join(out, 'summary.json')) as f:
+            summary = json.load(f)
+        shipped = ['cvglow_cifar10', 'glow_cifar10', 'pixelcnn_cifar10', 'vae_cifar10']
+        self.assertEqual(sorted(summary['metrics']), shipped)  # No family dropped.
+        bpd = {(r['model'], r['scored_set']): r for r in summary['rows']}
+        for model in shipped:
+            # The paper's observation on real images: SVHN more likely than CIFAR-10.
+            self.assertLess(bpd[model, 'svhn_cropped/test']['bpd_mean'],
+                            bpd[model, 'cifar10/test']['bpd_mean'], model)
+            self.assertLess(summary['metrics'][model]['auroc'], 0.5, model)
+            self.assertIn(f'| {model} |', printed)
+        self.assertEqual(bpd['glow_cifar10', 'cifar10/test']['num_images'], 2000)
+        self.assertEqual(bpd['glow_cifar10', 'svhn_cropped/test']['num_images'], 2000)
+        self.assertLess(bpd['glow_cifar10', 'constant_128']['bpd_mean'],
+                        bpd['glow_cifar10', 'svhn_cropped/test']['bpd_mean'])
+        self.assertGreater(bpd['glow_cifar10', 'uniform_noise']['bpd_mean'],
+                           bpd['glow_cifar10', 'cifar10/test']['bpd_mean'])
+        # The newcomer's summary: both sets per model with the paper's numbers, the
+        # AUROC, the images the slow families scored, and the main figure's path.
+        self.assertIn('3.627 (3.464)', printed)
+        self.assertIn('| pixelcnn_cifar10 | 500 |', printed)
+        self.assertIn('pixelcnn_cifar10 scored the first 500 images of each set', printed)
+        self.assertIn('--vae-images 0', printed)
+        # The shipped detector: about 5% of CIFAR-10 (its threshold's rate), most of SVHN.
+        self.assertIn('A detector that works: the shipped density_of_states_levels', printed)
+        self.assertIn('tfp-ood detect --detector', printed)
+        flagged = re.search(r'flags ([0-9.]+)% of cifar10/test .* and ([0-9.]+)% of '
+                            r'svhn_cropped/test', printed)
+        self.assertIsNotNone(flagged, printed[-3000:])
+        self.assertLess(float(flagged.group(1)), 10)
+        self.assertGreater(float(flagged.group(2)), 40)
 
     def test_missing_data_is_one_line_naming_the_fix(self):
         script = os.path.join('examples', 'cifar_svhn.py')
@@ -195,16 +254,16 @@ class DocsClaimsTest(tf.test.TestCase):
                     else:
                         continue
                     commands.append((doc, command, key, words))
-        # Every script's --help at once (each imports TensorFlow).
-        runs = {key: subprocess.Popen([sys.executable, *key, '--help'], cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-                for key in {c[2] for c in commands}}
-        helps = {}
-        for key, run in runs.items():
-            stdout, stderr = run.communicate(timeout=600)
-            self.assertEqual(run.returncode, 0, f'{key}: {stderr[-2000:]}')
-            helps[key] = stdout
+        # Every script's --help from one process (TensorFlow imported once), each
+        # run as its command line would run it.
+        keys = sorted({c[2] for c in commands})
+        run = subprocess.run([sys.executable, '-c', _HELPS, json.dumps(keys)], cwd=REPO,
+                             capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        helps = {tuple(key): text for key, text in json.loads(run.stdout.splitlines()[-1])}
+        for key in keys:
+            self.assertRegex(helps[key], r'^usage: ', key)
         for doc, command, key, words in commands:
             for flag in (w.split('=')[0] for w in words if w.startswith('--')):
                 self.assertIn(flag, helps[key], f'{doc}: {command}')
