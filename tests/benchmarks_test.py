@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import pytest
 import tensorflow as tf
 
 from tests import scripts
@@ -39,6 +40,7 @@ def _child_measuring_a_row():
 
 class BenchmarksTest(tf.test.TestCase):
 
+    @pytest.mark.slow
     def test_smoke_run_interrupted_then_resumed_writes_every_key(self):
         # Killed after two family rows (what the checkpoint keeps is on disk), then
         # `run.py --smoke --json PATH --resume` measures only what it lacks.
@@ -106,6 +108,7 @@ class BenchmarksTest(tf.test.TestCase):
         del measured['image_size_scaling']
         self.assertGreater(os.path.getsize(benchmark_plot.plot(result, path + '2.png')), 10000)
 
+    @pytest.mark.slow
     def test_isolated_row_matches_the_in_process_keys(self):
         # The full mode measures each family row in its own process.
         row = benchmarks.isolated_family_row('smoke', 'glow', 'tiny', 4, memory_limit_mib=2 ** 20)
@@ -175,6 +178,7 @@ class BenchmarksTest(tf.test.TestCase):
         self.assertGreater(score['ops']['Cast']['count'], 0)
         self.assertGreater(score['category_share']['casts'], 0)
 
+    @pytest.mark.slow
     def test_precision_accuracy_of_each_setting(self):
         # The shipped CIFAR-10 Glow on a few embedded images, the speed on a tiny Glow.
         path = os.path.join(self.create_tempdir().full_path, 'accuracy.json')

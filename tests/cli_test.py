@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfp_ood import cli
@@ -274,6 +275,7 @@ class KillAndResumeTest(tf.test.TestCase):
             time.sleep(0.05)
         return _latest_step(workdir)
 
+    @pytest.mark.slow
     def test_sigint_sigterm_and_sigkill_then_resume(self):
         directory = self.create_tempdir().full_path
         _write_data(directory, n_train=256)

@@ -8,6 +8,7 @@ import os
 from unittest import mock
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 from scipy import stats
@@ -349,6 +350,7 @@ class ExportedDetectorTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'Only the png codec'):
             detectors.graph_compressed_bits(tf.constant(images), 'jpeg2000')
 
+    @pytest.mark.slow
     def test_exported_detectors_give_the_python_scores_in_plain_tensorflow(self):
         import subprocess
         import sys

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfp_ood import data
@@ -179,6 +180,7 @@ print(json.dumps({'replicas': strategy.num_replicas_in_sync, 'keys': sorted(one.
 
 class DistributedScoringTest(tf.test.TestCase):
 
+    @pytest.mark.slow
     def test_two_replicas_give_the_single_device_scores_in_order(self):
         run = subprocess.run([sys.executable, '-c', _TWO_DEVICES], capture_output=True,
                              text=True, timeout=300)

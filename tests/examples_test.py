@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import scripts
@@ -103,6 +104,7 @@ class ExamplesTest(tf.test.TestCase):
         with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
             cifar_svhn.main(['--reverse', '--models', 'glow_cifar10'])
 
+    @pytest.mark.slow
     def test_background_search_on_tiny_models(self):
         models_dir = self.create_tempdir().full_path
         images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
@@ -129,6 +131,7 @@ class ExamplesTest(tf.test.TestCase):
         self.assertEqual(run.returncode, 2)
         self.assertIn('pass --data-dir', run.stderr)
 
+    @pytest.mark.slow
     def test_detector_search_on_a_tiny_flow(self):
         models_dir = self.create_tempdir().full_path
         images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
@@ -208,6 +211,7 @@ class NoFlagsTest(tf.test.TestCase):
     (The README's first command, cifar_svhn.py, runs in a fresh clone in
     readme_test.StrangerTest.)"""
 
+    @pytest.mark.slow
     def test_cifar_svhn_reverse_no_flags(self):
         out = self.create_tempdir().full_path
         outcome, printed = _in_directory(out, lambda: cifar_svhn.main(['--reverse']))
@@ -219,6 +223,7 @@ class NoFlagsTest(tf.test.TestCase):
                         _bpd(outcome, 'glow_svhn', 'cifar10/test'))
         self.assertGreater(outcome['metrics']['glow_svhn']['auroc'], 0.9)
 
+    @pytest.mark.slow
     def test_fashion_mnist_no_flags(self):
         if not os.path.isdir(os.path.join(REPO, 'saved_models', 'glow_fashion_mnist')):
             self.skipTest('saved_models/glow_fashion_mnist is not shipped')
@@ -236,6 +241,7 @@ class NoFlagsTest(tf.test.TestCase):
 
 class DetectorsExampleTest(tf.test.TestCase):
 
+    @pytest.mark.slow
     def test_detectors_table_on_the_samples(self):
         out = self.create_tempdir().full_path
         run = _script('detectors.py', '--models', 'glow_cifar10', '--num-images', '100',
@@ -283,6 +289,7 @@ class DetectorsExampleTest(tf.test.TestCase):
 
 class AnalysisExampleTest(tf.test.TestCase):
 
+    @pytest.mark.slow
     def test_analysis_on_tiny_models(self):
         data_dir = self.create_tempdir().full_path
         for name, split, n, shape in (('cifar10', 'train', 48, (32, 32, 3)),

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,6 +118,7 @@ class StrangerTest(tf.test.TestCase):
         return subprocess.run(args, cwd=self.clone, env=env, capture_output=True, text=True,
                               timeout=900, **kwargs)
 
+    @pytest.mark.slow(minutes=4)
     def test_first_command_runs_in_a_fresh_clone(self):
         # Exactly the README's first command, no flags added: the embedded 2,000-image
         # samples and the SavedModels shipped in saved_models/.
@@ -167,6 +169,7 @@ class StrangerTest(tf.test.TestCase):
         self.assertLess(float(flagged.group(1)), 10)
         self.assertGreater(float(flagged.group(2)), 40)
 
+    @pytest.mark.slow
     def test_missing_data_is_one_line_naming_the_fix(self):
         script = os.path.join('examples', 'cifar_svhn.py')
         cases = [
@@ -192,6 +195,7 @@ class StrangerTest(tf.test.TestCase):
 
 class ReadmeSnippetTest(tf.test.TestCase):
 
+    @pytest.mark.slow
     def test_python_snippet_scores_with_a_shipped_model(self):
         snippet = _code_blocks(_read('README.md'), ('python',))[0]
         workdir = self.create_tempdir().full_path

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -171,6 +172,7 @@ class FitTest(tf.test.TestCase):
                      for t in ('train/loss', 'train/bits_per_dim'))
         self.assertGreater(float(loss), float(bpd))
 
+    @pytest.mark.slow
     def test_every_family_trains(self):
         images = _images()
         for name in ('cv_glow', 'pixelcnn', 'vae', 'vae_rnvp'):
@@ -441,6 +443,7 @@ class WeightAveragesTest(tf.test.TestCase):
 
 class StrategyTest(tf.test.TestCase):
 
+    @pytest.mark.slow
     def test_two_logical_devices_match_one(self):
         # Logical devices must be configured before TensorFlow starts: a subprocess.
         run = subprocess.run([sys.executable, '-c', _TWO_DEVICES], cwd=REPO,
