@@ -87,4 +87,5 @@ $T export-detector --detector saved_models/detector_fashion_mnist.json \
 # the foreground's steps and exported to saved_models/background_<model>.
 MUS="0.1 0.2" LAMBDAS=0 GRID_STEPS=1000 bash saved_models/train_background.sh "$DATA" "$RUNS" pixelcnn_cifar10
 MUS="0.1 0.2" LAMBDAS=0 GRID_STEPS=1500 bash saved_models/train_background.sh "$DATA" "$RUNS" glow_fashion_mnist
+MUS="0.1 0.2" LAMBDAS=0 GRID_STEPS=1500 bash saved_models/train_background.sh "$DATA" "$RUNS" glow_cifar10
 MUS="0.1 0.2" LAMBDAS=0 GRID_STEPS=1000 bash saved_models/train_background.sh "$DATA" "$RUNS" pixelcnn_fashion_mnist
