@@ -91,7 +91,8 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
             export.export(model, path)
 
     @parameterized.named_parameters(('GlowCifar10', 'glow_cifar10'),
-                                    ('CVGlowFashionMnist', 'cvglow_fashion_mnist'))
+                                    ('CVGlowFashionMnist', 'cvglow_fashion_mnist'),
+                                    ('ContractingGlowCifar10', 'background_glow_cifar10'))
     def test_shipped_flows_restore_into_the_current_classes(self, name):
         # The SavedModel's traced functions were written by the code of the day the
         # model shipped; the restored Python model is today's classes. They agree.
