@@ -40,7 +40,7 @@ def _child_measuring_a_row():
 
 class BenchmarksTest(tf.test.TestCase):
 
-    @pytest.mark.slow
+    @pytest.mark.slow(minutes=2)
     def test_smoke_run_interrupted_then_resumed_writes_every_key(self):
         # Killed after two family rows (what the checkpoint keeps is on disk), then
         # `run.py --smoke --json PATH --resume` measures only what it lacks.

@@ -1,4 +1,5 @@
-"""Test-wide settings: quiet TensorFlow; absl flags usable under pytest."""
+"""Test-wide settings: quiet TensorFlow; absl flags usable under pytest; the slow
+tests scheduled first."""
 
 import os
 
