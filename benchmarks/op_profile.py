@@ -43,7 +43,10 @@ from tfp_ood import models  # noqa: E402
 from tfp_ood.config import GlowConfig  # noqa: E402
 
 # An op event is named '<op name>:<op type>'; executor and threadpool events are not.
-_OP_EVENT = re.compile(r'^[^:\s]+:(?:_MklNative|_Mkl)?([A-Za-z0-9]+)$')
+# Grappler's fused convolution is '_FusedConv2D' where TensorFlow runs without oneDNN
+# (its default on CPUs without AVX-512's neural-network features: seen on an AVX2 AMD
+# EPYC) and '_MklNativeFusedConv2D' with it: both count as 'FusedConv2D'.
+_OP_EVENT = re.compile(r'^[^:\s]+:(?:_MklNative|_Mkl|_)?([A-Za-z0-9]+)$')
 
 CATEGORIES = (
     ('convolution', ('Conv2D', 'FusedConv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter',

@@ -168,6 +168,15 @@ class BenchmarksTest(tf.test.TestCase):
             self.assertAllClose(sum(result['category_share'].values()), 1.)
             self.assertGreater(result['kernel_seconds'], 0)
 
+    def test_op_types_are_named_alike_with_and_without_onednn(self):
+        # The same fused convolution is '_FusedConv2D' where TensorFlow runs without
+        # oneDNN and '_MklNativeFusedConv2D' with it; executor events are not ops.
+        for event in ('a/b/conv:_FusedConv2D', 'conv:_MklNativeFusedConv2D',
+                      'conv:_MklFusedConv2D', 'conv:FusedConv2D'):
+            self.assertEqual(op_profile._OP_EVENT.match(event).group(1), 'FusedConv2D', event)
+        self.assertIsNone(op_profile._OP_EVENT.match('ExecutorState::Process'))
+        self.assertIsNone(op_profile._OP_EVENT.match('thread pool: task'))
+
     def test_profile_in_bfloat16_counts_the_casts(self):
         out = op_profile.main(['--config', 'tiny', '--batch', '4', '--calls', '2',
                                '--matmul-size', '256', '--precision', 'bfloat16', '--no-peer'])
