@@ -9,8 +9,11 @@ and the reverse pair, SVHN held out against CIFAR-10 test. Writes to --out
 and FPR at 95% TPR per row, with the published AUROC beside ours where there
 is one), `summary.md` (the AUROCs on the paper's pairs in one table) and
 `detectors.png` (the OOD scores of the in- and first out-of-distribution set
-per detector and model) and `statistics.md` (which statistics carry our
-density of states' detection: the AUROC of each alone and of all but it).
+per detector and model), `statistics.md` (which statistics carry our
+density of states' detection: the AUROC of each alone and of all but it) and
+`fit.md` (input complexity as it would score with a model fit as well as the
+published one: each set's scores moved by the gap between our mean bits/dim
+and the paper's on that set).
 
     python examples/detectors.py                   # embedded samples
     python examples/detectors.py --data-dir DATA   # full test sets
@@ -35,7 +38,7 @@ import numpy as np
 
 import common  # examples/common.py
 
-from tfp_ood import data, detectors, evaluate, export, plotting, summaries
+from tfp_ood import data, detectors, evaluate, export, plotting, report, summaries
 
 TYPICALITY_M = (1, 2, 5, 10, 25)
 # Published single-image AUROCs (M images per test for typicality), keyed by
@@ -139,8 +142,35 @@ def _row(detector: str, model: str, family: str, in_name: str, out_name: str, m:
             'num_in': metrics['num_in'], 'num_out': metrics['num_out']}
 
 
+def at_published_fit(detector: str, model: str, family: str, train: str, in_name: str,
+                     out_name: str, in_scores, out_scores) -> Optional[dict]:
+    """Input complexity with each set's scores moved by (paper - ours) mean bits/dim.
+
+    The score is `bits/dim - L(x)/D`, so a model that fits a set better lowers
+    that set's scores by its gain in bits/dim. Where Nalisnick et al. report the
+    mean bits/dim of the same model family on both sets, this moves every image
+    of a set by the gap between their mean and ours: how much of a shortfall
+    against the published AUROC the fit alone would close (uniformly over the
+    images, an approximation). None where the paper has no numbers.
+    """
+    paper = [report.PAPER_BPD.get((family, train, f'{name}/test'))
+             for name in (in_name, out_name)]
+    if None in paper:
+        return None
+    moved, ours = [], []
+    for scores, paper_bpd in zip((in_scores, out_scores), paper):
+        mean = float(np.mean(scores.components['bits_per_dim']))
+        ours.append(mean)
+        moved.append(dataclasses.replace(scores, ood_score=scores.ood_score + paper_bpd - mean))
+    return {'detector': detector, 'model': model, 'in': in_name, 'out': out_name,
+            'bpd_in': ours[0], 'paper_bpd_in': paper[0], 'bpd_out': ours[1],
+            'paper_bpd_out': paper[1],
+            'auroc': detectors.detector_metrics(in_scores, out_scores)['auroc'],
+            'auroc_at_published_fit': detectors.detector_metrics(*moved)['auroc']}
+
+
 def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures: dict,
-                   ablations: list):
+                   ablations: list, fits: list):
     path = os.path.join(args.models_dir, experiment.model)
     if not os.path.isdir(path):
         print(f'{experiment.model}: not in {args.models_dir}; skipped')
@@ -209,6 +239,11 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
                     ablations.extend(dict(row, detector=d, model=experiment.model,
                                           **{'in': in_name, 'out': out_name})
                                      for row in det.ablation(in_scores[d], out_scores))
+                if d.startswith('input_complexity'):
+                    fit = at_published_fit(d, experiment.model, family, experiment.train[0],
+                                           in_name, out_name, in_scores[d], out_scores)
+                    if fit:
+                        fits.append(fit)
         for m, det in typicality.items():
             in_batches, out_batches = (scores_of(det, n, x) for n, x in
                                        (('in', in_images), (out_name, out_images)))
@@ -278,13 +313,30 @@ def summary_table(rows: list) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write(rows: list, figures: dict, out: str, note: str, ablations: list = ()) -> None:
+def fit_table(fits: list) -> str:
+    lines = ['| detector | model | in -> out | mean bits/dim in: ours (paper) | '
+             'out: ours (paper) | AUROC | AUROC at the published fit |',
+             '|---|---|---|---:|---:|---:|---:|']
+    for r in fits:
+        lines.append(f'| {r["detector"]} | {r["model"]} | {r["in"]} -> {r["out"]} | '
+                     f'{r["bpd_in"]:.3f} ({r["paper_bpd_in"]:.3f}) | '
+                     f'{r["bpd_out"]:.3f} ({r["paper_bpd_out"]:.3f}) | {r["auroc"]:.3f} | '
+                     f'{r["auroc_at_published_fit"]:.3f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def write(rows: list, figures: dict, out: str, note: str, ablations: list = (),
+          fits: list = ()) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'detectors.json'), 'w') as f:
-        json.dump({'note': note, 'rows': rows, 'ablation': list(ablations)}, f, indent=2)
+        json.dump({'note': note, 'rows': rows, 'ablation': list(ablations),
+                   'at_published_fit': list(fits)}, f, indent=2)
     if ablations:
         with open(os.path.join(out, 'statistics.md'), 'w') as f:
             f.write(ablation_table(ablations))
+    if fits:
+        with open(os.path.join(out, 'fit.md'), 'w') as f:
+            f.write(fit_table(fits))
     with open(os.path.join(out, 'detectors.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -322,24 +374,28 @@ def main(argv=None):
     args = p.parse_args(argv)
     source = common.Source(args)
     sets = Sets(source, args.num_fit_images, args.num_synthetic)
-    rows, figures, ablations = [], {}, []
+    rows, figures, ablations, fits = [], {}, [], []
     shutil.rmtree(os.path.join(args.out, 'tensorboard'), ignore_errors=True)  # This run's own.
     for experiment in experiments(source):
         if args.models and experiment.model not in args.models:
             continue
-        run_experiment(args, experiment, sets, rows, figures, ablations)
+        run_experiment(args, experiment, sets, rows, figures, ablations, fits)
     if not rows:
         raise ValueError('No model to score: none of the shipped models is in --models-dir.')
     note = source.note() + (' The fitted detectors fit on the first half of each '
                             'in-distribution sample and score the second.'
                             if source.samples else '')
-    write(rows, figures, args.out, note.strip(), ablations)
+    write(rows, figures, args.out, note.strip(), ablations, fits)
     print('AUROC of each detector (higher is better; 0.5 is chance), the published figure '
           'in parentheses; every row is in detectors.md:\n')
     print(summary_table(rows))
     if ablations:
         print(f'Which statistics carry the detection ({ABLATED}):\n')
         print(ablation_table(ablations))
+    if fits:
+        print('Input complexity with each set moved to the published model\'s mean '
+              'bits/dim (fit.md):\n')
+        print(fit_table(fits))
     if note.strip():
         print(note.strip())
     print(f'Wrote {os.path.abspath(args.out)}')

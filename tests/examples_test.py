@@ -264,8 +264,19 @@ class DetectorsExampleTest(tf.test.TestCase):
                    and r['out'] == 'svhn_cropped')
         self.assertEqual(raw['published_auroc'], 0.063)
         self.assertLess(raw['auroc'], 0.5)  # The paper's failure, on real images.
-        for name in ('detectors.csv', 'detectors.md', 'detectors.png', 'statistics.md'):
+        for name in ('detectors.csv', 'detectors.md', 'detectors.png', 'statistics.md',
+                     'fit.md'):
             self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        with open(os.path.join(out, 'detectors.json')) as f:
+            fits = json.load(f)['at_published_fit']
+        self.assertEqual([f['detector'] for f in fits], ['input_complexity',
+                                                         'input_complexity_jpeg2000',
+                                                         'input_complexity_jpegxl'])
+        for fit in fits:
+            self.assertEqual((fit['paper_bpd_in'], fit['paper_bpd_out']), (3.464, 2.389))
+            row = next(r for r in rows if r['detector'] == fit['detector']
+                       and r['out'] == 'svhn_cropped')
+            self.assertAlmostEqual(fit['auroc'], row['auroc'], places=6)
         # Which statistics carry the detection: each of the ablated detector's,
         # alone and left out, against the AUROC of all of them (its row's).
         with open(os.path.join(out, 'detectors.json')) as f:
@@ -285,6 +296,34 @@ class DetectorsExampleTest(tf.test.TestCase):
         events.Reload()
         tags = set(events.Tags()['tensors'])
         self.assertIn('pr/density_of_states_levels: cifar10 vs svhn_cropped/pr_curves', tags)
+
+
+class AtPublishedFitTest(tf.test.TestCase):
+
+    def test_each_set_moves_by_its_gap_to_the_paper(self):
+        from tfp_ood.detectors import DetectorScores
+        detectors_example = scripts.load('examples/detectors.py')
+
+        def scores(ood, bpd):
+            return DetectorScores('input_complexity', np.array(ood, float),
+                                  {'bits_per_dim': np.array(bpd, float)})
+
+        # Means 3.6 and 2.4 against the paper's 3.464 and 2.389: CIFAR-10 moves by
+        # -0.136, SVHN by -0.011.
+        cifar = scores([0.2, 0.3, 0.4], [3.5, 3.6, 3.7])
+        svhn = scores([0.25, 0.35, 0.45], [2.3, 2.4, 2.5])
+        fit = detectors_example.at_published_fit('input_complexity', 'glow_cifar10', 'glow',
+                                                 'cifar10', 'cifar10', 'svhn_cropped', cifar,
+                                                 svhn)
+        self.assertAllClose([fit['bpd_in'], fit['bpd_out']], [3.6, 2.4])
+        # In-distribution positive: 6 of the 9 (CIFAR-10, SVHN) pairs score CIFAR-10 lower.
+        self.assertAlmostEqual(fit['auroc'], 6 / 9)
+        # Moved: [0.064, 0.164, 0.264] against [0.239, 0.339, 0.439]: 8 of 9 pairs.
+        self.assertAlmostEqual(fit['auroc_at_published_fit'], 8 / 9)
+        # No published bits/dim for the PixelCNN++: nothing to move to.
+        self.assertIsNone(detectors_example.at_published_fit(
+            'input_complexity', 'pixelcnn_cifar10', 'pixelcnn', 'cifar10', 'cifar10',
+            'svhn_cropped', cifar, svhn))
 
 
 class AnalysisExampleTest(tf.test.TestCase):
