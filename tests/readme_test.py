@@ -23,31 +23,44 @@ DOCS = ['README.md', 'saved_models/README.md'] + sorted(
 
 # Prints [[key, the --help text], ...] for the keys in argv[1]: ('-m', module, *args)
 # or (script,), each run as `python <key> --help` would run it, in this process.
-_HELPS = r"""
-import contextlib, io, json, os, runpy, sys
-helps = []
-for key in json.loads(sys.argv[1]):
-    module = key[0] == '-m'
-    path = os.path.abspath(key[0])
-    sys.argv = [key[1] if module else path, *key[2 if module else 1:], '--help']
+# Runs command lines (`script.py args...` or `-m module args...`) one after the
+# other in one Python process, each as `python <command line>` would run it,
+# and prints [exit code, stdout, stderr] of each as JSON: TensorFlow is imported
+# once instead of once per command.
+_IN_ONE_PROCESS = r"""
+import contextlib, io, json, os, runpy, sys, traceback
+results = []
+for command in json.loads(sys.argv[1]):
+    module = command[0] == '-m'
+    path = os.path.abspath(command[0])
+    sys.argv = [command[1] if module else path, *command[2 if module else 1:]]
     sys.path.insert(0, os.getcwd() if module else os.path.dirname(path))
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
     try:
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             if module:
-                runpy.run_module(key[1], run_name='__main__', alter_sys=True)
+                runpy.run_module(command[1], run_name='__main__', alter_sys=True)
             else:
                 runpy.run_path(path, run_name='__main__')
-        code = 0
     except SystemExit as e:
-        code = e.code
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        code = 1
+        err.write(traceback.format_exc())
     finally:
         sys.path.pop(0)
-    if code not in (0, None):
-        sys.exit(f'{key}: exited {code}')
-    helps.append([key, out.getvalue()])
-print(json.dumps(helps))
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
 """
+
+
+def _run_in_one_process(commands, cwd, env):
+    """[(exit code, stdout, stderr)] of each command line, all run in one process."""
+    run = subprocess.run([sys.executable, '-c', _IN_ONE_PROCESS, json.dumps(commands)],
+                         cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [tuple(r) for r in json.loads(run.stdout.splitlines()[-1])]
 
 
 def _read(path):
@@ -186,14 +199,16 @@ class StrangerTest(tf.test.TestCase):
               '--dataset', 'svhn_cropped', '--source', 'tfds', '--output', 'x'],
              'not prepared'),
         ]
-        for args, expected in cases:
+        # All in one process, each as its command line runs it (TensorFlow imported once).
+        results = _run_in_one_process([args for args, _ in cases], self.clone,
+                                      dict(_env(self.home), PYTHONPATH=self.clone))
+        for (args, expected), (code, _, stderr) in zip(cases, results):
             with self.subTest(args=args):
-                run = self._run([sys.executable] + args)
-                self.assertEqual(run.returncode, 2, run.stderr[-2000:])
-                self.assertNotIn('Traceback', run.stderr)
-                errors = [line for line in run.stderr.splitlines()
+                self.assertEqual(code, 2, stderr[-2000:])
+                self.assertNotIn('Traceback', stderr)
+                errors = [line for line in stderr.splitlines()
                           if re.match(r'(cifar_svhn\.py|tfp-ood \w+): error: ', line)]
-                self.assertLen(errors, 1, run.stderr[-2000:])
+                self.assertLen(errors, 1, stderr[-2000:])
                 self.assertIn(expected, errors[0])
 
 
@@ -265,13 +280,13 @@ class DocsClaimsTest(tf.test.TestCase):
         # Every script's --help from one process (TensorFlow imported once), each
         # run as its command line would run it.
         keys = sorted({c[2] for c in commands})
-        run = subprocess.run([sys.executable, '-c', _HELPS, json.dumps(keys)], cwd=REPO,
-                             capture_output=True, text=True, timeout=600,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
-        helps = {tuple(key): text for key, text in json.loads(run.stdout.splitlines()[-1])}
-        for key in keys:
-            self.assertRegex(helps[key], r'^usage: ', key)
+        results = _run_in_one_process([list(key) + ['--help'] for key in keys], REPO,
+                                      dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        helps = {}
+        for key, (code, out, err) in zip(keys, results):
+            self.assertEqual(code, 0, f'{key}: {err[-2000:]}')
+            self.assertRegex(out, r'^usage: ', key)
+            helps[key] = out
         for doc, command, key, words in commands:
             for flag in (w.split('=')[0] for w in words if w.startswith('--')):
                 self.assertIn(flag, helps[key], f'{doc}: {command}')
