@@ -21,8 +21,6 @@ DOCS = ['README.md', 'saved_models/README.md'] + sorted(
     if name.endswith('.md'))
 
 
-# Prints [[key, the --help text], ...] for the keys in argv[1]: ('-m', module, *args)
-# or (script,), each run as `python <key> --help` would run it, in this process.
 # Runs command lines (`script.py args...` or `-m module args...`) one after the
 # other in one Python process, each as `python <command line>` would run it,
 # and prints [exit code, stdout, stderr] of each as JSON: TensorFlow is imported
