@@ -1,23 +1,31 @@
-r"""Choose among the single-image detectors on validation OOD sets, not on the test pairs.
+r"""Choose our detector's design on validation OOD sets, never on the test pairs.
 
-Our detector's design (which statistics, which density over them) is a choice,
-and a choice made on SVHN or MNIST would flatter the table of
-`examples/detectors.py`. This script makes it on the validation sets of
-`examples/background_search.py`, built from data other than the test pairs:
+Our detector is a density of states: which statistics (a flow's per-level and
+per-step terms, activation and latent norms, PNG/JPEG lengths, total
+variation, ...) and which estimator over them (`tfp_ood.estimators`). A
+choice made on SVHN or MNIST would flatter the table of
+`examples/detectors.py`; this script makes it on validation sets built from
+other data:
 
-- 32x32x3 (CIFAR-10 models): uniform noise, grayscale CIFAR-10 training
-  images, and FashionMNIST training images resized to 32x32 RGB;
-- 28x28x1 (FashionMNIST models): uniform noise, and CIFAR-10 training images
-  in grayscale resized to 28x28.
+- the in-distribution validation images: the first `--num-images` training
+  images;
+- validation OOD sets: uniform noise and another dataset resized (grayscale
+  CIFAR-10 and FashionMNIST for CIFAR-10 models, grayscale CIFAR-10 for
+  FashionMNIST ones), and the shifts of `tfp_ood.shifts` (blur, low
+  resolution, JPEG artefacts, pixel shuffles, inversion, vertical flips,
+  grayscale) applied to the third block of `--num-images` training images.
 
-The in-distribution validation images are the first `--num-images` training
-images; the detectors that learn fit on `--num-fit-images` training images
-after the first three blocks of `--num-images` (no image is in both). For
-each model it writes the AUROC of every detector per validation set and
-their mean to `--out` (`search.md`, `search.json`) and names the density of
-states design (`DESIGNS`) with the highest mean; the other detectors are
-there for reference (on FashionMNIST's validation sets nearly every
-detector is near 1, so there the sets cannot tell designs apart).
+The detector fits on `--num-fit-images` training images after the first
+three blocks (no image is in two roles). For each estimator, statistics are
+chosen greedily on the mean validation AUROC (`tfp_ood.selection`), once
+among the statistics TensorFlow computes (exportable as a SavedModel) and
+once adding the JPEG 2000 and JPEG XL lengths (Python only). An addition
+may not leave the design more than `--rule-tolerance` below one of its
+statistics alone on any validation set. The design with the highest mean
+wins each pool; the earlier named designs are scored beside
+them for reference. Writes `search.md`, `search.json` and, per model,
+`design_<model>.json` and `design_<model>_python.json` (what
+`tfp-ood fit-detector --design` reads) to `--out`.
 
     python examples/detector_search.py --data-dir DATA   # glow_cifar10, glow_fashion_mnist
 """
@@ -30,46 +38,121 @@ import numpy as np
 
 import common  # examples/common.py
 
-from tfp_ood import data, detectors, evaluate, export
+from tfp_ood import data, detectors, evaluate, export, image_statistics, selection, shifts
 
-# The designs the search chooses among (the density of states: which statistics,
-# which density), and the detectors scored beside them for reference.
-DESIGNS = ('density_of_states', 'density_of_states_terms', 'density_of_states_levels',
-           'density_of_states_levels_png_jpeg2000', 'density_of_states_gaussian')
-CANDIDATES = ('raw_likelihood', 'input_complexity', 'input_complexity_jpeg2000',
-              'input_complexity_jpegxl') + DESIGNS
+ESTIMATORS = ('gaussian', 'ledoit_wolf', 'oas', 'kde', 'copod', 'gmm')
+PYTHON_CODECS = ('jpeg2000', 'jpegxl')
+# The named designs scored for reference: statistics and estimator
+# ('levels' stands for every level's two terms; png9_bits is the PNG length).
+REFERENCE = {
+    'density_of_states': (['log_prob', 'log_pz', 'log_det'], 'kde'),
+    'density_of_states_levels': (['levels', 'png9_bits'], 'kde'),
+    'density_of_states_gaussian': (['levels', 'png9_bits', 'jpeg2000_bits', 'jpegxl_bits'],
+                                   'gaussian'),
+}
 
 
-def search(model, sets: dict, fit_images: np.ndarray, names=CANDIDATES,
-           progress: bool = False) -> list:
-    """Rows `{'detector', 'auroc_<set>'..., 'mean_auroc'}`, one per candidate."""
-    terms = {name: evaluate.score(model, images, name=name, progress=progress).scores
-             for name, images in dict(sets, fit=fit_images).items()}
-    rows = []
-    for name in names:
-        detector = detectors.named(name, model)
-        if detector.needs_fit:
-            detector.fit_terms([terms['fit']], fit_images)
-        scores = {k: detector.score_terms([terms[k]], images) for k, images in sets.items()}
-        row = {'detector': name}
-        for k in sets:
-            if k != 'in':
-                row[f'auroc_{k}'] = detectors.detector_metrics(scores['in'], scores[k])['auroc']
-        row['mean_auroc'] = float(np.mean([v for k, v in row.items() if k.startswith('auroc_')]))
-        rows.append(row)
-        print(f'  {name}: ' + ', '.join(f'{k} {v:.4f}' for k, v in row.items()
-                                        if k != 'detector'), flush=True)
-    return rows
+def statistics_of(model, images: np.ndarray, progress: bool = False) -> dict:
+    """Every candidate statistic of `images`: the model's terms and statistics, the
+    image statistics and the Python-only codec lengths, `{name: [N] float64}`."""
+    out = evaluate.score(model, images, progress=progress, statistics=True).scores
+    out = {k: np.asarray(v, np.float64) for k, v in out.items()
+           if k not in ('dequant_const', 'bits_per_dim')}
+    out.update(image_statistics.image_statistics_array(
+        images, list(image_statistics.IMAGE_STATISTICS)))
+    for codec in PYTHON_CODECS:
+        out[f'{codec}_bits'] = detectors.compressed_bits(images, codec)
+    return out
+
+
+def validation_images(source, model, n: int) -> dict:
+    """`{'in': ..., <validation OOD set>: ...}` for the model's image shape."""
+    sets = common.validation_sets(source, model.image_shape, n)
+    in_name = common.VALIDATION[tuple(model.image_shape)][0]
+    base = data.images_array(source.load(in_name, f'train[{2 * n}:{3 * n}]'))
+    sets.update(shifts.make_shifts(base, seed=0))
+    return sets
+
+
+def _expand(names, statistics: dict) -> list:
+    levels = sorted(k for k in statistics if k.startswith('level') and k.count('_') == 2
+                    and k.endswith(('_log_pz', '_log_det')) and '_step' not in k)
+    return [s for name in names for s in (levels if name == 'levels' else [name])]
+
+
+def search_model(model, stats: dict, progress: bool = True, rule_tolerance: float = 0.005
+                 ) -> dict:
+    """Every estimator's selection in both pools, the references, and the winners."""
+    train, held = stats['fit'], stats['in']
+    shifted = {k: v for k, v in stats.items() if k not in ('fit', 'in')}
+    python_only = [f'{c}_bits' for c in PYTHON_CODECS]
+    pools = {'exportable': sorted(k for k in train if k not in python_only),
+             'python': sorted(train)}
+    result = {'pools': {}, 'reference': {}}
+    for pool, candidates in pools.items():
+        rows = []
+        for estimator in ESTIMATORS:
+            chosen = selection.select_statistics(train, held, shifted, candidates, estimator,
+                                                 rule_tolerance=rule_tolerance)
+            rows.append(chosen.to_dict())
+            if progress:
+                print(f'  {pool} {estimator}: mean {chosen.mean_auroc:.4f} with '
+                      f'{chosen.statistics}', flush=True)
+        result['pools'][pool] = {'rows': rows,
+                                 'chosen': max(rows, key=lambda r: r['mean_auroc'])}
+    for name, (names, estimator) in REFERENCE.items():
+        columns = _expand(names, train)
+
+        def matrix(s):
+            return np.stack([s[k] for k in columns], axis=1)
+
+        aurocs = selection.validation_aurocs(estimator, matrix(train), matrix(held),
+                                             {k: matrix(v) for k, v in shifted.items()})
+        result['reference'][name] = {'statistics': columns, 'estimator': estimator,
+                                     'aurocs': aurocs,
+                                     'mean_auroc': float(np.mean(list(aurocs.values())))}
+    return result
+
+
+def design(row: dict) -> dict:
+    """What `tfp-ood fit-detector --design` reads: statistics, codecs, estimator."""
+    codecs = [s[:-len('_bits')] for s in row['statistics']
+              if s[:-len('_bits')] in PYTHON_CODECS]
+    return {'detector': 'density_of_states_selected', 'estimator': row['estimator'],
+            'statistics': [s for s in row['statistics']
+                           if s[:-len('_bits')] not in PYTHON_CODECS],
+            'codecs': codecs, 'validation_aurocs': row['aurocs'],
+            'mean_validation_auroc': row['mean_auroc']}
 
 
 def markdown(results: dict) -> str:
     lines = []
     for model, result in results.items():
-        keys = [k for k in result['rows'][0] if k != 'detector']
-        lines += [f'### {model} (chosen: {result["chosen"]})', '',
-                  '| detector | ' + ' | '.join(keys) + ' |', '|---|' + '---:|' * len(keys)]
-        lines += ['| ' + r['detector'] + ' | ' + ' | '.join(f'{r[k]:.4f}' for k in keys) + ' |'
-                  for r in result['rows']]
+        sets = list(result['pools']['exportable']['rows'][0]['aurocs'])
+        head = ['| design | ' + ' | '.join(sets) + ' | mean | statistics |',
+                '|---|' + '---:|' * (len(sets) + 1) + '---|']
+        lines += [f'### {model}', '', f'Fitted on {result["fit_split"]}; '
+                  f'{result["num_images"]} images per validation set.', '']
+        lines += head
+        for pool, chosen in result['pools'].items():
+            for row in chosen['rows']:
+                mark = '**' if row is chosen['chosen'] or row == chosen['chosen'] else ''
+                lines.append(f'| {mark}{pool}, {row["estimator"]}{mark} | ' + ' | '.join(
+                    f'{row["aurocs"][k]:.4f}' for k in sets) + f' | {row["mean_auroc"]:.4f} | '
+                    + ', '.join(row['statistics']) + ' |')
+        for name, row in result['reference'].items():
+            lines.append(f'| {name} ({row["estimator"]}) | ' + ' | '.join(
+                f'{row["aurocs"][k]:.4f}' for k in sets) + f' | {row["mean_auroc"]:.4f} | '
+                + ', '.join(row['statistics']) + ' |')
+        lines.append('')
+        for pool, chosen in result['pools'].items():
+            row = chosen['chosen']
+            loses = row['loses_to_a_part']
+            lines.append(f'- {pool}: chosen {row["estimator"]} over {len(row["statistics"])} '
+                         f'statistics (mean {row["mean_auroc"]:.4f}); '
+                         + ('at least as good as its best single statistic on every set.'
+                            if not loses else 'below its best single statistic on '
+                            + ', '.join(f'{k} (by {v:.4f})' for k, v in loses.items()) + '.'))
         lines.append('')
     return '\n'.join(lines)
 
@@ -80,34 +163,38 @@ def main(argv=None):
     p.add_argument('--models', nargs='+', default=['glow_cifar10', 'glow_fashion_mnist'],
                    help='shipped flows (in --models-dir) to choose for')
     p.add_argument('--num-fit-images', type=int, default=5000,
-                   help='training images the detectors that learn fit on')
+                   help='training images the detectors fit on')
+    p.add_argument('--rule-tolerance', type=float, default=0.005,
+                   help='how far below its best single statistic the design may fall on a '
+                        'validation set (default 0.005, about the AUROC standard error of '
+                        '2,000 images per set)')
     args = p.parse_args(argv)
     source = common.Source(args)
     if source.samples:
         raise ValueError('The validation sets are training images: pass --data-dir or '
                          '--source tfds.')
+    os.makedirs(args.out, exist_ok=True)
     results = {}
     for name in args.models:
-        path = os.path.join(args.models_dir, name)
-        model = export.restore(path)  # The Python flow: every level's terms.
+        model = export.restore(os.path.join(args.models_dir, name))
         n = args.num_images or 2000
-        sets = common.validation_sets(source, model.image_shape, n)
+        sets = validation_images(source, model, n)
         in_name = common.VALIDATION[tuple(model.image_shape)][0]
         fit_split = f'train[{3 * n}:{3 * n + args.num_fit_images}]'
-        fit_images = data.images_array(source.load(in_name, fit_split))
+        sets['fit'] = data.images_array(source.load(in_name, fit_split))
         print(f'{name}: fit on {in_name}/{fit_split}, {n} images per validation set',
               flush=True)
-        rows = search(model, sets, fit_images, progress=args.progress)
-        best = max((r for r in rows if r['detector'] in DESIGNS), key=lambda r: r['mean_auroc'])
-        results[name] = {'fit_split': fit_split, 'num_images': n, 'rows': rows,
-                         'chosen': best['detector']}
-        print(f'{name}: chosen {best["detector"]} (mean validation AUROC '
-              f'{best["mean_auroc"]:.4f})', flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'search.json'), 'w') as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(args.out, 'search.md'), 'w') as f:
-        f.write(markdown(results))
+        stats = {k: statistics_of(model, v, args.progress) for k, v in sets.items()}
+        results[name] = dict(search_model(model, stats, rule_tolerance=args.rule_tolerance),
+                             fit_split=fit_split, num_images=n,
+                             rule_tolerance=args.rule_tolerance)
+        for pool, suffix in (('exportable', ''), ('python', '_python')):
+            with open(os.path.join(args.out, f'design_{name}{suffix}.json'), 'w') as f:
+                json.dump(design(results[name]['pools'][pool]['chosen']), f, indent=2)
+        with open(os.path.join(args.out, 'search.json'), 'w') as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(args.out, 'search.md'), 'w') as f:
+            f.write(markdown(results))
     print(f'wrote {os.path.abspath(args.out)}')
     return results
 

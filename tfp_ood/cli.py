@@ -149,6 +149,9 @@ def _build_parser() -> argparse.ArgumentParser:
         'set its threshold at a true-positive rate on held-out in-distribution images, and '
         'save the fit as JSON (what tfp-ood detect runs; it is never re-fitted there).')
     fit.add_argument('--detector', required=True, choices=DETECTOR_NAMES, help='the detector')
+    fit.add_argument('--design', default=None,
+                     help='JSON design of density_of_states_selected (statistics, codecs, '
+                          'estimator), as examples/detector_search.py writes')
     fit.add_argument('--model-dir', required=True, help='SavedModel of the density model')
     fit.add_argument('--background-dir', default=None,
                      help='SavedModel of the background model (likelihood_ratio)')
@@ -468,6 +471,10 @@ def _fit_detector(args) -> int:
         raise CommandError(f'{args.output} already exists; pass --overwrite to replace it')
     if os.path.isdir(args.output):
         raise CommandError(f'--output {args.output} is a folder, not a JSON file')
+    if (args.design is None) != (args.detector != detectors.SELECTED):
+        raise CommandError(f'--design goes with --detector {detectors.SELECTED}, and only '
+                           f'with it')
+    design = detectors.read_design(args.design) if args.design else None
     model_dirs = [args.model_dir] + ([args.background_dir] if args.background_dir else [])
     for path in model_dirs:
         if not os.path.isdir(path):
@@ -481,7 +488,7 @@ def _fit_detector(args) -> int:
         args.detector, model_dirs, images(args.fit_split), images(args.validation_split),
         args.true_positive_rate,
         provenance={'dataset': args.dataset, 'fit_split': args.fit_split,
-                    'validation_split': args.validation_split})
+                    'validation_split': args.validation_split}, design=design)
     fitted.provenance.update(num_validation=int(len(fitted.calibration.validation_scores)))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     fitted.save(args.output)

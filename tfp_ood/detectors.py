@@ -50,13 +50,15 @@ import io
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_ood import analysis, export
+from tfp_ood import analysis, estimators, export
+from tfp_ood.image_statistics import (IMAGE_STATISTICS, image_statistics,
+                                      image_statistics_array)
 from tfp_ood.evaluate import score as evaluate_score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel, check_images
@@ -68,7 +70,7 @@ __all__ = [
     'ESTIMATORS', 'FLOW_DETECTOR_NAMES', 'FittedDetector', 'InputComplexity', 'LikelihoodRatio',
     'RawLikelihood', 'Typicality',
     'WAIC', 'calibrate', 'compressed_bits', 'detector_metrics', 'fit_detector',
-    'load_detector', 'named',
+    'SELECTED', 'check_design', 'load_detector', 'named', 'read_design',
 ]
 
 Images = Union[np.ndarray, tf.Tensor, tf.data.Dataset]
@@ -116,8 +118,10 @@ Terms = Dict[str, np.ndarray]
 
 
 def _log_prob_terms(model: DensityModel, images: Images, what: str,
-                    strategy: Optional[tf.distribute.Strategy] = None) -> Terms:
-    return evaluate_score(model, images, name=what, progress=False, strategy=strategy).scores
+                    strategy: Optional[tf.distribute.Strategy] = None,
+                    statistics: bool = False) -> Terms:
+    return evaluate_score(model, images, name=what, progress=False, strategy=strategy,
+                          statistics=statistics).scores
 
 
 class Detector(abc.ABC):
@@ -132,6 +136,9 @@ class Detector(abc.ABC):
     name: str = 'detector'
     models: Sequence[DensityModel] = ()
     needs_fit: bool = False
+    # Whether the score reads the models' statistics along their computation
+    # (`DensityModel.statistics`), not only their terms.
+    needs_statistics: bool = False
     # The lossless codecs the score compresses images with (only PNG runs in a graph).
     codecs: Sequence[str] = ()
 
@@ -141,8 +148,8 @@ class Detector(abc.ABC):
             return self
         if not isinstance(images, tf.data.Dataset):
             images = _as_array(images, self.models[0].image_shape, f'{self.name} fit images')
-        terms = [_log_prob_terms(m, images, f'{self.name} fit images ({m.name})')
-                 for m in self.models]
+        terms = [_log_prob_terms(m, images, f'{self.name} fit images ({m.name})',
+                                 statistics=self.needs_statistics) for m in self.models]
         return self.fit_terms(terms, images)
 
     def fit_terms(self, terms: Sequence[Terms], images: Images) -> 'Detector':
@@ -156,8 +163,8 @@ class Detector(abc.ABC):
         computed under `strategy`, as `tfp_ood.score` does, if given)."""
         if not isinstance(images, tf.data.Dataset):
             images = _as_array(images, self.models[0].image_shape, 'images')
-        terms = [_log_prob_terms(m, images, f'images ({m.name})', strategy)
-                 for m in self.models]
+        terms = [_log_prob_terms(m, images, f'images ({m.name})', strategy,
+                                 self.needs_statistics) for m in self.models]
         return self.score_terms(terms, images)
 
     @abc.abstractmethod
@@ -486,78 +493,45 @@ class WAIC(Detector):
                               components)
 
 
-def _scott_bandwidth(num_points: int, num_dims: int) -> float:
-    """Scott's rule for standardised data, `n ** (-1 / (d + 4))`."""
-    return num_points ** (-1. / (num_dims + 4))
-
-
-def _kde_log_density(kde, standardised: np.ndarray) -> np.ndarray:
-    """`kde.score_samples` of each row; `-inf` where a statistic is not finite."""
-    finite = np.all(np.isfinite(standardised), axis=1)
-    log_density = np.full(len(standardised), -np.inf)
-    if finite.any():
-        log_density[finite] = kde.score_samples(standardised[finite])
-    return log_density
-
-
-#: How `DensityOfStates` models the statistics' density.
-ESTIMATORS = ('kde', 'gaussian')
-
-
-class _Gaussian:
-    """A full-covariance Gaussian of standardised statistics, scored like a KDE
-    (`score_samples`); the covariance is the training sample's (maximum
-    likelihood), with `1e-6` added to its diagonal."""
-
-    def __init__(self, train: np.ndarray):
-        covariance = np.atleast_2d(np.cov(train, rowvar=False, bias=True))
-        self.loc = train.mean(axis=0)
-        self.scale_tril = np.linalg.cholesky(covariance + 1e-6 * np.eye(len(covariance)))
-
-    def distribution(self):
-        return tfd.MultivariateNormalTriL(tf.constant(self.loc, tf.float64),
-                                          tf.constant(self.scale_tril, tf.float64))
-
-    def score_samples(self, standardised: np.ndarray) -> np.ndarray:
-        return self.distribution().log_prob(standardised).numpy()
-
-
-def _fit_density(estimator: str, train: np.ndarray, bandwidth: Optional[float]):
-    """`estimator` fitted to standardised training statistics `[n, d]`; the KDE's
-    bandwidth is `bandwidth` or Scott's rule for `n` and `d`."""
-    if estimator == 'gaussian':
-        return _Gaussian(train)
-    from sklearn.neighbors import KernelDensity
-    return KernelDensity(bandwidth=bandwidth or _scott_bandwidth(*train.shape)).fit(train)
+#: How `DensityOfStates` scores the statistics (`tfp_ood.estimators`).
+ESTIMATORS = tuple(estimators.ESTIMATORS)
 
 
 class DensityOfStates(Detector):
-    """Morningstar et al.'s density of states: a KDE of per-image statistics.
+    """Morningstar et al.'s density of states: how typical an image's statistics are.
 
-    `fit(train_images)` computes each image's summary statistics `s(x)` (the
-    model's log-likelihood terms, and with `codec` the compressed length),
-    standardises them with the training mean and deviation, and fits a
-    Gaussian kernel density `q` (bandwidth by Scott's rule, or `bandwidth`),
-    or with `estimator='gaussian'` one full-covariance Gaussian (a Mahalanobis
-    distance: it sees how the statistics vary together, which a kernel of one
-    width in every standardised direction does not); `score` is
-    `-log q(s(x))`. For flows, the distribution term `log_pz` and the volume
-    term `log_det` are statistics that no single likelihood shows.
+    `fit(train_images)` computes each image's statistics `s(x)`, standardises
+    them with the training mean and deviation, and fits an estimator `q` of
+    `tfp_ood.estimators`: a Gaussian KDE (Scott's bandwidth, or `bandwidth`;
+    the published design), one Gaussian with the maximum-likelihood,
+    Ledoit-Wolf or OAS covariance (a Mahalanobis distance: it sees how the
+    statistics vary together, which a kernel of one width in every
+    standardised direction does not), a Gaussian mixture, or COPOD's
+    empirical-copula tail score. `score` is `-log q(s(x))` (COPOD: its tail
+    score), computed in TensorFlow ops, the same ops an exported detector runs.
+
+    The statistics can be any of the model's terms (`log_prob`, a flow's
+    `log_pz`, `log_det`, `level<i>_*`), its statistics along the computation
+    (`model.statistic_names`, e.g. a flow's per-step log-determinants), the
+    model-free complexity statistics of `tfp_ood.image_statistics` (PNG and
+    JPEG lengths, total variation), and with `codec` the lossless compressed
+    length by a codec of `CODECS` (JPEG 2000 and JPEG XL run in Python only).
 
     Args:
       model: the density model.
-      statistics: which of the model's per-image terms to use (e.g.
-        `('log_pz', 'log_det')` for a flow, `('log_prob',)` for any model).
+      statistics: which statistics to use (e.g. `('log_pz', 'log_det')` for a
+        flow, `('log_prob',)` for any model).
       codec: also use the compressed length in bits (`compressed_bits`) by
         this codec (statistic `compressed_bits`), or by each of several codecs
         (statistics `<codec>_bits`), or `None`.
-      bandwidth: the kernel bandwidth in standardised units (`None`: Scott's
+      bandwidth: the KDE's bandwidth in standardised units (`None`: Scott's
         rule, `n ** (-1 / (d + 4))`).
-      max_fit_images: at most this many training images are kept in the KDE.
-      estimator: `'kde'` (default) or `'gaussian'`.
+      max_fit_images: at most this many training images are kept.
+      estimator: a name of `ESTIMATORS` (default `'kde'`).
     """
 
     name = 'density_of_states'
+    needs_fit = True
 
     def __init__(self, model: DensityModel, statistics: Sequence[str] = ('log_prob',),
                  codec: Union[None, str, Sequence[str]] = None,
@@ -565,6 +539,8 @@ class DensityOfStates(Detector):
                  estimator: str = 'kde'):
         if estimator not in ESTIMATORS:
             raise ValueError(f'Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.')
+        if bandwidth is not None and not (math.isfinite(bandwidth) and bandwidth > 0):
+            raise ValueError(f'DensityOfStates: bandwidth must be a number > 0; got {bandwidth}.')
         codecs = () if codec is None else (codec,) if isinstance(codec, str) else tuple(codec)
         if not statistics and not codecs:
             raise ValueError('DensityOfStates needs at least one statistic.')
@@ -576,6 +552,14 @@ class DensityOfStates(Detector):
         self.estimator = estimator
         self._density = None
         self._mean = self._scale = None
+
+    @property
+    def needs_statistics(self) -> bool:
+        return bool(set(self.statistics) & set(self.models[0].statistic_names))
+
+    @property
+    def _image_statistics(self) -> Tuple[str, ...]:
+        return tuple(s for s in self.statistics if s in IMAGE_STATISTICS)
 
     @property
     def _codec_statistics(self) -> Dict[str, str]:
@@ -590,16 +574,17 @@ class DensityOfStates(Detector):
 
     def _statistics(self, terms: Terms, images: Images, what: str):
         images = _as_array(images, self.models[0].image_shape, what)
-        missing = [s for s in self.statistics if s not in terms]
+        computed = dict(terms, **image_statistics_array(images, self._image_statistics))
+        computed.update({name: compressed_bits(images, codec)
+                         for name, codec in self._codec_statistics.items()})
+        missing = [s for s in self.statistic_names if s not in computed]
         if missing:
             raise ValueError(f'DensityOfStates: the model has no {missing}; it reports '
-                             f'{sorted(terms)}.')
-        terms = dict(terms, **{name: compressed_bits(images, codec)
-                               for name, codec in self._codec_statistics.items()})
-        values = np.stack([terms[s].astype(np.float64) for s in self.statistic_names], axis=1)
-        return values, terms
-
-    needs_fit = True
+                             f'{sorted(terms)}, and the image statistics are '
+                             f'{sorted(IMAGE_STATISTICS)}.')
+        values = np.stack([np.asarray(computed[s], np.float64) for s in self.statistic_names],
+                          axis=1)
+        return values, computed
 
     def fit_terms(self, terms, images) -> 'DensityOfStates':
         values, _ = self._statistics(terms[0], images, 'DensityOfStates training images')
@@ -609,25 +594,31 @@ class DensityOfStates(Detector):
                              'statistics.')
         mean = values.mean(axis=0)
         scale = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.)
-        bandwidth = self.bandwidth or _scott_bandwidth(*values.shape)
-        return self._set_density(values, mean, scale, bandwidth)
+        return self._set_density(values, mean, scale)
 
-    def _set_density(self, values, mean, scale, bandwidth) -> 'DensityOfStates':
-        """Fits the estimator (`_density`, a KDE or a Gaussian) to `values`."""
+    def _set_density(self, values, mean, scale, parameters=None) -> 'DensityOfStates':
+        """Fits the estimator to `values` (or restores it from `parameters`)."""
         self._values, self._mean, self._scale = (np.asarray(values, np.float64),
-                                                 np.asarray(mean), np.asarray(scale))
-        self._bandwidth = float(bandwidth)
-        self._density = _fit_density(
-            self.estimator, (self._values - self._mean) / self._scale, self._bandwidth)
+                                                 np.asarray(mean, np.float64),
+                                                 np.asarray(scale, np.float64))
+        if parameters is not None:
+            self._density = estimators.from_state(self.estimator, parameters)
+        else:
+            self._density = self._new_estimator().fit((self._values - self._mean) / self._scale)
         return self
+
+    def _new_estimator(self) -> estimators.Estimator:
+        if self.estimator == 'kde':
+            return estimators.KDE(self.bandwidth)
+        return estimators.ESTIMATORS[self.estimator]()
 
     def get_state(self) -> Dict:
         if self._density is None:
             return {}
         return {'statistics': list(self.statistic_names), 'estimator': self.estimator,
-                'bandwidth': self._bandwidth,
                 'mean': self._mean.tolist(), 'scale': self._scale.tolist(),
-                'values': self._values.tolist()}
+                'values': self._values.tolist(),
+                'parameters': self._density.get_state()}
 
     def set_state(self, state: Dict) -> 'DensityOfStates':
         if list(state['statistics']) != list(self.statistic_names):
@@ -636,23 +627,38 @@ class DensityOfStates(Detector):
         if state.get('estimator', 'kde') != self.estimator:  # Fits before 'estimator': KDEs.
             raise ValueError(f'DensityOfStates: the saved fit is a {state["estimator"]}, not '
                              f'a {self.estimator}.')
-        return self._set_density(state['values'], state['mean'], state['scale'],
-                                 state['bandwidth'])
+        parameters = state.get('parameters')
+        if parameters is None and self.estimator == 'kde':  # Fits before 'parameters'.
+            self.bandwidth = state['bandwidth']
+        return self._set_density(state['values'], state['mean'], state['scale'], parameters)
+
+    def _log_density(self, values) -> tf.Tensor:
+        """`-score` of the estimator on raw statistics `[N, d]`; `-inf` where one
+        is not finite."""
+        values = _f64(values)
+        standardised = (values - self._mean) / self._scale
+        finite = tf.reduce_all(tf.math.is_finite(standardised), axis=1)
+        safe = tf.where(finite[:, None], standardised, tf.zeros_like(standardised))
+        return tf.where(finite, -self._density.score(safe), -np.inf)
+
+    def _check_fitted(self, what: str) -> None:
+        if self._density is None:
+            raise ValueError(f'DensityOfStates: call fit(train_images) before {what}.')
 
     def score_terms(self, terms, images) -> DetectorScores:
-        if self._density is None:
-            raise ValueError('DensityOfStates: call fit(train_images) before scoring.')
+        self._check_fitted('scoring')
         values, terms = self._statistics(terms[0], images, 'images')
-        log_density = _kde_log_density(self._density, (values - self._mean) / self._scale)
+        log_density = self._log_density(values).numpy()
         return DetectorScores(self.name, -log_density, dict(terms, log_density=log_density))
 
     def ablation(self, in_scores: DetectorScores, out_scores: DetectorScores) -> List[Dict]:
         """Which statistics carry the detection of `out_scores` against `in_scores`.
 
         For each statistic, the AUROC of the density of states refitted (same
-        training images, same standardisation, Scott's bandwidth for the
-        dimension, or this detector's `bandwidth`) on that statistic alone and
-        on all the others; with the AUROC of all of them as `auroc_all`.
+        training images, same standardisation and estimator; a KDE with
+        Scott's bandwidth for the dimension, or this detector's `bandwidth`)
+        on that statistic alone and on all the others; with the AUROC of all
+        of them as `auroc_all`.
 
         Args:
           in_scores, out_scores: this detector's scores of in- and
@@ -662,8 +668,7 @@ class DensityOfStates(Detector):
           One dict per statistic: `statistic`, `auroc_alone`, `auroc_without`,
           `auroc_all`.
         """
-        if self._density is None:
-            raise ValueError('DensityOfStates: call fit(train_images) before ablation.')
+        self._check_fitted('ablation')
         names = list(self.statistic_names)
         train = (self._values - self._mean) / self._scale
 
@@ -674,8 +679,8 @@ class DensityOfStates(Detector):
         in_values, out_values = values(in_scores), values(out_scores)
 
         def auroc(columns):
-            kde = _fit_density(self.estimator, train[:, columns], self.bandwidth)
-            scores = [DetectorScores(self.name, -_kde_log_density(kde, v[:, columns]), {})
+            density = self._new_estimator().fit(train[:, columns])
+            scores = [DetectorScores(self.name, density.score(v[:, columns]).numpy(), {})
                       for v in (in_values, out_values)]
             return detector_metrics(*scores)['auroc']
 
@@ -686,26 +691,16 @@ class DensityOfStates(Detector):
                 for i, name in enumerate(names)]
 
     def graph_score(self, terms, images):
-        """The estimator's log-density in float64 ops: the Gaussian KDE's as
-        scikit-learn's `KernelDensity.score_samples`, over the saved training
-        statistics, or the Gaussian's `MultivariateNormalTriL.log_prob`."""
-        if self._density is None:
-            raise ValueError('DensityOfStates: call fit(train_images) before exporting.')
-        columns = {k: _f64(terms[0][k]) for k in self.statistics}
+        """The estimator's score in float64 ops over the model's traced
+        statistics, the image statistics and the PNG length."""
+        self._check_fitted('exporting')
+        columns = {k: _f64(terms[0][k]) for k in self.statistics if k not in IMAGE_STATISTICS}
+        columns.update({k: _f64(v) for k, v in
+                        image_statistics(images, self._image_statistics).items()})
         for name, codec in self._codec_statistics.items():
             columns[name] = graph_compressed_bits(images, codec)
         values = tf.stack([columns[k] for k in self.statistic_names], axis=1)
-        standardised = (values - self._mean) / self._scale
-        if self.estimator == 'gaussian':
-            log_density = self._density.distribution().log_prob(standardised)
-        else:
-            train = tf.constant((self._values - self._mean) / self._scale, tf.float64)
-            h, (n, d) = self._bandwidth, self._values.shape
-            squared = tf.reduce_sum(tf.square(standardised[:, None, :] - train[None]), axis=-1)
-            log_density = (tf.reduce_logsumexp(-0.5 * squared / h ** 2, axis=1) - math.log(n)
-                           - 0.5 * d * math.log(2 * math.pi) - d * math.log(h))
-        log_density = tf.where(tf.reduce_all(tf.math.is_finite(values), axis=1), log_density,
-                               -np.inf)
+        log_density = self._log_density(values)
         return -log_density, dict(columns, log_density=log_density)
 
 
@@ -713,7 +708,8 @@ class DensityOfStates(Detector):
 DETECTOR_NAMES = ('raw_likelihood', 'likelihood_ratio', 'input_complexity',
                   'input_complexity_jpeg2000', 'input_complexity_jpegxl', 'typicality',
                   'density_of_states', 'density_of_states_terms', 'density_of_states_levels',
-                  'density_of_states_levels_png_jpeg2000', 'density_of_states_gaussian')
+                  'density_of_states_levels_png_jpeg2000', 'density_of_states_gaussian',
+                  'density_of_states_selected')
 # The density-of-states detectors of every level's terms (flows only): their
 # codecs and estimator.
 _LEVEL_DESIGNS = {'density_of_states_levels': ('png', 'kde'),
@@ -727,8 +723,52 @@ def _is_flow(model: DensityModel) -> bool:
     return {'log_pz', 'log_det'} <= set(getattr(model, 'term_names', ()))
 
 
-def named(name: str, model: DensityModel, background: Optional[DensityModel] = None
-          ) -> Detector:
+#: The density of states whose statistics and estimator a design names: what
+#: `examples/detector_search.py` chooses on validation sets.
+SELECTED = 'density_of_states_selected'
+
+
+def check_design(design) -> Dict:
+    """A design (`{'statistics': [...], 'codecs': [...], 'estimator': ...}`), checked.
+
+    Raises:
+      ValueError: a field missing or of the wrong type, an unknown codec or
+        estimator, no statistics.
+    """
+    if not isinstance(design, dict):
+        raise ValueError(f'A design is a dict with statistics, codecs and estimator; got '
+                         f'{type(design).__name__}.')
+    statistics, codecs = design.get('statistics'), design.get('codecs', [])
+    estimator = design.get('estimator')
+    if (not isinstance(statistics, list) or not all(isinstance(x, str) for x in statistics)
+            or not isinstance(codecs, list) or not all(c in CODECS for c in codecs)):
+        raise ValueError(f'A design needs "statistics" (a list of names) and "codecs" (a '
+                         f'list of {sorted(CODECS)}); got {statistics!r} and {codecs!r}.')
+    if estimator not in ESTIMATORS:
+        raise ValueError(f'A design\'s estimator must be one of {ESTIMATORS}; got '
+                         f'{estimator!r}.')
+    if not statistics and not codecs:
+        raise ValueError('A design needs at least one statistic.')
+    return {'statistics': list(statistics), 'codecs': list(codecs), 'estimator': estimator}
+
+
+def read_design(path: str) -> Dict:
+    """The design in a JSON file (`examples/detector_search.py` writes them)."""
+    try:
+        with open(path) as f:
+            design = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'No design at {path}.') from None
+    except ValueError as e:
+        raise ValueError(f'{path} is not a design (not JSON: {e}).') from None
+    try:
+        return check_design(design)
+    except ValueError as e:
+        raise ValueError(f'{path}: {e}') from None
+
+
+def named(name: str, model: DensityModel, background: Optional[DensityModel] = None,
+          design: Optional[Dict] = None) -> Detector:
     """The single-image detector `name` of `DETECTOR_NAMES` over `model`.
 
     `density_of_states` uses the published statistics (the log-likelihood
@@ -742,7 +782,8 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     no TensorFlow ops. `input_complexity` compresses with PNG,
     `input_complexity_jpeg2000` with lossless JPEG 2000,
     `input_complexity_jpegxl` with lossless JPEG XL. `likelihood_ratio` needs
-    `background`.
+    `background`. `density_of_states_selected` is the density of states of
+    `design` (`check_design`): its statistics, codecs and estimator.
     """
     flow = _is_flow(model)
     if name == 'raw_likelihood':
@@ -763,6 +804,12 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     if name == 'density_of_states_terms':
         return DensityOfStates(model, ('log_pz', 'log_det') if flow else ('log_prob',),
                                codec='png')
+    if name == SELECTED:
+        if design is None:
+            raise ValueError(f'{SELECTED} needs a design (statistics, codecs, estimator).')
+        design = check_design(design)
+        return DensityOfStates(model, design['statistics'], codec=design['codecs'] or None,
+                               estimator=design['estimator'])
     if name in _LEVEL_DESIGNS:
         levels = [t for t in getattr(model, 'term_names', ()) if t.startswith('level')]
         if not levels:
@@ -830,6 +877,7 @@ class FittedDetector:
       calibration: its `Calibration`.
       model_dirs: the SavedModels of its models (foreground, then background).
       provenance: what it was fitted and calibrated on.
+      design: the design of a `density_of_states_selected`, else `None`.
     """
 
     name: str
@@ -837,6 +885,7 @@ class FittedDetector:
     calibration: Calibration
     model_dirs: Sequence[str]
     provenance: Dict
+    design: Optional[Dict] = None
 
     def detect(self, images: Images,
                strategy: Optional[tf.distribute.Strategy] = None) -> DetectorScores:
@@ -851,7 +900,8 @@ class FittedDetector:
         (`tfp_ood.export.export_detector`): images in, `ood_score`, `is_ood`
         and the components out."""
         models = [export.restore(d) for d in self.model_dirs]  # Python models, not adapters.
-        detector = named(self.name, models[0], models[1] if len(models) > 1 else None)
+        detector = named(self.name, models[0], models[1] if len(models) > 1 else None,
+                         self.design)
         detector.set_state(self.detector.get_state())
         return export.export_detector(detector, self.name, self.calibration.threshold,
                                       self.calibration.true_positive_rate, self.model_dirs,
@@ -869,6 +919,8 @@ class FittedDetector:
             'validation_scores': [float(v) for v in self.calibration.validation_scores],
             'provenance': dict(self.provenance),
         }
+        if self.design is not None:
+            record['design'] = self.design
         with open(path + '.tmp', 'w') as f:
             json.dump(record, f)
         os.replace(path + '.tmp', path)
@@ -877,15 +929,19 @@ class FittedDetector:
 
 def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
                  validation_images: Images, true_positive_rate: float = 0.95,
-                 provenance: Optional[Dict] = None) -> FittedDetector:
+                 provenance: Optional[Dict] = None,
+                 design: Optional[Dict] = None) -> FittedDetector:
     """Builds detector `name` over the SavedModels `model_dirs` (foreground, and a
-    background for `likelihood_ratio`), fits it on `fit_images` and sets its
-    threshold on the held-out in-distribution `validation_images`."""
+    background for `likelihood_ratio`; `design` for `density_of_states_selected`),
+    fits it on `fit_images` and sets its threshold on the held-out
+    in-distribution `validation_images`."""
     models = [_load_model(d) for d in model_dirs]
-    detector = named(name, models[0], models[1] if len(models) > 1 else None)
+    design = check_design(design) if design is not None else None
+    detector = named(name, models[0], models[1] if len(models) > 1 else None, design)
     detector.fit(fit_images)
     calibration = calibrate(detector.score(validation_images), true_positive_rate)
-    return FittedDetector(name, detector, calibration, list(model_dirs), dict(provenance or {}))
+    return FittedDetector(name, detector, calibration, list(model_dirs), dict(provenance or {}),
+                          design)
 
 
 def _load_model(path: str) -> DensityModel:
@@ -911,9 +967,11 @@ def load_detector(path: str) -> FittedDetector:
     folder = os.path.dirname(os.path.abspath(path))
     model_dirs = [os.path.normpath(os.path.join(folder, d)) for d in record['models']]
     models = [_load_model(d) for d in model_dirs]
-    detector = named(record['detector'], models[0], models[1] if len(models) > 1 else None)
+    design = record.get('design')
+    detector = named(record['detector'], models[0], models[1] if len(models) > 1 else None,
+                     design)
     detector.set_state(record['state'])
     calibration = Calibration(float(record['threshold']), float(record['true_positive_rate']),
                               np.asarray(record['validation_scores'], np.float64))
     return FittedDetector(record['detector'], detector, calibration, model_dirs,
-                          record.get('provenance', {}))
+                          record.get('provenance', {}), design)

@@ -183,7 +183,8 @@ def score(model: DensityModel,
           progress: bool = True,
           model_name: Optional[str] = None,
           jit_compile: bool = False,
-          strategy: Optional[tf.distribute.Strategy] = None) -> ScoreResult:
+          strategy: Optional[tf.distribute.Strategy] = None,
+          statistics: bool = False) -> ScoreResult:
     """Scores every image of `data` under `model`.
 
     Args:
@@ -211,6 +212,10 @@ def score(model: DensityModel,
         order of `data`, so the result equals single-device scoring. Load or
         build the model inside `strategy.scope()` on GPUs.
         Default value: no distribution.
+      statistics: also return the model's statistics along its computation
+        (`model.statistics`, e.g. a flow's per-step log-determinants) among
+        the scores.
+        Default value: `False`.
 
     Returns:
       A `ScoreResult` with one entry per image, in the order of `data`.
@@ -224,7 +229,10 @@ def score(model: DensityModel,
     ds = _as_dataset(data, model, name)
     num_images = int(ds.cardinality())
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    score_batch = model.xla_score_batch if jit_compile else model.score_batch
+    if statistics and jit_compile:
+        raise ValueError('score: statistics=True runs the plain graph; drop jit_compile.')
+    score_batch = (model.statistics_batch if statistics else
+                   model.xla_score_batch if jit_compile else model.score_batch)
     if strategy is not None:
         score_batch = _distributed(score_batch, strategy)
         ds = strategy.experimental_distribute_dataset(ds)

@@ -170,7 +170,8 @@ class _DetectorModule(tf.Module):
         detector = self._held_detector()
         terms = []
         for model in detector.models:
-            model_terms = dict(model.log_prob_terms(images))
+            model_terms = dict(model.statistics(images) if detector.needs_statistics
+                               else model.log_prob_terms(images))
             model_terms['bits_per_dim'] = model.bits_per_dim(model_terms['log_prob'])
             terms.append(model_terms)
         ood_score, components = detector.graph_score(terms, images)

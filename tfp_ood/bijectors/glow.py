@@ -208,20 +208,33 @@ class Level(Chain):
 
     def _inverse_and_log_det_terms_4d(self, y, data_init):
         own, inner = LogDetTerms.zero(), LogDetTerms.zero()
-        latent_log_prob = None
+        latent_log_prob = latent_mean_square = None
+        step_volumes, step_mean_squares = [], []
         kept = None if self._inner is None else self.next_level.image_event_shape[-1]
-        for b in self.bijectors:
+        # The steps' bijectors are bijectors[1:1 + 3 * num_steps], three each.
+        step_ends = {3 * (k + 1) for k in range(self._num_steps)}
+        step_volume = 0.
+        for i, b in enumerate(self.bijectors):
             y, part = b._inverse_and_log_det_terms_4d(y, data_init)
             if b is self._inner:
                 inner = part
             else:
                 own = own.plus(part)
+            if 1 <= i <= 3 * self._num_steps:
+                step_volume = step_volume + part.volume
+                if i in step_ends:
+                    step_volumes.append(step_volume)
+                    step_mean_squares.append(tf.reduce_mean(tf.square(y), axis=[1, 2, 3]))
+                    step_volume = 0.
             if kept is not None and b is self.split_prior:
                 # The factored-out half is final: the next level leaves it alone.
                 latent_log_prob = _standard_normal_log_prob(y[..., kept:])
+                latent_mean_square = tf.reduce_mean(tf.square(y[..., kept:]), axis=[1, 2, 3])
         if latent_log_prob is None:  # The last level: all of its latent is final.
             latent_log_prob = _standard_normal_log_prob(y)
-        level = LevelTerms(own.volume, own.distribution, latent_log_prob)
+            latent_mean_square = tf.reduce_mean(tf.square(y), axis=[1, 2, 3])
+        level = LevelTerms(own.volume, own.distribution, latent_log_prob, tuple(step_volumes),
+                           tuple(step_mean_squares), latent_mean_square)
         return y, LogDetTerms(own.volume + inner.volume, own.distribution + inner.distribution,
                               (level,) + inner.levels)
 

@@ -23,7 +23,7 @@ the protocol, as distrax composes `forward_and_log_det`; a chain holds
 `ImageBijector`s only, so nothing falls back to TFP's two-pass methods.
 """
 
-from typing import NamedTuple, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -60,11 +60,23 @@ class LevelTerms(NamedTuple):
         the distribution term); 0 for the last level, which has none.
       latent_log_prob: the standard normal log-density of the latent the
         level factors out (all of the last level's latent).
+      step_volumes: each flow step's log-determinant (ActNorm, 1x1
+        convolution and coupling), in scoring order; they sum to `volume`.
+      step_mean_squares: the mean square of the activations after each step.
+      latent_mean_square: the mean square of the latent the level factors out.
     """
 
     volume: tf.Tensor
     prior_log_det: tf.Tensor
     latent_log_prob: tf.Tensor
+    step_volumes: Tuple[tf.Tensor, ...] = ()
+    step_mean_squares: Tuple[tf.Tensor, ...] = ()
+    latent_mean_square: Optional[tf.Tensor] = None
+
+    def map(self, fn) -> 'LevelTerms':
+        """`fn` applied to every tensor (each step's too); `None` stays `None`."""
+        return LevelTerms(*(tuple(fn(t) for t in v) if isinstance(v, tuple)
+                            else None if v is None else fn(v) for v in self))
 
 
 class LogDetTerms(NamedTuple):
@@ -243,7 +255,7 @@ class ImageBijector(tfb.Bijector):
         def per_batch(t):
             return self._from_4d_log_det(per_example + t, batch_shape)
 
-        levels = tuple(LevelTerms(*(per_batch(t) for t in level)) for level in terms.levels)
+        levels = tuple(level.map(per_batch) for level in terms.levels)
         return (self._from_4d(x4, batch_shape, self._latent_event_shape),
                 LogDetTerms(per_batch(terms.volume), per_batch(terms.distribution), levels))
 

@@ -153,6 +153,32 @@ class DensityModel(tf.Module):
     def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
         raise NotImplementedError
 
+    @property
+    def statistic_names(self) -> Tuple[str, ...]:
+        """The per-image statistics along the model's computation that
+        `statistics` reports besides its terms (none by default)."""
+        return ()
+
+    def statistics(self, images) -> Dict[str, tf.Tensor]:
+        """`log_prob_terms(images)` and every statistic of `statistic_names`,
+        `[batch]` float32 each: what detectors built on the model's
+        computation (`tfp_ood.detectors.DensityOfStates`) read."""
+        return dict(self.log_prob_terms(images))
+
+    @property
+    def statistics_batch(self):
+        """`statistics` with `bits_per_dim`, traced like `score_batch` (built on
+        first use); `tfp_ood.score(..., statistics=True)` runs it."""
+        if getattr(self, '_statistics_batch', None) is None:
+            def statistics_batch(images):
+                out = self.statistics(images)
+                out['bits_per_dim'] = self.bits_per_dim(out['log_prob'])
+                return out
+            self._statistics_batch = tf.function(
+                statistics_batch, input_signature=[
+                    tf.TensorSpec((None,) + self._image_shape, tf.uint8, name='images')])
+        return self._statistics_batch
+
     def get_config(self) -> Dict:
         """JSON-able configuration with a `'family'` key; see `models.from_config`."""
         raise NotImplementedError(f'{type(self).__name__} has no get_config().')

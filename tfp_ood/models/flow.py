@@ -19,6 +19,14 @@ A multi-scale flow also reports each level's share (`level<i>_log_pz`: the
 standard normal log-density of the latent the level factors out plus its split
 prior's log-determinant; `level<i>_log_det`: its steps' log-determinant). They
 sum to `log_pz` and `log_det` up to float rounding.
+
+`statistics(images)` adds what happens along the way, per image
+(`statistic_names`): each step's log-determinant
+(`level<i>_step<j>_log_det`, summing to `level<i>_log_det`), the mean square
+of the activations after each step (`level<i>_step<j>_mean_square`), and
+each level's split-prior log-determinant (`level<i>_prior_log_det`, all but
+the last level) and the mean square of the latent it factors out
+(`level<i>_latent_mean_square`).
 """
 
 from typing import Dict, Optional
@@ -90,6 +98,17 @@ class FlowModel(DensityModel):
                           for t in ('log_pz', 'log_det'))
         return ('log_pz', 'log_det', 'dequant_const') + per_level
 
+    @property
+    def statistic_names(self):
+        names = []
+        for i, level in enumerate(self.levels):
+            names += [f'level{i}_step{j}_{t}' for j in range(len(level.steps))
+                      for t in ('log_det', 'mean_square')]
+            if level.split_prior is not None:
+                names.append(f'level{i}_prior_log_det')
+            names.append(f'level{i}_latent_mean_square')
+        return tuple(names)
+
     @classmethod
     def from_config(cls, config: GlowConfig, precision: str = 'float32') -> 'FlowModel':
         """A Glow (affine) or CV-Glow (additive) as `config` says, its networks
@@ -134,6 +153,10 @@ class FlowModel(DensityModel):
           `log_prob == log_pz + log_det + dequant_const`, and for a multi-scale
           flow `level<i>_log_pz` and `level<i>_log_det` per level.
         """
+        return self._terms(images, noise)[0]
+
+    def _terms(self, images, noise=None):
+        """`log_prob_terms` and the per-level `LevelTerms`."""
         images = check_images(images, self.image_shape)
         z, terms = inverse_and_log_det_terms(self.bijector, dequantize(images, noise))
         log_pz = self.base_distribution.log_prob(z) + terms.distribution
@@ -147,6 +170,20 @@ class FlowModel(DensityModel):
         for i, level in enumerate(terms.levels):
             out[f'level{i}_log_pz'] = level.latent_log_prob + level.prior_log_det
             out[f'level{i}_log_det'] = level.volume
+        return out, terms.levels
+
+    def statistics(self, images) -> Dict[str, tf.Tensor]:
+        """`log_prob_terms(images)` and every statistic of `statistic_names`
+        (see the module docstring), from one pass through the flow."""
+        out, levels = self._terms(images)
+        for i, level in enumerate(levels):
+            for j, (log_det, mean_square) in enumerate(zip(level.step_volumes,
+                                                           level.step_mean_squares)):
+                out[f'level{i}_step{j}_log_det'] = log_det
+                out[f'level{i}_step{j}_mean_square'] = mean_square
+            if i + 1 < len(levels):  # The last level has no split prior.
+                out[f'level{i}_prior_log_det'] = level.prior_log_det
+            out[f'level{i}_latent_mean_square'] = level.latent_mean_square
         return out
 
     def sample(self, num_images: int, temperature: float = 1.0,

@@ -1,0 +1,306 @@
+"""Tests of the statistics along a model's computation, the image statistics, the
+estimators over them, the selection of statistics and the validation shifts:
+each against a hand computation, scikit-learn or SciPy."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from scipy import stats
+from sklearn.covariance import OAS, LedoitWolf
+from sklearn.mixture import GaussianMixture
+from sklearn.neighbors import KernelDensity
+
+from tfp_ood import detectors, estimators, export, image_statistics, models, selection, shifts
+from tfp_ood.config import GlowConfig
+from tfp_ood.models.base import dequantize
+
+
+def _images(n, shape=(8, 8, 3), seed=0, high=256):
+    return np.random.default_rng(seed).integers(0, high, (n,) + shape, dtype=np.uint8)
+
+
+def _perturbed_glow(shape=(8, 8, 3)):
+    model = models.from_config(dict(family='glow', **GlowConfig.named('tiny', shape).to_dict()))
+    model.initialize(_images(64, shape))
+    for v in model.trainable_variables:  # Away from the identity couplings of initialisation.
+        v.assign_add(0.05 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
+    return model
+
+
+class FlowStatisticsTest(tf.test.TestCase):
+
+    def test_step_statistics_against_a_walk_through_the_bijectors_by_hand(self):
+        model = _perturbed_glow()
+        images = _images(5, seed=1)
+        statistics = model.statistics(images)
+        self.assertEqual(set(statistics) - set(model.log_prob_terms(images)),
+                         set(model.statistic_names))
+        # Walk the flow by hand, each bijector through its public one-pass inverse.
+        y = dequantize(tf.constant(images))
+        for i, level in enumerate(model.levels):
+            y, _ = level.squeeze.inverse_and_log_det(y)
+            for j, step in enumerate(level.steps):
+                log_det = 0.
+                for bijector in step:
+                    y, ildj = bijector.inverse_and_log_det(y)
+                    log_det += ildj
+                self.assertAllClose(statistics[f'level{i}_step{j}_log_det'],
+                                    log_det + np.zeros(5), rtol=1e-5, atol=1e-3)
+                self.assertAllClose(statistics[f'level{i}_step{j}_mean_square'],
+                                    np.mean(np.square(y), axis=(1, 2, 3)), rtol=1e-5)
+            if level.split_prior is not None:
+                y, ildj = level.split_prior.inverse_and_log_det(y)
+                kept = level.next_level.image_event_shape[-1]
+                latent, y = y[..., kept:], y[..., :kept]
+                self.assertAllClose(statistics[f'level{i}_prior_log_det'], ildj, rtol=1e-5)
+            else:
+                latent = y
+            self.assertAllClose(statistics[f'level{i}_latent_mean_square'],
+                                np.mean(np.square(latent), axis=(1, 2, 3)), rtol=1e-5)
+            # The steps' log-determinants sum to the level's volume term.
+            self.assertAllClose(
+                sum(statistics[f'level{i}_step{j}_log_det'] for j in range(len(level.steps))),
+                statistics[f'level{i}_log_det'], rtol=1e-5, atol=1e-3)
+
+    def test_the_evaluator_returns_them_on_request_only(self):
+        model = _perturbed_glow()
+        images = _images(6, seed=2)
+        plain = tfp_score(model, images)
+        full = tfp_score(model, images, statistics=True)
+        self.assertNotIn('level0_step0_log_det', plain)
+        for k, v in plain.items():
+            self.assertAllClose(full[k], v, rtol=1e-6, msg=k)
+        self.assertIn('level1_latent_mean_square', full)
+        self.assertNotIn('level1_prior_log_det', full)  # The last level has no prior.
+
+
+def tfp_score(model, images, **kwargs):
+    from tfp_ood.evaluate import score
+    return score(model, images, progress=False, **kwargs).scores
+
+
+class ImageStatisticsTest(tf.test.TestCase):
+
+    def test_against_numpy_and_lossless_round_trips(self):
+        images = np.concatenate([_images(4), np.full((1, 8, 8, 3), 9, np.uint8)])
+        out = image_statistics.image_statistics(images, list(image_statistics.IMAGE_STATISTICS))
+        x = images.astype(np.float64)
+        dx, dy = np.diff(x, axis=2), np.diff(x, axis=1)
+        self.assertAllClose(out['total_variation'],
+                            np.abs(dx).mean((1, 2, 3)) + np.abs(dy).mean((1, 2, 3)))
+        self.assertAllClose(out['gradient_mean_square'],
+                            (dx ** 2).mean((1, 2, 3)) + (dy ** 2).mean((1, 2, 3)))
+        laplacian = (4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2]
+                     - x[:, 1:-1, 2:])
+        self.assertAllClose(out['laplacian_mean_abs'], np.abs(laplacian).mean((1, 2, 3)))
+        self.assertAllEqual(out['total_variation'][-1], 0.)
+        for level in (1, 6, 9):
+            self.assertAllEqual(out[f'png{level}_bits'], detectors.compressed_bits(images, 'png',
+                                                                                   level))
+        png = Image.open(io.BytesIO(tf.io.encode_png(images[0], compression=9).numpy()))
+        self.assertAllEqual(np.asarray(png), images[0])  # A real, lossless PNG of the image.
+        for quality in (30, 60, 90, 98):
+            encoded = tf.io.encode_jpeg(images[1], quality=quality,
+                                        chroma_downsampling=False).numpy()
+            self.assertEqual(out[f'jpeg{quality}_bits'][1], 8 * len(encoded))
+            self.assertEqual(Image.open(io.BytesIO(encoded)).format, 'JPEG')
+        # Simpler images are shorter at every setting: the constant image is shortest.
+        for name in out:
+            if name.endswith('_bits'):
+                self.assertEqual(int(np.argmin(out[name])), 4, name)
+        arrays = image_statistics.image_statistics_array(images, ['png9_bits'], batch_size=2)
+        self.assertAllEqual(arrays['png9_bits'], out['png9_bits'])
+
+    def test_bad_input(self):
+        with self.assertRaisesRegex(ValueError, 'Unknown image statistics'):
+            image_statistics.image_statistics(_images(2), ['flif_bits'])
+        with self.assertRaisesRegex(ValueError, 'uint8 images'):
+            image_statistics.image_statistics(np.zeros((2, 8, 8, 2), np.uint8), ['png9_bits'])
+
+
+def _data(n=400, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d))
+    return rng.normal(size=(n, d)) @ mix, rng.normal(size=(50, d)) @ mix * 1.5
+
+
+class EstimatorsTest(tf.test.TestCase):
+
+    def test_gaussians_and_kde_against_scipy_and_scikit_learn(self):
+        train, test = _data()
+        cov = np.cov(train, rowvar=False, bias=True) + 1e-6 * np.eye(3)
+        expected = {
+            'gaussian': stats.multivariate_normal(train.mean(0), cov).logpdf(test),
+            'ledoit_wolf': stats.multivariate_normal(
+                train.mean(0), LedoitWolf().fit(train).covariance_ + 1e-6 * np.eye(3)
+            ).logpdf(test),
+            'oas': stats.multivariate_normal(
+                train.mean(0), OAS().fit(train).covariance_ + 1e-6 * np.eye(3)).logpdf(test),
+            'kde': KernelDensity(bandwidth=400 ** (-1 / 7)).fit(train).score_samples(test),
+            'gmm': GaussianMixture(4, covariance_type='full', reg_covar=1e-4,
+                                   random_state=0).fit(train).score_samples(test),
+        }
+        for name, log_density in expected.items():
+            estimator = estimators.ESTIMATORS[name]().fit(train)
+            self.assertAllClose(-estimator.score(test), log_density, rtol=1e-6, atol=1e-8,
+                                msg=name)
+            restored = estimators.from_state(name, json.loads(json.dumps(
+                estimator.get_state())))
+            self.assertAllClose(restored.score(test), estimator.score(test), rtol=1e-12,
+                                msg=name)
+
+    def test_copod_against_a_hand_computation(self):
+        train = np.array([[0., 5.], [1., 3.], [2., 4.], [10., 0.]])  # Skewed right, left.
+        test = np.array([[1., 3.], [20., -1.], [-5., 9.]])
+        estimator = estimators.COPOD().fit(train)
+        n = 4
+        expected = []
+        for row in test:
+            left = [-np.log((np.sum(train[:, j] <= row[j]) + 1) / (n + 1)) for j in range(2)]
+            right = [-np.log((np.sum(train[:, j] >= row[j]) + 1) / (n + 1)) for j in range(2)]
+            skewness = stats.skew(train, axis=0)
+            skewed = [left[j] if skewness[j] < 0 else right[j] for j in range(2)]
+            expected.append(max(sum(left), sum(right), sum(skewed)))
+        self.assertAllClose(estimator.score(test), expected)
+        self.assertGreater(float(estimator.score(test)[1]), float(estimator.score(test)[0]))
+
+    def test_bad_input(self):
+        with self.assertRaisesRegex(ValueError, 'finite statistics'):
+            estimators.Gaussian().fit(np.array([[1., np.nan], [2., 3.]]))
+        with self.assertRaisesRegex(ValueError, 'finite statistics'):
+            estimators.KDE().fit(np.ones((1, 2)))
+        with self.assertRaisesRegex(ValueError, 'bandwidth must be > 0'):
+            estimators.KDE(0.)
+        with self.assertRaisesRegex(ValueError, 'covariance must be one of'):
+            estimators.Gaussian('diagonal')
+        with self.assertRaisesRegex(ValueError, 'Unknown estimator'):
+            estimators.from_state('svm', {})
+
+
+class SelectionTest(tf.test.TestCase):
+
+    def test_a_useless_statistic_is_left_out_and_the_rule_holds(self):
+        rng = np.random.default_rng(0)
+
+        def sample(n, shift_good=0., shift_other=0.):
+            return {'good': rng.normal(shift_good, 1., n), 'useless': rng.normal(0., 1., n),
+                    'other': rng.normal(shift_other, 1., n), 'constant': np.ones(n)}
+
+        train, held = sample(2000), sample(1000)
+        shifted = {'a': sample(1000, shift_good=3.),
+                   'b': sample(1000, shift_good=2., shift_other=2.)}
+        chosen = selection.select_statistics(train, held, shifted,
+                                             ['useless', 'constant', 'good', 'other'],
+                                             'ledoit_wolf')
+        self.assertEqual(chosen.statistics[0], 'good')
+        self.assertNotIn('useless', chosen.statistics)
+        self.assertNotIn('constant', chosen.statistics)
+        self.assertEqual(chosen.loses_to_a_part, {})
+        for k, v in chosen.aurocs.items():
+            self.assertGreaterEqual(v, chosen.singles['good'][k])
+        self.assertLess(abs(chosen.singles['useless']['a'] - 0.5), 0.05)
+        self.assertAlmostEqual(chosen.mean_auroc, np.mean(list(chosen.aurocs.values())))
+        # Without the rule, the objective alone decides.
+        free = selection.select_statistics(train, held, shifted, ['good', 'other'], 'gaussian',
+                                           rule_tolerance=np.inf)
+        self.assertGreaterEqual(free.mean_auroc, np.mean(list(chosen.singles['good'].values())))
+        with self.assertRaisesRegex(ValueError, 'has no'):
+            selection.select_statistics(train, held, {'a': {'good': np.zeros(3)}},
+                                        ['good', 'other'])
+        with self.assertRaisesRegex(ValueError, 'no validation OOD sets'):
+            selection.select_statistics(train, held, {}, ['good'])
+
+
+class ShiftsTest(tf.test.TestCase):
+
+    def test_each_shift_does_what_it_says(self):
+        images = _images(6, (8, 8, 3), seed=3)
+        made = shifts.make_shifts(images, seed=1)
+        self.assertEqual(tuple(made), shifts.SHIFTS)
+        for name, shifted in made.items():
+            self.assertEqual((shifted.dtype, shifted.shape), (np.uint8, images.shape), name)
+        self.assertAllEqual(made['invert'], 255 - images)
+        self.assertAllEqual(made['vertical_flip'], images[:, ::-1])
+        luma = np.round(images.astype(np.float64) @ [0.299, 0.587, 0.114])
+        self.assertAllEqual(made['grayscale'][..., 1], luma)
+        # Pixel shuffle: the same 4x4 blocks, moved.
+
+        def blocks(x):
+            return sorted(x[r:r + 4, c:c + 4].tobytes() for r in (0, 4) for c in (0, 4))
+        for a, b in zip(images, made['pixel_shuffle']):
+            self.assertEqual(blocks(a), blocks(b))
+        self.assertAllEqual(shifts.make_shifts(images, seed=1)['pixel_shuffle'],
+                            made['pixel_shuffle'])
+        constant = np.full((2, 8, 8, 1), 77, np.uint8)
+        for name in ('blur', 'low_resolution', 'jpeg'):
+            self.assertAllClose(shifts.shift(name, constant), constant, atol=1, msg=name)
+        self.assertNotIn('grayscale', shifts.make_shifts(constant))
+        # Blur and lower resolution make images simpler: shorter PNGs.
+        png = detectors.compressed_bits
+        for name in ('blur', 'low_resolution'):
+            self.assertLess(png(made[name]).mean(), png(images).mean(), name)
+        with self.assertRaisesRegex(ValueError, 'Unknown shift'):
+            shifts.shift('rotate', images)
+
+
+class SelectedDesignTest(tf.test.TestCase):
+
+    def test_design_checks(self):
+        with self.assertRaisesRegex(ValueError, 'estimator must be one of'):
+            detectors.check_design({'statistics': ['log_pz'], 'codecs': [], 'estimator': 'x'})
+        with self.assertRaisesRegex(ValueError, 'needs "statistics"'):
+            detectors.check_design({'statistics': 'log_pz', 'estimator': 'kde'})
+        with self.assertRaisesRegex(ValueError, 'at least one statistic'):
+            detectors.check_design({'statistics': [], 'codecs': [], 'estimator': 'kde'})
+        with self.assertRaisesRegex(ValueError, 'needs a design'):
+            detectors.named(detectors.SELECTED, _perturbed_glow())
+
+    @pytest.mark.slow
+    def test_fits_reload_and_export_to_the_python_scores_in_plain_tensorflow(self):
+        from tests.detectors_test import _PLAIN_TF
+        directory = self.create_tempdir().full_path
+        model = _perturbed_glow()
+        model_dir = export.export(model, os.path.join(directory, 'glow'))
+        train = _images(160, seed=6)
+        images = np.concatenate([_images(10, seed=7), np.zeros((2, 8, 8, 3), np.uint8)])
+        np.savez(os.path.join(directory, 'x.npz'), images=images)
+        statistics = ['level0_step0_log_det', 'level1_latent_mean_square', 'level0_log_pz',
+                      'jpeg90_bits', 'total_variation', 'level0_prior_log_det']
+        for estimator in ('ledoit_wolf', 'copod', 'gmm'):
+            design = {'statistics': statistics, 'codecs': [], 'estimator': estimator}
+            fitted = detectors.fit_detector(detectors.SELECTED, [model_dir], train[:100],
+                                            train[100:], design=design)
+            expected = fitted.detect(images)
+            self.assertAllClose(expected.components['level0_step0_log_det'],
+                                model.statistics(images)['level0_step0_log_det'])
+            reloaded = detectors.load_detector(fitted.save(os.path.join(directory,
+                                                                        f'{estimator}.json')))
+            self.assertAllEqual(reloaded.detect(images).ood_score, expected.ood_score)
+            path = fitted.export(os.path.join(directory, f'detector_{estimator}'))
+            run = subprocess.run([sys.executable, '-c', _PLAIN_TF, path,
+                                  os.path.join(directory, 'x.npz')],
+                                 capture_output=True, text=True, timeout=300)
+            self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+            report = json.loads(run.stdout.strip().splitlines()[-1])
+            self.assertEqual(report['leaked_modules'], [])
+            self.assertAllClose(report['outputs']['ood_score'], expected.ood_score, rtol=1e-5,
+                                atol=1e-6, msg=estimator)
+            self.assertAllEqual(report['outputs']['is_ood'], expected.components['is_ood'],
+                                msg=estimator)
+        # With a Python-only codec the design fits but does not export.
+        design = {'statistics': ['level0_log_pz'], 'codecs': ['jpegxl'], 'estimator': 'oas'}
+        fitted = detectors.fit_detector(detectors.SELECTED, [model_dir], train[:100],
+                                        train[100:], design=design)
+        with self.assertRaisesRegex(ValueError, 'jpegxl, which has no TensorFlow op'):
+            fitted.export(os.path.join(directory, 'refused'))
+
+
+if __name__ == '__main__':
+    tf.test.main()

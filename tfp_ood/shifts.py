@@ -1,0 +1,107 @@
+"""Out-of-distribution validation sets made from in-distribution images alone.
+
+A detector's design (which statistics, which estimator) is a choice, and a
+choice made on the test pair (CIFAR-10 against SVHN) would flatter it. These
+shifts turn held-out training images into validation OOD sets that any user
+can make for their own data, each a different way of leaving the training
+distribution:
+
+| name | what it changes |
+|---|---|
+| `blur` | Gaussian blur of standard deviation 1 pixel: smoother, simpler images |
+| `low_resolution` | down-sampled by 2 and back (bilinear): less detail |
+| `jpeg` | JPEG at quality 20: block artefacts |
+| `pixel_shuffle` | 4x4 blocks permuted at random: local statistics kept, layout lost |
+| `invert` | `255 - x`: every intensity reversed |
+| `vertical_flip` | upside down: content the right way round is gone |
+| `grayscale` | RGB images to gray (ITU-R 601 luma), replicated to 3 channels |
+
+`make_shifts(images, seed)` returns every shift that applies to the images'
+channels; all are deterministic given `seed`.
+"""
+
+from typing import Dict, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ['SHIFTS', 'make_shifts', 'shift']
+
+#: The shifts `make_shifts` makes, in order.
+SHIFTS = ('blur', 'low_resolution', 'jpeg', 'pixel_shuffle', 'invert', 'vertical_flip',
+          'grayscale')
+
+
+def _as_uint8(x: tf.Tensor) -> np.ndarray:
+    return tf.cast(tf.clip_by_value(tf.round(x), 0., 255.), tf.uint8).numpy()
+
+
+def _blur(images: np.ndarray) -> np.ndarray:
+    taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+    taps /= taps.sum()
+    channels = images.shape[-1]
+    kernel = np.tile(np.outer(taps, taps)[:, :, None, None], (1, 1, channels, 1))
+    x = tf.cast(images, tf.float32)
+    padded = tf.pad(x, [[0, 0], [3, 3], [3, 3], [0, 0]], mode='REFLECT')
+    return _as_uint8(tf.nn.depthwise_conv2d(padded, tf.constant(kernel, tf.float32),
+                                            [1, 1, 1, 1], 'VALID'))
+
+
+def _low_resolution(images: np.ndarray) -> np.ndarray:
+    height, width = images.shape[1:3]
+    small = tf.image.resize(tf.cast(images, tf.float32), (height // 2, width // 2), 'bilinear',
+                            antialias=True)
+    return _as_uint8(tf.image.resize(small, (height, width), 'bilinear'))
+
+
+def _jpeg(images: np.ndarray) -> np.ndarray:
+    return np.stack([tf.io.decode_jpeg(tf.io.encode_jpeg(image, quality=20),
+                                       channels=images.shape[-1]).numpy() for image in images])
+
+
+def _pixel_shuffle(images: np.ndarray, rng: np.random.Generator, block: int = 4) -> np.ndarray:
+    n, height, width, channels = images.shape
+    rows, cols = height // block, width // block
+    kept = images[:, :rows * block, :cols * block]
+    blocks = kept.reshape(n, rows, block, cols, block, channels).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(n, rows * cols, block, block, channels)
+    order = np.argsort(rng.random((n, rows * cols)), axis=1)
+    blocks = np.take_along_axis(blocks, order[:, :, None, None, None], axis=1)
+    out = images.copy()
+    out[:, :rows * block, :cols * block] = blocks.reshape(n, rows, cols, block, block, channels
+                                                          ).transpose(0, 1, 3, 2, 4, 5).reshape(
+        n, rows * block, cols * block, channels)
+    return out
+
+
+def _grayscale(images: np.ndarray) -> np.ndarray:
+    luma = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.repeat(np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def shift(name: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Images with shift `name` of `SHIFTS` applied (uint8 in, uint8 out, same shape)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f'shift needs uint8 images [N, H, W, 1 or 3]; got {images.dtype} '
+                         f'{images.shape}.')
+    if name == 'grayscale' and images.shape[-1] != 3:
+        raise ValueError('The grayscale shift needs RGB images.')
+    transforms = {
+        'blur': _blur, 'low_resolution': _low_resolution, 'jpeg': _jpeg,
+        'pixel_shuffle': lambda x: _pixel_shuffle(x, np.random.default_rng(seed)),
+        'invert': lambda x: 255 - x, 'vertical_flip': lambda x: x[:, ::-1].copy(),
+        'grayscale': _grayscale,
+    }
+    if name not in transforms:
+        raise ValueError(f'Unknown shift {name!r}; expected one of {SHIFTS}.')
+    return transforms[name](images)
+
+
+def make_shifts(images: np.ndarray, seed: int = 0,
+                names: Sequence[str] = SHIFTS) -> Dict[str, np.ndarray]:
+    """`{name: shifted images}` for each shift of `names` that applies to the
+    images' channels (`grayscale` only to RGB)."""
+    images = np.asarray(images)
+    return {name: shift(name, images, seed) for name in names
+            if not (name == 'grayscale' and images.shape[-1] != 3)}
