@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tests import scripts
-from tfp_ood import export, models
+from tfp_ood import detectors, export, models, shifts
 from tfp_ood.config import GlowConfig
 
 REPO = scripts.REPO
@@ -146,17 +146,26 @@ class ExamplesTest(tf.test.TestCase):
         # Fit images after the three validation blocks: none is also a validation image.
         self.assertEqual(result['fit_split'], 'train[24:48]')
         detector_search = scripts.load('examples/detector_search.py')
-        self.assertEqual([r['detector'] for r in result['rows']],
-                         list(detector_search.CANDIDATES))
-        for row in result['rows']:
-            aurocs = [row[k] for k in ('auroc_uniform_noise', 'auroc_cifar10_gray',
-                                       'auroc_fashion_mnist_resized')]
-            self.assertAlmostEqual(row['mean_auroc'], np.mean(aurocs))
-        designs = [r for r in result['rows'] if r['detector'] in detector_search.DESIGNS]
-        self.assertEqual(result['chosen'],
-                         max(designs, key=lambda r: r['mean_auroc'])['detector'])
+        sets = ['uniform_noise', 'cifar10_gray', 'fashion_mnist_resized', *shifts.SHIFTS]
+        for pool, chosen in result['pools'].items():
+            self.assertEqual([r['estimator'] for r in chosen['rows']],
+                             list(detector_search.ESTIMATORS))
+            for row in chosen['rows']:
+                self.assertEqual(list(row['aurocs']), sets)
+                self.assertAlmostEqual(row['mean_auroc'], np.mean(list(row['aurocs'].values())))
+                # The rule: never more than the tolerance below one of its statistics alone.
+                for k, v in row['aurocs'].items():
+                    self.assertGreaterEqual(v, row['best_single'][k] - 0.005, (pool, k))
+            self.assertEqual(chosen['chosen']['mean_auroc'],
+                             max(r['mean_auroc'] for r in chosen['rows']))
+            suffix = '' if pool == 'exportable' else '_python'
+            design = detectors.read_design(os.path.join(out, f'design_glow_cifar10{suffix}.json'))
+            self.assertEqual(design['estimator'], chosen['chosen']['estimator'])
+            if pool == 'exportable':
+                self.assertEqual(design['codecs'], [])
+        self.assertEqual(set(result['reference']), set(detector_search.REFERENCE))
         with open(os.path.join(out, 'search.md')) as f:
-            self.assertIn(f'### glow_cifar10 (chosen: {result["chosen"]})', f.read())
+            self.assertIn('### glow_cifar10', f.read())
         run = _script('detector_search.py', '--models', 'glow_cifar10', '--models-dir',
                       models_dir, '--out', out)
         self.assertEqual(run.returncode, 2)
