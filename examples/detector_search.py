@@ -24,8 +24,9 @@ may not leave the design more than `--rule-tolerance` below one of its
 statistics alone on any validation set. The design with the highest mean
 wins each pool; the earlier named designs are scored beside
 them for reference. Writes `search.md`, `search.json` and, per model,
-`design_<model>.json` and `design_<model>_python.json` (what
-`tfp-ood fit-detector --design` reads) to `--out`.
+`<model>.json` and `<model>_python.json` (the designs, what
+`tfp-ood fit-detector --design` and `examples/detectors.py --designs-dir` read)
+to `--out`; the shipped designs are in `saved_models/designs/`.
 
     python examples/detector_search.py --data-dir DATA   # glow_cifar10, glow_fashion_mnist
 """
@@ -189,7 +190,7 @@ def main(argv=None):
                              fit_split=fit_split, num_images=n,
                              rule_tolerance=args.rule_tolerance)
         for pool, suffix in (('exportable', ''), ('python', '_python')):
-            with open(os.path.join(args.out, f'design_{name}{suffix}.json'), 'w') as f:
+            with open(os.path.join(args.out, f'{name}{suffix}.json'), 'w') as f:
                 json.dump(design(results[name]['pools'][pool]['chosen']), f, indent=2)
         with open(os.path.join(args.out, 'search.json'), 'w') as f:
             json.dump(results, f, indent=2)

@@ -38,7 +38,8 @@ import numpy as np
 
 import common  # examples/common.py
 
-from tfp_ood import data, detectors, evaluate, export, plotting, report, summaries
+from tfp_ood import (data, detectors, evaluate, export, image_statistics, plotting, report,
+                     summaries)
 
 TYPICALITY_M = (1, 2, 5, 10, 25)
 # Published single-image AUROCs (M images per test for typicality), keyed by
@@ -196,13 +197,29 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
         key = (id(m), name)
         if key not in cache:
             cache[key] = evaluate.score(m, images[:limit] if limit else images, name=name,
-                                        progress=args.progress).scores
+                                        progress=args.progress,
+                                        statistics=m is model and is_flow).scores
         return cache[key]
 
-    names = [n for n in detectors.DETECTOR_NAMES if n != 'typicality'
+    names = [n for n in detectors.DETECTOR_NAMES if n not in ('typicality', detectors.SELECTED)
              and (n != 'likelihood_ratio' or background is not None)
              and (n not in detectors.FLOW_DETECTOR_NAMES or is_flow)]
     single = {n: detectors.named(n, model, background) for n in names}
+    # The designs examples/detector_search.py chose on validation sets for this model.
+    for suffix in ('', '_python'):
+        design = os.path.join(args.designs_dir, f'{experiment.model}{suffix}.json')
+        if not os.path.exists(design):
+            continue
+        design = detectors.read_design(design)
+        missing = sorted(set(design['statistics']) - {'log_prob', *model.term_names,
+                                                      *model.statistic_names,
+                                                      *image_statistics.IMAGE_STATISTICS})
+        if missing:  # E.g. a model retrained at another size.
+            print(f'{experiment.model}: its design{suffix} names statistics the model lacks '
+                  f'({", ".join(missing[:3])}...); {detectors.SELECTED}{suffix} skipped')
+            continue
+        single[detectors.SELECTED + suffix] = detectors.named(detectors.SELECTED, model,
+                                                              design=design)
     if len(members) >= 2:
         single['waic'] = detectors.WAIC(members)
     typicality = {m: detectors.Typicality(model, batch_size=m) for m in TYPICALITY_M}
@@ -371,6 +388,10 @@ def main(argv=None):
     p.add_argument('--num-synthetic', type=int, default=1000,
                    help='constant and noise images')
     p.add_argument('--models', nargs='+', default=None, help='only these models')
+    p.add_argument('--designs-dir', default=os.path.join(common.REPO, 'saved_models', 'designs'),
+                   help='the designs of density_of_states_selected, <model>.json (TensorFlow '
+                        'statistics only) and <model>_python.json (default: '
+                        'saved_models/designs/, written by examples/detector_search.py)')
     args = p.parse_args(argv)
     source = common.Source(args)
     sets = Sets(source, args.num_fit_images, args.num_synthetic)

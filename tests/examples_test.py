@@ -159,7 +159,7 @@ class ExamplesTest(tf.test.TestCase):
             self.assertEqual(chosen['chosen']['mean_auroc'],
                              max(r['mean_auroc'] for r in chosen['rows']))
             suffix = '' if pool == 'exportable' else '_python'
-            design = detectors.read_design(os.path.join(out, f'design_glow_cifar10{suffix}.json'))
+            design = detectors.read_design(os.path.join(out, f'glow_cifar10{suffix}.json'))
             self.assertEqual(design['estimator'], chosen['chosen']['estimator'])
             if pool == 'exportable':
                 self.assertEqual(design['codecs'], [])
