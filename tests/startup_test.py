@@ -66,3 +66,17 @@ def test_every_message_with_log_level_zero():
     result = _python('import tfp_ood', TF_CPP_MIN_LOG_LEVEL='0')
     assert 'cudart_stub.cc' in result.stderr or 'cuInit' in result.stderr or (
         'port.cc' in result.stderr)
+
+
+def test_onednn_on_by_default_and_the_users_setting_kept():
+    code = ('import os, tfp_ood\n'
+            'from tensorflow.python.util import _pywrap_util_port\n'
+            'print(os.environ["TF_ENABLE_ONEDNN_OPTS"], _pywrap_util_port.IsMklEnabled())')
+    environment = {k: v for k, v in os.environ.items() if k != 'TF_ENABLE_ONEDNN_OPTS'}
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ['1', 'True']
+    result = _python(code, TF_ENABLE_ONEDNN_OPTS='0')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ['0', 'False']
