@@ -326,6 +326,47 @@ class CalibrationTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'Unknown detector'):
             detectors.named('nope', model)
 
+    def test_a_fit_is_validated_when_it_is_read(self):
+        directory = self.create_tempdir().full_path
+        model = models.from_config(dict(family='glow', **GlowConfig.named(
+            'tiny', (8, 8, 3)).to_dict()))
+        train = _images(48, shape=(8, 8, 3))
+        model.initialize(train)
+        model_dir = export.export(model, os.path.join(directory, 'flow'))
+        path = detectors.fit_detector('density_of_states', [model_dir], train[:32],
+                                      train[32:]).save(os.path.join(directory, 'fit.json'))
+        with open(path) as f:
+            good = json.load(f)
+        broken = {
+            'threshold': [None, 'high', float('nan'), float('inf'), -float('inf'), True],
+            'true_positive_rate': [None, 5, 0, -0.1],
+            'models': [None, [], 'flow', [3]],
+            'state': [None, [1]],
+            'validation_scores': [None, [], ['a']],
+            'detector': ['nope', None],
+        }
+        for field, values in broken.items():
+            for value in values + ['missing']:
+                record = dict(good)
+                if value == 'missing':
+                    del record[field]
+                else:
+                    record[field] = value
+                with open(path, 'w') as f:
+                    json.dump(record, f)
+                with self.assertRaisesRegex(ValueError, f'"{field}" must be|not a fitted',
+                                            msg=f'{field}={value!r}'):
+                    detectors.load_detector(path)
+        # A state that does not fit the detector: one line, not a traceback from inside.
+        for state in ({}, {'statistics': ['log_prob'], 'values': [[1.0]]},
+                      dict(good['state'], estimator='copod')):
+            with open(path, 'w') as f:
+                json.dump(dict(good, state=state), f)
+            with self.assertRaisesRegex(ValueError, 'does not describe a fitted'):
+                detectors.load_detector(path)
+        with self.assertRaisesRegex(ValueError, 'is a folder'):
+            detectors.load_detector(model_dir)
+
 
 _PLAIN_TF = '''
 import json, sys

@@ -951,8 +951,38 @@ def _load_model(path: str) -> DensityModel:
     return export.restore(path) if family in ('glow', 'cv_glow') else export.load(path)
 
 
+def _check_record(record: Dict, path: str) -> None:
+    """Every field of a fit's JSON present, of its type and in its range."""
+    def bad(field, expected):
+        raise ValueError(f'{path}: "{field}" must be {expected}; got '
+                         f'{record.get(field)!r:.80}. Re-fit it with tfp-ood fit-detector.')
+
+    if record.get('detector') not in DETECTOR_NAMES:
+        bad('detector', f'one of {DETECTOR_NAMES}')
+    models = record.get('models')
+    if not isinstance(models, list) or not 1 <= len(models) <= 2 or not all(
+            isinstance(m, str) and m for m in models):
+        bad('models', 'a list of one or two SavedModel paths')
+    if not isinstance(record.get('state'), dict):
+        bad('state', 'an object')
+    threshold = record.get('threshold')
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            math.isfinite(threshold)):
+        bad('threshold', 'a finite number')
+    rate = record.get('true_positive_rate')
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        bad('true_positive_rate', 'a number in (0, 1]')
+    scores = record.get('validation_scores')
+    if not isinstance(scores, list) or not scores or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
+        bad('validation_scores', 'a non-empty list of numbers')
+
+
 def load_detector(path: str) -> FittedDetector:
     """A `FittedDetector` saved with `FittedDetector.save`, exactly as fitted."""
+    if os.path.isdir(path):
+        raise ValueError(f'{path} is a folder; a fitted detector is its JSON file (a '
+                         f'SavedModel folder is run with tf.saved_model.load).')
     try:
         with open(path) as f:
             record = json.load(f)
@@ -964,13 +994,19 @@ def load_detector(path: str) -> FittedDetector:
         raise ValueError(f'{path} is not a fitted detector of this version (format '
                          f'{record.get("format") if isinstance(record, dict) else None!r}, '
                          f'expected {FIT_FORMAT!r}).')
+    _check_record(record, path)
     folder = os.path.dirname(os.path.abspath(path))
     model_dirs = [os.path.normpath(os.path.join(folder, d)) for d in record['models']]
     models = [_load_model(d) for d in model_dirs]
     design = record.get('design')
-    detector = named(record['detector'], models[0], models[1] if len(models) > 1 else None,
-                     design)
-    detector.set_state(record['state'])
+    try:
+        detector = named(record['detector'], models[0], models[1] if len(models) > 1 else None,
+                         design)
+        detector.set_state(record['state'])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f'{path}: its state does not describe a fitted {record["detector"]} '
+                         f'({type(e).__name__}: {e}). Re-fit it with tfp-ood fit-detector.'
+                         ) from None
     calibration = Calibration(float(record['threshold']), float(record['true_positive_rate']),
                               np.asarray(record['validation_scores'], np.float64))
     return FittedDetector(record['detector'], detector, calibration, model_dirs,
