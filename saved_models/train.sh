@@ -63,23 +63,26 @@ for seed in 1 2 3 4 5; do
   cp "$RUNS/ensemble/glow_small_seed$seed/history.jsonl" "saved_models/ensemble_cifar10/seed${seed}_history.jsonl"
 done
 
-# The fitted detectors `tfp-ood detect` runs (docs/detectors.md): fitted on the
-# first 5,000 training images, the threshold set to keep 95% of test[:5000].
-$T fit-detector --detector density_of_states_levels --model-dir saved_models/glow_cifar10 \
-  --dataset cifar10 --output saved_models/detector_cifar10.json --overwrite --data-dir "$DATA"
-$T fit-detector --detector input_complexity --model-dir saved_models/glow_fashion_mnist \
-  --dataset fashion_mnist --output saved_models/detector_fashion_mnist.json --overwrite \
-  --data-dir "$DATA"
-# Our best detector (docs/detectors.md), run by tfp-ood detect in Python: its JPEG 2000
-# and JPEG XL lengths have no TensorFlow ops, so it has no SavedModel.
-$T fit-detector --detector density_of_states_gaussian --model-dir saved_models/glow_cifar10 \
-  --dataset cifar10 --output saved_models/detector_cifar10_gaussian.json --overwrite \
-  --data-dir "$DATA"
-# The same detectors as SavedModels that plain TensorFlow runs.
-$T export-detector --detector saved_models/detector_cifar10.json \
-  --output saved_models/detector_cifar10 --overwrite
-$T export-detector --detector saved_models/detector_fashion_mnist.json \
-  --output saved_models/detector_fashion_mnist --overwrite
+# The fitted detectors `tfp-ood detect` runs (docs/detectors.md). Their design
+# (which statistics, which estimator) is chosen on validation OOD sets that are
+# not the test pairs, by examples/detector_search.py (saved_models/designs/:
+# <model>.json with TensorFlow statistics only, <model>_python.json with the
+# JPEG 2000 and JPEG XL lengths too); fitted on the first 5,000 training images,
+# the threshold set to keep 95% of test[:5000].
+python examples/detector_search.py --data-dir "$DATA" --out saved_models/designs
+for pair in glow_cifar10:cifar10 glow_fashion_mnist:fashion_mnist; do
+  model=${pair%%:*}; dataset=${pair##*:}; short=${dataset}
+  $T fit-detector --detector density_of_states_selected --design "saved_models/designs/$model.json" \
+    --model-dir "saved_models/$model" --dataset "$dataset" \
+    --output "saved_models/detector_$short.json" --overwrite --data-dir "$DATA"
+  $T fit-detector --detector density_of_states_selected \
+    --design "saved_models/designs/${model}_python.json" --model-dir "saved_models/$model" \
+    --dataset "$dataset" --output "saved_models/detector_${short}_python.json" --overwrite \
+    --data-dir "$DATA"
+  # As a SavedModel that plain TensorFlow runs (the TensorFlow-only design).
+  $T export-detector --detector "saved_models/detector_$short.json" \
+    --output "saved_models/detector_$short" --overwrite
+done
 
 # The likelihood ratio's background models (docs/detectors.md): a grid of
 # mutation rates (and weight decays) on perturbed training images, the choice on

@@ -211,6 +211,10 @@ class SelectionTest(tf.test.TestCase):
         free = selection.select_statistics(train, held, shifted, ['good', 'other'], 'gaussian',
                                            rule_tolerance=np.inf)
         self.assertGreaterEqual(free.mean_auroc, np.mean(list(chosen.singles['good'].values())))
+        # A given design is scored the same way.
+        again = selection.evaluate_design(train, held, shifted, chosen.statistics, 'ledoit_wolf')
+        self.assertEqual(again.aurocs, chosen.aurocs)
+        self.assertEqual(set(again.singles), set(chosen.statistics))
         with self.assertRaisesRegex(ValueError, 'has no'):
             selection.select_statistics(train, held, {'a': {'good': np.zeros(3)}},
                                         ['good', 'other'])

@@ -32,7 +32,7 @@ import numpy as np
 from tfp_ood import estimators
 from tfp_ood.metrics import ood_metrics
 
-__all__ = ['Selection', 'select_statistics', 'validation_aurocs']
+__all__ = ['Selection', 'evaluate_design', 'select_statistics', 'validation_aurocs']
 
 Statistics = Mapping[str, np.ndarray]
 
@@ -171,3 +171,16 @@ def select_statistics(train: Statistics, held_out: Statistics,
         aurocs, best = result, mean
         steps.append(mean)
     return Selection(estimator, [candidates[i] for i in chosen], aurocs, best, singles, steps)
+
+
+def evaluate_design(train: Statistics, held_out: Statistics, shifted: Mapping[str, Statistics],
+                    statistics: Sequence[str], estimator: str) -> Selection:
+    """A given design (statistics and estimator) scored as `select_statistics`
+    scores its choice: validation AUROCs, their mean, and each statistic alone."""
+    def aurocs(names):
+        return validation_aurocs(estimator, _matrix(train, names), _matrix(held_out, names),
+                                 {k: _matrix(v, names) for k, v in shifted.items()})
+
+    result = aurocs(list(statistics))
+    return Selection(estimator, list(statistics), result, float(np.mean(list(result.values()))),
+                     {name: aurocs([name]) for name in statistics}, [])
