@@ -17,14 +17,15 @@ other data:
 
 The detector fits on `--num-fit-images` training images after the first
 three blocks (no image is in two roles). For each estimator of `SEARCHED`, statistics
-are chosen greedily on the mean validation AUROC (`tfp_ood.selection`; the KDE
-and the Gaussian mixture are scored on the Ledoit-Wolf Gaussian's choice), once
+are chosen greedily on the mean validation AUROC (`tfp_ood.selection`; OAS,
+the KDE and the Gaussian mixture are scored on the Ledoit-Wolf Gaussian's
+choice), once
 among the statistics TensorFlow computes (exportable as a SavedModel) and
 once adding the JPEG 2000 and JPEG XL lengths (Python only). An addition
 may not leave the design more than `--rule-tolerance` below one of its
-statistics alone on any validation set. The design with the highest mean
-wins each pool; the earlier named designs are scored beside
-them for reference. Writes `search.md`, `search.json` and, per model,
+statistics alone on any validation set. The design with the highest mean,
+among these and the named designs of `REFERENCE` whose statistics the pool
+has, wins each pool. Writes `search.md`, `search.json` and, per model,
 `<model>.json` and `<model>_python.json` (the designs, what
 `tfp-ood fit-detector --design` and `examples/detectors.py --designs-dir` read)
 to `--out`; the shipped designs are in `saved_models/designs/`.
@@ -45,8 +46,8 @@ from tfp_ood import data, detectors, evaluate, export, image_statistics, selecti
 # Each chooses its own statistics greedily; the KDE and the mixture are scored
 # on the Ledoit-Wolf Gaussian's choice (a greedy search under either costs
 # about 15 minutes per pool on two cores).
-SEARCHED = ('gaussian', 'ledoit_wolf', 'oas', 'copod')
-ON_LEDOIT_WOLF = ('kde', 'gmm')
+SEARCHED = ('ledoit_wolf', 'gaussian', 'copod')
+ON_LEDOIT_WOLF = ('oas', 'kde', 'gmm')
 ESTIMATORS = SEARCHED + ON_LEDOIT_WOLF
 PYTHON_CODECS = ('jpeg2000', 'jpegxl')
 # The named designs scored for reference: statistics and estimator
@@ -56,6 +57,9 @@ REFERENCE = {
     'density_of_states_levels': (['levels', 'png9_bits'], 'kde'),
     'density_of_states_gaussian': (['levels', 'png9_bits', 'jpeg2000_bits', 'jpegxl_bits'],
                                    'gaussian'),
+    # Every level's terms with complexity statistics TensorFlow computes.
+    'levels_and_tf_complexity': (['levels', 'png9_bits', 'jpeg98_bits', 'total_variation',
+                                  'laplacian_mean_abs'], 'ledoit_wolf'),
 }
 
 
@@ -114,6 +118,9 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
     pools = {'exportable': sorted(k for k in train if k not in python_only),
              'python': sorted(train)}
     result = {'pools': {}, 'reference': {}}
+    for name, (names, estimator) in REFERENCE.items():
+        result['reference'][name] = dict(selection.evaluate_design(
+            train, held, shifted, _expand(names, train), estimator).to_dict(), design=name)
     for pool, candidates in pools.items():
         rows = []
         for estimator in ESTIMATORS:
@@ -124,15 +131,16 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
                 chosen = selection.evaluate_design(train, held, shifted,
                                                    rows[SEARCHED.index('ledoit_wolf')][
                                                        'statistics'], estimator)
-            rows.append(chosen.to_dict())
+            rows.append(dict(chosen.to_dict(), design=f'greedy, {estimator}'))
             if progress:
                 print(f'  {pool} {estimator}: mean {chosen.mean_auroc:.4f} with '
                       f'{chosen.statistics}', flush=True)
-        result['pools'][pool] = {'rows': rows,
-                                 'chosen': max(rows, key=lambda r: r['mean_auroc'])}
-    for name, (names, estimator) in REFERENCE.items():
-        result['reference'][name] = selection.evaluate_design(
-            train, held, shifted, _expand(names, train), estimator).to_dict()
+        # The choice: the best mean among the searched designs and the named
+        # ones whose statistics the pool has.
+        references = [r for r in result['reference'].values()
+                      if set(r['statistics']) <= set(candidates)]
+        result['pools'][pool] = {'rows': rows, 'chosen': max(
+            rows + references, key=lambda r: r['mean_auroc'])}
     return result
 
 
@@ -150,6 +158,7 @@ def design(row: dict) -> dict:
 def markdown(results: dict) -> str:
     lines = []
     for model, result in results.items():
+        chosen_designs = {p: c['chosen']['design'] for p, c in result['pools'].items()}
         sets = list(result['pools']['exportable']['rows'][0]['aurocs'])
         head = ['| design | ' + ' | '.join(sets) + ' | mean | statistics |',
                 '|---|' + '---:|' * (len(sets) + 1) + '---|']
@@ -158,20 +167,21 @@ def markdown(results: dict) -> str:
         lines += head
         for pool, chosen in result['pools'].items():
             for row in chosen['rows']:
-                mark = '**' if row is chosen['chosen'] or row == chosen['chosen'] else ''
+                mark = '**' if row['design'] == chosen_designs[pool] else ''
                 lines.append(f'| {mark}{pool}, {row["estimator"]}{mark} | ' + ' | '.join(
                     f'{row["aurocs"][k]:.4f}' for k in sets) + f' | {row["mean_auroc"]:.4f} | '
                     + ', '.join(row['statistics']) + ' |')
         for name, row in result['reference'].items():
-            lines.append(f'| {name} ({row["estimator"]}) | ' + ' | '.join(
+            mark = '**' if name in chosen_designs.values() else ''
+            lines.append(f'| {mark}{name} ({row["estimator"]}){mark} | ' + ' | '.join(
                 f'{row["aurocs"][k]:.4f}' for k in sets) + f' | {row["mean_auroc"]:.4f} | '
                 + ', '.join(row['statistics']) + ' |')
         lines.append('')
         for pool, chosen in result['pools'].items():
             row = chosen['chosen']
             loses = row['loses_to_a_part']
-            lines.append(f'- {pool}: chosen {row["estimator"]} over {len(row["statistics"])} '
-                         f'statistics (mean {row["mean_auroc"]:.4f}); '
+            lines.append(f'- {pool}: chosen {row["design"]} ({row["estimator"]}, '
+                         f'{len(row["statistics"])} statistics, mean {row["mean_auroc"]:.4f}); '
                          + ('at least as good as its best single statistic on every set.'
                             if not loses else 'below its best single statistic on '
                             + ', '.join(f'{k} (by {v:.4f})' for k, v in loses.items()) + '.'))
