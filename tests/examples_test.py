@@ -273,6 +273,9 @@ class DetectorsExampleTest(tf.test.TestCase):
                 self.assertIn((detector, out_set, 1), found)
         for m in (1, 2, 5, 10, 25):
             self.assertIn(('typicality', 'svhn_cropped', m), found)
+        # The designs chosen on validation sets (saved_models/designs/) have rows too.
+        for detector in ('density_of_states_selected', 'density_of_states_selected_python'):
+            self.assertIn((detector, 'svhn_cropped', 1), found)
         raw = next(r for r in rows if r['detector'] == 'raw_likelihood'
                    and r['out'] == 'svhn_cropped')
         self.assertEqual(raw['published_auroc'], 0.063)
