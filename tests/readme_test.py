@@ -176,7 +176,9 @@ class StrangerTest(tf.test.TestCase):
         self.assertIn('pixelcnn_cifar10 scored the first 500 images of each set', printed)
         self.assertIn('--vae-images 0', printed)
         # The shipped detector: about 5% of CIFAR-10 (its threshold's rate), most of SVHN.
-        self.assertIn('A detector that works: the shipped density_of_states_levels', printed)
+        with open(os.path.join(REPO, 'saved_models', 'detector_cifar10.json')) as f:
+            shipped_detector = json.load(f)['detector']
+        self.assertIn(f'A detector that works: the shipped {shipped_detector}', printed)
         self.assertIn('tfp-ood detect --detector', printed)
         flagged = re.search(r'flags ([0-9.]+)% of cifar10/test .* and ([0-9.]+)% of '
                             r'svhn_cropped/test', printed)
