@@ -381,6 +381,19 @@ print(json.dumps({'outputs': {k: v.numpy().tolist() for k, v in out.items()},
 '''
 
 
+def run_plain_tensorflow(test, detector_dir, images_npz):
+    """The exported detector's outputs on `images_npz`, run in a fresh process with
+    only TensorFlow; fails `test` if it errs or imports tfp_ood, TFP or tf_keras."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, '-c', _PLAIN_TF, detector_dir, images_npz],
+                         capture_output=True, text=True, timeout=300)
+    test.assertEqual(run.returncode, 0, run.stderr[-3000:])
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    test.assertEqual(report['leaked_modules'], [])
+    return report['outputs']
+
+
 class ExportedDetectorTest(tf.test.TestCase):
 
     def test_in_graph_png_length_equals_the_reference(self):
@@ -393,8 +406,6 @@ class ExportedDetectorTest(tf.test.TestCase):
 
     @pytest.mark.slow
     def test_exported_detectors_give_the_python_scores_in_plain_tensorflow(self):
-        import subprocess
-        import sys
         directory = self.create_tempdir().full_path
         model = models.from_config(dict(family='glow', **GlowConfig.named(
             'tiny', (8, 8, 3)).to_dict()))
@@ -410,13 +421,7 @@ class ExportedDetectorTest(tf.test.TestCase):
             fitted = detectors.fit_detector(name, [model_dir], train[:64], train[64:])
             expected = fitted.detect(images)
             path = fitted.export(os.path.join(directory, f'detector_{name}'))
-            run = subprocess.run([sys.executable, '-c', _PLAIN_TF, path,
-                                  os.path.join(directory, 'x.npz')],
-                                 capture_output=True, text=True, timeout=300)
-            self.assertEqual(run.returncode, 0, run.stderr[-3000:])
-            report = json.loads(run.stdout.strip().splitlines()[-1])
-            self.assertEqual(report['leaked_modules'], [])
-            outputs = report['outputs']
+            outputs = run_plain_tensorflow(self, path, os.path.join(directory, 'x.npz'))
             self.assertAllClose(outputs['ood_score'], expected.ood_score, rtol=1e-5,
                                 atol=1e-6, msg=name)
             self.assertAllEqual(outputs['is_ood'], expected.components['is_ood'], msg=name)

@@ -752,15 +752,20 @@ def check_design(design) -> Dict:
     return {'statistics': list(statistics), 'codecs': list(codecs), 'estimator': estimator}
 
 
-def read_design(path: str) -> Dict:
-    """The design in a JSON file (`examples/detector_search.py` writes them)."""
+def _read_json(path: str, what: str):
+    """The JSON in `path`; a missing file or one that is not JSON is one line naming `what`."""
     try:
         with open(path) as f:
-            design = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f'No design at {path}.') from None
+        raise FileNotFoundError(f'No {what} at {path}.') from None
     except ValueError as e:
-        raise ValueError(f'{path} is not a design (not JSON: {e}).') from None
+        raise ValueError(f'{path} is not a {what} (not JSON: {e}).') from None
+
+
+def read_design(path: str) -> Dict:
+    """The design in a JSON file (`examples/detector_search.py` writes them)."""
+    design = _read_json(path, 'design')
     try:
         return check_design(design)
     except ValueError as e:
@@ -983,13 +988,7 @@ def load_detector(path: str) -> FittedDetector:
     if os.path.isdir(path):
         raise ValueError(f'{path} is a folder; a fitted detector is its JSON file (a '
                          f'SavedModel folder is run with tf.saved_model.load).')
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f'No fitted detector at {path}.') from None
-    except ValueError as e:
-        raise ValueError(f'{path} is not a fitted detector (not JSON: {e}).') from None
+    record = _read_json(path, 'fitted detector')
     if not isinstance(record, dict) or record.get('format') != FIT_FORMAT:
         raise ValueError(f'{path} is not a fitted detector of this version (format '
                          f'{record.get("format") if isinstance(record, dict) else None!r}, '
