@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -62,6 +61,9 @@ from tfp_ood import models, train
 from tfp_ood.bijectors import coupling_network_fn, exit_network_fn
 from tfp_ood.config import GlowConfig, named_config
 from tfp_ood.models.base import dequantize
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402  (benchmarks/machine.py)
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -148,15 +150,17 @@ class PeakRSS:
         self.peak_mib = max(self.peak_mib, self.current_mib())
 
 
-def alternate(fns: Dict[str, Callable[[], object]], repeats: int,
-              min_seconds: float, max_seconds: float = 120.) -> Dict[str, float]:
-    """Median seconds per call of each function, the functions run alternately.
+def alternate_rounds(fns: Dict[str, Callable[[], object]], repeats: int,
+                     min_seconds: float, max_seconds: float = 120.) -> Dict[str, List[float]]:
+    """Seconds per call of each function in each round, the functions run alternately.
 
     Each function is called twice first (tracing, then a timed warm-up call).
-    A repeat calls a function `n` times, `n` chosen from the warm-up so that a
-    repeat lasts at least `min_seconds`; fewer repeats are made (at least one)
-    when they would take more than `max_seconds` in all (a paper-size PixelCNN
-    step at batch 256 takes minutes on a CPU).
+    A round calls each function `n` times, `n` chosen from the warm-up so that
+    its share of a round lasts at least `min_seconds`; fewer rounds are made
+    (at least one) when they would take more than `max_seconds` in all (a
+    paper-size PixelCNN step at batch 256 takes minutes on a CPU). Round `r`
+    of one function ran next to round `r` of every other, so ratios taken
+    round by round see the same background load.
     """
     calls, per_call = {}, {}
     for name, fn in fns.items():
@@ -174,21 +178,48 @@ def alternate(fns: Dict[str, Callable[[], object]], repeats: int,
             for _ in range(calls[name]):
                 fn()
             times[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
-def matmul_peak_gflops(n: int, repeats: int, dtype=tf.float32) -> float:
-    """Matmul GFLOP/s in `dtype` (best of `repeats`): the machine's practical peak."""
+def alternate(fns: Dict[str, Callable[[], object]], repeats: int,
+              min_seconds: float, max_seconds: float = 120.) -> Dict[str, float]:
+    """Median seconds per call of each function, run alternately (`alternate_rounds`)."""
+    rounds = alternate_rounds(fns, repeats, min_seconds, max_seconds)
+    return {name: statistics.median(t) for name, t in rounds.items()}
+
+
+def spread(values: Sequence[float]) -> Dict[str, float]:
+    """Median, minimum and maximum of per-round values."""
+    return {'median': float(statistics.median(values)), 'min': float(min(values)),
+            'max': float(max(values)), 'rounds': len(values)}
+
+
+def matmul_fn(n: int, dtype=tf.float32) -> Callable[[], object]:
+    """One `n x n` matmul in `dtype` (2 n^3 FLOPs a call): the machine's practical peak."""
     a = tf.cast(tf.random.normal([n, n]), dtype)
     b = tf.cast(tf.random.normal([n, n]), dtype)
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    matmul()
+    return lambda: matmul().numpy()
+
+
+def matmul_peak_gflops(n: int, repeats: int, dtype=tf.float32) -> float:
+    """Matmul GFLOP/s in `dtype` (best of `repeats`), measured on its own."""
+    fn = matmul_fn(n, dtype)
+    fn()
     best = float('inf')
     for _ in range(max(repeats, 3)):
         start = time.perf_counter()
-        matmul().numpy()
+        fn()
         best = min(best, time.perf_counter() - start)
     return 2. * n ** 3 / best / 1e9
+
+
+def fraction_of_peak(rounds: Dict[str, List[float]], task: str, work: float, peak_task: str,
+                     peak_work: float) -> Dict[str, float]:
+    """`task`'s achieved FLOP rate over `peak_task`'s, round by round (each round's
+    peak was measured next to that round's run), as a `spread`."""
+    return spread([(work / t) / (peak_work / p)
+                   for t, p in zip(rounds[task], rounds[peak_task])])
 
 
 def glow_forward_flops(config: GlowConfig) -> float:
@@ -353,23 +384,38 @@ def build_model(family: str, config_name: str, shape=(32, 32, 3)):
 
 
 def compare_with_tfp(plan: Plan, log: Callable) -> Dict:
-    """Our Glow and CV-Glow against `tfb.Glow` at the same architecture."""
+    """Our Glow and CV-Glow against `tfb.Glow` at the same architecture; the Glow's
+    rounds alternate with a float32 matmul, whose rate in the same round is the
+    peak that round's GFLOP/s are divided by."""
     out = {}
     for model, key in (('glow', 'glow'), ('cv_glow', 'cvglow')):
         config = named_config(model, plan.glow_compare)
         mine = ours(models.FlowModel.from_config(config), plan.compare_batch)
         peer = tfp_peer(config, plan.compare_batch)
         tasks = {'ours_score': mine.score, 'tfp_score': peer.score}
-        if model == 'glow':  # Training comparison for the affine Glow.
-            tasks.update(ours_train=mine.train_step, tfp_train=peer.train_step)
-        seconds = alternate(tasks, plan.repeats, plan.min_seconds)
-        ips = {k: plan.compare_batch / v for k, v in seconds.items()}
+        if model == 'glow':  # Training comparison for the affine Glow, and the peak.
+            tasks.update(ours_train=mine.train_step, tfp_train=peer.train_step,
+                         matmul=matmul_fn(plan.matmul_size))
+        rounds = alternate_rounds(tasks, plan.repeats, plan.min_seconds)
+        seconds = {k: statistics.median(v) for k, v in rounds.items()}
+        ips = {k: plan.compare_batch / v for k, v in seconds.items() if k != 'matmul'}
         result = {'config': config.to_dict(), 'batch_size': plan.compare_batch,
                   'params_ours': mine.params, 'params_tfp': peer.params,
                   **{f'{k}_images_per_s': v for k, v in ips.items()},
                   'score_ratio': ips['ours_score'] / ips['tfp_score']}
         if 'ours_train' in ips:
             result['train_ratio'] = ips['ours_train'] / ips['tfp_train']
+            # Per round: GFLOP/s of the run over the matmul's GFLOP/s next to it.
+            # Training costs about three forward passes (forward, and the backward
+            # pass's gradients with respect to inputs and to weights).
+            flops = glow_forward_flops(config) * plan.compare_batch
+            matmul_flops = 2. * plan.matmul_size ** 3
+            result['matmul_peak_gflops'] = spread([matmul_flops / t / 1e9
+                                                   for t in rounds['matmul']])
+            result['score_fraction_of_peak'] = fraction_of_peak(
+                rounds, 'ours_score', flops, 'matmul', matmul_flops)
+            result['train_fraction_of_peak'] = fraction_of_peak(
+                rounds, 'ours_train', 3. * flops, 'matmul', matmul_flops)
         out[key] = result
         log(f'{key} {plan.glow_compare} vs tfb.Glow (batch {plan.compare_batch}, params '
             f'{mine.params:,} / {peer.params:,}): score {ips["ours_score"]:.1f} / '
@@ -522,10 +568,7 @@ def run(mode: str, log: Callable = print,
         log(f'resuming: {", ".join(result["measurements"]) or "nothing"} measured before')
     else:
         result = {'mode': mode, 'compared_config': plan.glow_compare, 'complete': False,
-                  'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
-                              'processor': platform.processor(),
-                              'python': sys.version.split()[0],
-                              'tensorflow': tf.__version__, 'tfp': tfp.__version__},
+                  'machine': machine.machine(),
                   'measurements': {}}
     measurements = result['measurements']
     seconds_before = result.get('seconds', 0.)
@@ -553,29 +596,28 @@ def run(mode: str, log: Callable = print,
 
 
 def _headline(plan: Plan, log: Callable, result: Dict) -> None:
-    """The matmul peak, ours against `tfb.Glow`, and the fraction of the peak."""
-    peak = matmul_peak_gflops(plan.matmul_size, plan.repeats)
-    log(f'float32 matmul peak ({plan.matmul_size}x{plan.matmul_size}): {peak:.1f} GFLOP/s')
+    """Ours against `tfb.Glow`, and the fraction of the matmul peak measured
+    alternately with it (median and spread over the rounds)."""
     comparison = compare_with_tfp(plan, log)
     glow = comparison['glow']
     flops = glow_forward_flops(GlowConfig.named(plan.glow_compare))
-    achieved = glow['ours_score_images_per_s'] * flops / 1e9
-    log(f'glow {plan.glow_compare} scoring: {achieved:.1f} GFLOP/s = '
-        f'{achieved / peak:.0%} of the matmul peak ({flops / 1e9:.2f} GFLOP per image)')
+    peak, fraction = glow['matmul_peak_gflops'], glow['score_fraction_of_peak']
+    log(f'float32 matmul peak ({plan.matmul_size}x{plan.matmul_size}), alternating with the '
+        f'runs: {peak["median"]:.1f} GFLOP/s (rounds {peak["min"]:.1f}-{peak["max"]:.1f})')
+    log(f'glow {plan.glow_compare} scoring: {fraction["median"]:.0%} of the matmul peak '
+        f'(rounds {fraction["min"]:.0%}-{fraction["max"]:.0%}; {flops / 1e9:.2f} GFLOP per '
+        f'image)')
     result.update({
         'glow_score_vs_tfp': glow['score_ratio'],
         'glow_train_vs_tfp': glow['train_ratio'],
         'cvglow_score_vs_tfp': comparison['cvglow']['score_ratio'],
         # With --smoke these "paper" numbers are of the tiny config.
-        'glow_paper_score_fraction_of_peak': achieved / peak,
+        'glow_paper_score_fraction_of_peak': fraction['median'],
         'glow_paper_score_images_per_s': glow['ours_score_images_per_s'],
         'glow_paper_train_images_per_s': glow['ours_train_images_per_s'],
-        'glow_paper_score_gflops': achieved,
-        # Training costs about three forward passes (forward, and the backward
-        # pass's gradients with respect to inputs and to weights).
-        'glow_paper_train_fraction_of_peak':
-            3. * glow['ours_train_images_per_s'] * flops / 1e9 / peak,
-        'matmul_peak_gflops': peak,
+        'glow_paper_score_gflops': glow['ours_score_images_per_s'] * flops / 1e9,
+        'glow_paper_train_fraction_of_peak': glow['train_fraction_of_peak']['median'],
+        'matmul_peak_gflops': peak['median'],
     })
     result['measurements']['tfp_comparison'] = comparison
 
@@ -632,31 +674,43 @@ def bf16_bpd_difference(log: Callable, limit: Optional[int] = None, model_dir: s
 
 
 def _precision_headline(plan: Plan, log: Callable, result: Dict) -> None:
-    """bfloat16 against float32 coupling networks, side by side, and the bfloat16 peak."""
-    peak = {'float32': matmul_peak_gflops(plan.matmul_size, plan.repeats),
-            'bfloat16': matmul_peak_gflops(plan.matmul_size, plan.repeats, tf.bfloat16)}
-    log(f'matmul peak ({plan.matmul_size}x{plan.matmul_size}): float32 {peak["float32"]:.1f}, '
-        f'bfloat16 {peak["bfloat16"]:.1f} GFLOP/s')
-    out = {'matmul_peak_gflops': peak}
+    """bfloat16 against float32 coupling networks, side by side, each precision's
+    matmul peak measured in the same rounds."""
+    out = {}
+    matmul_flops = 2. * plan.matmul_size ** 3
+    peaks = {'float32': [], 'bfloat16': []}
     for name in dict.fromkeys((plan.scaling_config, plan.glow_compare)):
         config = GlowConfig.named(name)
         runners = precision_pair(config, plan.compare_batch)
-        seconds = alternate({f'{k}_{p}': getattr(r, 'score' if k == 'score' else 'train_step')
-                             for p, r in runners.items() for k in ('score', 'train')},
-                            plan.repeats, plan.min_seconds)
-        ips = {k: plan.compare_batch / v for k, v in seconds.items()}
-        flops = glow_forward_flops(config)
+        tasks = {f'{k}_{p}': getattr(r, 'score' if k == 'score' else 'train_step')
+                 for p, r in runners.items() for k in ('score', 'train')}
+        tasks.update({f'matmul_{p}': matmul_fn(plan.matmul_size, tf.as_dtype(p))
+                      for p in runners})
+        rounds = alternate_rounds(tasks, plan.repeats, plan.min_seconds)
+        ips = {k: plan.compare_batch / statistics.median(v) for k, v in rounds.items()
+               if not k.startswith('matmul')}
+        flops = glow_forward_flops(config) * plan.compare_batch
         row = {f'{k}_images_per_s': v for k, v in ips.items()}
+        for p in runners:
+            peaks[p] += [matmul_flops / t / 1e9 for t in rounds[f'matmul_{p}']]
+            row[f'matmul_{p}_gflops'] = spread([matmul_flops / t / 1e9
+                                                for t in rounds[f'matmul_{p}']])
+        fraction = fraction_of_peak(rounds, 'score_bfloat16', flops, 'matmul_bfloat16',
+                                    matmul_flops)
         row.update(score_bf16_vs_fp32=ips['score_bfloat16'] / ips['score_float32'],
                    train_bf16_vs_fp32=ips['train_bfloat16'] / ips['train_float32'],
-                   score_bf16_fraction_of_bf16_peak=ips['score_bfloat16'] * flops / 1e9
-                   / peak['bfloat16'])
+                   score_bf16_fraction_of_bf16_peak=fraction['median'],
+                   score_bf16_fraction_of_bf16_peak_rounds=fraction)
         out[name] = row
         log(f'glow {name} bfloat16 / float32: scoring {ips["score_bfloat16"]:.1f} / '
             f'{ips["score_float32"]:.1f} images/s ({row["score_bf16_vs_fp32"]:.2f}x, '
-            f'{row["score_bf16_fraction_of_bf16_peak"]:.0%} of the bfloat16 peak), training '
-            f'{ips["train_bfloat16"]:.1f} / {ips["train_float32"]:.1f} '
-            f'({row["train_bf16_vs_fp32"]:.2f}x)')
+            f'{fraction["median"]:.0%} of the bfloat16 peak, rounds {fraction["min"]:.0%}-'
+            f'{fraction["max"]:.0%}), training {ips["train_bfloat16"]:.1f} / '
+            f'{ips["train_float32"]:.1f} ({row["train_bf16_vs_fp32"]:.2f}x)')
+    peak = {p: statistics.median(v) for p, v in peaks.items()}
+    out['matmul_peak_gflops'] = peak
+    log(f'matmul peak ({plan.matmul_size}x{plan.matmul_size}, alternating with the runs): '
+        f'float32 {peak["float32"]:.1f}, bfloat16 {peak["bfloat16"]:.1f} GFLOP/s')
     out['accuracy'] = bf16_bpd_difference(log, limit=16 if plan.name == 'smoke' else None)
     compared = out[plan.glow_compare]
     result.update({

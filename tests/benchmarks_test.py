@@ -21,6 +21,7 @@ op_profile = scripts.load('benchmarks/op_profile.py')
 precision_accuracy = scripts.load('benchmarks/precision_accuracy.py')
 benchmark_plot = scripts.load('benchmarks/plot.py')
 benchmarks = scripts.load('benchmarks/run.py')
+machine = scripts.load('benchmarks/machine.py')
 
 
 def _child_measuring_a_row():
@@ -36,6 +37,32 @@ def _child_measuring_a_row():
         if parent == os.getpid() and b'--row' in cmdline:
             return int(pid)
     return None
+
+
+class PeakTest(tf.test.TestCase):
+
+    def test_fraction_of_peak_is_taken_round_by_round(self):
+        # Round 2 ran under load that halved both the run and the matmul beside
+        # it: per round the fraction stays 0.5, where dividing the fastest run by
+        # a peak measured at another moment could give anything.
+        rounds = {'run': [1.0, 2.0, 1.0], 'matmul': [0.5, 1.0, 0.5]}
+        fraction = benchmarks.fraction_of_peak(rounds, 'run', 10., 'matmul', 10.)
+        self.assertEqual(fraction, {'median': 0.5, 'min': 0.5, 'max': 0.5, 'rounds': 3})
+        seen = benchmarks.alternate_rounds({'a': lambda: None, 'b': lambda: None}, 3, 0.)
+        self.assertEqual({k: len(v) for k, v in seen.items()}, {'a': 3, 'b': 3})
+
+    def test_machine_names_the_cpu_class_and_its_instruction_sets(self):
+        path = os.path.join(self.create_tempdir().full_path, 'cpuinfo')
+        for flags, expected in (('fpu avx2 fma', 'AVX2'), ('avx2 avx512f avx512_bf16', 'AVX-512'),
+                                ('avx2 avx512f amx_tile amx_bf16', 'AMX'), ('sse2', 'other')):
+            with open(path, 'w') as f:
+                f.write(f'model name\t: Some CPU\nflags\t\t: {flags}\n')
+            self.assertEqual(machine.machine_class(machine.cpu_flags(path)), expected)
+            self.assertEqual(machine.cpu_model(path), 'Some CPU')
+        self.assertEqual(machine.cpu_flags(os.path.join(path, 'missing')), [])
+        here = machine.machine()
+        self.assertIn(here['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+        self.assertLessEqual(set(here['instruction_sets']), set(machine.INSTRUCTION_SETS))
 
 
 class BenchmarksTest(tf.test.TestCase):
@@ -94,6 +121,15 @@ class BenchmarksTest(tf.test.TestCase):
         self.assertLess(accuracy['max_abs_bpd_diff'], 0.01)  # The shipped glow_cifar10.
         comparison = measured['tfp_comparison']['glow']
         self.assertEqual(comparison['params_ours'], comparison['params_tfp'])
+        # The peaks were measured in the same rounds as the runs they divide.
+        for spread in (comparison['score_fraction_of_peak'], comparison['matmul_peak_gflops'],
+                       measured['precision']['tiny']['score_bf16_fraction_of_bf16_peak_rounds']):
+            self.assertLessEqual(spread['min'], spread['median'])
+            self.assertLessEqual(spread['median'], spread['max'])
+        self.assertEqual(result['glow_paper_score_fraction_of_peak'],
+                         comparison['score_fraction_of_peak']['median'])
+        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+        self.assertIn('instruction_sets', result['machine'])
         # The figure of it, and of a partial run with a row over the memory limit.
         png = benchmark_plot.main([path, path + '.png', '--markdown', path + '.md'])
         self.assertGreater(os.path.getsize(png), 10000)
@@ -249,3 +285,22 @@ class PrecisionTrainingFigureTest(tf.test.TestCase):
 
 if __name__ == '__main__':
     tf.test.main()
+
+
+class OneDnnBenchmarkTest(tf.test.TestCase):
+
+    @pytest.mark.slow
+    def test_children_run_with_onednn_off_and_on(self):
+        onednn = scripts.load('benchmarks/onednn.py')
+        path = os.path.join(self.create_tempdir().full_path, 'onednn.json')
+        result = onednn.main(['--rounds', '1', '--images', '8', '--train-batch', '2',
+                              '--train-config', 'tiny', '--min-seconds', '0', '--json', path])
+        with open(path) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(result)))
+        self.assertEqual(set(result['tasks']), set(onednn.TASKS))
+        for task in result['tasks'].values():
+            self.assertGreater(task['off_images_per_s'], 0)
+            self.assertGreater(task['on_images_per_s'], 0)
+            self.assertAlmostEqual(task['on_vs_off'],
+                                   task['on_images_per_s'] / task['off_images_per_s'])
+        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))

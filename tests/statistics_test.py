@@ -18,6 +18,7 @@ from sklearn.neighbors import KernelDensity
 from tfp_ood import detectors, estimators, export, image_statistics, models, selection, shifts
 from tfp_ood.config import GlowConfig
 from tfp_ood.models.base import dequantize
+from tfp_ood.models.vae import _MAX_LOG_SCALE as MAX_LOG_SCALE
 
 
 def _images(n, shape=(8, 8, 3), seed=0, high=256):
@@ -77,6 +78,65 @@ class FlowStatisticsTest(tf.test.TestCase):
             self.assertAllClose(full[k], v, rtol=1e-6, msg=k)
         self.assertIn('level1_latent_mean_square', full)
         self.assertNotIn('level1_prior_log_det', full)  # The last level has no prior.
+
+
+class PixelCNNAndVAEStatisticsTest(tf.test.TestCase):
+
+    def test_pixelcnn_map_summaries_against_numpy(self):
+        model = models.named_model('pixelcnn', 'tiny', (8, 8, 3))
+        images = _images(4, seed=3)
+        statistics = {k: v.numpy() for k, v in model.statistics(images).items()}
+        self.assertEqual(set(statistics), {'log_prob', *model.statistic_names})
+        self.assertAllClose(statistics['log_prob'], model.log_prob(images), rtol=1e-5)
+        nll = -model.pixel_log_prob(images).numpy()
+        flat = nll.reshape(4, -1)
+        for q in (10, 50, 90, 99):
+            self.assertAllClose(statistics[f'pixel_nll_q{q}'], np.percentile(flat, q, axis=1),
+                                rtol=1e-5)
+        self.assertAllClose(statistics['pixel_nll_std'], flat.std(axis=1), rtol=1e-4)
+        self.assertAllClose(statistics['pixel_nll_max'], flat.max(axis=1), rtol=1e-6)
+        self.assertAllClose(statistics['pixel_nll_top10'],
+                            np.sort(flat, axis=1)[:, -6:].mean(axis=1), rtol=1e-5)  # 64 // 10.
+        tv = (np.abs(np.diff(nll, axis=1)).mean(axis=(1, 2))
+              + np.abs(np.diff(nll, axis=2)).mean(axis=(1, 2)))
+        self.assertAllClose(statistics['pixel_nll_map_tv'], tv, rtol=1e-5)
+
+    def test_vae_statistics_against_the_posterior_by_hand(self):
+        for family in ('vae', 'vae_rnvp'):  # Without and with a posterior flow.
+            with self.subTest(family=family):
+                model = models.named_model(family, 'tiny', (8, 8, 3))
+                images = _images(3, seed=4)
+                statistics = {k: v.numpy() for k, v in model.statistics(images).items()}
+                self.assertEqual(set(statistics), {'log_prob', 'elbo', *model.statistic_names})
+                for k, v in model.log_prob_terms(images).items():
+                    self.assertAllClose(statistics[k], v, rtol=1e-6, msg=k)
+                # The encoder by hand: loc and log-scale from its output.
+                out = model.encoder(tf.cast(images, tf.float32) / 127.5 - 1.).numpy()
+                loc, raw = np.split(out, 2, axis=-1)
+                log_scale = MAX_LOG_SCALE * np.tanh(raw / MAX_LOG_SCALE)
+                self.assertAllClose(statistics['posterior_loc_norm'],
+                                    np.linalg.norm(loc, axis=-1), rtol=1e-5)
+                self.assertAllClose(statistics['posterior_log_scale_mean'],
+                                    log_scale.mean(axis=-1), rtol=1e-5, atol=1e-6)
+                # The closed-form KL against TFP's.
+                base = tfd_normal(loc, np.exp(log_scale))
+                prior = tfd_normal(np.zeros_like(loc), np.ones_like(loc))
+                self.assertAllClose(statistics['posterior_kl'], base.kl_divergence(prior),
+                                    rtol=1e-4, atol=1e-5)
+                z = loc if model._flow is None else model._flow.forward(loc)
+                self.assertAllClose(statistics['reconstruction_log_prob'],
+                                    model.likelihood(z).log_prob(images), rtol=1e-5)
+                eps = tf.random.stateless_normal([model.config.num_importance_samples,
+                                                  model.config.latent_dim],
+                                                 seed=[model.config.seed, 17])
+                log_w = model._log_weights_fn(images, eps).numpy()
+                self.assertAllClose(statistics['log_weight_std'], log_w.std(axis=0),
+                                    rtol=1e-4)
+
+
+def tfd_normal(loc, scale):
+    import tensorflow_probability as tfp
+    return tfp.distributions.MultivariateNormalDiag(loc=loc, scale_diag=scale)
 
 
 def tfp_score(model, images, **kwargs):

@@ -10,6 +10,13 @@ pixels before it in raster order, `[batch, H, W]`, which sums to
 `tfd.PixelCNN.log_prob` (tested) and maps where in an image the likelihood
 comes from.
 
+`PixelCNNModel.statistics` summarises that map per image from the same one
+network pass, in nats per pixel (all channels): its spread (`pixel_nll_std`),
+its 10th/50th/90th/99th percentiles and maximum, the mean of its worst 10%
+of pixels (`pixel_nll_top10`) and how much it changes between neighbouring
+pixels (`pixel_nll_map_tv`), for detectors built on the model's computation
+(`tfp_ood.detectors.DensityOfStates`).
+
 `PixelCNNModel` holds the network's variables and reaches the distribution
 through a closure: a `tf.Module` that holds a weight-normalised
 `tfd.PixelCNN` directly cannot be saved ("captures graph tensor from a parent
@@ -31,7 +38,11 @@ from tfp_ood.models.base import DensityModel, check_images
 
 tfd = tfp.distributions
 
-__all__ = ['PIXEL_CNN_CONFIG_NAMES', 'PixelCNNConfig', 'PixelCNNDistribution', 'PixelCNNModel']
+#: What `PixelCNNModel.statistics` reports besides `log_prob`.
+PIXEL_STATISTICS = ('pixel_nll_std', 'pixel_nll_q10', 'pixel_nll_q50', 'pixel_nll_q90',
+                    'pixel_nll_q99', 'pixel_nll_max', 'pixel_nll_top10', 'pixel_nll_map_tv')
+
+__all__ = ['PIXEL_CNN_CONFIG_NAMES', 'PIXEL_STATISTICS', 'PixelCNNConfig', 'PixelCNNDistribution', 'PixelCNNModel']
 
 
 class PixelCNNDistribution(tfd.PixelCNN):
@@ -117,6 +128,30 @@ class PixelCNNModel(DensityModel):
     def pixel_log_prob(self, images) -> tf.Tensor:
         images = check_images(images, self.image_shape)
         return self.distribution.pixel_log_prob(tf.cast(images, tf.float32))
+
+    @property
+    def statistic_names(self):
+        return PIXEL_STATISTICS
+
+    def statistics(self, images) -> Dict[str, tf.Tensor]:
+        """`log_prob` and the summaries of the per-pixel negative log-likelihood
+        map of `statistic_names` (nats per pixel), from one network pass."""
+        pixel_nll = -self.pixel_log_prob(images)
+        flat = tf.reshape(pixel_nll, [tf.shape(pixel_nll)[0], -1])
+        num_pixels = self.image_shape[0] * self.image_shape[1]
+        quantiles = tfp.stats.percentile(flat, [10., 50., 90., 99.], axis=1,
+                                         interpolation='linear')
+        worst = tf.math.top_k(flat, k=max(1, num_pixels // 10), sorted=False).values
+        map_tv = (tf.reduce_mean(tf.abs(pixel_nll[:, 1:] - pixel_nll[:, :-1]), axis=[1, 2])
+                  + tf.reduce_mean(tf.abs(pixel_nll[:, :, 1:] - pixel_nll[:, :, :-1]),
+                                   axis=[1, 2]))
+        return {'log_prob': -tf.reduce_sum(flat, axis=1),
+                'pixel_nll_std': tf.math.reduce_std(flat, axis=1),
+                'pixel_nll_q10': quantiles[0], 'pixel_nll_q50': quantiles[1],
+                'pixel_nll_q90': quantiles[2], 'pixel_nll_q99': quantiles[3],
+                'pixel_nll_max': tf.reduce_max(flat, axis=1),
+                'pixel_nll_top10': tf.reduce_mean(worst, axis=1),
+                'pixel_nll_map_tv': map_tv}
 
     def sample(self, num_images, temperature: float = 1.0, seed=None) -> tf.Tensor:
         """Autoregressive samples (one network pass per pixel); `temperature`

@@ -35,7 +35,7 @@ from tfp_ood.models.base import DensityModel, check_images
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
-__all__ = ['LIKELIHOODS', 'VAE', 'VAEConfig', 'VAE_CONFIG_NAMES',
+__all__ = ['LIKELIHOODS', 'VAE', 'VAEConfig', 'VAE_CONFIG_NAMES', 'VAE_STATISTICS',
            'discretized_logistic_log_prob']
 
 _MAX_LOG_SCALE = 3.0
@@ -76,6 +76,11 @@ def _real_nvp_network(num_in: int, num_out: int, hidden: int, seed: int) -> tf_k
                               kernel_initializer=tf_keras.initializers.GlorotUniform(seed)),
         tf_keras.layers.Dense(2 * num_out, kernel_initializer='zeros'),
     ])
+
+
+#: What `VAE.statistics` reports besides its terms.
+VAE_STATISTICS = ('posterior_loc_norm', 'posterior_log_scale_mean', 'posterior_kl',
+                  'reconstruction_log_prob', 'log_weight_std')
 
 
 class VAE(DensityModel):
@@ -174,17 +179,51 @@ class VAE(DensityModel):
 
         return tf.map_fn(one, tf.range(num_k), fn_output_signature=tf.float32)
 
+    def _scoring_log_weights(self, images) -> tf.Tensor:
+        """`[K, batch]` log-weights at the K draws scoring shares across images."""
+        eps = tf.random.stateless_normal([self.config.num_importance_samples,
+                                          self.config.latent_dim],
+                                         seed=[self.config.seed, 17])
+        return self._log_weights_fn(images, eps)
+
+    @staticmethod
+    def _terms(log_w) -> Dict[str, tf.Tensor]:
+        num_k = tf.cast(tf.shape(log_w)[0], tf.float32)
+        return {'log_prob': tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(num_k),
+                'elbo': tf.reduce_mean(log_w, axis=0)}
+
     def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
         """IWAE and ELBO with `config.num_importance_samples` draws; `noise` unused."""
         del noise
         images = check_images(images, self.image_shape)
-        eps = tf.random.stateless_normal([self.config.num_importance_samples,
-                                          self.config.latent_dim],
-                                         seed=[self.config.seed, 17])
-        log_w = self._log_weights_fn(images, eps)
-        num_k = tf.cast(tf.shape(log_w)[0], tf.float32)
-        return {'log_prob': tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(num_k),
-                'elbo': tf.reduce_mean(log_w, axis=0)}
+        return self._terms(self._scoring_log_weights(images))
+
+    @property
+    def statistic_names(self):
+        return VAE_STATISTICS
+
+    def statistics(self, images) -> Dict[str, tf.Tensor]:
+        """`log_prob_terms(images)` and the encoder's and decoder's statistics of
+        `statistic_names`: the norm of the Gaussian posterior's mean
+        (`posterior_loc_norm`, before any posterior flow), the mean of its log
+        standard deviations, its KL divergence from the prior `N(0, I)` in closed
+        form, the log-likelihood of the image decoded from the posterior mean
+        (`reconstruction_log_prob`, the mean passed through the posterior flow),
+        and the spread of the K importance log-weights (`log_weight_std`)."""
+        images = check_images(images, self.image_shape)
+        log_w = self._scoring_log_weights(images)
+        q = self.posterior(images)
+        base = q if self._flow is None else q.distribution
+        loc, scale = base.loc, base.scale.diag
+        z = loc if self._flow is None else self._flow.forward(loc)
+        return {**self._terms(log_w),
+                'posterior_loc_norm': tf.norm(loc, axis=-1),
+                'posterior_log_scale_mean': tf.reduce_mean(tf.math.log(scale), axis=-1),
+                'posterior_kl': tf.reduce_sum(
+                    0.5 * (tf.square(loc) + tf.square(scale) - 1.) - tf.math.log(scale),
+                    axis=-1),
+                'reconstruction_log_prob': self.likelihood(z).log_prob(images),
+                'log_weight_std': tf.math.reduce_std(log_w, axis=0)}
 
     def importance_weighted_log_prob(self, images, num_samples: int, seed=(0, 0)):
         """The IWAE estimate with `num_samples` fresh draws (for studies of K)."""

@@ -1,0 +1,68 @@
+"""What a benchmark ran on: the CPU, its instruction sets, the software.
+
+Every benchmark's JSON carries `machine()` beside its figures, because the
+same command runs two to three times slower on a CPU without AVX-512 (where
+TensorFlow leaves oneDNN off by itself) than on one with it.
+"""
+
+import os
+import platform
+import sys
+from typing import Dict, List
+
+# Instruction sets that decide TensorFlow's speed on a CPU, as /proc/cpuinfo spells them.
+INSTRUCTION_SETS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16',
+                    'amx_tile', 'amx_bf16', 'amx_int8')
+
+
+def cpu_flags(path: str = '/proc/cpuinfo') -> List[str]:
+    """The CPU's flags (empty where /proc/cpuinfo does not exist)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return line.split(':', 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
+def cpu_model(path: str = '/proc/cpuinfo') -> str:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_class(flags) -> str:
+    """'AMX' (AVX-512 with AMX), 'AVX-512', 'AVX2' or 'other': the classes whose
+    TensorFlow speeds differ (docs/performance.md)."""
+    flags = set(flags)
+    if 'amx_tile' in flags:
+        return 'AMX'
+    if 'avx512f' in flags:
+        return 'AVX-512'
+    if 'avx2' in flags:
+        return 'AVX2'
+    return 'other'
+
+
+def machine() -> Dict:
+    """The CPU (model, class, instruction sets), core count, oneDNN setting and versions."""
+    flags = cpu_flags()
+    out = {'cpu': cpu_model(), 'class': machine_class(flags),
+           'instruction_sets': [s for s in INSTRUCTION_SETS if s in flags],
+           'cpus': os.cpu_count(), 'platform': platform.platform(),
+           'python': sys.version.split()[0],
+           'TF_ENABLE_ONEDNN_OPTS': os.environ.get('TF_ENABLE_ONEDNN_OPTS')}
+    if 'tensorflow' in sys.modules:
+        import tensorflow as tf
+        out['tensorflow'] = tf.__version__
+    if 'tensorflow_probability' in sys.modules:
+        import tensorflow_probability as tfp
+        out['tfp'] = tfp.__version__
+    return out
