@@ -42,7 +42,8 @@ tfd = tfp.distributions
 PIXEL_STATISTICS = ('pixel_nll_std', 'pixel_nll_q10', 'pixel_nll_q50', 'pixel_nll_q90',
                     'pixel_nll_q99', 'pixel_nll_max', 'pixel_nll_top10', 'pixel_nll_map_tv')
 
-__all__ = ['PIXEL_CNN_CONFIG_NAMES', 'PIXEL_STATISTICS', 'PixelCNNConfig', 'PixelCNNDistribution', 'PixelCNNModel']
+__all__ = ['PIXEL_CNN_CONFIG_NAMES', 'PIXEL_STATISTICS', 'PixelCNNConfig', 'PixelCNNDistribution',
+           'PixelCNNModel']
 
 
 class PixelCNNDistribution(tfd.PixelCNN):
