@@ -92,7 +92,8 @@ def main(argv=None):
     common.print_report(outcome, source, in_set, out_set, args.out)
     detector = os.path.join(args.models_dir, 'detector_cifar10.json')
     if not (args.reverse or args.retrain or args.untrained) and os.path.exists(detector):
-        outcome['detector'] = common.print_detector(detector, sets, in_set, out_set)
+        outcome['detector'] = common.print_detector(detector, sets, in_set, out_set,
+                                                    outcome['results'])
     return outcome
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tfp_ood import data, detectors, export, models, report, train
+from tfp_ood import data, detectors, export, image_statistics, models, report, train
 from tfp_ood.config import GLOW_CONFIG_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,7 +166,9 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
         print(f'{name}: no pretrained model at {path}; skipped (use --retrain to train '
               f'it, or --models-dir).', file=sys.stderr)
         return None
-    model = export.load(path)
+    # Rebuilt from its weights (a flow then reports every level's terms, which the
+    # shipped detector reads, so they need not be computed twice).
+    model = export.restore(path)
     return report.ModelEntry(model, model.get_config()['family'], dataset)
 
 
@@ -212,12 +214,28 @@ def _provenance(workdir: str) -> dict:
         return json.load(f)
 
 
-def print_detector(path: str, sets: dict, in_set: str, out_set: str) -> dict:
-    """The shipped detector on the run's two sets: the fraction each has flagged."""
+def print_detector(path: str, sets: dict, in_set: str, out_set: str,
+                   results: Optional[dict] = None) -> dict:
+    """The shipped detector on the run's two sets: the fraction each has flagged.
+
+    `results` (`{(model, set): ScoreResult}` of the run): where they hold the
+    scores of the detector's own models on these sets with every term it
+    reads, the models are not run again.
+    """
     fitted = detectors.load_detector(path)
-    flagged = {name: float(np.mean(fitted.detect(data.images_array(sets[name]))
-                                   .components['is_ood']))
-               for name in (in_set, out_set)}
+    flagged = {}
+    for name in (in_set, out_set):
+        images = data.images_array(sets[name])
+        # The run's models are those of the detector's folder (--models-dir) by name.
+        terms = [(results or {}).get((os.path.basename(d), name))
+                 if os.path.realpath(os.path.dirname(d)) == os.path.realpath(
+                     os.path.dirname(path)) else None for d in fitted.model_dirs]
+        needed = set(getattr(fitted.detector, 'statistics', ()))
+        reusable = all(t is not None and t.num_images == len(images)
+                       and not needed - set(t.scores) - set(image_statistics.IMAGE_STATISTICS)
+                       for t in terms) and not fitted.detector.needs_statistics
+        scores = fitted.detect(images, terms=[t.scores for t in terms] if reusable else None)
+        flagged[name] = float(np.mean(scores.components['is_ood']))
     provenance = fitted.provenance
     kept = f'{fitted.calibration.true_positive_rate:.0%}'
     print(f'\nA detector that works: the shipped {fitted.name} ({os.path.relpath(path)}, '

@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 from scipy import stats
 
+import tfp_ood
 from tfp_ood import detectors, export, models
 from tfp_ood.config import GlowConfig
 from tfp_ood.models import DensityModel
@@ -217,6 +218,14 @@ class DetectorMetricsTest(tf.test.TestCase):
                           'png_bits', 'jpeg2000_bits'))
         test = _images(8, shape=(8, 8, 3), seed=1)
         components = both.score(test).components
+        # Terms computed already (by the evaluator) give the same scores, the model not rerun.
+        terms = tfp_ood.score(model, test, progress=False).scores
+        self.assertAllEqual(both.score(test, terms=[terms]).ood_score,
+                            both.score(test).ood_score)
+        with self.assertRaisesRegex(ValueError, 'terms given are of \\[7\\] images; 8 images'):
+            both.score(test, terms=[{k: v[:7] for k, v in terms.items()}])
+        with self.assertRaisesRegex(ValueError, 'terms of 2 models given'):
+            both.score(test, terms=[terms, terms])
         for codec in ('png', 'jpeg2000'):
             self.assertAllEqual(components[f'{codec}_bits'], detectors.compressed_bits(test, codec))
         with self.assertRaisesRegex(ValueError, 'Only the png codec'):

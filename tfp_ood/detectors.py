@@ -158,13 +158,29 @@ class Detector(abc.ABC):
         return self
 
     def score(self, images: Images,
-              strategy: Optional[tf.distribute.Strategy] = None) -> DetectorScores:
+              strategy: Optional[tf.distribute.Strategy] = None,
+              terms: Optional[Sequence[Terms]] = None) -> DetectorScores:
         """Per-image (or per-batch) OOD scores of `images` (the likelihoods
-        computed under `strategy`, as `tfp_ood.score` does, if given)."""
+        computed under `strategy`, as `tfp_ood.score` does, if given).
+
+        `terms`: the evaluator's scores of these very images under each of
+        `models`, when they were computed already (`tfp_ood.score(model,
+        images).scores`); the models are then not run again.
+        """
         if not isinstance(images, tf.data.Dataset):
             images = _as_array(images, self.models[0].image_shape, 'images')
-        terms = [_log_prob_terms(m, images, f'images ({m.name})', strategy,
-                                 self.needs_statistics) for m in self.models]
+        if terms is None:
+            terms = [_log_prob_terms(m, images, f'images ({m.name})', strategy,
+                                     self.needs_statistics) for m in self.models]
+        elif len(terms) != len(self.models):
+            raise ValueError(f'{self.name}: terms of {len(terms)} models given; the detector '
+                             f'has {len(self.models)}.')
+        elif not isinstance(images, tf.data.Dataset):
+            for model_terms in terms:
+                lengths = {len(np.atleast_1d(v)) for v in model_terms.values()}
+                if lengths != {len(images)}:
+                    raise ValueError(f'{self.name}: the terms given are of {sorted(lengths)} '
+                                     f'images; {len(images)} images to score.')
         return self.score_terms(terms, images)
 
     @abc.abstractmethod
@@ -893,9 +909,10 @@ class FittedDetector:
     design: Optional[Dict] = None
 
     def detect(self, images: Images,
-               strategy: Optional[tf.distribute.Strategy] = None) -> DetectorScores:
+               strategy: Optional[tf.distribute.Strategy] = None,
+               terms: Optional[Sequence[Terms]] = None) -> DetectorScores:
         """Scores with `is_ood` (0/1) among the components (see `Detector.score`)."""
-        scores = self.detector.score(images, strategy=strategy)
+        scores = self.detector.score(images, strategy=strategy, terms=terms)
         scores.components = dict(scores.components,
                                  is_ood=self.calibration.decide(scores.ood_score))
         return scores

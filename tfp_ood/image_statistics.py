@@ -25,7 +25,8 @@ are `tfp_ood.detectors.compressed_bits`.
     https://arxiv.org/abs/1909.11480
 """
 
-from typing import Callable, Dict, Sequence
+import functools
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -102,12 +103,25 @@ def image_statistics(images, names: Sequence[str]) -> Dict[str, tf.Tensor]:
     return {name: IMAGE_STATISTICS[name](images) for name in names}
 
 
+@functools.lru_cache(maxsize=None)
+def _traced(names: Tuple[str, ...]):
+    """`image_statistics` of `names` as one traced function (the encoders' map_fn
+    runs about ten times faster in a graph than eagerly)."""
+    return tf.function(lambda images: {n: IMAGE_STATISTICS[n](images) for n in names},
+                       reduce_retracing=True)
+
+
 def image_statistics_array(images: np.ndarray, names: Sequence[str],
                            batch_size: int = 1000) -> Dict[str, np.ndarray]:
-    """`image_statistics` of a uint8 array, run in batches, as float64 arrays."""
+    """`image_statistics` of a uint8 array, run in batches in a traced function,
+    as float64 arrays."""
     if not names:
         return {}
-    chunks = [image_statistics(images[i:i + batch_size], names)
+    image_statistics(images[:1], names)  # Checks the names and the images.
+    if not len(images):
+        return {k: np.zeros([0]) for k in names}
+    traced = _traced(tuple(names))
+    chunks = [traced(tf.convert_to_tensor(images[i:i + batch_size]))
               for i in range(0, len(images), batch_size)]
     return {k: np.concatenate([c[k].numpy() for c in chunks]).astype(np.float64)
             for k in names}
