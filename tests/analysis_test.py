@@ -1,6 +1,7 @@
 """The analyses: statistics against NumPy, stable log-mean-exp, WAIC by hand."""
 
 import os
+import pytest
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -86,6 +87,7 @@ def _stats(mean, variance, name):
 
 class SecondOrderTest(tf.test.TestCase):
 
+    @pytest.mark.slow(minutes=0.2)
     def test_hessian_diagonal_equals_full_hessian(self):
         shape = (4, 4, 3)
         model = FlowModel.from_config(GlowConfig(image_shape=shape, num_levels=2,
@@ -105,6 +107,7 @@ class SecondOrderTest(tf.test.TestCase):
         self.assertGreater(np.abs(np.diag(hessian) - np.diag(hessian).mean()).max(), 1e-3)
         self.assertAllClose(diagonal.reshape(-1), np.diag(hessian), rtol=1e-3, atol=1e-3)
 
+    @pytest.mark.slow(minutes=0.3)
     def test_exact_for_a_linear_constant_volume_flow_on_gaussian_data(self):
         shape = (4, 4, 3)
         model = _linear_cv_glow(shape)

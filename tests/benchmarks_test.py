@@ -186,6 +186,7 @@ class BenchmarksTest(tf.test.TestCase):
         self.assertTrue(result['killed_by_system'])
         self.assertEqual(result['exceeded_memory_limit_mib'], 2 ** 20)
 
+    @pytest.mark.slow(minutes=0.3)
     def test_profile_counts_each_network_once_where_tfp_runs_it_twice(self):
         # Scoring through TransformedDistribution.log_prob runs every coupling and
         # exit network of tfb.Glow in `inverse` and again in its log-determinant;

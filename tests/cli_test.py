@@ -51,6 +51,7 @@ class CliTest(tf.test.TestCase):
         os.makedirs(self.data)
         _write_data(self.data)
 
+    @pytest.mark.slow(minutes=0.6)
     def test_train_export_score_compare(self):
         work, model = os.path.join(self.dir, 'run'), os.path.join(self.dir, 'model')
         code, out, err = _run(*_train_args(work, self.data, 8))
@@ -185,6 +186,7 @@ class CliTest(tf.test.TestCase):
             self.assertRegex(err, r'^tfp-ood train: error: .*must be')
             self.assertFalse(os.path.exists(workdir))  # Nothing written.
 
+    @pytest.mark.slow(minutes=0.3)
     def test_coupling_scale_is_saved_and_runs_saved_before_it_resume(self):
         workdir = os.path.join(self.dir, 'contracting')
         code, _, err = _run(*_train_args(workdir, self.data, 10), '--coupling-scale',

@@ -307,6 +307,7 @@ class CalibrationTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'true_positive_rate'):
             detectors.calibrate(detectors.DetectorScores('x', scores, {}), 0.)
 
+    @pytest.mark.slow(minutes=0.15)
     def test_a_saved_fit_reloads_to_identical_decisions(self):
         directory = self.create_tempdir().full_path
         model = models.from_config(dict(family='glow', **GlowConfig.named(

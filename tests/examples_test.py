@@ -57,6 +57,7 @@ class ExamplesTest(tf.test.TestCase):
         _write(cls.data, 'fashion_mnist', 'test', 32, (28, 28, 1))
         _write(cls.data, 'mnist', 'test', 32, (28, 28, 1))
 
+    @pytest.mark.slow(minutes=0.4)
     def test_cifar_svhn_retrain_tiny(self):
         out = self.create_tempdir().full_path
         outcome = cifar_svhn.main(_tiny(self.data, out))
@@ -86,6 +87,7 @@ class ExamplesTest(tf.test.TestCase):
         self.assertEqual(len(outcome['graying']), 4)  # 2 models x (CIFAR-10, SVHN).
         self.assertTrue(os.path.exists(os.path.join(out, 'graying.md')))
 
+    @pytest.mark.slow(minutes=0.2)
     def test_cifar_svhn_reverse_tiny(self):
         out = self.create_tempdir().full_path
         outcome = cifar_svhn.main(_tiny(self.data, out, '--reverse'))
@@ -175,6 +177,7 @@ class ExamplesTest(tf.test.TestCase):
         self.assertEqual(run.returncode, 2)
         self.assertIn('pass --data-dir', run.stderr)
 
+    @pytest.mark.slow(minutes=0.2)
     def test_fashion_mnist_retrain_tiny(self):
         out = self.create_tempdir().full_path
         fashion_mnist.main(_tiny(self.data, out))

@@ -7,11 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from tfp_ood import data, export, models
+from tfp_ood import data, detectors, export, models
 from tfp_ood.config import GlowConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +48,7 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(('Glow', 'glow'), ('CVGlow', 'cv_glow'),
                                     ('PixelCNN', 'pixelcnn'), ('VAE', 'vae'))
+    @pytest.mark.slow(minutes=0.3)
     def test_round_trip_in_fresh_process_without_tfp_ood(self, family):
         model = models.from_config(dict(family=family, **_CONFIGS[family].to_dict()))
         images = np.random.default_rng(0).integers(0, 256, (5,) + SHAPE, dtype=np.uint8)
@@ -93,6 +95,7 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.named_parameters(('GlowCifar10', 'glow_cifar10'),
                                     ('CVGlowFashionMnist', 'cvglow_fashion_mnist'),
                                     ('ContractingGlowCifar10', 'background_glow_cifar10'))
+    @pytest.mark.slow(minutes=0.2)
     def test_shipped_flows_restore_into_the_current_classes(self, name):
         # The SavedModel's traced functions were written by the code of the day the
         # model shipped; the restored Python model is today's classes. They agree.
@@ -104,6 +107,27 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
         after = restored.log_prob_terms(images)
         for key in ('log_prob', 'log_pz', 'log_det'):
             self.assertAllClose(after[key], before[key], rtol=1e-6, atol=1e-2, msg=key)
+
+    def test_signatures_enforce_their_shape_and_take_an_empty_batch(self):
+        model = models.from_config(dict(family='glow', **_GLOW.to_dict()))
+        model.initialize(np.random.default_rng(0).integers(0, 256, (8,) + SHAPE, np.uint8))
+        directory = self.create_tempdir().full_path
+        path = export.export(model, os.path.join(directory, 'model'))
+        dos = detectors.DensityOfStates(model, ('log_pz', 'log_det'), codec='png').fit(
+            np.random.default_rng(1).integers(0, 256, (16,) + SHAPE, np.uint8))
+        detector_path = export.export_detector(dos, 'density_of_states', 1.0, 0.95, [path],
+                                               os.path.join(directory, 'detector'))
+        for saved, key in ((path, 'log_prob'), (detector_path, 'ood_score')):
+            serve = tf.saved_model.load(saved).signatures['serving_default']
+            empty = serve(images=tf.zeros((0,) + SHAPE, tf.uint8))
+            self.assertNotEmpty(empty)
+            for name, value in empty.items():
+                self.assertEqual(value.shape[0], 0, name)
+            images = np.random.default_rng(2).integers(0, 256, (3,) + SHAPE, np.uint8)
+            self.assertEqual(serve(images=tf.constant(images))[key].shape, (3,))
+            expected = r'\[\?,' + ','.join(str(d) for d in SHAPE) + r'\]'
+            with self.assertRaisesRegex(tf.errors.InvalidArgumentError, expected):
+                serve(images=tf.zeros((2, SHAPE[0] + 1, SHAPE[1], SHAPE[2]), tf.uint8))
 
     def test_overwrite_replaces_only_a_previous_export(self):
         model = models.from_config(dict(family='glow', **_GLOW.to_dict()))

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import numpy as np
 import tensorflow as tf
 
@@ -71,6 +72,7 @@ class PlottingTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'at least one score set'):
             plotting.plot_histogram_panels([[]], 'x.png')
 
+    @pytest.mark.slow(minutes=0.15)
     def test_importing_the_package_leaves_the_matplotlib_backend_alone(self):
         code = ('import matplotlib; matplotlib.use("svg"); import tfp_ood; '
                 'print(matplotlib.get_backend())')

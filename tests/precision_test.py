@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -126,6 +127,7 @@ class PrecisionTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'precision must be one of'):
             models.named_model('glow', 'tiny', SHAPE, precision='float16')
 
+    @pytest.mark.slow(minutes=0.2)
     def test_a_bfloat16_saved_model_honours_the_contract_in_plain_tensorflow(self):
         _, bf16 = _pair()
         images = _images()
@@ -173,6 +175,7 @@ class PrecisionCliTest(tf.test.TestCase):
             code = cli.main([str(a) for a in argv])
         return code, err.getvalue()
 
+    @pytest.mark.slow(minutes=0.15)
     def test_score_with_precision_rebuilds_the_flow(self):
         fp32, _ = _pair()
         directory = self.create_tempdir().full_path

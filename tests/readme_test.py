@@ -255,6 +255,7 @@ class DocsClaimsTest(tf.test.TestCase):
                         for pointer in ('DESIGN.md', 'STYLE.md', '../shared'):
                             self.assertNotIn(pointer, text, os.path.join(root, name))
 
+    @pytest.mark.slow(minutes=0.15)
     def test_commands_name_scripts_and_flags_that_exist(self):
         commands = []  # (doc, command, key of its --help, words)
         for doc in DOCS:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tfp_ood import _startup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,12 +64,14 @@ def test_lines_other_than_notices_are_written_back():
     assert result.stderr == 'a real problem\nafter\n'
 
 
+@pytest.mark.slow(minutes=0.15)
 def test_every_message_with_log_level_zero():
     result = _python('import tfp_ood', TF_CPP_MIN_LOG_LEVEL='0')
     assert 'cudart_stub.cc' in result.stderr or 'cuInit' in result.stderr or (
         'port.cc' in result.stderr)
 
 
+@pytest.mark.slow(minutes=0.3)
 def test_onednn_on_by_default_and_the_users_setting_kept():
     code = ('import os, tfp_ood\n'
             'from tensorflow.python.util import _pywrap_util_port\n'

@@ -86,6 +86,7 @@ class FitTest(tf.test.TestCase):
         self.assertEqual(tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))[-7:],
                          'ckpt-12')
 
+    @pytest.mark.slow(minutes=0.2)
     def test_resume_gives_the_uninterrupted_result(self):
         images = _images()
         straight = _model()
@@ -148,6 +149,7 @@ class FitTest(tf.test.TestCase):
             train.fit(_Toy(always_nan=True), images, _config(max_consecutive_nonfinite=5),
                       workdir, progress=False)
 
+    @pytest.mark.slow(minutes=0.15)
     def test_tensorboard_tags(self):
         workdir = self.create_tempdir().full_path
         images = _images()
@@ -271,6 +273,7 @@ class TruncatedCheckpointTest(tf.test.TestCase):
         self.assertEqual(result.step, 12)
         self.assertEqual(train.restore_latest(_model(), workdir), 12)
 
+    @pytest.mark.slow(minutes=0.15)
     def test_a_run_resumed_after_a_kill_logs_each_step_once(self):
         workdir = self.create_tempdir().full_path
         images = _images()
@@ -325,6 +328,7 @@ class RunLockTest(tf.test.TestCase):
 class BackgroundModelTest(tf.test.TestCase):
     """The two settings of the likelihood-ratio detector's background model."""
 
+    @pytest.mark.slow(minutes=0.2)
     def test_weight_decay_adds_the_l2_penalty_in_bits_per_dim(self):
         model = _model()
         images = _images(16)
@@ -406,6 +410,7 @@ class WeightAveragesTest(tf.test.TestCase):
             with self.assertRaisesRegex(ValueError, 'ema_decay'):
                 _config(ema_decay=decay)
 
+    @pytest.mark.slow(minutes=0.2)
     def test_a_run_trains_alike_and_evaluates_resumes_and_exports_its_averages(self):
         images, held = _images(), {'held': _images(32, seed=1)}
         plain = _model()

@@ -5,7 +5,10 @@ The exported SavedModel has:
 - `serving_default` and `log_prob` signatures: one argument named `images`,
   uint8 `[None, H, W, C]`, returning a dict of `[batch]` float32 tensors:
   `log_prob` (nats per image), `bits_per_dim`, and for flows `log_pz` (the
-  distribution term) and `log_det` (the volume term), for VAEs `elbo`;
+  distribution term) and `log_det` (the volume term), for VAEs `elbo`.
+  The signature is enforced: images of another shape are an
+  `InvalidArgumentError` naming the expected shape, and a batch of 0 images
+  returns empty outputs;
 - a `sample` signature for models that can sample: `num_images` (int32
   scalar) and `temperature` (float32 scalar) to uint8 images `images`;
 - the asset `assets/tfp_ood.json`: the model configuration, the image shape,
@@ -56,6 +59,23 @@ def exported_terms(model: DensityModel):
     return tuple(k for k in model.term_names if k not in _CONSTANT_TERMS)
 
 
+def _enforced(fn, image_shape):
+    """`fn(images) -> {name: [batch] tensor}` with its signature enforced: images
+    of another shape are an `InvalidArgumentError` that names the expected
+    shape (not a failure deep in the graph), and a batch of 0 images gives
+    empty outputs (the computation runs on one blank image, sliced away)."""
+    image_shape = tuple(image_shape)
+
+    def enforced(images):
+        images = tf.ensure_shape(images, (None,) + image_shape)
+        num_images = tf.shape(images)[0]
+        blank = tf.zeros((1,) + image_shape, tf.uint8)
+        outputs = fn(tf.cond(num_images > 0, lambda: images, lambda: blank))
+        return {name: value[:num_images] for name, value in outputs.items()}
+
+    return enforced
+
+
 class _ExportModule(tf.Module):
     """What is saved: the model's variables and three traced functions."""
 
@@ -66,7 +86,8 @@ class _ExportModule(tf.Module):
         self._held_model = lambda: model
         self.metadata = tf.saved_model.Asset(metadata_path)
         images = tf.TensorSpec((None,) + model.image_shape, tf.uint8, name='images')
-        self.log_prob = tf.function(self._log_prob, input_signature=[images])
+        self.log_prob = tf.function(_enforced(self._log_prob, model.image_shape),
+                                    input_signature=[images])
         if model.can_sample:
             self.sample = tf.function(self._sample, input_signature=[
                 tf.TensorSpec([], tf.int32, name='num_images'),
@@ -164,7 +185,7 @@ class _DetectorModule(tf.Module):
         self._threshold = float(threshold)
         self.metadata = tf.saved_model.Asset(metadata_path)
         images = tf.TensorSpec((None,) + tuple(image_shape), tf.uint8, name='images')
-        self.detect = tf.function(self._detect, input_signature=[images])
+        self.detect = tf.function(_enforced(self._detect, image_shape), input_signature=[images])
 
     def _detect(self, images):
         detector = self._held_detector()

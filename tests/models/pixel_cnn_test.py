@@ -1,5 +1,6 @@
 """PixelCNN++: causality, per-pixel log-likelihoods, trainable weights."""
 
+import pytest
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -35,6 +36,7 @@ class PixelCNNTest(tf.test.TestCase):
                 if position:  # And it does look at the pixels before it.
                     self.assertGreater(grad[:position].sum(), 0.)
 
+    @pytest.mark.slow(minutes=0.2)
     def test_causal_at_initialisation_and_after_training(self):
         model = _model()
         self._assert_causal(model)
