@@ -2,6 +2,7 @@
 separable and identical sets, and bad input."""
 
 import io
+import dataclasses
 import json
 import math
 import os
@@ -335,6 +336,32 @@ class CalibrationTest(tf.test.TestCase):
             detectors.load_detector(os.path.join(directory, 'bad.json'))
         with self.assertRaisesRegex(ValueError, 'Unknown detector'):
             detectors.named('nope', model)
+
+    def test_a_fit_refuses_a_model_that_is_not_the_one_it_was_fitted_on(self):
+        directory = self.create_tempdir().full_path
+        config = GlowConfig.named('tiny', (8, 8, 3))
+        model = models.from_config(dict(family='glow', **config.to_dict()))
+        train = _images(48, shape=(8, 8, 3))
+        model.initialize(train)
+        model_dir = export.export(model, os.path.join(directory, 'flow'))
+        fitted = detectors.fit_detector('density_of_states', [model_dir], train[:32], train[32:])
+        path = fitted.save(os.path.join(directory, 'fit.json'))
+        detectors.load_detector(path)  # The same model: loads.
+        # The same export written again: the same identity.
+        export.export(model, model_dir, overwrite=True)
+        detectors.load_detector(path)
+        # Re-exported in place with other weights.
+        model.trainable_variables[0].assign_add(tf.ones_like(model.trainable_variables[0]))
+        export.export(model, model_dir, overwrite=True)
+        with self.assertRaisesRegex(ValueError, 'fitted on other weights than those now at'):
+            detectors.load_detector(path)
+        # Pointed at another model of the same image shape.
+        wider = models.from_config(dict(family='glow', **dataclasses.replace(
+            config, hidden_channels=2 * config.hidden_channels).to_dict()))
+        wider.initialize(train)
+        export.export(wider, model_dir, overwrite=True)
+        with self.assertRaisesRegex(ValueError, 'its configuration differs'):
+            detectors.load_detector(path)
 
     def test_a_fit_is_validated_when_it_is_read(self):
         directory = self.create_tempdir().full_path

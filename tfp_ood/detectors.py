@@ -70,7 +70,7 @@ __all__ = [
     'ESTIMATORS', 'FLOW_DETECTOR_NAMES', 'FittedDetector', 'InputComplexity', 'LikelihoodRatio',
     'RawLikelihood', 'Typicality',
     'WAIC', 'calibrate', 'compressed_bits', 'detector_metrics', 'fit_detector',
-    'SELECTED', 'check_design', 'load_detector', 'named', 'read_design',
+    'SELECTED', 'check_design', 'load_detector', 'model_identity', 'named', 'read_design',
 ]
 
 Images = Union[np.ndarray, tf.Tensor, tf.data.Dataset]
@@ -940,6 +940,8 @@ class FittedDetector:
             'true_positive_rate': self.calibration.true_positive_rate,
             'validation_scores': [float(v) for v in self.calibration.validation_scores],
             'provenance': dict(self.provenance),
+            # What identifies each model, checked when the fit is read.
+            'model_identities': [model_identity(d) for d in self.model_dirs],
         }
         if self.design is not None:
             record['design'] = self.design
@@ -971,6 +973,52 @@ def _load_model(path: str) -> DensityModel:
     as their SavedModel."""
     family = export.read_metadata(path)['model'].get('family')
     return export.restore(path) if family in ('glow', 'cv_glow') else export.load(path)
+
+
+def model_identity(model_dir: str) -> Dict:
+    """What identifies an exported model: its configuration and the SHA-256 of
+    its variables' values (read from the SavedModel's checkpoint, by name), so
+    a fit can tell the model it was fitted on from another of the same shape,
+    or from the same folder re-exported with other weights. Exporting the same
+    weights again keeps the identity."""
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, 'variables', 'variables'))
+    digest = hashlib.sha256()
+    for name in sorted(reader.get_variable_to_shape_map()):
+        if name.startswith(('_CHECKPOINTABLE_OBJECT_GRAPH', 'save_counter')):
+            continue  # Bookkeeping, not weights.
+        value = np.ascontiguousarray(reader.get_tensor(name))
+        digest.update(f'{name}:{value.dtype}:{value.shape}'.encode())
+        digest.update(value.tobytes())
+    return {'config': export.read_metadata(model_dir)['model'],
+            'variables_sha256': digest.hexdigest()}
+
+
+def _check_models(record: Dict, model_dirs: Sequence[str], path: str) -> None:
+    """The models at `model_dirs` are those the fit was made on (fits written
+    before `model_identities` are taken as they are)."""
+    identities = record.get('model_identities')
+    if identities is None:
+        return
+    if not isinstance(identities, list) or len(identities) != len(model_dirs) or not all(
+            isinstance(i, dict) and isinstance(i.get('variables_sha256'), str)
+            for i in identities):
+        raise ValueError(f'{path}: "model_identities" must be one object per model with its '
+                         f'"variables_sha256"; got {identities!r:.80}. Re-fit it with '
+                         f'tfp-ood fit-detector.')
+    for model_dir, fitted in zip(model_dirs, identities):
+        try:
+            current = model_identity(model_dir)
+        except (OSError, ValueError, tf.errors.OpError) as e:
+            raise ValueError(f'{path}: cannot read the model it was fitted on at {model_dir} '
+                             f'({str(e).splitlines()[0]}).') from None
+        if current['config'] != fitted.get('config'):
+            raise ValueError(f'{path} was fitted on another model than the one now at '
+                             f'{model_dir} (its configuration differs). Re-fit it with '
+                             f'tfp-ood fit-detector.')
+        if current['variables_sha256'] != fitted['variables_sha256']:
+            raise ValueError(f'{path} was fitted on other weights than those now at '
+                             f'{model_dir} (re-trained or re-exported since?). Re-fit it '
+                             f'with tfp-ood fit-detector.')
 
 
 def _check_record(record: Dict, path: str) -> None:
@@ -1013,6 +1061,7 @@ def load_detector(path: str) -> FittedDetector:
     _check_record(record, path)
     folder = os.path.dirname(os.path.abspath(path))
     model_dirs = [os.path.normpath(os.path.join(folder, d)) for d in record['models']]
+    _check_models(record, model_dirs, path)
     models = [_load_model(d) for d in model_dirs]
     design = record.get('design')
     try:
