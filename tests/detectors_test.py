@@ -279,6 +279,32 @@ class DetectorMetricsTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "Unknown estimator 'svm'"):
             detectors.DensityOfStates(model, estimator='svm')
 
+    def test_every_kind_of_dataset_the_docs_list_and_clear_errors_for_model_dirs(self):
+        model = models.from_config(dict(family='glow', **GlowConfig.named(
+            'tiny', (8, 8, 3)).to_dict()))
+        train = _images(48, shape=(8, 8, 3))
+        model.initialize(train)
+        test = _images(6, shape=(8, 8, 3), seed=5)
+        dos = detectors.named('density_of_states_levels', model).fit(train)
+        expected = dos.score(test).ood_score
+        kinds = {
+            'plain': tf.data.Dataset.from_tensor_slices(test),
+            'batched': tf.data.Dataset.from_tensor_slices(test).batch(4),
+            'tuples': tf.data.Dataset.from_tensor_slices((test, np.zeros(6, np.int64))),
+            'dicts': tf.data.Dataset.from_tensor_slices({'image': test}),
+        }
+        for kind, dataset in kinds.items():
+            self.assertAllClose(dos.score(dataset).ood_score, expected, rtol=1e-6, msg=kind)
+            refit = detectors.named('density_of_states_levels', model).fit(
+                tf.data.Dataset.from_tensor_slices(train).batch(7))
+            self.assertAllClose(refit.score(dataset).ood_score, expected, rtol=1e-6, msg=kind)
+        with self.assertRaisesRegex(TypeError, "a list of SavedModel folders, e.g. "):
+            detectors.fit_detector('density_of_states', 'saved_models/glow_cifar10', train, train)
+        with self.assertRaisesRegex(ValueError, 'must name one SavedModel'):
+            detectors.fit_detector('density_of_states', [], train, train)
+        with self.assertRaisesRegex(ValueError, 'the dataset is empty'):
+            dos.score(tf.data.Dataset.from_tensor_slices(test[:0]))
+
     def test_bad_images_are_clear_errors(self):
         raw = detectors.RawLikelihood(_Gaussian(0, 1))
         with self.assertRaisesRegex(ValueError, 'uint8'):

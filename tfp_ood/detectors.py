@@ -44,6 +44,7 @@ at 95% TPR, with the in-distribution set as the positive class.
 
 import abc
 import collections
+import collections.abc
 import dataclasses
 import hashlib
 import io
@@ -59,7 +60,7 @@ import tensorflow_probability as tfp
 from tfp_ood import analysis, estimators, export
 from tfp_ood.image_statistics import (IMAGE_STATISTICS, image_statistics,
                                       image_statistics_array)
-from tfp_ood.evaluate import score as evaluate_score
+from tfp_ood.evaluate import as_image_dataset, score as evaluate_score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel, check_images
 
@@ -214,10 +215,14 @@ def _check_same_shape(models: Sequence[DensityModel], what: str) -> None:
 
 
 def _as_array(images: Images, image_shape, what: str) -> np.ndarray:
-    """uint8 `[N, H, W, C]` NumPy images from an array or a dataset."""
+    """uint8 `[N, H, W, C]` NumPy images from an array, a list or a dataset (of
+    the kinds `tfp_ood.score` reads)."""
     if isinstance(images, tf.data.Dataset):
-        from tfp_ood.data import images_array
-        images = images_array(images)
+        batches = [b for b, _ in as_image_dataset(images, image_shape, what).batch(1024)
+                   .as_numpy_iterator()]
+        if not batches:
+            raise ValueError(f'{what}: the dataset is empty; no images.')
+        images = np.concatenate(batches)
     return check_images(images, image_shape, what).numpy()
 
 
@@ -959,6 +964,13 @@ def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
     background for `likelihood_ratio`; `design` for `density_of_states_selected`),
     fits it on `fit_images` and sets its threshold on the held-out
     in-distribution `validation_images`."""
+    if isinstance(model_dirs, (str, bytes, os.PathLike)) or not isinstance(
+            model_dirs, collections.abc.Sequence):
+        raise TypeError(f'fit_detector: model_dirs must be a list of SavedModel folders, e.g. '
+                        f"['saved_models/glow_cifar10']; got {model_dirs!r:.80}.")
+    if not 1 <= len(model_dirs) <= 2:
+        raise ValueError(f'fit_detector: model_dirs must name one SavedModel (two for '
+                         f'likelihood_ratio: foreground, background); got {len(model_dirs)}.')
     models = [_load_model(d) for d in model_dirs]
     design = check_design(design) if design is not None else None
     detector = named(name, models[0], models[1] if len(models) > 1 else None, design)

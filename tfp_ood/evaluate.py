@@ -116,10 +116,16 @@ def _no_labels(image):
     return tf.fill(tf.shape(image)[:-3], tf.constant(-1, tf.int64))
 
 
-def _as_dataset(data, model: DensityModel, name: str) -> tf.data.Dataset:
-    """Validates `data` and returns an unbatched dataset of (image, label)."""
+def as_image_dataset(data, image_shape, name: str = 'data') -> tf.data.Dataset:
+    """Validates `data` and returns an unbatched dataset of `(image, label)`.
+
+    `data`: a uint8 array, tensor or nested list `[N, H, W, C]`, or a
+    `tf.data.Dataset` of `{'image', 'label'}` dicts, of `(image, label)` or
+    `(image,)` tuples or of plain images, batched or not (label -1 where
+    there is none).
+    """
     if not isinstance(data, tf.data.Dataset):
-        images = check_images(data, model.image_shape, what=name)
+        images = check_images(data, image_shape, what=name)
         return tf.data.Dataset.from_tensor_slices((images, _no_labels(images)))
     spec = data.element_spec
     label_spec = (spec.get('label') if isinstance(spec, dict) else
@@ -146,7 +152,7 @@ def _as_dataset(data, model: DensityModel, name: str) -> tf.data.Dataset:
     else:
         image_spec = spec
         ds = data.map(lambda image: (image, _no_labels(image)))
-    expected = list(model.image_shape)
+    expected = list(image_shape)
     if image_spec.dtype != tf.uint8:
         raise ValueError(f'{name}: expected uint8 images with values 0..255; the '
                          f'dataset holds {image_spec.dtype.name}. Convert explicitly '
@@ -226,7 +232,7 @@ def score(model: DensityModel,
     """
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1; got {batch_size}.')
-    ds = _as_dataset(data, model, name)
+    ds = as_image_dataset(data, model.image_shape, name)
     num_images = int(ds.cardinality())
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     if statistics and jit_compile:
