@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -393,6 +394,45 @@ class DetectTest(tf.test.TestCase):
                             '--output', out)
         self.assertEqual(code, 2)
         self.assertIn('--overwrite', err)
+
+    def test_outputs_never_replace_an_input_nor_each_other_nor_stay_partial(self):
+        from tfp_ood import detectors, outputs
+        images = np.random.default_rng(6).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+        folder = self._pngs(os.path.join(self.dir, 'inputs'), images)
+        # The detector's own model folder, its fit, the images: refused before any work.
+        for verb, output, extra in (
+                ('export-detector', self.model_dir, ['--overwrite']),
+                ('export-detector', os.path.dirname(self.model_dir), ['--overwrite']),
+                ('detect', folder, ['--images-dir', folder, '--overwrite']),
+                ('detect', self.model_dir, ['--images-dir', folder, '--overwrite'])):
+            with self.subTest(verb=verb, output=output):
+                code, _, err = _run(verb, '--detector', self.fit, '--output', output, *extra)
+                self.assertEqual(code, 2, err)
+                self.assertIn('which this command reads', err)
+        code, _, err = _run('fit-detector', '--detector', 'density_of_states_terms',
+                            '--model-dir', self.model_dir, '--dataset', 'cifar10',
+                            '--output', os.path.join(self.model_dir, 'fit.json'),
+                            '--data-dir', self.data)
+        self.assertEqual(code, 2, err)
+        self.assertIn('which this command reads', err)
+        detectors.load_detector(self.fit)  # The model and the fit are intact.
+        # Another detect writing the same folder: refused at once, nothing replaced.
+        out = os.path.join(self.dir, 'busy')
+        with outputs.hold_lock(out + '.lock', f'{out} is being written', 'wait'):
+            code, _, err = _run('detect', '--detector', self.fit, '--images-dir', folder,
+                                '--output', out)
+        self.assertEqual(code, 2, err)
+        self.assertIn('is being written by process', err)
+        # Ctrl-C (or SIGTERM) while scoring: one line, exit 130, nothing left behind.
+        with mock.patch.object(detectors.FittedDetector, 'detect',
+                               side_effect=KeyboardInterrupt):
+            code, _, err = _run('detect', '--detector', self.fit, '--images-dir', folder,
+                                '--output', out)
+        self.assertEqual(code, 130)
+        self.assertEqual(err.strip(), f'tfp-ood detect: interrupted; nothing was written to '
+                                      f'{out}')
+        self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(('busy', '.busy'))],
+                         [])
 
     def test_grayscale_and_wrong_size_images_are_errors_unless_resized(self):
         rng = np.random.default_rng(4)

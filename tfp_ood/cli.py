@@ -261,20 +261,13 @@ def _export(args) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _atomic_open(path: str, mode: str = 'w', **kwargs):
-    """Writes `path` through a partial file moved into place when complete."""
-    partial = f'{path}.partial'
-    with open(partial, mode, **kwargs) as f:
-        yield f
-    os.replace(partial, path)
-
-
-def _check_outputs(paths, overwrite: bool):
-    existing = [p for p in paths if os.path.exists(p)]
-    if existing and not overwrite:
-        raise CommandError(f'{", ".join(existing)} already exist(s); pass --overwrite to '
-                           f'replace')
+def _staged(out: str, names, overwrite: bool, inputs, writes: bool = True):
+    """`outputs.staged_folder` for a command's output folder; nothing for a worker
+    that does not write (`--strategy multi_worker`)."""
+    from tfp_ood import outputs
+    if not writes:
+        return contextlib.nullcontext(None)
+    return outputs.staged_folder(out, names, overwrite, inputs)
 
 
 def _fit_images(images, shape, resize: bool, what: str):
@@ -364,11 +357,7 @@ def _read_inputs(args, shape):
 
 
 def _score(args) -> int:
-    import csv
-
-    import numpy as np
-
-    from tfp_ood import export, plotting
+    from tfp_ood import export, outputs
     from tfp_ood.evaluate import score
     model = export.load(args.model_dir)
     if args.precision:  # The tfp_ood model itself, rebuilt with its networks in that precision.
@@ -378,48 +367,56 @@ def _score(args) -> int:
         model = export.restore(args.model_dir, precision=args.precision)
     shape = model.image_shape
     out = args.output
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CommandError(f'--output {out} is a file, not a folder')
-    files = {k: os.path.join(out, k) for k in ('scores.csv', 'scores.npz', 'summary.json',
-                                               'summary.md', 'histogram.png')}
-    _check_outputs(files.values(), args.overwrite)
+    names = ('scores.csv', 'scores.npz', 'summary.json', 'summary.md', 'histogram.png')
+    inputs = (args.model_dir, args.images_dir)
+    outputs.check_output(out, True, names, args.overwrite, inputs)  # Before any work.
     images, labels, sources, name = _read_inputs(args, shape)
     strategy, writes = _scoring_strategy(args)
-    result = score(model, images, name=name, batch_size=args.batch_size,
-                   model_name=os.path.basename(os.path.normpath(args.model_dir)),
-                   strategy=strategy)
-    if not writes:
-        print(f'{name}: scored as a worker; the chief writes the outputs')
-        return 0
+    with _staged(out, names, args.overwrite, inputs, writes) as staging:
+        result = score(model, images, name=name, batch_size=args.batch_size,
+                       model_name=os.path.basename(os.path.normpath(args.model_dir)),
+                       strategy=strategy)
+        if not writes:
+            print(f'{name}: scored as a worker; the chief writes the outputs')
+            return 0
+        _write_scores(result, labels, sources, name, model, args.model_dir,
+                      {k: os.path.join(staging, k) for k in names})
+    summary = dict(result.summary(), name=name)
+    print(f'{name}: {summary["num_images"]} images, bits/dim {summary["bpd_mean"]:.4f} ± '
+          f'{summary["bpd_std"]:.4f} ({summary["num_nonfinite"]} non-finite); wrote {out}')
+    return 0
+
+
+def _write_scores(result, labels, sources, name, model, model_dir, files) -> None:
+    """`score`'s outputs: per-image CSV and NPZ, summary JSON and Markdown, histogram."""
+    import csv
+
+    import numpy as np
+
+    from tfp_ood import plotting
     if labels is not None:
         result.labels = np.asarray(labels, np.int64)
-    os.makedirs(out, exist_ok=True)
     result.save(files['scores.npz'])
     keys = ['log_prob', 'bits_per_dim'] + list(model.term_names)
-    with _atomic_open(files['scores.csv'], newline='') as f:
+    with open(files['scores.csv'], 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['index', 'source', 'label'] + keys)
         for i in range(result.num_images):
             writer.writerow([i, sources[i] if sources else i, int(result.labels[i])]
                             + [f'{result.scores[k][i]:.6g}' for k in keys])
-    summary = dict(result.summary(), name=name, model_dir=args.model_dir)
-    with _atomic_open(files['summary.json']) as f:
+    summary = dict(result.summary(), name=name, model_dir=model_dir)
+    with open(files['summary.json'], 'w') as f:
         json.dump(summary, f, indent=2)
-    with _atomic_open(files['summary.md']) as f:
+    with open(files['summary.md'], 'w') as f:
         f.write('| set | images | non-finite | bits/dim (mean ± std) | log p(x) nats (mean) |\n'
                 '|---|---:|---:|---:|---:|\n'
                 f'| {name} | {summary["num_images"]} | {summary["num_nonfinite"]} | '
                 f'{summary["bpd_mean"]:.4f} ± {summary["bpd_std"]:.4f} | '
                 f'{summary["log_prob_mean"]:.1f} |\n')
     plotting.plot_histograms([result], files['histogram.png'], key='bits_per_dim')
-    print(f'{name}: {summary["num_images"]} images, bits/dim {summary["bpd_mean"]:.4f} ± '
-          f'{summary["bpd_std"]:.4f} ({summary["num_nonfinite"]} non-finite); wrote {out}')
-    return 0
 
 
 def _compare(args) -> int:
-    import shutil
-
     from tfp_ood import plotting
     from tfp_ood.evaluate import ScoreResult
     from tfp_ood.metrics import ood_metrics
@@ -436,25 +433,24 @@ def _compare(args) -> int:
         print(f'tfp-ood compare: warning: the two files were scored by different models '
               f'({results[0].model!r} and {results[1].model!r}); their likelihoods are not '
               f'comparable', file=sys.stderr)
-    files = {k: os.path.join(args.output, k) for k in ('metrics.json', 'histogram.png',
-                                                       'tensorboard')}
-    _check_outputs(files.values(), args.overwrite)
-    os.makedirs(args.output, exist_ok=True)
-    metrics = ood_metrics(results[0].log_prob, results[1].log_prob, nonfinite='lowest')
-    metrics.update(in_set=results[0].name, out_set=results[1].name)
-    with _atomic_open(files['metrics.json']) as f:
-        json.dump(metrics, f, indent=2)
-    plotting.plot_histograms(results, files['histogram.png'], key=args.key)
-    # TensorBoard: the score histograms, the metrics and the precision-recall curve.
-    shutil.rmtree(files['tensorboard'], ignore_errors=True)  # Ours, replaced with --overwrite.
-    summaries = Summaries(files['tensorboard'])
-    summaries.scores({r.name: r for r in results}, step=0, prefix='scores')
-    summaries.scalars({f'ood/{k}': metrics[k] for k in ('auroc', 'aupr_in', 'aupr_out',
-                                                        'fpr_at_95_tpr')}, 0)
-    summaries.pr_curve(f'pr/{results[0].name} vs {results[1].name}', results[0].log_prob,
-                       results[1].log_prob, description='raw likelihood; the first set is the '
-                       'positive class')
-    summaries.flush()
+    names = ('metrics.json', 'histogram.png', 'tensorboard')
+    with _staged(args.output, names, args.overwrite, (args.in_scores, args.out_scores)
+                 ) as staging:
+        files = {k: os.path.join(staging, k) for k in names}
+        metrics = ood_metrics(results[0].log_prob, results[1].log_prob, nonfinite='lowest')
+        metrics.update(in_set=results[0].name, out_set=results[1].name)
+        with open(files['metrics.json'], 'w') as f:
+            json.dump(metrics, f, indent=2)
+        plotting.plot_histograms(results, files['histogram.png'], key=args.key)
+        # TensorBoard: the score histograms, the metrics and the precision-recall curve.
+        summaries = Summaries(files['tensorboard'])
+        summaries.scores({r.name: r for r in results}, step=0, prefix='scores')
+        summaries.scalars({f'ood/{k}': metrics[k] for k in ('auroc', 'aupr_in', 'aupr_out',
+                                                            'fpr_at_95_tpr')}, 0)
+        summaries.pr_curve(f'pr/{results[0].name} vs {results[1].name}', results[0].log_prob,
+                           results[1].log_prob, description='raw likelihood; the first set is '
+                           'the positive class')
+        summaries.close()
     nonfinite = ''
     if metrics['num_nonfinite_in'] or metrics['num_nonfinite_out']:
         nonfinite = (f' ({metrics["num_nonfinite_in"]} in and {metrics["num_nonfinite_out"]} '
@@ -466,11 +462,9 @@ def _compare(args) -> int:
 
 
 def _fit_detector(args) -> int:
-    from tfp_ood import data, detectors
-    if os.path.exists(args.output) and not args.overwrite:
-        raise CommandError(f'{args.output} already exists; pass --overwrite to replace it')
-    if os.path.isdir(args.output):
-        raise CommandError(f'--output {args.output} is a folder, not a JSON file')
+    from tfp_ood import data, detectors, outputs
+    outputs.check_output(args.output, False, overwrite=args.overwrite,
+                         inputs=(args.model_dir, args.background_dir, args.design))
     if (args.design is None) != (args.detector != detectors.SELECTED):
         raise CommandError(f'--design goes with --detector {detectors.SELECTED}, and only '
                            f'with it')
@@ -499,36 +493,48 @@ def _fit_detector(args) -> int:
 
 
 def _detect(args) -> int:
+    from tfp_ood import detectors, outputs
+    out = args.output
+    names = ('detections.csv', 'detections.npz', 'summary.json', 'summary.md',
+             'histogram.png', 'contact_sheet.png')
+    outputs.check_output(out, True, names, args.overwrite,
+                         (args.detector, args.images_dir))  # Before any work.
+    fitted = detectors.load_detector(args.detector)
+    inputs = (args.detector, args.images_dir, *fitted.model_dirs)
+    images, labels, sources, name = _read_inputs(args, fitted.detector.models[0].image_shape)
+    strategy, writes = _scoring_strategy(args)
+    with _staged(out, names, args.overwrite, inputs, writes) as staging:
+        scores = fitted.detect(images, strategy=strategy)
+        if not writes:
+            print(f'{name}: scored as a worker; the chief writes the outputs')
+            return 0
+        _write_detections(args, fitted, scores, images, labels, sources, name,
+                          {k: os.path.join(staging, k) for k in names})
+    is_ood, calibration = scores.components['is_ood'], fitted.calibration
+    print(f'{name}: {int(is_ood.sum())} of {len(images)} images ({is_ood.mean():.1%}) flagged '
+          f'out of distribution by {fitted.name} (threshold {calibration.threshold:.4g}, '
+          f'which keeps {calibration.true_positive_rate:.0%} of in-distribution images); '
+          f'wrote {out}')
+    return 0
+
+
+def _write_detections(args, fitted, scores, images, labels, sources, name, files) -> None:
+    """`detect`'s outputs: per-image CSV and NPZ, summary JSON and Markdown, figures."""
     import csv
 
     import numpy as np
 
-    from tfp_ood import detectors, plotting
-    out = args.output
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CommandError(f'--output {out} is a file, not a folder')
-    files = {k: os.path.join(out, k) for k in ('detections.csv', 'detections.npz',
-                                               'summary.json', 'summary.md', 'histogram.png',
-                                               'contact_sheet.png')}
-    _check_outputs(files.values(), args.overwrite)
-    fitted = detectors.load_detector(args.detector)
-    images, labels, sources, name = _read_inputs(args, fitted.detector.models[0].image_shape)
-    strategy, writes = _scoring_strategy(args)
-    scores = fitted.detect(images, strategy=strategy)
-    if not writes:
-        print(f'{name}: scored as a worker; the chief writes the outputs')
-        return 0
+    from tfp_ood import plotting
     is_ood = scores.components['is_ood']
-    os.makedirs(out, exist_ok=True)
     components = {k: np.asarray(v) for k, v in scores.components.items()
                   if np.ndim(v) == 1 and len(v) == len(images)}
-    with _atomic_open(files['detections.npz'], 'wb') as f:
+    with open(files['detections.npz'], 'wb') as f:
         np.savez(f, ood_score=scores.ood_score, source=np.array(sources or [], dtype=str),
                  labels=np.asarray(labels if labels is not None else [], np.int64),
                  **{f'component_{k}': v for k, v in components.items() if k != 'is_ood'},
                  is_ood=is_ood)
     keys = [k for k in components if k != 'is_ood']
-    with _atomic_open(files['detections.csv'], newline='') as f:
+    with open(files['detections.csv'], 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['index', 'source', 'ood_score', 'is_ood'] + keys)
         for i in range(len(images)):
@@ -540,9 +546,9 @@ def _detect(args) -> int:
                'detector_file': args.detector, 'threshold': calibration.threshold,
                'true_positive_rate': calibration.true_positive_rate,
                'num_nonfinite': scores.num_nonfinite, 'fitted_on': fitted.provenance}
-    with _atomic_open(files['summary.json']) as f:
+    with open(files['summary.json'], 'w') as f:
         json.dump(summary, f, indent=2)
-    with _atomic_open(files['summary.md']) as f:
+    with open(files['summary.md'], 'w') as f:
         f.write(f'| set | images | flagged out-of-distribution | detector | threshold |\n'
                 f'|---|---:|---:|---|---:|\n'
                 f'| {name} | {len(images)} | {int(is_ood.sum())} ({is_ood.mean():.1%}) | '
@@ -551,16 +557,13 @@ def _detect(args) -> int:
     plotting.plot_detection(scores.ood_score, calibration.validation_scores,
                             calibration.threshold, files['histogram.png'], name=name)
     plotting.plot_contact_sheet(images, scores.ood_score, files['contact_sheet.png'])
-    print(f'{name}: {int(is_ood.sum())} of {len(images)} images ({is_ood.mean():.1%}) flagged '
-          f'out of distribution by {fitted.name} (threshold {calibration.threshold:.4g}, '
-          f'which keeps {calibration.true_positive_rate:.0%} of in-distribution images); '
-          f'wrote {out}')
-    return 0
 
 
 def _export_detector(args) -> int:
-    from tfp_ood import detectors
+    from tfp_ood import detectors, outputs
+    outputs.check_output(args.output, True, (), True, (args.detector,))  # Before any work.
     fitted = detectors.load_detector(args.detector)
+    outputs.check_output(args.output, True, (), True, fitted.model_dirs)
     try:
         fitted.export(args.output, overwrite=args.overwrite)
     except FileExistsError as e:
@@ -573,17 +576,35 @@ def _export_detector(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    from tfp_ood import data, train
+    from tfp_ood import data, outputs, train
     handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare,
                 'fit-detector': _fit_detector, 'detect': _detect,
                 'export-detector': _export_detector}
+    previous = None
+    if args.verb != 'train':  # Training stops at a checkpoint on SIGTERM by itself.
+        with contextlib.suppress(ValueError):  # Not the main thread: left as it is.
+            previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return handlers[args.verb](args)
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,
-            train.RunLockedError, train.TrainingDivergedError, FileExistsError,
-            FileNotFoundError, ValueError) as e:
+            train.RunLockedError, train.TrainingDivergedError, outputs.OutputLockedError,
+            OSError, ValueError) as e:
         print(f'tfp-ood {args.verb}: error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (above): staged outputs were removed.
+        output = getattr(args, 'output', None)
+        written = f'; nothing was written to {output}' if output and args.verb != 'train' else ''
+        print(f'tfp-ood {args.verb}: interrupted{written}', file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    """SIGTERM as Ctrl-C: the staged outputs are removed on the way out."""
+    del signum, frame
+    raise KeyboardInterrupt
 
 
 if __name__ == '__main__':

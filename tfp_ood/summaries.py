@@ -179,3 +179,7 @@ class Summaries:
 
     def flush(self) -> None:
         self._writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        self._writer.close()

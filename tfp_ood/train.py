@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -52,7 +51,7 @@ import tf_keras
 from absl import logging
 from tqdm.auto import tqdm
 
-from tfp_ood import data, models
+from tfp_ood import data, models, outputs
 from tfp_ood.config import complete_model_config
 from tfp_ood.data import perturb
 from tfp_ood.evaluate import score
@@ -498,65 +497,12 @@ class RunLockedError(RuntimeError):
 LOCK_FILE = 'run.lock'
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # Alive, another user's.
-        return True
-    return True
-
-
-@contextlib.contextmanager
 def _run_lock(workdir: str):
-    """Holds `workdir/run.lock` for the run; refuses a live holder, replaces a stale one.
-
-    The lock names the process and the machine that holds it. It is removed
-    on any exit of the run; after a crash (SIGKILL, power loss) it is left
-    behind, and the next run on the same machine sees that its process is gone
-    and takes it over.
-    """
-    path = os.path.join(workdir, LOCK_FILE)
-    me = {'pid': os.getpid(), 'host': socket.gethostname()}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    holder = json.load(f)
-                pid, host = int(holder['pid']), str(holder['host'])
-            except (OSError, ValueError, KeyError, TypeError):
-                pid, host = None, me['host']  # Unreadable: a crash while writing it.
-            if pid is not None and host != me['host']:
-                raise RunLockedError(
-                    f'{workdir} is being trained by process {pid} on {host} (lock {path}); '
-                    f'if that run is gone, delete the lock file.') from None
-            if pid is not None and _process_alive(pid):
-                raise RunLockedError(
-                    f'{workdir} is being trained by process {pid} on this machine (lock '
-                    f'{path}); wait for it or stop it, or use another run directory.') from None
-            logging.warning('Taking over the stale lock %s (its process %s is gone).',
-                            path, pid)
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, 'w') as f:
-            json.dump(me, f)
-        break
-    try:
-        yield
-    finally:
-        try:
-            with open(path) as f:
-                mine = json.load(f) == me
-        except (OSError, ValueError):
-            mine = False
-        if mine:
-            os.remove(path)
+    """Holds `workdir/run.lock` for the run (`tfp_ood.outputs.hold_lock`): a live
+    holder is refused, a stale one (its process gone after a crash) taken over."""
+    return outputs.hold_lock(os.path.join(workdir, LOCK_FILE), f'{workdir} is being trained',
+                             'wait for it or stop it, or use another run directory',
+                             RunLockedError)
 
 
 def _restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
