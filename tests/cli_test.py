@@ -358,6 +358,12 @@ class DetectTest(tf.test.TestCase):
         code, out, err = self.fit_run
         self.assertEqual(code, 0, err)
         self.assertIn('keeps 95%', out)
+        self.assertRegex(out, r'\(40 images; bootstrap 95% interval of the threshold .* '
+                              r'flagging 0\.0% to [0-9.]+% of them\)')
+        self.assertIn('warning: only 40 validation images: fewer than 400', err)
+        with open(self.fit) as f:
+            self.assertEqual(json.load(f)['provenance']['threshold_interval']['confidence'],
+                             0.95)
 
     def _pngs(self, folder, images):
         os.makedirs(folder, exist_ok=True)
@@ -416,6 +422,13 @@ class DetectTest(tf.test.TestCase):
         self.assertEqual(code, 2, err)
         self.assertIn('which this command reads', err)
         detectors.load_detector(self.fit)  # The model and the fit are intact.
+        code, _, err = _run('fit-detector', '--detector', 'density_of_states_terms',
+                            '--model-dir', self.model_dir, '--dataset', 'cifar10',
+                            '--fit-split', 'train[:64]', '--validation-split', 'train[:64]',
+                            '--output', os.path.join(self.dir, 'same.json'),
+                            '--data-dir', self.data)
+        self.assertEqual(code, 2, err)
+        self.assertIn('--validation-split is --fit-split', err)
         # Another detect writing the same folder: refused at once, nothing replaced.
         out = os.path.join(self.dir, 'busy')
         with outputs.hold_lock(out + '.lock', f'{out} is being written', 'wait'):

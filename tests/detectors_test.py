@@ -42,6 +42,10 @@ class _Gaussian(DensityModel):
             axis=(1, 2, 3))
 
 
+def stats_norm_pdf(x):
+    return np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+
+
 def _images(n, low=0, high=256, seed=0, shape=SHAPE):
     return np.random.default_rng(seed).integers(low, high, (n,) + shape, dtype=np.uint8)
 
@@ -367,7 +371,7 @@ class CalibrationTest(tf.test.TestCase):
         directory = self.create_tempdir().full_path
         config = GlowConfig.named('tiny', (8, 8, 3))
         model = models.from_config(dict(family='glow', **config.to_dict()))
-        train = _images(48, shape=(8, 8, 3))
+        train = _images(64, shape=(8, 8, 3))
         model.initialize(train)
         model_dir = export.export(model, os.path.join(directory, 'flow'))
         fitted = detectors.fit_detector('density_of_states', [model_dir], train[:32], train[32:])
@@ -389,11 +393,48 @@ class CalibrationTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'its configuration differs'):
             detectors.load_detector(path)
 
+    def test_validation_sets_that_cannot_set_a_threshold_are_refused_or_warned(self):
+        directory = self.create_tempdir().full_path
+        model = models.from_config(dict(family='glow', **GlowConfig.named(
+            'tiny', (8, 8, 3)).to_dict()))
+        train = _images(96, shape=(8, 8, 3))
+        model.initialize(train)
+        model_dir = export.export(model, os.path.join(directory, 'flow'))
+        with self.assertRaisesRegex(ValueError, 'every one of the 32 validation images is also'):
+            detectors.fit_detector('density_of_states', [model_dir], train[:64], train[32:64])
+        with self.assertRaisesRegex(ValueError, '19 validation images cannot set a threshold '
+                                                'that flags 5.0% of them \\(at least 20'):
+            detectors.fit_detector('density_of_states', [model_dir], train[:64], train[64:83])
+        with self.assertWarnsRegex(UserWarning, '8 of the 32 validation images are also fit'):
+            detectors.fit_detector('density_of_states', [model_dir], train[:64], train[56:88])
+        with self.assertWarnsRegex(UserWarning, 'only 32 validation images: fewer than 400'):
+            detectors.fit_detector('density_of_states', [model_dir], train[:64], train[64:])
+        self.assertEqual(detectors.minimum_validation_images(0.95), 400)
+        self.assertEqual(detectors.minimum_validation_images(0.99), 2000)
+
+    def test_bootstrap_interval_of_the_threshold(self):
+        rng = np.random.default_rng(0)
+        many = detectors.calibrate(detectors.DetectorScores('x', rng.normal(size=10000), {}))
+        few = detectors.calibrate(detectors.DetectorScores('x', rng.normal(size=40), {}))
+        wide, narrow = few.interval(), many.interval()
+        self.assertEqual(narrow, many.interval())  # Seeded.
+        low, high = narrow['flagged']
+        self.assertTrue(0.04 < low < 0.05 < high < 0.06, narrow)
+        self.assertLess(narrow['threshold'][0], many.threshold)
+        self.assertGreater(narrow['threshold'][1], many.threshold)
+        # The 95th percentile of 40 draws: flagged rates from 0% to over 10%.
+        self.assertEqual(wide['flagged'][0], 0.)
+        self.assertGreater(wide['flagged'][1], 0.1)
+        # The thresholds' interval against the normal quantile's sampling spread.
+        spread = narrow['threshold'][1] - narrow['threshold'][0]
+        expected = 2 * 1.96 * np.sqrt(0.95 * 0.05 / 10000) / stats_norm_pdf(1.645)
+        self.assertAllClose(spread, expected, rtol=0.25)
+
     def test_a_fit_is_validated_when_it_is_read(self):
         directory = self.create_tempdir().full_path
         model = models.from_config(dict(family='glow', **GlowConfig.named(
             'tiny', (8, 8, 3)).to_dict()))
-        train = _images(48, shape=(8, 8, 3))
+        train = _images(64, shape=(8, 8, 3))
         model.initialize(train)
         model_dir = export.export(model, os.path.join(directory, 'flow'))
         path = detectors.fit_detector('density_of_states', [model_dir], train[:32],

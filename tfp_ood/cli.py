@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from typing import List, Optional
 
 __all__ = ['main']
@@ -478,17 +479,30 @@ def _fit_detector(args) -> int:
         return data.images_array(data.load(args.dataset, split, data_dir=args.data_dir,
                                            source=args.source, download=args.download))
 
-    fitted = detectors.fit_detector(
-        args.detector, model_dirs, images(args.fit_split), images(args.validation_split),
-        args.true_positive_rate,
-        provenance={'dataset': args.dataset, 'fit_split': args.fit_split,
-                    'validation_split': args.validation_split}, design=design)
-    fitted.provenance.update(num_validation=int(len(fitted.calibration.validation_scores)))
+    if args.fit_split == args.validation_split:
+        raise CommandError(f'--validation-split is --fit-split ({args.fit_split}); the '
+                           f'threshold must be set on held-out images: pass another split')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', UserWarning)
+        fitted = detectors.fit_detector(
+            args.detector, model_dirs, images(args.fit_split), images(args.validation_split),
+            args.true_positive_rate,
+            provenance={'dataset': args.dataset, 'fit_split': args.fit_split,
+                        'validation_split': args.validation_split}, design=design)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f'tfp-ood fit-detector: warning: {warning.message}', file=sys.stderr)
+    interval = fitted.calibration.interval()
+    fitted.provenance.update(num_validation=int(len(fitted.calibration.validation_scores)),
+                             threshold_interval=interval)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     fitted.save(args.output)
+    low, high = interval['flagged']
     print(f'{args.detector}: threshold {fitted.calibration.threshold:.6g} keeps '
-          f'{args.true_positive_rate:.0%} of {args.dataset} {args.validation_split}; '
-          f'wrote {args.output}')
+          f'{args.true_positive_rate:.0%} of {args.dataset} {args.validation_split} '
+          f'({len(fitted.calibration.validation_scores)} images; bootstrap 95% interval of '
+          f'the threshold {interval["threshold"][0]:.6g} to {interval["threshold"][1]:.6g}, '
+          f'flagging {low:.1%} to {high:.1%} of them); wrote {args.output}')
     return 0
 
 

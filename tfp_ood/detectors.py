@@ -51,6 +51,7 @@ import io
 import json
 import math
 import os
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -71,7 +72,8 @@ __all__ = [
     'ESTIMATORS', 'FLOW_DETECTOR_NAMES', 'FittedDetector', 'InputComplexity', 'LikelihoodRatio',
     'RawLikelihood', 'Typicality',
     'WAIC', 'calibrate', 'compressed_bits', 'detector_metrics', 'fit_detector',
-    'SELECTED', 'check_design', 'load_detector', 'model_identity', 'named', 'read_design',
+    'SELECTED', 'check_design', 'load_detector', 'minimum_validation_images', 'model_identity',
+    'named', 'read_design',
 ]
 
 Images = Union[np.ndarray, tf.Tensor, tf.data.Dataset]
@@ -870,6 +872,44 @@ class Calibration:
         ood_score = np.asarray(ood_score, np.float64)
         return ~(ood_score <= self.threshold)
 
+    def interval(self, confidence: float = 0.95, num_resamples: int = 1000,
+                 seed: int = 0) -> Dict[str, List[float]]:
+        """How much the threshold owes to which validation images were drawn.
+
+        Resamples the validation scores with replacement `num_resamples` times,
+        sets the threshold on each resample as `calibrate` does, and returns
+        the central `confidence` intervals of those thresholds (`threshold`)
+        and of the fraction of the validation images each of them flags
+        (`flagged`): with few validation images the second is wide, and the
+        rate at which held-out in-distribution images are flagged can be far
+        from `1 - true_positive_rate`.
+        """
+        scores = np.sort(np.where(np.isfinite(self.validation_scores),
+                                  self.validation_scores, np.inf))
+        n = len(scores)
+        kept = int(math.ceil(self.true_positive_rate * n))
+        rng = np.random.default_rng(seed)
+        thresholds = []
+        for start in range(0, num_resamples, 100):
+            draws = np.sort(rng.choice(scores, (min(100, num_resamples - start), n)), axis=1)
+            thresholds.append(draws[:, kept - 1])
+        thresholds = np.concatenate(thresholds)
+        flagged = 1. - np.searchsorted(scores, thresholds, side='right') / n
+        tails = [100. * (1. - confidence) / 2., 100. * (1. + confidence) / 2.]
+        return {'confidence': confidence,
+                'threshold': [float(v) for v in np.percentile(thresholds, tails)],
+                'flagged': [float(v) for v in np.percentile(flagged, tails)]}
+
+
+def minimum_validation_images(true_positive_rate: float, expected_flagged: int = 20) -> int:
+    """Validation images for a threshold at `true_positive_rate` with about
+    `expected_flagged` of them beyond it (400 at 95%): with fewer, which
+    images were drawn moves the flagged rate by several points (see
+    `Calibration.interval`)."""
+    if true_positive_rate >= 1.:
+        return 1
+    return int(math.ceil(expected_flagged / (1. - true_positive_rate) - 1e-9))
+
 
 def calibrate(validation: DetectorScores, true_positive_rate: float = 0.95) -> Calibration:
     """The threshold at `true_positive_rate` of in-distribution validation scores.
@@ -971,13 +1011,56 @@ def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
     if not 1 <= len(model_dirs) <= 2:
         raise ValueError(f'fit_detector: model_dirs must name one SavedModel (two for '
                          f'likelihood_ratio: foreground, background); got {len(model_dirs)}.')
+    if not 0. < true_positive_rate <= 1.:
+        raise ValueError(f'true_positive_rate must be in (0, 1]; got {true_positive_rate}.')
     models = [_load_model(d) for d in model_dirs]
+    shape = models[0].image_shape
+    fit_images = _as_array(fit_images, shape, f'{name} fit images')
+    validation_images = _as_array(validation_images, shape, f'{name} validation images')
+    _check_validation(fit_images, validation_images, true_positive_rate)
     design = check_design(design) if design is not None else None
     detector = named(name, models[0], models[1] if len(models) > 1 else None, design)
     detector.fit(fit_images)
     calibration = calibrate(detector.score(validation_images), true_positive_rate)
     return FittedDetector(name, detector, calibration, list(model_dirs), dict(provenance or {}),
                           design)
+
+
+def _image_digests(images: np.ndarray) -> List[bytes]:
+    return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+
+
+def _check_validation(fit_images: np.ndarray, validation_images: np.ndarray,
+                      true_positive_rate: float) -> None:
+    """Refuses validation images that cannot set a threshold (all among the fit
+    images; fewer than one expected beyond it) and warns where the threshold
+    would be unreliable (some among the fit images; fewer than
+    `minimum_validation_images`)."""
+    n = len(validation_images)
+    fitted = set(_image_digests(fit_images))
+    shared = sum(d in fitted for d in _image_digests(validation_images))
+    if shared == n:
+        raise ValueError(f'fit_detector: every one of the {n} validation images is also a fit '
+                         f'image; the threshold must be set on held-out images (on fitted '
+                         f'ones, held-out images are flagged more often than '
+                         f'{1 - true_positive_rate:.0%}). Pass another split.')
+    if shared:
+        warnings.warn(f'{shared} of the {n} validation images are also fit images; the '
+                      f'threshold is set partly on images the detector has seen, so held-out '
+                      f'images may be flagged more often than {1 - true_positive_rate:.0%}.',
+                      UserWarning, stacklevel=3)
+    if true_positive_rate < 1. and n * (1. - true_positive_rate) < 1.:
+        raise ValueError(f'fit_detector: {n} validation images cannot set a threshold that '
+                         f'flags {1 - true_positive_rate:.1%} of them (at least '
+                         f'{minimum_validation_images(true_positive_rate, 1)} are needed; '
+                         f'{minimum_validation_images(true_positive_rate)} for a threshold '
+                         f'whose flagged rate is within a few points).')
+    if n < minimum_validation_images(true_positive_rate):
+        warnings.warn(f'only {n} validation images: fewer than '
+                      f'{minimum_validation_images(true_positive_rate)} for a threshold at '
+                      f'{true_positive_rate:.0%}, so the rate at which in-distribution images '
+                      f'are flagged is uncertain (see the threshold\'s bootstrap interval).',
+                      UserWarning, stacklevel=3)
 
 
 def _load_model(path: str) -> DensityModel:
