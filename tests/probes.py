@@ -12,9 +12,12 @@ issue and counts the outcomes:
 - `data loss`: a file that must survive (a run, an unrelated file) is gone or
   changed;
 - `traceback`: a traceback, or an exception of the wrong kind (e.g.
-  `AttributeError`, a raw TensorFlow error) for bad input.
+  `AttributeError`, a raw TensorFlow error) for bad input;
+- `partial output`: an interrupted run left some of its outputs, or
+  temporary files, behind.
 
     python -m tests.probes --out probes.json      # from the repository root
+    python -m tests.probes --only detectors --out probes_detectors.json
 
 Each CLI probe is a fresh process (about 6 s of TensorFlow import each); the
 whole run takes 10-15 minutes on 2 CPU cores.
@@ -539,10 +542,216 @@ def api_probes(p, model_dir, data):
               lambda: loaded.sample(2, temperature=0.7))
 
 
+def detector_probes(p, model_dir, data):
+    """The detector workflow: fit-detector, detect, export-detector and the API."""
+    import tensorflow as tf
+    from tfp_ood import detectors, export, models
+    root = os.path.join(p.root, 'detectors')
+    os.makedirs(root)
+    # The model the fits are made on: a copy, so probes may re-export over it.
+    model = os.path.join(root, 'glow')
+    shutil.copytree(model_dir, model)
+    fit = os.path.join(root, 'fit.json')
+    fit_args = ['fit-detector', '--detector', 'density_of_states', '--model-dir', model,
+                '--dataset', 'cifar10', '--fit-split', 'train[:128]', '--data-dir', data]
+    p.cli('detector', 'fit-detector', fit_args + ['--validation-split', 'test[:64]',
+                                                  '--output', fit], 'ok',
+          lambda r: os.path.exists(fit) and 'bootstrap' in r.stdout)
+    images = os.path.join(root, 'images')
+    os.makedirs(images)
+    rng = np.random.default_rng(7)
+    for i in range(6):
+        with open(os.path.join(images, f'{i}.png'), 'wb') as f:
+            f.write(tf.io.encode_png(rng.integers(0, 256, (32, 32, 3), np.uint8)).numpy())
+    detect = ['detect', '--detector', fit, '--images-dir', images]
+
+    def detected(n):
+        def check(process):
+            out = process.args[process.args.index('--output') + 1]
+            with np.load(os.path.join(out, 'detections.npz')) as f:
+                return len(f['ood_score']) == n and len(os.listdir(out)) == 6
+        return check
+
+    p.cli('detector', 'detect a folder', detect + ['--output', os.path.join(root, 'd0')], 'ok',
+          detected(6))
+
+    # Data loss: the detector's own model, concurrent runs on one output.
+    p.cli('detector', 'export-detector over its own model folder',
+          ['export-detector', '--detector', fit, '--output', model, '--overwrite'],
+          keep=[model, fit])
+    p.cli('detector', 'detect with --output the images folder',
+          detect + ['--output', images, '--overwrite'], keep=[images])
+    p.cli('detector', 'fit-detector with --output inside its model',
+          fit_args + ['--validation-split', 'test[:64]', '--output',
+                      os.path.join(model, 'fit.json')], keep=[model])
+    out = os.path.join(root, 'twice')
+    runs = [subprocess.Popen(CLI + detect + ['--output', out], cwd=REPO, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(r.communicate(timeout=600)[1], r.returncode) for r in runs]
+    codes = sorted(code for _, code in results)
+    errors = [err for err, code in results if code == 2]
+    clear = all(': error: ' in e and 'Traceback' not in e for e in errors)
+    outcome = ('correct' if codes == [0, 2] and clear
+               else 'data loss' if codes == [0, 0] else 'traceback')
+    p.record('detector', 'two detects on one output at once', outcome,
+             (errors[0].strip().splitlines() or [''])[-1] if errors else str(codes))
+
+    # Silent wrong: fits read back as they were written, or refused.
+    with open(fit) as f:
+        good = json.load(f)
+
+    def edited(name, **changes):
+        path = os.path.join(root, f'{name}.json')
+        record = dict(good, **changes)
+        for key in [k for k, v in changes.items() if v is _DROP]:
+            record.pop(key)
+        with open(path, 'w') as f:
+            f.write(json.dumps(record).replace('"__nan__"', 'NaN').replace(
+                '"__inf__"', 'Infinity').replace('"__-inf__"', '-Infinity'))
+        return path
+
+    bad_fits = {
+        'threshold NaN': edited('nan', threshold='__nan__'),
+        'threshold Infinity': edited('inf', threshold='__inf__'),
+        'threshold -Infinity': edited('minf', threshold='__-inf__'),
+        'true_positive_rate 5': edited('tpr', true_positive_rate=5),
+        'detector renamed under its state': edited('renamed', detector='typicality'),
+        'one-row KDE state': edited('one_row', state=dict(good['state'],
+                                                          values=good['state']['values'][:1])),
+        'bandwidth 0': edited('bandwidth', state=dict(good['state'], parameters=dict(
+            good['state']['parameters'], bandwidth=0.))),
+        'threshold missing': edited('no_threshold', threshold=_DROP),
+        'models null': edited('models_null', models=None),
+        'models []': edited('models_empty', models=[]),
+        'state a list': edited('state_list', state=[1, 2]),
+        'validation_scores a string': edited('scores_str', validation_scores='abc'),
+        'true_positive_rate a string': edited('tpr_str', true_positive_rate='0.95'),
+        'model_identities edited': edited('identity', model_identities=[
+            dict(good['model_identities'][0], variables_sha256='0' * 64)]),
+    }
+    for name, path in bad_fits.items():
+        p.cli('detector', f'detect with a fit whose {name}',
+              ['detect', '--detector', path, '--images-dir', images, '--output',
+               os.path.join(root, 'bad_' + os.path.basename(path)[:-5])])
+    p.cli('detector', 'export-detector of a fit with threshold NaN',
+          ['export-detector', '--detector', bad_fits['threshold NaN'], '--output',
+           os.path.join(root, 'nan_export')])
+    p.cli('detector', 'fit-detector with the validation split equal to the fit split',
+          fit_args + ['--validation-split', 'train[:128]', '--output',
+                      os.path.join(root, 'same.json')])
+    p.cli('detector', 'fit-detector with one validation image',
+          fit_args + ['--validation-split', 'test[:1]', '--output', os.path.join(root, 'one.json')])
+    # The model re-exported in place with other weights, and another model of that shape.
+    moved = export.restore(model)
+    moved.trainable_variables[0].assign_add(tf.ones_like(moved.trainable_variables[0]))
+    stale = os.path.join(root, 'stale')
+    shutil.copytree(model, os.path.join(stale, 'glow'))
+    shutil.copy(fit, os.path.join(stale, 'fit.json'))
+    export.export(moved, os.path.join(stale, 'glow'), overwrite=True)
+    p.cli('detector', 'detect after the model was re-exported with other weights',
+          ['detect', '--detector', os.path.join(stale, 'fit.json'), '--images-dir', images,
+           '--output', os.path.join(root, 'stale_out')])
+    other = os.path.join(root, 'other')
+    wider = models.named_model('glow', 'tiny', (32, 32, 3), hidden_channels=32)
+    wider.initialize(np.zeros((4, 32, 32, 3), np.uint8))
+    export.export(wider, os.path.join(other, 'glow'))
+    shutil.copy(fit, os.path.join(other, 'fit.json'))
+    p.cli('detector', 'detect with the fit pointing at another model of the same shape',
+          ['detect', '--detector', os.path.join(other, 'fit.json'), '--images-dir', images,
+           '--output', os.path.join(root, 'other_out')])
+
+    # Tracebacks before: wrong paths, odd folders, outputs that cannot be written.
+    saved = os.path.join(root, 'exported')
+    p.cli('detector', 'export-detector', ['export-detector', '--detector', fit, '--output',
+                                          saved], 'ok',
+          lambda r: os.path.exists(os.path.join(saved, 'saved_model.pb')))
+    p.cli('detector', 'detect --detector a SavedModel folder',
+          ['detect', '--detector', saved, '--images-dir', images, '--output',
+           os.path.join(root, 'folder_out')])
+    odd = {'a broken symlink': lambda d: os.symlink(os.path.join(d, 'missing.png'),
+                                                    os.path.join(d, 'broken.png')),
+           'a folder named like an image': lambda d: os.makedirs(os.path.join(d, 'dir.png')),
+           'a symlink loop': lambda d: os.symlink(os.path.join(d, 'loop.png'),
+                                                  os.path.join(d, 'loop.png'))}
+    for name, make in odd.items():
+        folder = os.path.join(root, name.replace(' ', '_'))
+        shutil.copytree(images, folder)
+        make(folder)
+        p.cli('detector', f'--images-dir holding {name}',
+              ['detect', '--detector', fit, '--images-dir', folder, '--output',
+               os.path.join(root, name.replace(' ', '_') + '_out')])
+    a_file = os.path.join(root, 'a_file')
+    with open(a_file, 'w') as f:
+        f.write('x')
+    p.cli('detector', 'detect --output under a file',
+          detect + ['--output', os.path.join(a_file, 'out')], keep=[a_file])
+    # Interrupted: one line, exit 130, nothing partial left.
+    for sig, name in ((signal.SIGINT, 'Ctrl-C'), (signal.SIGTERM, 'SIGTERM')):
+        out = os.path.join(root, f'interrupted_{name}')
+        process = subprocess.Popen(CLI + detect + ['--output', out], cwd=REPO, env=ENV,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(8)  # TensorFlow imported, the detector loading or scoring.
+        process.send_signal(sig)
+        err = process.communicate(timeout=300)[1]
+        code = process.returncode
+        left = [n for n in os.listdir(root) if f'interrupted_{name}' in n]
+        complete = os.path.isdir(out) and len(os.listdir(out)) == 6
+        if 'Traceback' in err:
+            outcome = 'traceback'
+        elif left and not complete:
+            outcome = 'partial output'
+        else:
+            outcome = 'correct' if code in (0, 130) else 'silent wrong'
+        p.record('detector', f'{name} during detect', outcome,
+                 (err.strip().splitlines() or [f'exit {code}'])[-1])
+    # The exported SavedModel's signature.
+    serve = tf.saved_model.load(saved).signatures['serving_default']
+    p.api('detector', 'exported detector on a batch of 0 images',
+          lambda: serve(images=tf.zeros((0, 32, 32, 3), tf.uint8)), 'ok',
+          lambda r: all(v.shape[0] == 0 for v in r.values()))
+
+    def wrong_shape():
+        try:
+            return serve(images=tf.zeros((2, 28, 28, 3), tf.uint8))
+        except tf.errors.InvalidArgumentError as e:  # The contract's error, naming the shape.
+            if '[?,32,32,3]' in e.message:
+                raise ValueError(e.message.splitlines()[0]) from None
+            raise
+    p.api('detector', 'exported detector on images of another shape', wrong_shape)
+    # The Python API.
+    fitted = detectors.load_detector(fit)
+    batch = rng.integers(0, 256, (5, 32, 32, 3), np.uint8)
+    expected = fitted.detect(batch).ood_score
+    for name, dataset in (('plain uint8 tensors', tf.data.Dataset.from_tensor_slices(batch)),
+                          ('batched', tf.data.Dataset.from_tensor_slices(batch).batch(2))):
+        p.api('detector', f'detect a tf.data.Dataset of {name}',
+              lambda d=dataset: fitted.detect(d), 'ok',
+              lambda r: np.allclose(r.ood_score, expected))
+    p.api('detector', 'fit_detector with a string for model_dirs',
+          lambda: detectors.fit_detector('density_of_states', model, batch, batch))
+    p.api('detector', 'fit_detector with no model', lambda: detectors.fit_detector(
+        'density_of_states', [], batch, batch))
+
+
+_DROP = object()
+
+
+def _tiny_model(data, root):
+    """A tiny Glow initialised on the probes' training images, exported."""
+    from tfp_ood import export, models
+    model = models.named_model('glow', 'tiny', (32, 32, 3))
+    with np.load(os.path.join(data, 'cifar10_train.npz')) as f:
+        model.initialize(f['images'][:64])
+    return export.export(model, os.path.join(root, 'tiny_glow'))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default='probes.json', help='JSON of every probe')
     parser.add_argument('--keep', action='store_true', help='keep the scratch directory')
+    parser.add_argument('--only', choices=('detectors',), default=None,
+                        help='run only these probes (they train and export their model first)')
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix='tfp_ood_probes_')
     p = Probes(root)
@@ -551,11 +760,15 @@ def main():
         data = os.path.join(root, 'data')
         os.makedirs(data)
         _write_data(data, n_train=256, n_test=64)
+        if args.only == 'detectors':
+            detector_probes(p, _tiny_model(data, root), data)
+            return 0
         run = train_probes(p, data)
         model = export_probes(p, run, data)
         good_npz, good_scores = score_probes(p, model, data)
         compare_probes(p, model, good_npz, good_scores)
         api_probes(p, model, data)
+        detector_probes(p, model, data)
         interruption_probes(p, data)
     finally:
         counts = collections.Counter(r['outcome'] for r in p.results)

@@ -297,10 +297,16 @@ def _read_image_folder(folder: str, shape, resize: bool):
     images = []
     for name in names:
         path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            raise CommandError(f'{path} is a folder named like an image; move or rename it')
+        if not os.path.isfile(path):
+            raise CommandError(f'{path} cannot be read (a broken or looping symbolic link?); '
+                               f'remove it or point it at an image')
         try:
             image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy()
-        except tf.errors.InvalidArgumentError as e:
-            raise CommandError(f'{path}: not a readable image ({e.message})') from None
+        except tf.errors.OpError as e:  # Unreadable, or not an image.
+            raise CommandError(f'{path}: not a readable image '
+                               f'({e.message.splitlines()[0]})') from None
         images.append(_fit_images(image[None], shape, resize, path)[0])
     return np.stack(images), names
 
