@@ -61,7 +61,9 @@ def machine() -> Dict:
            'TF_ENABLE_ONEDNN_OPTS': os.environ.get('TF_ENABLE_ONEDNN_OPTS')}
     if 'tensorflow' in sys.modules:
         import tensorflow as tf
+        from tensorflow.python.util import _pywrap_util_port
         out['tensorflow'] = tf.__version__
+        out['onednn_enabled'] = bool(_pywrap_util_port.IsMklEnabled())  # As TF runs it.
     if 'tensorflow_probability' in sys.modules:
         import tensorflow_probability as tfp
         out['tfp'] = tfp.__version__
