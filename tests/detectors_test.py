@@ -463,7 +463,9 @@ class CalibrationTest(tf.test.TestCase):
                     detectors.load_detector(path)
         # A state that does not fit the detector: one line, not a traceback from inside.
         for state in ({}, {'statistics': ['log_prob'], 'values': [[1.0]]},
-                      dict(good['state'], estimator='copod')):
+                      dict(good['state'], estimator='copod'),
+                      dict(good['state'], values=good['state']['values'][:1]),  # One row.
+                      dict(good['state'], scale=[0.] * len(good['state']['scale']))):
             with open(path, 'w') as f:
                 json.dump(dict(good, state=state), f)
             with self.assertRaisesRegex(ValueError, 'does not describe a fitted'):

@@ -650,6 +650,20 @@ class DensityOfStates(Detector):
         if state.get('estimator', 'kde') != self.estimator:  # Fits before 'estimator': KDEs.
             raise ValueError(f'DensityOfStates: the saved fit is a {state["estimator"]}, not '
                              f'a {self.estimator}.')
+        values = np.asarray(state['values'], np.float64)
+        d = len(self.statistic_names)
+        if values.ndim != 2 or values.shape[1] != d or len(values) < 2 or not np.all(
+                np.isfinite(values)):
+            raise ValueError(f'DensityOfStates: the saved fit\'s values must be finite '
+                             f'statistics of at least two training images, [N >= 2, {d}]; '
+                             f'got shape {list(values.shape)}.')
+        for key in ('mean', 'scale'):
+            vector = np.asarray(state[key], np.float64)
+            if vector.shape != (d,) or not np.all(np.isfinite(vector)) or (
+                    key == 'scale' and not np.all(vector > 0)):
+                raise ValueError(f'DensityOfStates: the saved fit\'s {key} must be {d} finite '
+                                 f'numbers{" > 0" if key == "scale" else ""}; got '
+                                 f'{state[key]!r:.80}.')
         parameters = state.get('parameters')
         if parameters is None and self.estimator == 'kde':  # Fits before 'parameters'.
             self.bandwidth = state['bandwidth']
