@@ -447,6 +447,34 @@ class DetectTest(tf.test.TestCase):
         self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(('busy', '.busy'))],
                          [])
 
+    @pytest.mark.slow(minutes=0.5)
+    def test_sigint_and_sigterm_during_detect_leave_nothing_behind(self):
+        many = os.path.join(self.dir, 'many.npz')
+        np.savez(many, images=np.random.default_rng(8).integers(0, 256, (6000, 32, 32, 3),
+                                                                dtype=np.uint8))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with self.subTest(signal=sig.name):
+                out = os.path.join(self.dir, f'signalled_{sig.name}')
+                process = subprocess.Popen(
+                    [sys.executable, '-m', 'tfp_ood.cli', 'detect', '--detector', self.fit,
+                     '--npz', many, '--output', out], cwd=REPO, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True,
+                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                deadline = time.monotonic() + 300
+                while not os.path.exists(out + '.lock'):  # Staging: the scoring has begun.
+                    if process.poll() is not None:
+                        self.fail(f'detect ended before the signal: {process.communicate()}')
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(0.02)
+                process.send_signal(sig)
+                _, err = process.communicate(timeout=120)
+                self.assertEqual(process.returncode, 130, err[-2000:])
+                self.assertNotIn('Traceback', err)
+                self.assertEqual(err.strip().splitlines()[-1],
+                                 f'tfp-ood detect: interrupted; nothing was written to {out}')
+                self.assertEqual([n for n in os.listdir(self.dir) if f'signalled_{sig.name}' in n],
+                                 [])  # No output, no staging folder, no lock.
+
     def test_grayscale_and_wrong_size_images_are_errors_unless_resized(self):
         rng = np.random.default_rng(4)
         gray = self._pngs(os.path.join(self.dir, 'gray'),

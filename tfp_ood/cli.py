@@ -600,10 +600,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare,
                 'fit-detector': _fit_detector, 'detect': _detect,
                 'export-detector': _export_detector}
-    previous = None
-    if args.verb != 'train':  # Training stops at a checkpoint on SIGTERM by itself.
+    previous = {}
+    if args.verb != 'train':  # Training stops at a checkpoint on SIGINT / SIGTERM by itself.
+        interrupt = _interrupt_handler(args.verb, getattr(args, 'output', None), outputs)
         with contextlib.suppress(ValueError):  # Not the main thread: left as it is.
-            previous = signal.signal(signal.SIGTERM, _interrupt)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, interrupt)
     try:
         return handlers[args.verb](args)
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,
@@ -611,20 +613,34 @@ def main(argv: Optional[List[str]] = None) -> int:
             OSError, ValueError) as e:
         print(f'tfp-ood {args.verb}: error: {e}', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (above): staged outputs were removed.
+    except KeyboardInterrupt:  # Raised in Python code: the staged outputs were removed.
         output = getattr(args, 'output', None)
         written = f'; nothing was written to {output}' if output and args.verb != 'train' else ''
         print(f'tfp-ood {args.verb}: interrupted{written}', file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _interrupt(signum, frame):
-    """SIGTERM as Ctrl-C: the staged outputs are removed on the way out."""
-    del signum, frame
-    raise KeyboardInterrupt
+def _interrupt_handler(verb: str, output: Optional[str], outputs):
+    """Ctrl-C and SIGTERM for the verbs that do not train: remove what this
+    process staged and end it with one line and status 130. Not an exception
+    raised wherever the signal lands (inside TensorFlow's tracing that left
+    its state corrupt and printed another traceback): the process ends here.
+    A folder being published is let finish first."""
+    def interrupt(signum, frame):
+        del frame
+        if outputs.publishing():
+            print(f'tfp-ood {verb}: interrupted while writing {output}; finishing it first',
+                  file=sys.stderr, flush=True)
+            signal.signal(signum, signal.SIG_IGN)
+            return
+        outputs.abandon()
+        written = f'; nothing was written to {output}' if output else ''
+        print(f'tfp-ood {verb}: interrupted{written}', file=sys.stderr, flush=True)
+        os._exit(130)
+    return interrupt
 
 
 if __name__ == '__main__':

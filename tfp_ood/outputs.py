@@ -25,7 +25,31 @@ import socket
 import tempfile
 from typing import Iterable, Iterator, Sequence, Type
 
-__all__ = ['OutputError', 'OutputLockedError', 'check_output', 'hold_lock', 'staged_folder']
+__all__ = ['OutputError', 'OutputLockedError', 'abandon', 'check_output', 'hold_lock',
+           'publishing', 'staged_folder']
+
+# What this process is writing: staging folders and the locks it holds, so a
+# signal handler can remove them (`abandon`) before the process exits, and
+# whether a staged folder is being published just now.
+_STAGING: set = set()
+_LOCKS: set = set()
+_PUBLISHING = [False]
+
+
+def abandon() -> None:
+    """Removes this process's staging folders and locks (for a signal handler
+    about to end the process: nothing partial is left behind)."""
+    for staging in list(_STAGING):
+        shutil.rmtree(staging, ignore_errors=True)
+    for lock in list(_LOCKS):
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+
+
+def publishing() -> bool:
+    """Whether a staged folder is being moved into place right now (a signal
+    handler then lets it finish)."""
+    return _PUBLISHING[0]
 
 
 class OutputError(ValueError):
@@ -88,9 +112,11 @@ def hold_lock(path: str, busy: str, advice: str,
         with os.fdopen(fd, 'w') as f:
             json.dump(me, f)
         break
+    _LOCKS.add(path)
     try:
         yield
     finally:
+        _LOCKS.discard(path)
         try:
             with open(path) as f:
                 mine = json.load(f) == me
@@ -168,20 +194,27 @@ def staged_folder(path: str, names: Sequence[str], overwrite: bool = False,
     with hold_lock(path + '.lock', f'{path} is being written', 'wait for it, or choose '
                    'another --output', OutputLockedError):
         staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.staging-', dir=parent)
+        _STAGING.add(staging)
         try:
             yield staging
             written = sorted(os.listdir(staging))
             unexpected = sorted(set(written) - set(names))
             if unexpected:
                 raise AssertionError(f'staged outputs {unexpected} are not among {names}')
-            if not os.path.exists(path):
-                os.rename(staging, path)  # The whole folder at once.
-                return
-            check_output(path, True, names, overwrite)  # What appeared meanwhile.
-            for name in written:
-                target = os.path.join(path, name)
-                if os.path.isdir(target) and not os.path.islink(target):
-                    shutil.rmtree(target)  # One of `names`, replaced with --overwrite.
-                os.replace(os.path.join(staging, name), target)
+            if os.path.exists(path):
+                check_output(path, True, names, overwrite)  # What appeared meanwhile.
+            _PUBLISHING[0] = True
+            try:
+                if not os.path.exists(path):
+                    os.rename(staging, path)  # The whole folder at once.
+                else:
+                    for name in written:
+                        target = os.path.join(path, name)
+                        if os.path.isdir(target) and not os.path.islink(target):
+                            shutil.rmtree(target)  # One of `names`, replaced: --overwrite.
+                        os.replace(os.path.join(staging, name), target)
+            finally:
+                _PUBLISHING[0] = False
         finally:
+            _STAGING.discard(staging)
             shutil.rmtree(staging, ignore_errors=True)
