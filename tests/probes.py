@@ -715,8 +715,9 @@ def detector_probes(p, model_dir, data):
         try:
             return serve(images=tf.zeros((2, 28, 28, 3), tf.uint8))
         except tf.errors.InvalidArgumentError as e:  # The contract's error, naming the shape.
-            if '[?,32,32,3]' in e.message:
-                raise ValueError(e.message.splitlines()[0]) from None
+            named = [line for line in e.message.splitlines() if '[?,32,32,3]' in line]
+            if named:
+                raise ValueError(named[0].strip()) from None
             raise
     p.api('detector', 'exported detector on images of another shape', wrong_shape)
     # The Python API.
