@@ -496,3 +496,23 @@ class DetectTest(tf.test.TestCase):
                             '--images-dir', small, '--output', os.path.join(self.dir, 'n'))
         self.assertEqual(code, 2)
         self.assertIn('No fitted detector', err)
+
+    def test_odd_entries_of_an_images_folder_are_one_line_naming_them(self):
+        images = np.random.default_rng(9).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        odd = {'a folder named like an image': (lambda d: os.makedirs(os.path.join(d, 'x.png')),
+                                                'x.png is a folder named like an image'),
+               'a broken symlink': (lambda d: os.symlink(os.path.join(d, 'gone.png'),
+                                                         os.path.join(d, 'broken.png')),
+                                    'broken.png cannot be read'),
+               'a symlink loop': (lambda d: os.symlink(os.path.join(d, 'loop.png'),
+                                                       os.path.join(d, 'loop.png')),
+                                  'loop.png cannot be read')}
+        for name, (make, expected) in odd.items():
+            with self.subTest(name=name):
+                folder = self._pngs(os.path.join(self.dir, name.replace(' ', '_')), images)
+                make(folder)
+                code, _, err = _run('detect', '--detector', self.fit, '--images-dir', folder,
+                                    '--output', os.path.join(folder + '_out'))
+                self.assertEqual(code, 2, err)
+                self.assertLen(err.strip().splitlines(), 1)
+                self.assertIn(expected, err)

@@ -465,13 +465,20 @@ class CalibrationTest(tf.test.TestCase):
         for state in ({}, {'statistics': ['log_prob'], 'values': [[1.0]]},
                       dict(good['state'], estimator='copod'),
                       dict(good['state'], values=good['state']['values'][:1]),  # One row.
-                      dict(good['state'], scale=[0.] * len(good['state']['scale']))):
+                      dict(good['state'], scale=[0.] * len(good['state']['scale'])),
+                      dict(good['state'], parameters=dict(good['state']['parameters'],
+                                                          bandwidth=0.))):
             with open(path, 'w') as f:
                 json.dump(dict(good, state=state), f)
             with self.assertRaisesRegex(ValueError, 'does not describe a fitted'):
                 detectors.load_detector(path)
         with self.assertRaisesRegex(ValueError, 'is a folder'):
             detectors.load_detector(model_dir)
+        # Another detector's name over this one's state.
+        with open(path, 'w') as f:
+            json.dump(dict(good, detector='typicality'), f)
+        with self.assertRaisesRegex(ValueError, 'does not describe a fitted typicality'):
+            detectors.load_detector(path)
 
 
 _PLAIN_TF = '''
