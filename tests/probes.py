@@ -751,7 +751,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default='probes.json', help='JSON of every probe')
     parser.add_argument('--keep', action='store_true', help='keep the scratch directory')
-    parser.add_argument('--only', choices=('detectors',), default=None,
+    parser.add_argument('--only', choices=('detectors', 'interrupt'), default=None,
                         help='run only these probes (they train and export their model first)')
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix='tfp_ood_probes_')
@@ -763,6 +763,9 @@ def main():
         _write_data(data, n_train=256, n_test=64)
         if args.only == 'detectors':
             detector_probes(p, _tiny_model(data, root), data)
+            return 0
+        if args.only == 'interrupt':
+            interruption_probes(p, data)
             return 0
         run = train_probes(p, data)
         model = export_probes(p, run, data)

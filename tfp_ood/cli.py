@@ -600,12 +600,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare,
                 'fit-detector': _fit_detector, 'detect': _detect,
                 'export-detector': _export_detector}
+    # Ctrl-C and SIGTERM end the process cleanly (`_interrupt_handler`); training
+    # replaces the handler while its loop runs, to checkpoint and stop at a step.
     previous = {}
-    if args.verb != 'train':  # Training stops at a checkpoint on SIGINT / SIGTERM by itself.
-        interrupt = _interrupt_handler(args.verb, getattr(args, 'output', None), outputs)
-        with contextlib.suppress(ValueError):  # Not the main thread: left as it is.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, interrupt)
+    interrupt = _interrupt_handler(args.verb, getattr(args, 'output', None), outputs)
+    with contextlib.suppress(ValueError):  # Not the main thread: left as it is.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, interrupt)
     try:
         return handlers[args.verb](args)
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,
@@ -624,8 +625,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _interrupt_handler(verb: str, output: Optional[str], outputs):
-    """Ctrl-C and SIGTERM for the verbs that do not train: remove what this
-    process staged and end it with one line and status 130. Not an exception
+    """Ctrl-C and SIGTERM (outside a training loop, which checkpoints and stops
+    on its own; a second signal after it stopped lands here): remove what this
+    process staged and the locks it holds, and end it with one line and status 130. Not an exception
     raised wherever the signal lands (inside TensorFlow's tracing that left
     its state corrupt and printed another traceback): the process ends here.
     A folder being published is let finish first."""

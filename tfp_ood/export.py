@@ -35,12 +35,11 @@ a flow, fine-tuning).
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from tfp_ood import models
+from tfp_ood import models, outputs
 from tfp_ood.models.base import DensityModel
 
 __all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'export_detector', 'exported_terms',
@@ -142,7 +141,7 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
         'sample_temperatures': list(model.sample_temperatures),
         'provenance': dict(provenance or {}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    with outputs.temporary_folder() as tmp:
         metadata_path = os.path.join(tmp, METADATA_FILE)
         with open(metadata_path, 'w') as f:
             json.dump(metadata, f, indent=2)
@@ -159,15 +158,12 @@ def _save_staged(module: tf.Module, path: str, signatures) -> None:
     interrupted export leaves the previous one intact."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix='.export-', dir=parent)
-    try:
+    with outputs.temporary_folder(parent, '.export-') as staging:
         tf.saved_model.save(module, staging, signatures=signatures)
-        if os.path.lexists(path):
-            shutil.rmtree(path)
-        os.rename(staging, path)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
+        with outputs.publishing_now():
+            if os.path.lexists(path):
+                shutil.rmtree(path)
+            os.rename(staging, path)
 
 
 DETECTOR_FORMAT = 'tfp_ood.detector_saved_model/1'
@@ -243,7 +239,7 @@ def export_detector(detector, name: str, threshold: float, true_positive_rate: f
         'true_positive_rate': float(true_positive_rate),
         'outputs': ['ood_score', 'is_ood'], 'provenance': dict(provenance or {}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    with outputs.temporary_folder() as tmp:
         metadata_path = os.path.join(tmp, METADATA_FILE)
         with open(metadata_path, 'w') as f:
             json.dump(metadata, f, indent=2)

@@ -23,10 +23,10 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import Iterable, Iterator, Sequence, Type
+from typing import Iterable, Iterator, Optional, Sequence, Type
 
 __all__ = ['OutputError', 'OutputLockedError', 'abandon', 'check_output', 'hold_lock',
-           'publishing', 'staged_folder']
+           'publishing', 'publishing_now', 'staged_folder', 'temporary_folder']
 
 # What this process is writing: staging folders and the locks it holds, so a
 # signal handler can remove them (`abandon`) before the process exits, and
@@ -44,6 +44,29 @@ def abandon() -> None:
     for lock in list(_LOCKS):
         with contextlib.suppress(OSError):
             os.remove(lock)
+
+
+@contextlib.contextmanager
+def temporary_folder(parent: Optional[str] = None, prefix: str = '.staging-') -> Iterator[str]:
+    """A temporary folder in `parent` (the system's by default), removed on any
+    exit of the block, and by `abandon` if a signal ends the process first."""
+    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    _STAGING.add(folder)
+    try:
+        yield folder
+    finally:
+        _STAGING.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def publishing_now() -> Iterator[None]:
+    """Marks the block as moving finished outputs into place (see `publishing`)."""
+    _PUBLISHING[0] = True
+    try:
+        yield
+    finally:
+        _PUBLISHING[0] = False
 
 
 def publishing() -> bool:
@@ -193,9 +216,7 @@ def staged_folder(path: str, names: Sequence[str], overwrite: bool = False,
     os.makedirs(parent, exist_ok=True)
     with hold_lock(path + '.lock', f'{path} is being written', 'wait for it, or choose '
                    'another --output', OutputLockedError):
-        staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.staging-', dir=parent)
-        _STAGING.add(staging)
-        try:
+        with temporary_folder(parent, f'.{os.path.basename(path)}.staging-') as staging:
             yield staging
             written = sorted(os.listdir(staging))
             unexpected = sorted(set(written) - set(names))
@@ -203,8 +224,7 @@ def staged_folder(path: str, names: Sequence[str], overwrite: bool = False,
                 raise AssertionError(f'staged outputs {unexpected} are not among {names}')
             if os.path.exists(path):
                 check_output(path, True, names, overwrite)  # What appeared meanwhile.
-            _PUBLISHING[0] = True
-            try:
+            with publishing_now():
                 if not os.path.exists(path):
                     os.rename(staging, path)  # The whole folder at once.
                 else:
@@ -213,8 +233,3 @@ def staged_folder(path: str, names: Sequence[str], overwrite: bool = False,
                         if os.path.isdir(target) and not os.path.islink(target):
                             shutil.rmtree(target)  # One of `names`, replaced: --overwrite.
                         os.replace(os.path.join(staging, name), target)
-            finally:
-                _PUBLISHING[0] = False
-        finally:
-            _STAGING.discard(staging)
-            shutil.rmtree(staging, ignore_errors=True)
