@@ -497,6 +497,25 @@ class DetectTest(tf.test.TestCase):
         self.assertEqual(code, 2)
         self.assertIn('No fitted detector', err)
 
+    def test_a_full_disk_is_one_line_and_leaves_nothing(self):
+        import errno
+        images = np.random.default_rng(10).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        folder = self._pngs(os.path.join(self.dir, 'full_disk_in'), images)
+        out = os.path.join(self.dir, 'full_disk_out')
+
+        def full(*args):
+            files = args[-1]
+            with open(files['detections.csv'], 'w') as f:
+                f.write('index,source\n0,')  # Half a file, then the disk is full.
+            raise OSError(errno.ENOSPC, 'No space left on device')
+
+        with mock.patch.object(cli, '_write_detections', side_effect=full):
+            code, _, err = _run('detect', '--detector', self.fit, '--images-dir', folder,
+                                '--output', out)
+        self.assertEqual(code, 2)
+        self.assertEqual(err.strip(), 'tfp-ood detect: error: [Errno 28] No space left on device')
+        self.assertEqual([n for n in os.listdir(self.dir) if 'full_disk_out' in n], [])
+
     def test_odd_entries_of_an_images_folder_are_one_line_naming_them(self):
         images = np.random.default_rng(9).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
         odd = {'a folder named like an image': (lambda d: os.makedirs(os.path.join(d, 'x.png')),

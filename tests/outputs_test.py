@@ -1,7 +1,9 @@
 """tfp_ood.outputs: outputs checked before any work, staged, published whole, locked."""
 
+import errno
 import json
 import os
+from unittest import mock
 
 import tensorflow as tf
 
@@ -87,3 +89,32 @@ class StagedFolderTest(tf.test.TestCase):
                     outputs.check_output(os.path.join(read_only, 'out'), True)
         finally:
             os.chmod(read_only, 0o700)
+
+    def test_an_unwritable_place_is_refused_before_any_work(self):
+        # A read-only mount (EROFS: access() reports it even to root), simulated.
+        root = self.create_tempdir().full_path
+        with mock.patch.object(outputs.os, 'access', return_value=False):
+            with self.assertRaisesRegex(outputs.OutputError, 'is not writable'):
+                outputs.check_output(os.path.join(root, 'out'), True, ('a',))
+
+    def test_a_full_disk_while_writing_leaves_nothing_behind(self):
+        root = self.create_tempdir().full_path
+        out = os.path.join(root, 'out')
+        with self.assertRaises(OSError):
+            with outputs.staged_folder(out, ('a.txt', 'b.txt')) as staging:
+                with open(os.path.join(staging, 'a.txt'), 'w') as f:
+                    f.write('half of it')
+                raise OSError(errno.ENOSPC, 'No space left on device')
+        self.assertEqual(os.listdir(root), [])  # No output, no staging folder, no lock.
+
+    def test_abandon_removes_what_a_signal_would_leave(self):
+        # What the command line's signal handler calls before ending the process.
+        root = self.create_tempdir().full_path
+        out = os.path.join(root, 'out')
+        with outputs.staged_folder(out, ('a.txt',)) as staging:
+            with open(os.path.join(staging, 'a.txt'), 'w') as f:
+                f.write('x')
+            outputs.abandon()
+            self.assertEqual(os.listdir(root), [])
+            os.makedirs(staging)  # For the block's own exit, as if the process went on.
+        self.assertFalse(outputs.publishing())
