@@ -15,27 +15,25 @@ INSTRUCTION_SETS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx
                     'amx_tile', 'amx_bf16', 'amx_int8')
 
 
-def cpu_flags(path: str = '/proc/cpuinfo') -> List[str]:
-    """The CPU's flags (empty where /proc/cpuinfo does not exist)."""
+def _cpuinfo(field: str, path: str) -> str:
+    """The first `field: value` line's value in /proc/cpuinfo ('' where there is none)."""
     try:
         with open(path) as f:
             for line in f:
-                if line.startswith('flags'):
-                    return line.split(':', 1)[1].split()
-    except OSError:
-        pass
-    return []
-
-
-def cpu_model(path: str = '/proc/cpuinfo') -> str:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith('model name'):
+                if line.startswith(field):
                     return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ''
+
+
+def cpu_flags(path: str = '/proc/cpuinfo') -> List[str]:
+    """The CPU's flags (empty where /proc/cpuinfo does not exist)."""
+    return _cpuinfo('flags', path).split()
+
+
+def cpu_model(path: str = '/proc/cpuinfo') -> str:
+    return _cpuinfo('model name', path) or platform.processor() or platform.machine()
 
 
 def machine_class(flags) -> str:
