@@ -1,4 +1,4 @@
-"""Import TensorFlow without its start-up notices on a machine with no GPU.
+"""TensorFlow imported without its start-up notices on a machine with no GPU.
 
 Importing TensorFlow, and its first look at the devices, print lines such as
 `E0000 ... cuda_platform.cc:52] failed call to cuInit: ...` and `I0000 ...
@@ -6,24 +6,28 @@ cudart_stub.cc:31] Could not find cuda drivers on your machine` from C++,
 before `TF_CPP_MIN_LOG_LEVEL` can act (absl writes everything to stderr until
 it is initialised). On a CPU-only machine a user reads them as errors.
 
-`import_tensorflow()` imports TensorFlow and lists the physical devices with
-file descriptor 2 redirected to a temporary file, then writes back every line
-of it that is not one of those notices: nothing else is hidden, and a real
-error during the import still reaches stderr (and raises). Listing devices
-does not initialise the runtime, so `tf.config.set_visible_devices` and
-memory growth can still be set afterwards.
+`install()` (run by `import tfp_ood`) does not import TensorFlow: the
+command line answers `--help` without it. It puts an import hook in front of
+Python's finders, so that whenever TensorFlow is first imported afterwards (by
+a tfp_ood module or by the user's own `import tensorflow`) the import, and a
+listing of the physical devices, run with file descriptor 2 redirected to a
+temporary file; then every line of it that is not one of those notices is
+written back: nothing else is hidden, and a real error during the import
+still reaches stderr (and raises). Listing devices does not initialise the
+runtime, so `tf.config.set_visible_devices`, memory growth and a
+multi-worker strategy can still be set up afterwards. Nothing is filtered
+when `TF_CPP_MIN_LOG_LEVEL=0` asks for every message.
 
-It does nothing when TensorFlow is already imported or when
-`TF_CPP_MIN_LOG_LEVEL=0` asks for every message.
-
-Before TensorFlow is imported it also turns on its oneDNN kernels
-(`TF_ENABLE_ONEDNN_OPTS=1`), which TensorFlow leaves off by itself on CPUs
-without AVX-512: scoring 1,000 CIFAR-10 images through the shipped Glow took
-10.2 s without them and 4.1 s with them on a 2-core AVX2-only AMD EPYC. A
-value the user set is kept (`TF_ENABLE_ONEDNN_OPTS=0` turns them off).
+It also turns on TensorFlow's oneDNN kernels (`TF_ENABLE_ONEDNN_OPTS=1`),
+which TensorFlow leaves off by itself on CPUs without AVX-512: scoring 1,000
+CIFAR-10 images through the shipped Glow took 10.2 s without them and 4.1 s
+with them on a 2-core AVX2-only AMD EPYC. A value the user set is kept
+(`TF_ENABLE_ONEDNN_OPTS=0` turns them off).
 """
 
 import contextlib
+import importlib.abc
+import importlib.util
 import os
 import re
 import sys
@@ -71,14 +75,54 @@ def _filtered_stderr():
                 os.write(2, ''.join(kept).encode())
 
 
-def import_tensorflow():
-    """Import TensorFlow (and list its devices) with the start-up notices filtered
-    out, its oneDNN kernels on unless the user said otherwise."""
-    if 'tensorflow' in sys.modules:
-        return
+class _QuietLoader(importlib.abc.Loader):
+    """TensorFlow's own loader, run with the notices filtered out of stderr."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        quiet = os.environ.get('TF_CPP_MIN_LOG_LEVEL') != '0'
+        with _filtered_stderr() if quiet else contextlib.nullcontext():
+            self._loader.exec_module(module)
+            module.config.list_physical_devices()
+
+
+class _QuietFinder(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as the other finders do, with a `_QuietLoader`; once."""
+
+    def find_spec(self, fullname, path, target=None):
+        del path, target
+        if fullname != 'tensorflow':
+            return None
+        uninstall()
+        spec = importlib.util.find_spec(fullname)  # The finders after this one.
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+_FINDER = _QuietFinder()
+
+
+def install() -> None:
+    """Sets the oneDNN default and, unless TensorFlow is imported already, makes
+    its first import quiet (see the module's docstring)."""
     os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
-    if os.environ.get('TF_CPP_MIN_LOG_LEVEL') == '0':
-        return
-    with _filtered_stderr():
-        import tensorflow as tf
-        tf.config.list_physical_devices()
+    if 'tensorflow' not in sys.modules and _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+
+
+def uninstall() -> None:
+    """Removes the import hook (`install`), if it is there."""
+    with contextlib.suppress(ValueError):
+        sys.meta_path.remove(_FINDER)
+
+
+def import_tensorflow():
+    """Imports TensorFlow now, quietly (as `install` arranges)."""
+    install()
+    import tensorflow  # noqa: F401

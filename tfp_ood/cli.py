@@ -195,15 +195,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _strategy(name: str):
-    import tensorflow as tf
-    if name == 'mirrored':
-        return tf.distribute.MirroredStrategy()
-    if name == 'multi_worker':
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 def _train(args) -> int:
     from tfp_ood import train
     from tfp_ood.config import config_names
@@ -227,11 +218,16 @@ def _train(args) -> int:
     _, result = train.train_on_dataset(
         args.model, args.config, args.dataset, args.split, args.workdir, config,
         eval_specs=args.eval_sets, data_dir=args.data_dir, source=args.source,
-        download=args.download, strategy=_strategy(args.strategy), progress=args.progress,
+        download=args.download, strategy=args.distribution, progress=args.progress,
         precision=args.precision, model_overrides=overrides)
-    last = result.history[-1] if result.history else {}
-    print(f'{result.stop_reason} at step {result.step} after {result.wall_time:.0f} s; '
-          f'last evaluation: {last}')
+    from tfp_ood import distribute
+    if distribute.is_chief(args.distribution):
+        last = result.history[-1] if result.history else {}
+        print(f'{result.stop_reason} at step {result.step} after {result.wall_time:.0f} s; '
+              f'last evaluation: {last}')
+    else:
+        print(f'{result.stop_reason} at step {result.step} after {result.wall_time:.0f} s, as '
+              f'worker {distribute.task()["index"]}; the chief writes the run')
     if result.stop_reason.startswith('stopped by '):
         # Saved, but not finished: a script (`set -e`) must not go on to export.
         name = result.stop_reason[len('stopped by '):]
@@ -320,11 +316,12 @@ def _add_scoring_strategy_arg(parser) -> None:
 
 
 def _scoring_strategy(args):
-    """`(strategy or None, whether this process writes the outputs)`."""
+    """`(strategy or None, whether this process writes the outputs)`; the strategy
+    itself was created first thing in `main`."""
     if args.strategy == 'default':
         return None, True
-    strategy = _strategy(args.strategy)
-    return strategy, strategy.extended.should_checkpoint
+    from tfp_ood import distribute
+    return args.distribution, distribute.is_chief(args.distribution)
 
 
 def _add_input_args(parser) -> None:
@@ -594,9 +591,10 @@ def _export_detector(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _build_parser().parse_args(argv)
+    # TensorFlow's C++ log level is read when it is imported (the parser imports it).
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    from tfp_ood import data, outputs, train
+    args = _build_parser().parse_args(argv)
+    from tfp_ood import data, distribute, outputs, train
     handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare,
                 'fit-detector': _fit_detector, 'detect': _detect,
                 'export-detector': _export_detector}
@@ -608,7 +606,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, interrupt)
     try:
-        return handlers[args.verb](args)
+        if hasattr(args, 'strategy'):
+            # Before any TensorFlow op: a multi-worker strategy configures the
+            # collective ops, which TensorFlow allows only at program startup.
+            args.distribution = distribute.create_strategy(args.strategy)
+        code = handlers[args.verb](args)
+        if hasattr(args, 'strategy'):
+            distribute.leave(args.distribution)  # Every worker done; the chief ends last.
+        return code
     except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,
             train.RunLockedError, train.TrainingDivergedError, outputs.OutputLockedError,
             OSError, ValueError) as e:

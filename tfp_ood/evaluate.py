@@ -177,7 +177,10 @@ def _distributed(score_batch, strategy: tf.distribute.Strategy):
     def run(images):
         # A plain callable: strategy.run hands a tf.function the PerReplica values whole.
         per_replica = strategy.run(lambda shard: score_batch(shard), args=(images,))
-        return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+        # In one order on every worker: collectives pair up in the order they
+        # are issued, and a model's dict of scores need not list its keys in
+        # the same order in two processes (a SavedModel's outputs do not).
+        return {k: strategy.gather(per_replica[k], axis=0) for k in sorted(per_replica)}
 
     return run
 

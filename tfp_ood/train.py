@@ -51,7 +51,7 @@ import tf_keras
 from absl import logging
 from tqdm.auto import tqdm
 
-from tfp_ood import data, models, outputs
+from tfp_ood import data, distribute, models, outputs
 from tfp_ood.config import complete_model_config
 from tfp_ood.data import perturb
 from tfp_ood.evaluate import score
@@ -506,18 +506,19 @@ def _run_lock(workdir: str):
 
 
 def _restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
-                             full: bool) -> Optional[str]:
+                             full: bool, tidy: bool = True) -> Optional[str]:
     """Restores the newest checkpoint in `directory` that reads, newest first.
 
     A checkpoint cut short (the process killed while writing it, a full disk)
     is skipped with a warning, and the one before it restored; folders of
-    unfinished writes (`*_temp*`) are removed. Returns the path restored, or
-    `None` if the directory has no checkpoint.
+    unfinished writes (`*_temp*`) are removed if `tidy` (the directory is this
+    process's to write). Returns the path restored, or `None` if the directory
+    has no checkpoint.
 
     Raises:
       ValueError: there are checkpoints but none of them reads.
     """
-    if os.path.isdir(directory):
+    if tidy and os.path.isdir(directory):
         for name in os.listdir(directory):
             if '_temp' in name and os.path.isdir(os.path.join(directory, name)):
                 logging.warning('Removing %s: an unfinished checkpoint write.', name)
@@ -957,15 +958,24 @@ def fit(model: DensityModel,
     """
     strategy = strategy or tf.distribute.get_strategy()
     run = RunDirectory(workdir)
-    run.create()
-    # One training per run directory (the chief's, under a multi-worker strategy).
-    lock = run.lock() if strategy.extended.should_checkpoint else contextlib.nullcontext()
-    with lock:
-        return _fit(model, train_images, config, run, eval_sets, strategy, data_info or {},
-                    progress)
+    if distribute.is_chief(strategy):
+        run.create()
+        with run.lock():  # One training per run directory.
+            return _fit(model, train_images, config, run, run, eval_sets, strategy,
+                        data_info or {}, progress)
+    # Another worker of a multi-worker strategy: it resumes from the chief's
+    # checkpoints, and writes its own (saving runs collective ops, so every
+    # worker saves) with its logs into a folder of its own, removed at the end.
+    # It evaluates nothing: the chief's history is the run's.
+    with outputs.temporary_folder(prefix=f'tfp_ood_worker{distribute.task()["index"]}_'
+                                  ) as scratch:
+        return _fit(model, train_images, config, RunDirectory(scratch), run, {}, strategy,
+                    data_info or {}, progress)
 
 
-def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progress):
+def _fit(model, train_images, config, run, shared, eval_sets, strategy, data_info, progress):
+    """`fit`, writing into `run` and resuming from `shared` (the same run
+    directory, except for a worker that is not the chief)."""
     train_images = check_images(train_images, model.image_shape, 'train_images').numpy()
     if len(train_images) < config.batch_size:
         raise ValueError(f'train_images: {len(train_images)} images are fewer than one '
@@ -981,10 +991,10 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
             raise ValueError(f'eval_sets[{name!r}] holds no images.')
     run_config = {'model': model.get_config(), 'train': dataclasses.asdict(config),
                   'data': dict(data_info)}
-    saved = run.read_config()
+    saved = shared.read_config()
     if saved is not None:
-        _check_same_run(saved, run_config, run.path)
-        _refuse_to_repeat_a_divergence(run.path)
+        _check_same_run(saved, run_config, shared.path)
+        _refuse_to_repeat_a_divergence(shared.path)
     run.write_config(run_config)
 
     with strategy.scope():
@@ -1001,11 +1011,13 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
                                      **_checkpointed(averages))
     manager = tf.train.CheckpointManager(checkpoint, run.checkpoints,
                                          max_to_keep=config.keep_checkpoints)
-    if _restore_newest_readable(checkpoint, manager.directory, full=True) is None:
+    if _restore_newest_readable(checkpoint, shared.checkpoints, full=True,
+                                tidy=shared is run) is None:
         model.initialize(train_images[:config.num_init_images], seed=config.seed)
         if averages:
             averages.reset()
     start = int(step_var)
+    distribute.check_same(strategy, start, f'the step to resume {shared.path} from')
     state = LoopState(step=start, start=start, history=run.truncate_history(start))
     summaries = Summaries(run.logs, resume_step=start)
     if start == 0:
@@ -1025,6 +1037,7 @@ def _fit(model, train_images, config, run, eval_sets, strategy, data_info, progr
         run_loop(make_train_step(model, optimizer, config, strategy),
                  _distributed_batches(strategy, train_images, config, start), state, hooks,
                  config, skipped, step_var, stop)
+    distribute.barrier(strategy)  # The workers leave when the chief has written the run.
     return TrainResult(step=state.step, wall_time=float(clock.variable),
                        skipped_steps=int(skipped), history=state.history,
                        stop_reason=state.stop_reason)
