@@ -1,5 +1,6 @@
-"""TensorFlow's start-up notices are filtered when tfp_ood is imported, and
-nothing else is: a fresh interpreter, because TensorFlow prints them once."""
+"""TensorFlow's start-up notices are filtered when TensorFlow is imported after
+tfp_ood (which does not import it itself), and nothing else is: a fresh
+interpreter, because TensorFlow prints them once."""
 
 import os
 import subprocess
@@ -66,7 +67,7 @@ def test_lines_other_than_notices_are_written_back():
 
 @pytest.mark.slow(minutes=0.15)
 def test_every_message_with_log_level_zero():
-    result = _python('import tfp_ood', TF_CPP_MIN_LOG_LEVEL='0')
+    result = _python('import tfp_ood, tensorflow', TF_CPP_MIN_LOG_LEVEL='0')
     assert 'cudart_stub.cc' in result.stderr or 'cuInit' in result.stderr or (
         'port.cc' in result.stderr)
 
@@ -84,3 +85,23 @@ def test_onednn_on_by_default_and_the_users_setting_kept():
     result = _python(code, TF_ENABLE_ONEDNN_OPTS='0')
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ['0', 'False']
+
+
+def test_the_package_and_the_command_line_parser_do_not_import_tensorflow():
+    # The parser of every verb, with its choices (models, sizes, detectors, precisions).
+    result = _python('import sys, tfp_ood, tfp_ood.cli\n'
+                     'tfp_ood.cli._build_parser().parse_args(["fit-detector", "--detector", '
+                     '"typicality", "--model-dir", "m", "--dataset", "d", "--output", "o"])\n'
+                     'print("tensorflow" in sys.modules)\n'
+                     'print(tfp_ood.score.__module__, "tensorflow" in sys.modules)\n'
+                     'from tfp_ood import export\n'
+                     'print(export.__name__)')
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ''
+    assert result.stdout.split() == ['False', 'tfp_ood.evaluate', 'True', 'tfp_ood.export']
+
+
+def test_a_missing_name_of_the_package_is_an_attribute_error():
+    import tfp_ood
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_module'"):
+        tfp_ood.no_such_module  # noqa: B018

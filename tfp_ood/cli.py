@@ -8,8 +8,11 @@
     tfp-ood detect  --detector saved_models/detector_cifar10.json --images-dir my_images/ \\
                     --output detections/
 
-Every verb has `--help`. Errors (a missing path, a corrupt SavedModel, images
-of the wrong size) print one line and exit with status 2.
+Every verb has `--help`, answered without importing TensorFlow. Errors (a
+missing path, a corrupt SavedModel, images of the wrong size) print one line
+and exit with status 2. `--strategy multi_worker` (train, score, detect) runs
+the command as one worker of the cluster in `TF_CONFIG`; the strategy is
+created before anything else of TensorFlow runs, and only the chief writes.
 """
 
 import argparse
@@ -64,19 +67,38 @@ def _from_flags(cls, args):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from tfp_ood.bijectors import PRECISIONS
-    from tfp_ood.detectors import DETECTOR_NAMES
-    from tfp_ood.config import COUPLING_SCALES, MODEL_NAMES, MODELS, SIZE_NAMES
-    from tfp_ood.train import TrainConfig
+    """The parser of every verb; it imports no TensorFlow (`--help` answers at once)."""
     parser = argparse.ArgumentParser(
         prog='tfp-ood', description='Likelihood-based out-of-distribution analysis with '
         'deep generative models (Nalisnick et al., 2019).')
     verbs = parser.add_subparsers(dest='verb', required=True, metavar='VERB')
+    for add_verb in (_add_train, _add_export, _add_score, _add_compare, _add_fit_detector,
+                     _add_detect, _add_export_detector):
+        add_verb(verbs)
+    return parser
 
+
+def _add_strategy_arg(parser, what: str) -> None:
+    from tfp_ood.config import STRATEGIES
+    parser.add_argument('--strategy', default='default', choices=STRATEGIES,
+                        help=f'tf.distribute strategy: mirrored over local GPUs, multi_worker '
+                             f'across processes or machines (TF_CONFIG; the same command on '
+                             f'each; only the chief writes {what})')
+
+
+def _add_precision_arg(parser, default, text: str) -> None:
+    from tfp_ood.config import PRECISIONS
+    parser.add_argument('--precision', default=default, choices=PRECISIONS, help=text)
+
+
+def _add_train(verbs) -> None:
+    from tfp_ood.config import COUPLING_SCALES, MODEL_NAMES, MODELS, SIZE_NAMES
+    from tfp_ood.training.config import TrainConfig
     train = verbs.add_parser(
         'train', help='train a model (resumes from --workdir if it holds the same run)',
         description='Train a model. Running the same command again after an interruption '
         '(Ctrl-C, SIGTERM, a crash) resumes from the last checkpoint.')
+    train.set_defaults(handler=_train)
     train.add_argument('--model', default='glow', choices=MODEL_NAMES,
                        help='model (default: glow): ' + '; '.join(
                            f'{spec.name}: {spec.description}' for spec in MODELS.values()))
@@ -91,65 +113,76 @@ def _build_parser() -> argparse.ArgumentParser:
                             'default: the test split of --dataset)')
     train.add_argument('--workdir', required=True, help='run directory (checkpoints, logs)')
     _add_dataclass_flags(train, TrainConfig)
-    train.add_argument('--precision', default='float32', choices=PRECISIONS,
-                       help='where the coupling networks of a flow compute (default: float32; '
-                            'bfloat16 on CPUs with AVX-512 BF16 / AMX and on GPUs)')
+    _add_precision_arg(train, 'float32', 'where the coupling networks of a flow compute '
+                       '(default: float32; bfloat16 on CPUs with AVX-512 BF16 / AMX and on GPUs)')
     train.add_argument('--coupling-scale', choices=COUPLING_SCALES, default=None,
                        help="--model glow: how the flow steps bound their scales (default: "
                             "symmetric; contracting: Glow's sigmoid, the image-to-latent pass "
                             "only shrinks, as the likelihood ratio's Glow backgrounds need)")
-    train.add_argument('--strategy', default='default',
-                       choices=('default', 'mirrored', 'multi_worker'),
-                       help='tf.distribute strategy (multi_worker reads TF_CONFIG)')
+    _add_strategy_arg(train, 'the run (history, logs, checkpoints)')
     train.add_argument('--no-resume', dest='resume', action='store_false',
                        help='refuse to continue a run already in --workdir')
     train.add_argument('--no-progress', dest='progress', action='store_false',
                        help='no progress bar')
     _add_data_args(train)
 
+
+def _add_export(verbs) -> None:
     export = verbs.add_parser(
         'export', help='write the last checkpoint of a run as a SavedModel',
         description='Export the last checkpoint of a training run as a SavedModel that '
         'plain TensorFlow can load (signatures serving_default, log_prob, sample).')
+    export.set_defaults(handler=_export)
     export.add_argument('--workdir', required=True, help='run directory of tfp-ood train')
     export.add_argument('--output', required=True, help='SavedModel directory to write')
     export.add_argument('--overwrite', action='store_true', help='replace --output')
-    export.add_argument('--precision', default=None, choices=PRECISIONS,
-                        help='where the exported flow\'s coupling networks compute (default: '
-                             'as it was trained)')
+    _add_precision_arg(export, None, "where the exported flow's coupling networks compute "
+                       "(default: as it was trained)")
 
+
+def _add_score(verbs) -> None:
     score = verbs.add_parser(
         'score', help='score images with a SavedModel',
         description='Score images with an exported SavedModel. Writes scores.csv and '
         'scores.npz (per image), summary.json and summary.md, and histogram.png.')
+    score.set_defaults(handler=_score)
     score.add_argument('--model-dir', required=True, help='SavedModel from tfp-ood export')
     _add_input_args(score)
     score.add_argument('--output', required=True, help='output folder')
     score.add_argument('--batch-size', type=int, default=256, help='images per batch')
-    _add_scoring_strategy_arg(score)
-    score.add_argument('--precision', default=None, choices=PRECISIONS,
-                       help='rebuild the flow with its coupling networks in this precision '
-                            '(default: the SavedModel as exported)')
+    _add_strategy_arg(score, 'the outputs; per-image scores as on one device')
+    _add_precision_arg(score, None, 'rebuild the flow with its coupling networks in this '
+                       'precision (default: the SavedModel as exported)')
     score.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     _add_data_args(score)
 
+
+def _add_compare(verbs) -> None:
     compare = verbs.add_parser(
         'compare', help='detection metrics and histogram of two score files',
         description='AUROC, AUPR and FPR at 95% TPR of telling the in-distribution '
         'scores from the out-of-distribution ones (score: log-likelihood, higher = more '
         'in-distribution), their overlaid histogram, and TensorBoard logs (the histograms, '
         'the metrics and the precision-recall curve) in OUTPUT/tensorboard.')
+    compare.set_defaults(handler=_compare)
     compare.add_argument('in_scores', help='scores.npz of the in-distribution set')
     compare.add_argument('out_scores', help='scores.npz of the out-of-distribution set')
     compare.add_argument('--output', required=True, help='output folder')
     compare.add_argument('--key', default='log_prob', help='score to plot (default: log_prob)')
     compare.add_argument('--overwrite', action='store_true', help='replace existing outputs')
+
+
+def _add_fit_detector(verbs) -> None:
+    from tfp_ood.config import DETECTORS
     fit = verbs.add_parser(
         'fit-detector', help='fit an OOD detector and set its threshold',
         description='Fit an OOD detector over exported models on in-distribution images, '
         'set its threshold at a true-positive rate on held-out in-distribution images, and '
         'save the fit as JSON (what tfp-ood detect runs; it is never re-fitted there).')
-    fit.add_argument('--detector', required=True, choices=DETECTOR_NAMES, help='the detector')
+    fit.set_defaults(handler=_fit_detector)
+    fit.add_argument('--detector', required=True, choices=tuple(DETECTORS),
+                     metavar='DETECTOR', help='the detector: ' + '; '.join(
+                         f'{name}: {text}' for name, text in DETECTORS.items()))
     fit.add_argument('--design', default=None,
                      help='JSON design of density_of_states_selected (statistics, codecs, '
                           'estimator), as examples/detector_search.py writes')
@@ -167,6 +200,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument('--overwrite', action='store_true', help='replace --output')
     _add_data_args(fit)
 
+
+def _add_detect(verbs) -> None:
     detect = verbs.add_parser(
         'detect', help='flag out-of-distribution images with a fitted detector',
         description='Score images with a fitted detector (tfp-ood fit-detector, or a shipped '
@@ -175,24 +210,27 @@ def _build_parser() -> argparse.ArgumentParser:
         'components), summary.json and summary.md (the fraction flagged), histogram.png '
         '(the scores against the in-distribution validation scores, threshold drawn) and '
         'contact_sheet.png (the most and least out-of-distribution images).')
+    detect.set_defaults(handler=_detect)
     detect.add_argument('--detector', required=True, help='JSON file of a fitted detector')
     _add_input_args(detect)
     detect.add_argument('--output', required=True, help='output folder')
-    _add_scoring_strategy_arg(detect)
+    _add_strategy_arg(detect, 'the outputs')
     detect.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     _add_data_args(detect)
 
+
+def _add_export_detector(verbs) -> None:
     export_detector = verbs.add_parser(
         'export-detector', help='write a fitted detector as a SavedModel',
         description='Write a fitted detector as a SavedModel whose serving_default(images) '
         'returns ood_score, is_ood and the components, computed in TensorFlow ops: plain '
         'TensorFlow runs it, with neither tfp_ood nor TFP installed.')
+    export_detector.set_defaults(handler=_export_detector)
     export_detector.add_argument('--detector', required=True,
                                  help='JSON file of a fitted detector')
     export_detector.add_argument('--output', required=True, help='SavedModel directory')
     export_detector.add_argument('--overwrite', action='store_true',
                                  help='replace a previous export at --output')
-    return parser
 
 
 def _train(args) -> int:
@@ -305,14 +343,6 @@ def _read_image_folder(folder: str, shape, resize: bool):
                                f'({e.message.splitlines()[0]})') from None
         images.append(_fit_images(image[None], shape, resize, path)[0])
     return np.stack(images), names
-
-
-def _add_scoring_strategy_arg(parser) -> None:
-    parser.add_argument('--strategy', default='default',
-                        choices=('default', 'mirrored', 'multi_worker'),
-                        help='tf.distribute strategy: mirrored over local GPUs, multi_worker '
-                             'across machines (TF_CONFIG; start the same command on each; the '
-                             'chief writes the outputs); per-image scores as on one device')
 
 
 def _scoring_strategy(args):
@@ -591,13 +621,10 @@ def _export_detector(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # TensorFlow's C++ log level is read when it is imported (the parser imports it).
+    args = _build_parser().parse_args(argv)  # No TensorFlow yet: --help answers at once.
+    # Read by TensorFlow when it is imported, below.
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    args = _build_parser().parse_args(argv)
     from tfp_ood import data, distribute, outputs, train
-    handlers = {'train': _train, 'export': _export, 'score': _score, 'compare': _compare,
-                'fit-detector': _fit_detector, 'detect': _detect,
-                'export-detector': _export_detector}
     # Ctrl-C and SIGTERM end the process cleanly (`_interrupt_handler`); training
     # replaces the handler while its loop runs, to checkpoint and stop at a step.
     previous = {}
@@ -610,7 +637,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             # Before any TensorFlow op: a multi-worker strategy configures the
             # collective ops, which TensorFlow allows only at program startup.
             args.distribution = distribute.create_strategy(args.strategy)
-        code = handlers[args.verb](args)
+        code = args.handler(args)
         if hasattr(args, 'strategy'):
             distribute.leave(args.distribution)  # Every worker done; the chief ends last.
         return code

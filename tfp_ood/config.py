@@ -26,6 +26,10 @@ __all__ = ['COUPLINGS', 'GLOW_CONFIG_NAMES', 'GlowConfig', 'LIKELIHOODS', 'MODEL
 COUPLINGS = ('affine', 'additive')
 # How affine flow steps bound their scales (`tfp_ood.bijectors.Coupling`).
 COUPLING_SCALES = ('symmetric', 'contracting')
+#: How scoring and training distribute (`tfp_ood.distribute.create_strategy`).
+STRATEGIES = ('default', 'mirrored', 'multi_worker')
+#: Where a flow's coupling and prior networks compute (`precision=` of `bijectors.glow`).
+PRECISIONS = ('float32', 'bfloat16')
 LIKELIHOODS = ('categorical', 'logistic')
 
 
@@ -337,3 +341,28 @@ def complete_model_config(model_config: Mapping[str, Any]) -> Dict[str, Any]:
     the current code builds from it."""
     return dict(family=model_config.get('family'),
                 **config_from_saved(model_config).to_dict())
+
+
+#: The detectors `tfp_ood.detectors.named` builds, for a model (and a
+#: background model), with what each scores.
+DETECTORS: Dict[str, str] = {
+    'raw_likelihood': 'bits/dim under the model',
+    'likelihood_ratio': 'Ren et al.: the log-likelihood ratio against a background model',
+    'input_complexity': 'Serra et al.: bits/dim minus the PNG length in bits/dim',
+    'input_complexity_jpeg2000': 'as input_complexity, with lossless JPEG 2000',
+    'input_complexity_jpegxl': 'as input_complexity, with lossless JPEG XL',
+    'typicality': 'Nalisnick et al.: distance of one image\'s bits/dim from the entropy',
+    'density_of_states': 'Morningstar et al.: a KDE over the log-likelihood (and a flow\'s '
+                         'two terms)',
+    'density_of_states_terms': 'a KDE over a flow\'s two terms and the PNG length',
+    'density_of_states_levels': 'a KDE over every level\'s terms and the PNG length (flows)',
+    'density_of_states_levels_png_jpeg2000': 'as density_of_states_levels, with the JPEG 2000 '
+                                             'length',
+    'density_of_states_gaussian': 'a Gaussian over every level\'s terms and the PNG, JPEG '
+                                  '2000 and JPEG XL lengths (flows)',
+    'density_of_states_selected': 'the statistics, codecs and estimator of a design (--design)',
+}
+DETECTOR_NAMES = tuple(DETECTORS)
+#: The density of states whose statistics and estimator a design names: what
+#: `examples/detector_search.py` chooses on validation sets.
+SELECTED = 'density_of_states_selected'

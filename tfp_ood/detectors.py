@@ -61,6 +61,7 @@ import tensorflow_probability as tfp
 from tfp_ood import analysis, estimators, export
 from tfp_ood.image_statistics import (IMAGE_STATISTICS, image_statistics,
                                       image_statistics_array)
+from tfp_ood.config import DETECTOR_NAMES, SELECTED
 from tfp_ood.evaluate import as_image_dataset, score as evaluate_score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel, check_images
@@ -741,12 +742,6 @@ class DensityOfStates(Detector):
         return -log_density, dict(columns, log_density=log_density)
 
 
-#: The detectors `named` builds, for a model (and a background model).
-DETECTOR_NAMES = ('raw_likelihood', 'likelihood_ratio', 'input_complexity',
-                  'input_complexity_jpeg2000', 'input_complexity_jpegxl', 'typicality',
-                  'density_of_states', 'density_of_states_terms', 'density_of_states_levels',
-                  'density_of_states_levels_png_jpeg2000', 'density_of_states_gaussian',
-                  'density_of_states_selected')
 # The density-of-states detectors of every level's terms (flows only): their
 # codecs and estimator.
 _LEVEL_DESIGNS = {'density_of_states_levels': ('png', 'kde'),
@@ -758,11 +753,6 @@ FLOW_DETECTOR_NAMES = tuple(_LEVEL_DESIGNS)
 
 def _is_flow(model: DensityModel) -> bool:
     return {'log_pz', 'log_det'} <= set(getattr(model, 'term_names', ()))
-
-
-#: The density of states whose statistics and estimator a design names: what
-#: `examples/detector_search.py` chooses on validation sets.
-SELECTED = 'density_of_states_selected'
 
 
 def check_design(design) -> Dict:

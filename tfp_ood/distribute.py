@@ -31,10 +31,10 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfp_ood.config import STRATEGIES
+
 __all__ = ['STRATEGIES', 'StrategyError', 'barrier', 'check_same', 'create_strategy', 'is_chief',
            'leave', 'task']
-
-STRATEGIES = ('default', 'mirrored', 'multi_worker')
 
 
 class StrategyError(ValueError):

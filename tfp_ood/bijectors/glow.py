@@ -48,17 +48,13 @@ from tfp_ood.bijectors.coupling import Coupling
 from tfp_ood.bijectors.layers import (DISTRIBUTION, VOLUME, ActNorm, ApplyToChannels, Chain,
                                       Invert, InvertibleConv1x1, LevelTerms, LogDetTerms,
                                       Squeeze)
-from tfp_ood.config import GlowConfig
+from tfp_ood.config import PRECISIONS, GlowConfig
 
 __all__ = ['Level', 'PRECISIONS', 'Step', 'glow', 'cv_glow', 'coupling_network_fn',
            'exit_network_fn']
 
 # A factory `fn(input_shape, output_channels, seed) -> tf_keras.Model`.
 NetworkFn = Callable[[Sequence[int], int, int], tf_keras.Model]
-
-
-#: Precisions of the coupling and prior networks (`precision=` of `glow`).
-PRECISIONS = ('float32', 'bfloat16')
 
 
 def _layer_dtype(precision: str):
