@@ -60,3 +60,24 @@ class ReportTest(tf.test.TestCase):
 
 if __name__ == '__main__':
     tf.test.main()
+
+
+def test_per_image_csv_and_summary_as_score_and_detect_write_them(tmp_path):
+    csv_path, json_path, md_path = (str(tmp_path / n) for n in ('a.csv', 'a.json', 'a.md'))
+    report.write_per_image_csv(csv_path, {'label': np.array([3, 7]),
+                                          'is_ood': np.array([True, False]),
+                                          'bits_per_dim': np.array([3.14159265, np.nan])},
+                               sources=['cat.png', 'dog.png'])
+    with open(csv_path) as f:
+        assert f.read().splitlines() == ['index,source,label,is_ood,bits_per_dim',
+                                         '0,cat.png,3,1,3.14159', '1,dog.png,7,0,nan']
+    report.write_per_image_csv(csv_path, {'ood_score': np.array([0.5])})  # No file names.
+    with open(csv_path) as f:
+        assert f.read().splitlines() == ['index,source,ood_score', '0,0,0.5']
+    report.write_summary(json_path, md_path, {'num_images': 2},
+                         [('set', 'my images'), ('images', '2'), ('flagged', '1 (50.0%)')])
+    with open(json_path) as f:
+        assert f.read() == '{\n  "num_images": 2\n}'
+    with open(md_path) as f:
+        assert f.read() == ('| set | images | flagged |\n|---|---:|---:|\n'
+                            '| my images | 2 | 1 (50.0%) |\n')

@@ -423,30 +423,21 @@ def _score(args) -> int:
 
 def _write_scores(result, labels, sources, name, model, model_dir, files) -> None:
     """`score`'s outputs: per-image CSV and NPZ, summary JSON and Markdown, histogram."""
-    import csv
-
     import numpy as np
 
-    from tfp_ood import plotting
+    from tfp_ood import plotting, report
     if labels is not None:
         result.labels = np.asarray(labels, np.int64)
     result.save(files['scores.npz'])
     keys = ['log_prob', 'bits_per_dim'] + list(model.term_names)
-    with open(files['scores.csv'], 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['index', 'source', 'label'] + keys)
-        for i in range(result.num_images):
-            writer.writerow([i, sources[i] if sources else i, int(result.labels[i])]
-                            + [f'{result.scores[k][i]:.6g}' for k in keys])
+    report.write_per_image_csv(files['scores.csv'], dict(
+        label=result.labels, **{k: result.scores[k] for k in keys}), sources)
     summary = dict(result.summary(), name=name, model_dir=model_dir)
-    with open(files['summary.json'], 'w') as f:
-        json.dump(summary, f, indent=2)
-    with open(files['summary.md'], 'w') as f:
-        f.write('| set | images | non-finite | bits/dim (mean ± std) | log p(x) nats (mean) |\n'
-                '|---|---:|---:|---:|---:|\n'
-                f'| {name} | {summary["num_images"]} | {summary["num_nonfinite"]} | '
-                f'{summary["bpd_mean"]:.4f} ± {summary["bpd_std"]:.4f} | '
-                f'{summary["log_prob_mean"]:.1f} |\n')
+    report.write_summary(files['summary.json'], files['summary.md'], summary, [
+        ('set', name), ('images', str(summary['num_images'])),
+        ('non-finite', str(summary['num_nonfinite'])),
+        ('bits/dim (mean ± std)', f'{summary["bpd_mean"]:.4f} ± {summary["bpd_std"]:.4f}'),
+        ('log p(x) nats (mean)', f'{summary["log_prob_mean"]:.1f}')])
     plotting.plot_histograms([result], files['histogram.png'], key='bits_per_dim')
 
 
@@ -567,40 +558,30 @@ def _detect(args) -> int:
 
 def _write_detections(args, fitted, scores, images, labels, sources, name, files) -> None:
     """`detect`'s outputs: per-image CSV and NPZ, summary JSON and Markdown, figures."""
-    import csv
-
     import numpy as np
 
-    from tfp_ood import plotting
+    from tfp_ood import plotting, report
     is_ood = scores.components['is_ood']
     components = {k: np.asarray(v) for k, v in scores.components.items()
-                  if np.ndim(v) == 1 and len(v) == len(images)}
+                  if np.ndim(v) == 1 and len(v) == len(images) and k != 'is_ood'}
     with open(files['detections.npz'], 'wb') as f:
         np.savez(f, ood_score=scores.ood_score, source=np.array(sources or [], dtype=str),
                  labels=np.asarray(labels if labels is not None else [], np.int64),
-                 **{f'component_{k}': v for k, v in components.items() if k != 'is_ood'},
-                 is_ood=is_ood)
-    keys = [k for k in components if k != 'is_ood']
-    with open(files['detections.csv'], 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['index', 'source', 'ood_score', 'is_ood'] + keys)
-        for i in range(len(images)):
-            writer.writerow([i, sources[i] if sources else i, f'{scores.ood_score[i]:.6g}',
-                             int(is_ood[i])] + [f'{components[k][i]:.6g}' for k in keys])
+                 **{f'component_{k}': v for k, v in components.items()}, is_ood=is_ood)
+    report.write_per_image_csv(files['detections.csv'], dict(
+        ood_score=scores.ood_score, is_ood=np.asarray(is_ood, np.int64), **components), sources)
     calibration = fitted.calibration
     summary = {'set': name, 'num_images': int(len(images)), 'num_ood': int(is_ood.sum()),
                'fraction_ood': float(is_ood.mean()), 'detector': fitted.name,
                'detector_file': args.detector, 'threshold': calibration.threshold,
                'true_positive_rate': calibration.true_positive_rate,
                'num_nonfinite': scores.num_nonfinite, 'fitted_on': fitted.provenance}
-    with open(files['summary.json'], 'w') as f:
-        json.dump(summary, f, indent=2)
-    with open(files['summary.md'], 'w') as f:
-        f.write(f'| set | images | flagged out-of-distribution | detector | threshold |\n'
-                f'|---|---:|---:|---|---:|\n'
-                f'| {name} | {len(images)} | {int(is_ood.sum())} ({is_ood.mean():.1%}) | '
-                f'{fitted.name} (keeps {calibration.true_positive_rate:.0%} of in-distribution '
-                f'images) | {calibration.threshold:.6g} |\n')
+    report.write_summary(files['summary.json'], files['summary.md'], summary, [
+        ('set', name), ('images', str(len(images))),
+        ('flagged out-of-distribution', f'{int(is_ood.sum())} ({is_ood.mean():.1%})'),
+        ('detector', f'{fitted.name} (keeps {calibration.true_positive_rate:.0%} of '
+                     f'in-distribution images)'),
+        ('threshold', f'{calibration.threshold:.6g}')])
     plotting.plot_detection(scores.ood_score, calibration.validation_scores,
                             calibration.threshold, files['histogram.png'], name=name)
     plotting.plot_contact_sheet(images, scores.ood_score, files['contact_sheet.png'])

@@ -17,6 +17,7 @@ import os
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from tfp_ood import analysis, plotting
@@ -26,7 +27,7 @@ from tfp_ood.models.base import DensityModel
 
 __all__ = ['ModelEntry', 'OVERVIEW', 'PAPER_BPD', 'PUBLISHED_AUROC', 'Row', 'bpd_rows',
            'headline', 'run_experiment', 'score_all', 'slug', 'write_bpd_table',
-           'write_ood_report']
+           'write_ood_report', 'write_per_image_csv', 'write_summary']
 
 # The file name of an experiment's main figure (written by `write_ood_report`).
 OVERVIEW = 'overview.png'
@@ -61,6 +62,36 @@ PUBLISHED_AUROC: Dict[Tuple[str, str, str], float] = {
     ('glow', 'cifar10/test', 'svhn_cropped/test'): 0.063,
     ('pixelcnn', 'cifar10/test', 'svhn_cropped/test'): 0.155,
 }
+
+
+def write_per_image_csv(path: str, columns: Mapping[str, np.ndarray],
+                        sources: Optional[Sequence[str]] = None) -> None:
+    """A CSV of one row per image: `index`, `source` (the file the image came
+    from, or its index) and `columns` in their order; integer and boolean
+    columns written as integers, floats with six significant digits."""
+    columns = {k: np.asarray(v) for k, v in columns.items()}
+    formats = {k: (lambda x: str(int(x))) if v.dtype.kind in 'biu' else (lambda x: f'{x:.6g}')
+               for k, v in columns.items()}
+    num_images = len(next(iter(columns.values()))) if columns else 0
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['index', 'source'] + list(columns))
+        for i in range(num_images):
+            writer.writerow([i, sources[i] if sources else i]
+                            + [formats[k](v[i]) for k, v in columns.items()])
+
+
+def write_summary(json_path: str, markdown_path: str, summary: Mapping,
+                  table: Sequence[Tuple[str, str]]) -> None:
+    """`summary` as JSON, and `table`'s `(header, cell)` pairs as a one-row
+    Markdown table (numbers right-aligned)."""
+    with open(json_path, 'w') as f:
+        json.dump(summary, f, indent=2)
+    align = ['---:' if re.match(r'^[-\d.,]', cell) else '---' for _, cell in table]
+    with open(markdown_path, 'w') as f:
+        f.write('| ' + ' | '.join(h for h, _ in table) + ' |\n'
+                '|' + '|'.join(align) + '|\n'
+                '| ' + ' | '.join(c for _, c in table) + ' |\n')
 
 
 @dataclasses.dataclass(frozen=True)
