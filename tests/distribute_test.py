@@ -104,7 +104,7 @@ def _assert_same_arrays(test, one, two):
             np.testing.assert_array_equal(two[key], one[key], err_msg=key)
 
 
-@pytest.mark.slow(minutes=1.2)
+@pytest.mark.slow(minutes=2)
 class TwoWorkersTest(tf.test.TestCase):
 
     @classmethod
