@@ -265,7 +265,7 @@ def _train(args) -> int:
               f'last evaluation: {last}')
     else:
         print(f'{result.stop_reason} at step {result.step} after {result.wall_time:.0f} s, as '
-              f'worker {distribute.task()["index"]}; the chief writes the run')
+              f'worker {args.distribution.cluster_resolver.task_id}; the chief writes the run')
     if result.stop_reason.startswith('stopped by '):
         # Saved, but not finished: a script (`set -e`) must not go on to export.
         name = result.stop_reason[len('stopped by '):]

@@ -883,8 +883,8 @@ def fit(model: DensityModel,
     # checkpoints, and writes its own (saving runs collective ops, so every
     # worker saves) with its logs into a folder of its own, removed at the end.
     # It evaluates nothing: the chief's history is the run's.
-    with outputs.temporary_folder(prefix=f'tfp_ood_worker{distribute.task()["index"]}_'
-                                  ) as scratch:
+    index = strategy.cluster_resolver.task_id
+    with outputs.temporary_folder(prefix=f'tfp_ood_worker{index}_') as scratch:
         return _fit(model, train_images, config, RunDirectory(scratch), run, {}, strategy,
                     data_info or {}, progress)
 
