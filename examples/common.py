@@ -14,7 +14,6 @@ from the 2,000-image samples embedded in the package.
 """
 
 import argparse
-import json
 import os
 import sys
 from typing import Callable, Optional, Sequence
@@ -153,7 +152,8 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
             config, eval_specs=eval_specs, data_dir=source.data_dir, source=source.source,
             download=source.download, progress=args.progress)
         export.export(model, os.path.join(args.out, 'models', name), overwrite=True,
-                      provenance=_provenance(os.path.join(args.workdir, name)))
+                      provenance=train.RunDirectory(os.path.join(args.workdir, name))
+                      .read_provenance())
         return report.ModelEntry(model, family, dataset)
     if args.untrained:
         shape = data.DATASETS[dataset].image_shape
@@ -207,11 +207,6 @@ def validation_sets(source: Source, shape, num_images: int) -> dict:
             images = data.to_grayscale(images).numpy()
         sets[name] = data.resize_images(images, shape)
     return sets
-
-
-def _provenance(workdir: str) -> dict:
-    with open(os.path.join(workdir, 'provenance.json')) as f:
-        return json.load(f)
 
 
 def print_detector(path: str, sets: dict, in_set: str, out_set: str,

@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tfp_ood import models, train
 from tfp_ood.config import GlowConfig
 from tfp_ood.models import DensityModel
+from tfp_ood.training import batches as training_batches
 
 SHAPE = (8, 8, 3)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -357,11 +358,12 @@ class BackgroundModelTest(tf.test.TestCase):
         config = _config(batch_size=32, mutation_rate=0.2)
 
         def first_batches(start):
-            batches = train._distributed_batches(tf.distribute.get_strategy(), images,
-                                                 config, start)
+            batches = training_batches.distributed_batches(tf.distribute.get_strategy(),
+                                                           images, config, start)
             return [b[0].numpy() for b, _ in zip(batches, range(3))]
 
-        clean = [images[train._batch(images, s, 32, config.seed)[0]] for s in range(3)]
+        clean = [images[training_batches.global_batch(images, s, 32, config.seed)[0]]
+                 for s in range(3)]
         mutated = first_batches(0)
         for c, m in zip(clean, mutated):
             self.assertEqual(m.dtype, np.uint8)

@@ -250,7 +250,7 @@ def _train(args) -> int:
         overrides['coupling_scale'] = args.coupling_scale
     config = _from_flags(train.TrainConfig, args)
     import tensorflow as tf
-    latest = tf.train.latest_checkpoint(os.path.join(args.workdir, 'checkpoints'))
+    latest = tf.train.latest_checkpoint(train.RunDirectory(args.workdir).checkpoints)
     if latest is not None:  # Said also without a progress bar.
         print(f'Resuming {args.workdir} from {os.path.basename(latest)}.', flush=True)
     _, result = train.train_on_dataset(

@@ -1,5 +1,15 @@
-"""Training, in pieces: `tfp_ood.training.config` (`TrainConfig`) so far; the loop,
-its hooks and the run directory are in `tfp_ood.train`.
+"""Training, one module a piece (`tfp_ood.train` is its public face):
+
+- `config`: `TrainConfig`, the flags of `tfp-ood train` (no TensorFlow);
+- `errors`: what a user can act on (`ConfigMismatchError`, `RunLockedError`,
+  `TrainingDivergedError`);
+- `run_directory`: the one place that knows a run's files (`RunDirectory`),
+  whether a run may resume one, and restoring its checkpoints;
+- `batches`: global batch `s` as a function of `(seed, s)`, per replica;
+- `averaging`: moving averages of the weights;
+- `step`: the traced training step and the learning-rate schedule;
+- `hooks`, `loop`: the loop and what it does besides training;
+- `fit`: `fit` and `train_on_dataset`.
 
 Importing this package imports no TensorFlow.
 """
