@@ -25,6 +25,7 @@ import os
 import common  # examples/common.py
 
 from tfp_ood import analysis, data, report
+from tfp_ood.config import MODELS
 
 SHAPE = (32, 32, 3)
 CIFAR_MODELS = (('glow_cifar10', 'glow'), ('cvglow_cifar10', 'cv_glow'),
@@ -54,7 +55,7 @@ def main(argv=None):
         eval_specs = [('svhn_cropped', svhn_test), ('cifar10', 'test')]
     else:  # All of the SVHN test images available score as out-of-distribution.
         train_set, in_set, out_set = 'cifar10', 'cifar10/test', 'svhn_cropped/test'
-        specs = [s for s in CIFAR_MODELS if s[1] in ('glow', 'cv_glow') or not
+        specs = [s for s in CIFAR_MODELS if MODELS[s[1]].is_flow or not
                  (args.retrain or args.untrained)]
         if args.models:
             specs = [s for s in specs if s[0] in args.models]

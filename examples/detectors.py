@@ -40,6 +40,7 @@ import common  # examples/common.py
 
 from tfp_ood import (data, detectors, evaluate, export, image_statistics, plotting, report,
                      summaries)
+from tfp_ood.config import is_flow_family
 
 TYPICALITY_M = (1, 2, 5, 10, 25)
 # Published single-image AUROCs (M images per test for typicality), keyed by
@@ -177,7 +178,7 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
         print(f'{experiment.model}: not in {args.models_dir}; skipped')
         return
     family = export.read_metadata(path)['model']['family']
-    is_flow = family in ('glow', 'cv_glow')
+    is_flow = is_flow_family(family)
     # Flows are rebuilt from their weights, for the per-level terms that
     # SavedModels exported before those existed do not output.
     model = export.restore(path) if is_flow else export.load(path)

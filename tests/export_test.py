@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from tfp_ood import data, detectors, export, models
+from tfp_ood import config, data, detectors, export, models
 from tfp_ood.config import GlowConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,8 +177,25 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
         pixelcnn = export.load(os.path.join(REPO, 'saved_models', 'pixelcnn_cifar10'))
         self.assertTrue(pixelcnn.can_sample)
         self.assertEqual(pixelcnn.sample_temperatures, (1.0,))
-        with self.assertRaisesRegex(ValueError, 'PixelCNN, which samples at temperature 1'):
+        with self.assertRaisesRegex(ValueError, r'PixelCNN\+\+, which samples at temperature '
+                                                r'1.0 only; got 0.7'):
             pixelcnn.sample(2, temperature=0.7)
+        # Flow or not, and the precision, from the registry and the metadata: the
+        # same on the Python models and on their SavedModels.
+        glow = export.load(os.path.join(REPO, 'saved_models', 'glow_cifar10'))
+        self.assertEqual((glow.is_flow, glow.precision, glow.any_temperature),
+                         (True, 'float32', True))
+        self.assertFalse(pixelcnn.is_flow)
+        self.assertFalse(pixelcnn.any_temperature)
+        for name in config.MODEL_NAMES:
+            model = models.named_model(name, 'tiny', (8, 8, 1))
+            spec = config.MODELS[name]
+            self.assertEqual(model.is_flow, spec.is_flow, name)
+            self.assertEqual(model.is_flow, config.is_flow_family(spec.family), name)
+            self.assertEqual((model.sample_temperatures, model.any_temperature),
+                             (spec.sample_temperatures, spec.any_temperature), name)
+            self.assertEqual(model.precision, 'float32')
+        self.assertFalse(config.is_flow_family('no_such_family'))
 
     def test_restore_refuses_variables_of_another_model(self):
         model = models.from_config(dict(family='glow', **_GLOW.to_dict()))

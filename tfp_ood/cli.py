@@ -395,7 +395,7 @@ def _score(args) -> int:
     from tfp_ood.evaluate import score
     model = export.load(args.model_dir)
     if args.precision:  # The tfp_ood model itself, rebuilt with its networks in that precision.
-        if model.metadata['model'].get('family') not in ('glow', 'cv_glow'):
+        if not model.is_flow:
             raise CommandError(f'--precision is for the flows (glow, cv_glow); '
                                f'{args.model_dir} is a {model.metadata["model"].get("family")}')
         model = export.restore(args.model_dir, precision=args.precision)

@@ -16,12 +16,12 @@ becomes a configuration; `tfp_ood.models.from_config` goes back from a saved
 """
 
 import dataclasses
-from typing import Any, Dict, Mapping, Sequence, Tuple, Type
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 __all__ = ['COUPLINGS', 'GLOW_CONFIG_NAMES', 'GlowConfig', 'LIKELIHOODS', 'MODELS', 'MODEL_NAMES',
            'ModelSpec', 'PIXEL_CNN_CONFIG_NAMES', 'PixelCNNConfig', 'SIZE_NAMES',
            'VAE_CONFIG_NAMES', 'VAEConfig', 'complete_model_config', 'config_from_saved',
-           'config_names', 'named_config', 'spec_of_family']
+           'config_names', 'is_flow_family', 'named_config', 'spec_of_family']
 
 COUPLINGS = ('affine', 'additive')
 # How affine flow steps bound their scales (`tfp_ood.bijectors.Coupling`).
@@ -203,6 +203,13 @@ class ModelSpec:
       sizes: named sizes: for each, the fields it sets for 1 and for 3 channels.
       description: one line for `--help`.
       variant: further fields the name sets (the two VAEs of the `vae` family).
+      is_flow: whether it is a normalizing flow: exact log-likelihood split
+        into the distribution and volume terms, per level, and a `precision`
+        for its coupling networks.
+      sample_temperatures: the temperatures its samples are drawn at in
+        training summaries.
+      any_temperature: whether it samples at any temperature (a PixelCNN
+        samples at temperature 1 only).
     """
 
     name: str
@@ -212,6 +219,9 @@ class ModelSpec:
     sizes: Mapping[str, Mapping[int, Mapping[str, Any]]]
     description: str
     variant: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    is_flow: bool = False
+    sample_temperatures: Tuple[float, ...] = (0.7, 1.0)
+    any_temperature: bool = True
 
 
 def _glow_sizes() -> Dict[str, Dict[int, Dict[str, Any]]]:
@@ -260,10 +270,11 @@ _VAE_SIZES = _same_for_any_channels(
 
 MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec('glow', 'glow', GlowConfig, {'coupling': 'affine'}, _glow_sizes(),
-              'Glow (affine couplings)'),
+              'Glow (affine couplings)', is_flow=True),
     ModelSpec('cv_glow', 'cv_glow', GlowConfig, {'coupling': 'additive'}, _glow_sizes(),
-              'constant-volume Glow (additive couplings)'),
-    ModelSpec('pixelcnn', 'pixelcnn', PixelCNNConfig, {}, _PIXEL_CNN_SIZES, 'PixelCNN++'),
+              'constant-volume Glow (additive couplings)', is_flow=True),
+    ModelSpec('pixelcnn', 'pixelcnn', PixelCNNConfig, {}, _PIXEL_CNN_SIZES, 'PixelCNN++',
+              sample_temperatures=(1.0,), any_temperature=False),
     ModelSpec('vae', 'vae', VAEConfig, {}, _VAE_SIZES, 'the conv-categorical VAE',
               variant={'encoder_flow_layers': 0, 'likelihood': 'categorical'}),
     ModelSpec('vae_rnvp', 'vae', VAEConfig, {}, _VAE_SIZES, 'the VAE with a RealNVP encoder',
@@ -322,6 +333,12 @@ def spec_of_family(family: str) -> ModelSpec:
             return spec
     raise ValueError(f'Unknown model family {family!r}; expected one of '
                      f'{sorted({s.family for s in MODELS.values()})}.')
+
+
+def is_flow_family(family: Optional[str]) -> bool:
+    """Whether a saved configuration's `family` is a normalizing flow (`False`
+    for a family the registry does not know)."""
+    return any(spec.is_flow and spec.family == family for spec in MODELS.values())
 
 
 def config_from_saved(model_config: Mapping[str, Any]):

@@ -61,7 +61,7 @@ import tensorflow_probability as tfp
 from tfp_ood import analysis, estimators, export
 from tfp_ood.image_statistics import (IMAGE_STATISTICS, image_statistics,
                                       image_statistics_array)
-from tfp_ood.config import DETECTOR_NAMES, SELECTED
+from tfp_ood.config import DETECTOR_NAMES, SELECTED, is_flow_family
 from tfp_ood.evaluate import as_image_dataset, score as evaluate_score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel, check_images
@@ -751,10 +751,6 @@ _LEVEL_DESIGNS = {'density_of_states_levels': ('png', 'kde'),
 FLOW_DETECTOR_NAMES = tuple(_LEVEL_DESIGNS)
 
 
-def _is_flow(model: DensityModel) -> bool:
-    return {'log_pz', 'log_det'} <= set(getattr(model, 'term_names', ()))
-
-
 def check_design(design) -> Dict:
     """A design (`{'statistics': [...], 'codecs': [...], 'estimator': ...}`), checked.
 
@@ -817,7 +813,7 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     `background`. `density_of_states_selected` is the density of states of
     `design` (`check_design`): its statistics, codecs and estimator.
     """
-    flow = _is_flow(model)
+    flow = model.is_flow
     if name == 'raw_likelihood':
         return RawLikelihood(model)
     if name == 'likelihood_ratio':
@@ -843,7 +839,7 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
         return DensityOfStates(model, design['statistics'], codec=design['codecs'] or None,
                                estimator=design['estimator'])
     if name in _LEVEL_DESIGNS:
-        levels = [t for t in getattr(model, 'term_names', ()) if t.startswith('level')]
+        levels = [t for t in model.term_names if t.startswith('level')]
         if not levels:
             raise ValueError(f'{name} needs a flow with per-level terms.')
         codecs, estimator = _LEVEL_DESIGNS[name]
@@ -1071,7 +1067,7 @@ def _load_model(path: str) -> DensityModel:
     """A flow rebuilt from its weights (for every per-level term); other models
     as their SavedModel."""
     family = export.read_metadata(path)['model'].get('family')
-    return export.restore(path) if family in ('glow', 'cv_glow') else export.load(path)
+    return export.restore(path) if is_flow_family(family) else export.load(path)
 
 
 def model_identity(model_dir: str) -> Dict:

@@ -40,6 +40,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import tensorflow as tf
 
 from tfp_ood import models, outputs
+from tfp_ood.config import MODELS, is_flow_family
 from tfp_ood.models.base import DensityModel
 
 __all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'export_detector', 'exported_terms',
@@ -134,7 +135,7 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
         'format': FORMAT,
         'model': model.get_config(),
         # Where the traced functions compute (flows: float32 or bfloat16 networks).
-        'precision': getattr(model, 'precision', 'float32'),
+        'precision': model.precision,
         'image_shape': list(model.image_shape),
         'outputs': ['log_prob', 'bits_per_dim'] + list(exported_terms(model)),
         'can_sample': model.can_sample,
@@ -312,10 +313,16 @@ class SavedModelAdapter(DensityModel):
         self.term_names = tuple(k for k in metadata['outputs']
                                 if k not in ('log_prob', 'bits_per_dim'))
         self.can_sample = bool(metadata['can_sample'])
-        # The temperatures of training summaries; exports before the key was
-        # written: 1 for PixelCNNs, 0.7 and 1 otherwise.
+        family = metadata['model'].get('family')
+        self.is_flow = is_flow_family(family)
+        self.precision = metadata.get('precision', 'float32')
+        # What the family can do; exports before sample_temperatures was
+        # written take the registry's.
+        spec = next((s for s in MODELS.values() if s.family == family), None)
+        self.any_temperature = spec.any_temperature if spec else True
+        self.kind = spec.description if spec else str(family)
         self.sample_temperatures = tuple(metadata.get('sample_temperatures') or (
-            (1.0,) if metadata['model'].get('family') == 'pixelcnn' else (0.7, 1.0)))
+            spec.sample_temperatures if spec else (0.7, 1.0)))
 
     def get_config(self) -> Dict[str, Any]:
         return dict(self.metadata['model'])
@@ -331,9 +338,11 @@ class SavedModelAdapter(DensityModel):
         del seed
         if not self.can_sample:
             raise ValueError(f'The model at {self.path} cannot sample.')
-        if self.metadata['model'].get('family') == 'pixelcnn' and temperature != 1.0:
-            raise ValueError(f'The model at {self.path} is a PixelCNN, which samples at '
-                             f'temperature 1 only; got {temperature}.')
+        if not self.any_temperature and temperature not in self.sample_temperatures:
+            raise ValueError(f'The model at {self.path} is a {self.kind}, which samples at '
+                             f'temperature '
+                             f'{", ".join(map(str, self.sample_temperatures))} only; got '
+                             f'{temperature}.')
         return self._loaded.sample(tf.constant(num_images, tf.int32),
                                    tf.constant(temperature, tf.float32))['images']
 

@@ -109,8 +109,16 @@ class DensityModel(tf.Module):
     term_names: Tuple[str, ...] = ()
     #: Whether the model draws images with `sample(num_images, temperature, seed)`.
     can_sample: bool = False
-    #: The temperatures `sample` supports, at which training summaries draw samples.
+    #: The temperatures at which training summaries draw samples.
     sample_temperatures: Tuple[float, ...] = (0.7, 1.0)
+    #: Whether `sample` takes any temperature (else only `sample_temperatures`).
+    any_temperature: bool = True
+    #: Whether the model is a normalizing flow: `log_prob_terms` has the
+    #: distribution and volume terms (`'log_pz'`, `'log_det'`) and per-level
+    #: terms, and `precision` says where its coupling networks compute.
+    is_flow: bool = False
+    #: Where the model's networks compute (`tfp_ood.config.PRECISIONS`).
+    precision: str = 'float32'
 
     def __init__(self, image_shape: Sequence[int], name: Optional[str] = None):
         super().__init__(name=name)

@@ -70,6 +70,7 @@ class FlowModel(DensityModel):
     """
 
     can_sample = True
+    is_flow = True
 
     def __init__(self, bijector: ImageBijector, image_shape, config: Optional[GlowConfig] = None,
                  name: str = 'flow', precision: str = 'float32'):

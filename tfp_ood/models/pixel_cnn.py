@@ -33,7 +33,7 @@ from typing import Any, Dict
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_ood.config import PIXEL_CNN_CONFIG_NAMES, PixelCNNConfig
+from tfp_ood.config import PIXEL_CNN_CONFIG_NAMES, PixelCNNConfig, spec_of_family
 from tfp_ood.models.base import DensityModel, check_images
 
 tfd = tfp.distributions
@@ -82,7 +82,9 @@ class PixelCNNModel(DensityModel):
 
     term_names = ()
     can_sample = True
-    sample_temperatures = (1.0,)
+    # At temperature 1 only: as the registry declares for the family.
+    sample_temperatures = spec_of_family('pixelcnn').sample_temperatures
+    any_temperature = spec_of_family('pixelcnn').any_temperature
 
     def __init__(self, config: PixelCNNConfig, name: str = 'pixelcnn'):
         super().__init__(config.image_shape, name=name)

@@ -188,7 +188,7 @@ def _hooks(model, trainer, manager, summaries, run, eval_sets, config, data_info
                              trainer.averages),
             hooks.Checkpointing(model, manager, config, trainer.clock),
             hooks.Provenance(run, config, data_info, trainer.clock, trainer.skipped, summaries,
-                             getattr(model, 'precision', 'float32'))]
+                             model.precision)]
 
 
 def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
