@@ -25,6 +25,8 @@ import sys
 import warnings
 from typing import List, Optional
 
+from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
+
 __all__ = ['main']
 
 
@@ -168,7 +170,7 @@ def _add_compare(verbs) -> None:
     compare.add_argument('in_scores', help='scores.npz of the in-distribution set')
     compare.add_argument('out_scores', help='scores.npz of the out-of-distribution set')
     compare.add_argument('--output', required=True, help='output folder')
-    compare.add_argument('--key', default='log_prob', help='score to plot (default: log_prob)')
+    compare.add_argument('--key', default=LOG_PROB, help='score to plot (default: log_prob)')
     compare.add_argument('--overwrite', action='store_true', help='replace existing outputs')
 
 
@@ -429,7 +431,7 @@ def _write_scores(result, labels, sources, name, model, model_dir, files) -> Non
     if labels is not None:
         result.labels = np.asarray(labels, np.int64)
     result.save(files['scores.npz'])
-    keys = ['log_prob', 'bits_per_dim'] + list(model.term_names)
+    keys = [LOG_PROB, BITS_PER_DIM] + list(model.term_names)
     report.write_per_image_csv(files['scores.csv'], dict(
         label=result.labels, **{k: result.scores[k] for k in keys}), sources)
     summary = dict(result.summary(), name=name, model_dir=model_dir)
@@ -438,7 +440,7 @@ def _write_scores(result, labels, sources, name, model, model_dir, files) -> Non
         ('non-finite', str(summary['num_nonfinite'])),
         ('bits/dim (mean ± std)', f'{summary["bpd_mean"]:.4f} ± {summary["bpd_std"]:.4f}'),
         ('log p(x) nats (mean)', f'{summary["log_prob_mean"]:.1f}')])
-    plotting.plot_histograms([result], files['histogram.png'], key='bits_per_dim')
+    plotting.plot_histograms([result], files['histogram.png'], key=BITS_PER_DIM)
 
 
 def _compare(args) -> int:

@@ -65,6 +65,7 @@ from tfp_ood.config import DETECTOR_NAMES, SELECTED, is_flow_family
 from tfp_ood.evaluate import as_image_dataset, score as evaluate_score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel, check_images
+from tfp_ood.terms import BITS_PER_DIM, LOG_DET, LOG_PROB, LOG_PZ, is_level_term
 
 tfd = tfp.distributions
 
@@ -238,10 +239,10 @@ class RawLikelihood(Detector):
         self.models = (model,)
 
     def score_terms(self, terms, images=None) -> DetectorScores:
-        return DetectorScores(self.name, terms[0]['bits_per_dim'].astype(np.float64), terms[0])
+        return DetectorScores(self.name, terms[0][BITS_PER_DIM].astype(np.float64), terms[0])
 
     def graph_score(self, terms, images):
-        return _f64(terms[0]['bits_per_dim']), {'log_prob': _f64(terms[0]['log_prob'])}
+        return _f64(terms[0][BITS_PER_DIM]), {LOG_PROB: _f64(terms[0][LOG_PROB])}
 
 
 class LikelihoodRatio(Detector):
@@ -265,16 +266,16 @@ class LikelihoodRatio(Detector):
         self.models = (foreground, background)
 
     def score_terms(self, terms, images=None) -> DetectorScores:
-        fg, bg = terms[0]['log_prob'], terms[1]['log_prob']
+        fg, bg = terms[0][LOG_PROB], terms[1][LOG_PROB]
         log_ratio = fg.astype(np.float64) - bg.astype(np.float64)
         return DetectorScores(self.name, -log_ratio / (_num_dims(self.models[0]) * LN2),
-                              {'log_prob': fg, 'background_log_prob': bg,
+                              {LOG_PROB: fg, 'background_log_prob': bg,
                                'log_ratio': log_ratio})
 
     def graph_score(self, terms, images):
-        fg, bg = _f64(terms[0]['log_prob']), _f64(terms[1]['log_prob'])
+        fg, bg = _f64(terms[0][LOG_PROB]), _f64(terms[1][LOG_PROB])
         return (-(fg - bg) / (_num_dims(self.models[0]) * LN2),
-                {'log_prob': fg, 'background_log_prob': bg})
+                {LOG_PROB: fg, 'background_log_prob': bg})
 
 
 def _png_bits(image: np.ndarray, level: int) -> int:
@@ -392,14 +393,14 @@ class InputComplexity(Detector):
         images = _as_array(images, self.models[0].image_shape, 'InputComplexity images')
         bits = compressed_bits(images, self.codec, self.level)
         complexity = bits / _num_dims(self.models[0])
-        return DetectorScores(self.name, terms[0]['bits_per_dim'] - complexity,
+        return DetectorScores(self.name, terms[0][BITS_PER_DIM] - complexity,
                               dict(terms[0], compressed_bits=bits,
                                    complexity_bits_per_dim=complexity))
 
     def graph_score(self, terms, images):
         bits = graph_compressed_bits(images, self.codec, self.level)
-        return (_f64(terms[0]['bits_per_dim']) - bits / _num_dims(self.models[0]),
-                {'log_prob': _f64(terms[0]['log_prob']), 'compressed_bits': bits})
+        return (_f64(terms[0][BITS_PER_DIM]) - bits / _num_dims(self.models[0]),
+                {LOG_PROB: _f64(terms[0][LOG_PROB]), 'compressed_bits': bits})
 
 
 class Typicality(Detector):
@@ -437,7 +438,7 @@ class Typicality(Detector):
         self.threshold: Optional[float] = None
 
     def _bpd(self, images: Images, what: str) -> np.ndarray:
-        bpd = _log_prob_terms(self.models[0], images, what)['bits_per_dim'].astype(np.float64)
+        bpd = _log_prob_terms(self.models[0], images, what)[BITS_PER_DIM].astype(np.float64)
         if not np.all(np.isfinite(bpd)):
             raise ValueError(f'{what}: {int(np.sum(~np.isfinite(bpd)))} images have a '
                              f'non-finite likelihood; the typicality test needs finite ones.')
@@ -446,7 +447,7 @@ class Typicality(Detector):
     needs_fit = True
 
     def fit_terms(self, terms, images=None) -> 'Typicality':
-        bpd = terms[0]['bits_per_dim'].astype(np.float64)
+        bpd = terms[0][BITS_PER_DIM].astype(np.float64)
         if bpd.size == 0 or not np.all(np.isfinite(bpd)):
             raise ValueError('Typicality: the training images need finite likelihoods, and '
                              'at least one image.')
@@ -483,14 +484,14 @@ class Typicality(Detector):
         return np.abs(batches.mean(axis=1) - self.entropy)
 
     def score_terms(self, terms, images=None) -> DetectorScores:
-        return DetectorScores(self.name, self.batch_statistic(terms[0]['bits_per_dim']),
+        return DetectorScores(self.name, self.batch_statistic(terms[0][BITS_PER_DIM]),
                               terms[0])
 
     def graph_score(self, terms, images):
         if self.batch_size != 1 or self.entropy is None:
             raise ValueError('Typicality: only a fitted single-image test (M = 1) exports.')
-        bpd = _f64(terms[0]['bits_per_dim'])
-        return tf.abs(bpd - self.entropy), {'log_prob': _f64(terms[0]['log_prob'])}
+        bpd = _f64(terms[0][BITS_PER_DIM])
+        return tf.abs(bpd - self.entropy), {LOG_PROB: _f64(terms[0][LOG_PROB])}
 
 
 class WAIC(Detector):
@@ -509,7 +510,7 @@ class WAIC(Detector):
         self.models = tuple(members)
 
     def score_terms(self, terms, images=None) -> DetectorScores:
-        log_probs = [t['log_prob'] for t in terms]
+        log_probs = [t[LOG_PROB] for t in terms]
         values = analysis.waic(log_probs)
         components = {f'log_prob_{k}': lp for k, lp in enumerate(log_probs)}
         components['waic'] = values
@@ -557,7 +558,7 @@ class DensityOfStates(Detector):
     name = 'density_of_states'
     needs_fit = True
 
-    def __init__(self, model: DensityModel, statistics: Sequence[str] = ('log_prob',),
+    def __init__(self, model: DensityModel, statistics: Sequence[str] = (LOG_PROB,),
                  codec: Union[None, str, Sequence[str]] = None,
                  bandwidth: Optional[float] = None, max_fit_images: int = 10000,
                  estimator: str = 'kde'):
@@ -827,10 +828,10 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     if name == 'typicality':
         return Typicality(model, batch_size=1)
     if name == 'density_of_states':
-        return DensityOfStates(model, ('log_prob', 'log_pz', 'log_det') if flow
-                               else ('log_prob',))
+        return DensityOfStates(model, (LOG_PROB, LOG_PZ, LOG_DET) if flow
+                               else (LOG_PROB,))
     if name == 'density_of_states_terms':
-        return DensityOfStates(model, ('log_pz', 'log_det') if flow else ('log_prob',),
+        return DensityOfStates(model, (LOG_PZ, LOG_DET) if flow else (LOG_PROB,),
                                codec='png')
     if name == SELECTED:
         if design is None:
@@ -839,7 +840,7 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
         return DensityOfStates(model, design['statistics'], codec=design['codecs'] or None,
                                estimator=design['estimator'])
     if name in _LEVEL_DESIGNS:
-        levels = [t for t in model.term_names if t.startswith('level')]
+        levels = [t for t in model.term_names if is_level_term(t)]
         if not levels:
             raise ValueError(f'{name} needs a flow with per-level terms.')
         codecs, estimator = _LEVEL_DESIGNS[name]

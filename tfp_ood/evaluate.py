@@ -21,6 +21,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from tfp_ood.models.base import DensityModel, check_images
+from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
 
 __all__ = ['ScoreResult', 'score']
 
@@ -46,11 +47,11 @@ class ScoreResult:
 
     @property
     def log_prob(self) -> np.ndarray:
-        return self.scores['log_prob']
+        return self.scores[LOG_PROB]
 
     @property
     def bits_per_dim(self) -> np.ndarray:
-        return self.scores['bits_per_dim']
+        return self.scores[BITS_PER_DIM]
 
     @property
     def num_images(self) -> int:

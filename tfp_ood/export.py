@@ -42,6 +42,7 @@ import tensorflow as tf
 from tfp_ood import models, outputs
 from tfp_ood.config import MODELS, is_flow_family
 from tfp_ood.models.base import DensityModel
+from tfp_ood.terms import BITS_PER_DIM, DEQUANT_CONST, LOG_PROB
 
 __all__ = ['METADATA_FILE', 'SavedModelAdapter', 'export', 'export_detector', 'exported_terms',
            'load', 'read_metadata', 'read_variables', 'restore']
@@ -50,7 +51,7 @@ METADATA_FILE = 'tfp_ood.json'
 FORMAT = 'tfp_ood.saved_model/1'
 # Per-image terms that are the same number for every image of every model are
 # left out of the exported outputs.
-_CONSTANT_TERMS = ('dequant_const',)
+_CONSTANT_TERMS = (DEQUANT_CONST,)
 
 
 def exported_terms(model: DensityModel):
@@ -99,8 +100,8 @@ class _ExportModule(tf.Module):
     def _log_prob(self, images):
         model = self._model()
         terms = model.log_prob_terms(images)
-        outputs = {'log_prob': terms['log_prob'],
-                   'bits_per_dim': model.bits_per_dim(terms['log_prob'])}
+        outputs = {LOG_PROB: terms[LOG_PROB],
+                   BITS_PER_DIM: model.bits_per_dim(terms[LOG_PROB])}
         outputs.update({k: terms[k] for k in exported_terms(model)})
         return outputs
 
@@ -137,7 +138,7 @@ def export(model: DensityModel, path: str, provenance: Optional[Mapping[str, Any
         # Where the traced functions compute (flows: float32 or bfloat16 networks).
         'precision': model.precision,
         'image_shape': list(model.image_shape),
-        'outputs': ['log_prob', 'bits_per_dim'] + list(exported_terms(model)),
+        'outputs': [LOG_PROB, BITS_PER_DIM] + list(exported_terms(model)),
         'can_sample': model.can_sample,
         'sample_temperatures': list(model.sample_temperatures),
         'provenance': dict(provenance or {}),
@@ -190,7 +191,7 @@ class _DetectorModule(tf.Module):
         for model in detector.models:
             model_terms = dict(model.statistics(images) if detector.needs_statistics
                                else model.log_prob_terms(images))
-            model_terms['bits_per_dim'] = model.bits_per_dim(model_terms['log_prob'])
+            model_terms[BITS_PER_DIM] = model.bits_per_dim(model_terms[LOG_PROB])
             terms.append(model_terms)
         ood_score, components = detector.graph_score(terms, images)
         outputs = {'ood_score': ood_score,
@@ -311,7 +312,7 @@ class SavedModelAdapter(DensityModel):
         self.metadata = metadata
         self.path = path
         self.term_names = tuple(k for k in metadata['outputs']
-                                if k not in ('log_prob', 'bits_per_dim'))
+                                if k not in (LOG_PROB, BITS_PER_DIM))
         self.can_sample = bool(metadata['can_sample'])
         family = metadata['model'].get('family')
         self.is_flow = is_flow_family(family)
@@ -332,7 +333,7 @@ class SavedModelAdapter(DensityModel):
             raise ValueError('A SavedModel scores with its built-in (midpoint) '
                              'dequantization; noise cannot be passed.')
         outputs = self._loaded.log_prob(images)
-        return {k: v for k, v in outputs.items() if k != 'bits_per_dim'}
+        return {k: v for k, v in outputs.items() if k != BITS_PER_DIM}
 
     def sample(self, num_images: int, temperature: float = 1.0, seed=None) -> tf.Tensor:
         del seed

@@ -11,16 +11,17 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tfp_ood.evaluate import ScoreResult
+from tfp_ood.terms import BITS_PER_DIM, LOG_DET, LOG_PROB, LOG_PZ
 
 __all__ = ['plot_channel_statistics', 'plot_contact_sheet', 'plot_detection', 'plot_graying',
            'plot_histogram_panels', 'plot_histograms', 'plot_second_order',
            'plot_term_histograms', 'plot_training_curves', 'plot_variance_maps']
 
 _LABELS = {
-    'bits_per_dim': 'bits/dim (lower = more likely)',
-    'log_prob': 'log p(x) (nats per image)',
-    'log_pz': 'distribution term log p(z) (nats per image)',
-    'log_det': 'volume term log |det df/dx| (nats per image)',
+    BITS_PER_DIM: 'bits/dim (lower = more likely)',
+    LOG_PROB: 'log p(x) (nats per image)',
+    LOG_PZ: 'distribution term log p(z) (nats per image)',
+    LOG_DET: 'volume term log |det df/dx| (nats per image)',
 }
 
 
@@ -66,7 +67,7 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_per_dim',
+def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = BITS_PER_DIM,
                     title: Optional[str] = None, bins: int = 80,
                     quantiles: Optional[Tuple[float, float]] = None) -> str:
     """Overlaid, normalised histograms of one score for several datasets.
@@ -99,7 +100,7 @@ def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = 'bits_
 
 
 def plot_histogram_panels(groups: Sequence[Sequence[ScoreResult]], path: str,
-                          key: str = 'bits_per_dim', title: Optional[str] = None,
+                          key: str = BITS_PER_DIM, title: Optional[str] = None,
                           bins: int = 60,
                           quantiles: Optional[Tuple[float, float]] = (0.005, 0.995)) -> str:
     """One panel per model, each overlaying the histograms of its score sets.
@@ -145,7 +146,7 @@ def plot_term_histograms(results: Sequence[ScoreResult], path: str,
     overlaid. A term that is the same for every image (the volume term of
     CV-Glow) shows as a single bar.
     """
-    keys = [k for k in ('log_prob', 'log_pz', 'log_det')
+    keys = [k for k in (LOG_PROB, LOG_PZ, LOG_DET)
             if all(k in r.scores for r in results)]
     if not results or len(keys) < 3:
         raise ValueError('plot_term_histograms needs flow scores with log_pz and '

@@ -24,6 +24,7 @@ from tfp_ood import analysis, plotting
 from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import DensityModel
+from tfp_ood.terms import LOG_DET, LOG_PROB
 
 __all__ = ['ModelEntry', 'OVERVIEW', 'PAPER_BPD', 'PUBLISHED_AUROC', 'Row', 'bpd_rows',
            'headline', 'run_experiment', 'score_all', 'slug', 'write_bpd_table',
@@ -213,8 +214,8 @@ def write_ood_report(results: Mapping[Tuple[str, str], ScoreResult], models: Seq
                                        title=f'{in_set} against {out_set}: bits/dim per image')
     for model_name, pair in zip(models, pairs):
         plotting.plot_histograms(pair, os.path.join(out_dir, f'{model_name}_log_prob.png'),
-                                 key='log_prob', title=f'{model_name}: log p(x)')
-        if term_histograms and all('log_det' in r.scores for r in pair):
+                                 key=LOG_PROB, title=f'{model_name}: log p(x)')
+        if term_histograms and all(LOG_DET in r.scores for r in pair):
             plotting.plot_term_histograms(pair, os.path.join(out_dir, f'{model_name}_terms.png'))
         metrics = ood_metrics(pair[0].log_prob, pair[1].log_prob, nonfinite='lowest')
         report[model_name] = dict(metrics, in_set=in_set, out_set=out_set)

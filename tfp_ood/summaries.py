@@ -28,10 +28,11 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 from tfp_ood.evaluate import ScoreResult
+from tfp_ood.terms import LOG_DET, LOG_PROB, LOG_PZ
 
 __all__ = ['Summaries', 'HISTOGRAM_TERMS', 'SAMPLE_TEMPERATURES', 'drop_events_after']
 
-HISTOGRAM_TERMS = ('log_prob', 'log_pz', 'log_det')
+HISTOGRAM_TERMS = (LOG_PROB, LOG_PZ, LOG_DET)
 SAMPLE_TEMPERATURES = (0.7, 1.0)
 
 

@@ -22,6 +22,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
+
 __all__ = ['DensityModel', 'bits_per_dim', 'check_images', 'dequantize',
            'NUM_BINS']
 
@@ -180,7 +182,7 @@ class DensityModel(tf.Module):
         if getattr(self, '_statistics_batch', None) is None:
             def statistics_batch(images):
                 out = self.statistics(images)
-                out['bits_per_dim'] = self.bits_per_dim(out['log_prob'])
+                out[BITS_PER_DIM] = self.bits_per_dim(out[LOG_PROB])
                 return out
             self._statistics_batch = tf.function(
                 statistics_batch, input_signature=[
@@ -204,7 +206,7 @@ class DensityModel(tf.Module):
 
     def log_prob(self, images, noise=None) -> tf.Tensor:
         """Discrete log-likelihood `log P(k)` in nats per image, `[batch]`."""
-        return self.log_prob_terms(images, noise)['log_prob']
+        return self.log_prob_terms(images, noise)[LOG_PROB]
 
     def training_log_prob(self, images, noise=None) -> tf.Tensor:
         """The per-image objective `fit` maximises (nats): the log-likelihood by
@@ -216,5 +218,5 @@ class DensityModel(tf.Module):
 
     def _score_batch(self, images):
         terms = dict(self.log_prob_terms(images))
-        terms['bits_per_dim'] = self.bits_per_dim(terms['log_prob'])
+        terms[BITS_PER_DIM] = self.bits_per_dim(terms[LOG_PROB])
         return terms

@@ -40,6 +40,7 @@ from tfp_ood.bijectors.glow import glow
 from tfp_ood.bijectors.layers import ImageBijector, inverse_and_log_det_terms
 from tfp_ood.config import GlowConfig
 from tfp_ood.models.base import NUM_BINS, DensityModel, check_images, dequantize
+from tfp_ood.terms import DEQUANT_CONST, LOG_DET, LOG_PROB, LOG_PZ, level_term, step_term
 
 tfd = tfp.distributions
 
@@ -95,19 +96,19 @@ class FlowModel(DensityModel):
 
     @property
     def term_names(self):
-        per_level = tuple(f'level{i}_{t}' for i in range(len(self.levels))
-                          for t in ('log_pz', 'log_det'))
-        return ('log_pz', 'log_det', 'dequant_const') + per_level
+        per_level = tuple(level_term(i, t) for i in range(len(self.levels))
+                          for t in (LOG_PZ, LOG_DET))
+        return (LOG_PZ, LOG_DET, DEQUANT_CONST) + per_level
 
     @property
     def statistic_names(self):
         names = []
         for i, level in enumerate(self.levels):
-            names += [f'level{i}_step{j}_{t}' for j in range(len(level.steps))
-                      for t in ('log_det', 'mean_square')]
+            names += [step_term(i, j, t) for j in range(len(level.steps))
+                      for t in (LOG_DET, 'mean_square')]
             if level.split_prior is not None:
-                names.append(f'level{i}_prior_log_det')
-            names.append(f'level{i}_latent_mean_square')
+                names.append(level_term(i, 'prior_log_det'))
+            names.append(level_term(i, 'latent_mean_square'))
         return tuple(names)
 
     @classmethod
@@ -163,14 +164,14 @@ class FlowModel(DensityModel):
         log_pz = self.base_distribution.log_prob(z) + terms.distribution
         const = tf.fill(tf.shape(log_pz), self.dequant_const)
         out = {
-            'log_prob': log_pz + terms.volume + const,
-            'log_pz': log_pz,
-            'log_det': terms.volume,
-            'dequant_const': const,
+            LOG_PROB: log_pz + terms.volume + const,
+            LOG_PZ: log_pz,
+            LOG_DET: terms.volume,
+            DEQUANT_CONST: const,
         }
         for i, level in enumerate(terms.levels):
-            out[f'level{i}_log_pz'] = level.latent_log_prob + level.prior_log_det
-            out[f'level{i}_log_det'] = level.volume
+            out[level_term(i, LOG_PZ)] = level.latent_log_prob + level.prior_log_det
+            out[level_term(i, LOG_DET)] = level.volume
         return out, terms.levels
 
     def statistics(self, images) -> Dict[str, tf.Tensor]:
@@ -180,11 +181,11 @@ class FlowModel(DensityModel):
         for i, level in enumerate(levels):
             for j, (log_det, mean_square) in enumerate(zip(level.step_volumes,
                                                            level.step_mean_squares)):
-                out[f'level{i}_step{j}_log_det'] = log_det
-                out[f'level{i}_step{j}_mean_square'] = mean_square
+                out[step_term(i, j, LOG_DET)] = log_det
+                out[step_term(i, j, 'mean_square')] = mean_square
             if i + 1 < len(levels):  # The last level has no split prior.
-                out[f'level{i}_prior_log_det'] = level.prior_log_det
-            out[f'level{i}_latent_mean_square'] = level.latent_mean_square
+                out[level_term(i, 'prior_log_det')] = level.prior_log_det
+            out[level_term(i, 'latent_mean_square')] = level.latent_mean_square
         return out
 
     def sample(self, num_images: int, temperature: float = 1.0,

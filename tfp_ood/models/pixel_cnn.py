@@ -35,6 +35,7 @@ import tensorflow_probability as tfp
 
 from tfp_ood.config import PIXEL_CNN_CONFIG_NAMES, PixelCNNConfig, spec_of_family
 from tfp_ood.models.base import DensityModel, check_images
+from tfp_ood.terms import LOG_PROB
 
 tfd = tfp.distributions
 
@@ -120,8 +121,8 @@ class PixelCNNModel(DensityModel):
         """Discrete log-likelihood; `noise` is ignored (the model is discrete)."""
         del noise
         images = check_images(images, self.image_shape)
-        return {'log_prob': self.distribution.log_prob(tf.cast(images, tf.float32),
-                                                       training=False)}
+        return {LOG_PROB: self.distribution.log_prob(tf.cast(images, tf.float32),
+                                                     training=False)}
 
     def training_log_prob(self, images, noise=None) -> tf.Tensor:
         """The log-likelihood with dropout active, for training."""
@@ -148,7 +149,7 @@ class PixelCNNModel(DensityModel):
         map_tv = (tf.reduce_mean(tf.abs(pixel_nll[:, 1:] - pixel_nll[:, :-1]), axis=[1, 2])
                   + tf.reduce_mean(tf.abs(pixel_nll[:, :, 1:] - pixel_nll[:, :, :-1]),
                                    axis=[1, 2]))
-        return {'log_prob': -tf.reduce_sum(flat, axis=1),
+        return {LOG_PROB: -tf.reduce_sum(flat, axis=1),
                 'pixel_nll_std': tf.math.reduce_std(flat, axis=1),
                 'pixel_nll_q10': quantiles[0], 'pixel_nll_q50': quantiles[1],
                 'pixel_nll_q90': quantiles[2], 'pixel_nll_q99': quantiles[3],

@@ -31,6 +31,7 @@ import tf_keras
 
 from tfp_ood.config import LIKELIHOODS, VAE_CONFIG_NAMES, VAEConfig
 from tfp_ood.models.base import DensityModel, check_images
+from tfp_ood.terms import LOG_PROB
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -189,7 +190,7 @@ class VAE(DensityModel):
     @staticmethod
     def _terms(log_w) -> Dict[str, tf.Tensor]:
         num_k = tf.cast(tf.shape(log_w)[0], tf.float32)
-        return {'log_prob': tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(num_k),
+        return {LOG_PROB: tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(num_k),
                 'elbo': tf.reduce_mean(log_w, axis=0)}
 
     def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
