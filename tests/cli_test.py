@@ -254,6 +254,25 @@ class CliTest(tf.test.TestCase):
             self.assertEqual(cm.exception.code, 0)
             self.assertIn('usage: tfp-ood', out.getvalue())
 
+    def test_a_bug_shows_its_traceback_and_a_users_mistake_one_line(self):
+        npz = os.path.join(self.dir, 'images.npz')
+        np.savez(npz, images=np.zeros((2, 32, 32, 3), np.uint8))
+        argv = ['score', '--model-dir', os.path.join(REPO, 'saved_models', 'glow_cifar10'),
+                '--npz', npz, '--output', os.path.join(self.dir, 'out')]
+        with mock.patch('tfp_ood.evaluate.score', side_effect=KeyError('internal')):
+            code, _, err = _run(*argv)
+        self.assertEqual(code, 1)
+        self.assertIn('Traceback (most recent call last)', err)
+        self.assertIn("KeyError: 'internal'", err)
+        self.assertIn('tfp-ood score: internal error: the traceback above is a bug in tfp_ood',
+                      err)
+        # A ValueError from the package (here: images of the wrong size) is the user's.
+        np.savez(npz, images=np.zeros((2, 28, 28, 1), np.uint8))
+        code, _, err = _run(*argv)
+        self.assertEqual(code, 2)
+        self.assertNotIn('Traceback', err)
+        self.assertRegex(err.strip(), r'^tfp-ood score: error: .*pass --resize')
+
 
 def _latest_step(workdir):
     path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_ood.data import grayscale
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import dequantize
 
 __all__ = ['ChannelStatistics', 'SecondOrderResult', 'add_gray_versions', 'channel_statistics',
@@ -83,7 +84,7 @@ def channel_statistics(images: Union[np.ndarray, tf.data.Dataset],
     else:
         images = np.asarray(images)
         if images.ndim != 4:
-            raise ValueError(f'{name or "images"}: expected [N, H, W, C]; got shape '
+            raise InputError(f'{name or "images"}: expected [N, H, W, C]; got shape '
                              f'{list(images.shape)}.')
         batches = (images[i:i + 2048] for i in range(0, len(images), 2048))
     count, total, total_sq = 0, None, None
@@ -95,7 +96,7 @@ def channel_statistics(images: Union[np.ndarray, tf.data.Dataset],
         total += x.sum(axis=0)
         total_sq += np.square(x).sum(axis=0)
     if not count:
-        raise ValueError(f'{name or "images"}: no images.')
+        raise InputError(f'{name or "images"}: no images.')
     pixel_mean = total / count
     pixel_variance = np.maximum(total_sq / count - np.square(pixel_mean), 0.)
     mean = pixel_mean.mean(axis=(0, 1))
@@ -118,7 +119,7 @@ def log_mean_exp(log_values: np.ndarray, axis: int = 0) -> np.ndarray:
 def _stack(member_log_probs: Iterable[np.ndarray]) -> np.ndarray:
     stacked = np.stack([np.asarray(m, dtype=np.float64) for m in member_log_probs])
     if stacked.ndim != 2 or stacked.shape[0] < 1:
-        raise ValueError(f'Expected M arrays of per-image log-likelihoods [N]; got '
+        raise InputError(f'Expected M arrays of per-image log-likelihoods [N]; got '
                          f'shape {list(stacked.shape)}.')
     return stacked
 
@@ -132,7 +133,7 @@ def waic(member_log_probs: Sequence[np.ndarray]) -> np.ndarray:
     """WAIC per image: `mean_m log p_m(x) - var_m log p_m(x)` (higher = more in)."""
     stacked = _stack(member_log_probs)
     if stacked.shape[0] < 2:
-        raise ValueError('WAIC needs at least two ensemble members.')
+        raise InputError('WAIC needs at least two ensemble members.')
     return stacked.mean(axis=0) - stacked.var(axis=0)
 
 
@@ -220,7 +221,7 @@ def paper_alpha(model) -> np.ndarray:
     """
     levels = getattr(model, 'levels', ())
     if not levels:
-        raise ValueError('paper_alpha needs a multi-scale Glow (tfp_ood.bijectors.glow).')
+        raise InputError('paper_alpha needs a multi-scale Glow (tfp_ood.bijectors.glow).')
     alpha = None
     for step in levels[0].steps:
         # ActNorm scales input channel j by exp(-log_scale_j) before the 1x1 convolution.
@@ -229,7 +230,7 @@ def paper_alpha(model) -> np.ndarray:
         column_sums = u.sum(axis=0)
         alpha = column_sums if alpha is None else alpha * column_sums
     if alpha is None:
-        raise ValueError('paper_alpha: the model has no 1x1 convolutions in its first level.')
+        raise InputError('paper_alpha: the model has no 1x1 convolutions in its first level.')
     channels = model.image_shape[-1]
     # space_to_depth puts colour channel c of block position p at index p * C + c.
     return np.mean(np.square(alpha).reshape(-1, channels), axis=0)
@@ -344,7 +345,7 @@ def second_order_difference(model, stats_p: ChannelStatistics, stats_q: ChannelS
         mean (it is computed when not given).
     """
     if stats_p.pixel_variance.shape != tuple(model.image_shape):
-        raise ValueError(f'Statistics of shape {stats_p.pixel_variance.shape} do not match '
+        raise InputError(f'Statistics of shape {stats_p.pixel_variance.shape} do not match '
                          f'the model ({model.image_shape}).')
     if hessian_diagonal is None:
         x0 = dequantize(stats_p.pixel_mean * 255.).numpy()  # The mean pixel, as seen.

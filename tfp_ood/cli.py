@@ -22,15 +22,17 @@ import json
 import os
 import signal
 import sys
+import traceback
 import warnings
 from typing import List, Optional
 
+from tfp_ood.errors import TfpOodError
 from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
 
 __all__ = ['main']
 
 
-class CommandError(Exception):
+class CommandError(TfpOodError):
     """An error the user can fix: printed without a traceback, exit status 2."""
 
 
@@ -607,7 +609,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _build_parser().parse_args(argv)  # No TensorFlow yet: --help answers at once.
     # Read by TensorFlow when it is imported, below.
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    from tfp_ood import data, distribute, outputs, train
+    from tfp_ood import distribute, outputs
     # Ctrl-C and SIGTERM end the process cleanly (`_interrupt_handler`); training
     # replaces the handler while its loop runs, to checkpoint and stop at a step.
     previous = {}
@@ -624,9 +626,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if hasattr(args, 'strategy'):
             distribute.leave(args.distribution)  # Every worker done; the chief ends last.
         return code
-    except (CommandError, data.DataNotFoundError, train.ConfigMismatchError,
-            train.RunLockedError, train.TrainingDivergedError, outputs.OutputLockedError,
-            OSError, ValueError) as e:
+    # The package's own errors and the operating system's (a missing file, a full
+    # disk, no permission): one line. Anything else is a bug.
+    except (TfpOodError, OSError) as e:
         print(f'tfp-ood {args.verb}: error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Raised in Python code: the staged outputs were removed.
@@ -634,6 +636,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         written = f'; nothing was written to {output}' if output and args.verb != 'train' else ''
         print(f'tfp-ood {args.verb}: interrupted{written}', file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug: its traceback, and where to send it.
+        traceback.print_exc()
+        print(f'tfp-ood {args.verb}: internal error: the traceback above is a bug in tfp_ood, '
+              f'not in what you asked; please report it with the command you ran.',
+              file=sys.stderr)
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -18,6 +18,8 @@ becomes a configuration; `tfp_ood.models.from_config` goes back from a saved
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type
 
+from tfp_ood.errors import InputError
+
 __all__ = ['COUPLINGS', 'GLOW_CONFIG_NAMES', 'GlowConfig', 'LIKELIHOODS', 'MODELS', 'MODEL_NAMES',
            'ModelSpec', 'PIXEL_CNN_CONFIG_NAMES', 'PixelCNNConfig', 'SIZE_NAMES',
            'VAE_CONFIG_NAMES', 'VAEConfig', 'complete_model_config', 'config_from_saved',
@@ -39,14 +41,14 @@ class _Config:
     def _normalise_image_shape(self):
         shape = tuple(int(d) for d in self.image_shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f'image_shape must be (H, W, C) with positive sizes; got '
+            raise InputError(f'image_shape must be (H, W, C) with positive sizes; got '
                              f'{self.image_shape}.')
         object.__setattr__(self, 'image_shape', shape)
 
     def _check_at_least(self, minimum: int, *names: str):
         for name in names:
             if getattr(self, name) < minimum:
-                raise ValueError(f'{name} must be >= {minimum}; got {getattr(self, name)}.')
+                raise InputError(f'{name} must be >= {minimum}; got {getattr(self, name)}.')
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -92,17 +94,17 @@ class GlowConfig(_Config):
         self._normalise_image_shape()
         self._check_at_least(1, 'num_levels', 'num_steps_per_level', 'hidden_channels')
         if self.coupling_scale not in COUPLING_SCALES:
-            raise ValueError(f'coupling_scale must be one of {COUPLING_SCALES}; got '
+            raise InputError(f'coupling_scale must be one of {COUPLING_SCALES}; got '
                              f'{self.coupling_scale!r}.')
         factor = 2 ** self.num_levels
         height, width, _ = self.image_shape
         if height % factor or width % factor:
-            raise ValueError(
+            raise InputError(
                 f'Image height and width must be divisible by 2**num_levels = '
                 f'{factor}; got image_shape {self.image_shape} with num_levels '
                 f'{self.num_levels}.')
         if self.coupling not in COUPLINGS:
-            raise ValueError(f'coupling must be one of {COUPLINGS}; got '
+            raise InputError(f'coupling must be one of {COUPLINGS}; got '
                              f'{self.coupling!r}.')
 
     @property
@@ -169,10 +171,10 @@ class VAEConfig(_Config):
         self._normalise_image_shape()
         height, width, _ = self.image_shape
         if height % 4 or width % 4:
-            raise ValueError(f'VAE image height and width must be divisible by 4; got '
+            raise InputError(f'VAE image height and width must be divisible by 4; got '
                              f'{self.image_shape}.')
         if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f'likelihood must be one of {LIKELIHOODS}; got '
+            raise InputError(f'likelihood must be one of {LIKELIHOODS}; got '
                              f'{self.likelihood!r}.')
         self._check_at_least(2, 'latent_dim')
         self._check_at_least(1, 'filters', 'num_importance_samples')
@@ -184,7 +186,7 @@ class VAEConfig(_Config):
         """`variant`: `'conv_categorical'` or `'rnvp_encoder'` (the paper's two VAEs)."""
         variants = {'conv_categorical': 'vae', 'rnvp_encoder': 'vae_rnvp'}
         if variant not in variants:
-            raise ValueError(f'Unknown VAE variant {variant!r}; expected one of '
+            raise InputError(f'Unknown VAE variant {variant!r}; expected one of '
                              f'{sorted(variants)}.')
         return named_config(variants[variant], name, image_shape, **kwargs)
 
@@ -291,7 +293,7 @@ VAE_CONFIG_NAMES = tuple(MODELS['vae'].sizes)
 
 def _spec(model: str) -> ModelSpec:
     if model not in MODELS:
-        raise ValueError(f'Unknown model {model!r}; expected one of {MODEL_NAMES}.')
+        raise InputError(f'Unknown model {model!r}; expected one of {MODEL_NAMES}.')
     return MODELS[model]
 
 
@@ -314,13 +316,13 @@ def named_config(model: str, size: str, image_shape: Sequence[int] = (32, 32, 3)
     spec = _spec(model)
     if size not in spec.sizes:
         family = spec.config_class.__name__[:-len('Config')]
-        raise ValueError(f'Unknown {family} configuration {size!r} for model {model!r}; '
+        raise InputError(f'Unknown {family} configuration {size!r} for model {model!r}; '
                          f'expected one of {tuple(spec.sizes)}.')
     channels = 1 if int(image_shape[-1]) == 1 else 3
     fields = dict(spec.sizes[size][channels], **spec.variant, **spec.fixed)
     for key, value in overrides.items():
         if key in spec.fixed and spec.fixed[key] != value:
-            raise ValueError(f'Model {model!r} has {key}={spec.fixed[key]!r}; got {value!r}.')
+            raise InputError(f'Model {model!r} has {key}={spec.fixed[key]!r}; got {value!r}.')
         fields[key] = value
     return spec.config_class(image_shape=tuple(image_shape), **fields)
 
@@ -331,7 +333,7 @@ def spec_of_family(family: str) -> ModelSpec:
     for spec in MODELS.values():
         if spec.family == family:
             return spec
-    raise ValueError(f'Unknown model family {family!r}; expected one of '
+    raise InputError(f'Unknown model family {family!r}; expected one of '
                      f'{sorted({s.family for s in MODELS.values()})}.')
 
 

@@ -32,6 +32,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfp_ood.errors import InputError, TfpOodError
+
 __all__ = [
     'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'constant_images',
     'grayscale', 'images_array', 'load', 'load_arrays', 'local_path', 'perturb',
@@ -76,13 +78,13 @@ DATASETS: Dict[str, DatasetSpec] = {
 }
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(TfpOodError, FileNotFoundError):
     """Neither a local array nor a prepared TFDS copy of a dataset exists."""
 
 
 def _spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        raise ValueError(f'Unknown dataset {name!r}; expected one of '
+        raise InputError(f'Unknown dataset {name!r}; expected one of '
                          f'{sorted(DATASETS)}.')
     return DATASETS[name]
 
@@ -100,7 +102,7 @@ def _parse_split(spec: DatasetSpec, split: str):
     """Parses a TFDS split string into `[(split_name, instruction)]`."""
     import tensorflow_datasets as tfds  # Imported lazily: slow to import.
     if not isinstance(split, str) or not split:
-        raise ValueError(f'split must be a non-empty string such as "test" or '
+        raise InputError(f'split must be a non-empty string such as "test" or '
                          f'"train[:5000]"; got {split!r}.')
     parts = []
     for part in split.split('+'):
@@ -109,11 +111,11 @@ def _parse_split(spec: DatasetSpec, split: str):
             instruction = tfds.core.ReadInstruction.from_spec(part)
         except (ValueError, AssertionError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f'Cannot parse split {split!r} of {spec.name!r} ({reason}); '
+            raise InputError(f'Cannot parse split {split!r} of {spec.name!r} ({reason}); '
                              f'expected e.g. test, train[:5000], test[7000:] or '
                              f'train+test.') from None
         if instruction.split_name not in spec.splits:
-            raise ValueError(f'Unknown split {instruction.split_name!r} of '
+            raise InputError(f'Unknown split {instruction.split_name!r} of '
                              f'{spec.name!r}; expected one of {spec.splits} '
                              f'(with optional slicing, e.g. "test[:1000]").')
         parts.append(instruction)
@@ -130,10 +132,10 @@ def _slice_bounds(instruction, num_examples: int, split: str) -> Tuple[int, int]
         from_ = 0 if from_ is None else from_
         to = num_examples if to is None else to
     else:
-        raise ValueError(f'Split {split!r}: unit {instruction.unit!r} is not '
+        raise InputError(f'Split {split!r}: unit {instruction.unit!r} is not '
                          f'supported for local arrays (use absolute or %).')
     if abs(from_) > num_examples or abs(to) > num_examples:
-        raise ValueError(f'Split {split!r} asks for [{from_}:{to}] of a split '
+        raise InputError(f'Split {split!r} asks for [{from_}:{to}] of a split '
                          f'with {num_examples} examples.')
     from_ = from_ + num_examples if from_ < 0 else from_
     to = to + num_examples if to < 0 else to
@@ -170,26 +172,26 @@ def read_npz(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     try:
         with np.load(path) as f:
             if 'images' not in f:
-                raise ValueError(f'{path}: expected an array named "images" '
+                raise InputError(f'{path}: expected an array named "images" '
                                  f'(and "labels"); found {sorted(f.files)}.')
             images = f['images']
             labels = f['labels'] if 'labels' in f else None
     except (EOFError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f'{path} is not a readable .npz file ({type(e).__name__}: '
+        raise InputError(f'{path} is not a readable .npz file ({type(e).__name__}: '
                          f'{e}).') from None
     if labels is not None and len(labels) != len(images):
-        raise ValueError(f'{path}: {len(images)} images but {len(labels)} labels.')
+        raise InputError(f'{path}: {len(images)} images but {len(labels)} labels.')
     return images, labels
 
 
 def _read_npz(path: str, spec: DatasetSpec) -> Tuple[np.ndarray, np.ndarray]:
     images, labels = read_npz(path)
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f'{path}: "images" must be uint8 [N, H, W, C]; got '
+        raise InputError(f'{path}: "images" must be uint8 [N, H, W, C]; got '
                          f'{images.dtype} {list(images.shape)}.')
     if images.shape[-1] != spec.image_shape[-1] or (
             images.shape[1:3] != spec.image_shape[:2] and not spec.resize):
-        raise ValueError(f'{path}: {spec.name!r} images must be '
+        raise InputError(f'{path}: {spec.name!r} images must be '
                          f'{list(spec.image_shape)}; the file holds '
                          f'{list(images.shape[1:])}.')
     if labels is None:
@@ -246,7 +248,7 @@ def load_arrays(name: str, split: str, data_dir: Optional[str] = None
         labels.append(part_labels[start:stop])
     images, labels = np.concatenate(images), np.concatenate(labels)
     if len(images) == 0:
-        raise ValueError(f'Split {split!r} of {name!r} selects no images.')
+        raise InputError(f'Split {split!r} of {name!r} selects no images.')
     return images, labels
 
 
@@ -302,12 +304,12 @@ def load(name: str, split: str, data_dir: Optional[str] = None,
     """
     spec = _spec(name)
     if source not in SOURCES:
-        raise ValueError(f'source must be one of {SOURCES}; got {source!r}.')
+        raise InputError(f'source must be one of {SOURCES}; got {source!r}.')
     instructions = _parse_split(spec, split)
     if source == 'samples':
         from tfp_ood import samples  # The package's embedded data.
         if name not in samples.SAMPLES or any(i.split_name != 'test' for i in instructions):
-            raise ValueError(f'The embedded samples hold the "test" split of '
+            raise InputError(f'The embedded samples hold the "test" split of '
                              f'{sorted(samples.SAMPLES)}; got {name!r} split {split!r}.')
         data_dir, source = samples.SAMPLES_DIR, 'local'
     data_dir = _data_dir(data_dir)
@@ -333,7 +335,7 @@ def images_array(dataset: tf.data.Dataset, limit: Optional[int] = None) -> np.nd
         dataset = dataset.take(limit)
     batches = [b['image'] for b in dataset.batch(1024).as_numpy_iterator()]
     if not batches:
-        raise ValueError('The dataset is empty: no images.')
+        raise InputError('The dataset is empty: no images.')
     return np.concatenate(batches)
 
 
@@ -346,9 +348,9 @@ def constant_images(value: int, image_shape: Sequence[int], num_images: int
                     ) -> tf.data.Dataset:
     """`num_images` images with every pixel equal to `value` (0..255)."""
     if not 0 <= int(value) <= 255:
-        raise ValueError(f'value must be in 0..255; got {value}.')
+        raise InputError(f'value must be in 0..255; got {value}.')
     if num_images < 1:
-        raise ValueError(f'num_images must be >= 1; got {num_images}.')
+        raise InputError(f'num_images must be >= 1; got {num_images}.')
     shape = (num_images,) + tuple(int(d) for d in image_shape)
     return _synthetic(np.full(shape, value, np.uint8))
 
@@ -357,7 +359,7 @@ def uniform_noise_images(image_shape: Sequence[int], num_images: int,
                          seed: int = 0) -> tf.data.Dataset:
     """`num_images` images with i.i.d. uniform pixel values in 0..255."""
     if num_images < 1:
-        raise ValueError(f'num_images must be >= 1; got {num_images}.')
+        raise InputError(f'num_images must be >= 1; got {num_images}.')
     rng = np.random.default_rng(seed)
     shape = (num_images,) + tuple(int(d) for d in image_shape)
     return _synthetic(rng.integers(0, 256, size=shape, dtype=np.uint8))
@@ -386,9 +388,9 @@ def perturb(images: np.ndarray, rate: float, rng: np.random.Generator) -> np.nda
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise ValueError(f'perturb needs uint8 images; got dtype {images.dtype}.')
+        raise InputError(f'perturb needs uint8 images; got dtype {images.dtype}.')
     if not 0.0 <= float(rate) <= 1.0:
-        raise ValueError(f'The mutation rate must be in [0, 1]; got {rate}.')
+        raise InputError(f'The mutation rate must be in [0, 1]; got {rate}.')
     chosen = rng.random(images.shape) < rate
     values = rng.integers(0, 256, size=images.shape, dtype=np.uint8)
     return np.where(chosen, values, images)
@@ -415,10 +417,10 @@ def resize_images(images, image_shape: Sequence[int]) -> np.ndarray:
     images = np.asarray(images)
     target = tuple(int(d) for d in image_shape)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(f'resize_images needs uint8 images [N, H, W, C] with 1, 3 or 4 '
+        raise InputError(f'resize_images needs uint8 images [N, H, W, C] with 1, 3 or 4 '
                          f'channels; got dtype {images.dtype} and shape {list(images.shape)}.')
     if len(target) != 3 or target[-1] not in (1, 3):
-        raise ValueError(f'image_shape must be (H, W, C) with C 1 or 3; got {image_shape}.')
+        raise InputError(f'image_shape must be (H, W, C) with C 1 or 3; got {image_shape}.')
     if images.shape[1:] == target:
         return images
     x = tf.cast(images[..., :3], tf.float32)
@@ -439,7 +441,7 @@ def to_grayscale(images: tf.Tensor) -> tf.Tensor:
     if images.shape[-1] == 1:
         return images
     if images.shape[-1] != 3:
-        raise ValueError(f'Grayscale needs RGB images [..., H, W, 3]; got '
+        raise InputError(f'Grayscale needs RGB images [..., H, W, 3]; got '
                          f'shape {images.shape}.')
     luma = tf.image.rgb_to_grayscale(tf.cast(images, tf.float32))
     luma = tf.cast(tf.clip_by_value(tf.round(luma), 0, 255), images.dtype)

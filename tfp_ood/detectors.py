@@ -59,6 +59,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_ood import analysis, estimators, export
+from tfp_ood.errors import InputError
 from tfp_ood.image_statistics import (IMAGE_STATISTICS, image_statistics,
                                       image_statistics_array)
 from tfp_ood.config import DETECTOR_NAMES, SELECTED, is_flow_family
@@ -113,7 +114,7 @@ def detector_metrics(in_scores: DetectorScores, out_scores: DetectorScores
     is counted in `num_nonfinite_in` / `num_nonfinite_out`.
     """
     if in_scores.detector != out_scores.detector:
-        raise ValueError(f'The two score sets come from different detectors: '
+        raise InputError(f'The two score sets come from different detectors: '
                          f'{in_scores.detector!r} and {out_scores.detector!r}.')
     # ood_metrics wants "higher = more in-distribution"; NaN stays NaN.
     return ood_metrics(-in_scores.ood_score, -out_scores.ood_score, nonfinite='lowest')
@@ -178,13 +179,13 @@ class Detector(abc.ABC):
             terms = [_log_prob_terms(m, images, f'images ({m.name})', strategy,
                                      self.needs_statistics) for m in self.models]
         elif len(terms) != len(self.models):
-            raise ValueError(f'{self.name}: terms of {len(terms)} models given; the detector '
+            raise InputError(f'{self.name}: terms of {len(terms)} models given; the detector '
                              f'has {len(self.models)}.')
         elif not isinstance(images, tf.data.Dataset):
             for model_terms in terms:
                 lengths = {len(np.atleast_1d(v)) for v in model_terms.values()}
                 if lengths != {len(images)}:
-                    raise ValueError(f'{self.name}: the terms given are of {sorted(lengths)} '
+                    raise InputError(f'{self.name}: the terms given are of {sorted(lengths)} '
                                      f'images; {len(images)} images to score.')
         return self.score_terms(terms, images)
 
@@ -215,7 +216,7 @@ def _num_dims(model: DensityModel) -> int:
 def _check_same_shape(models: Sequence[DensityModel], what: str) -> None:
     shapes = {tuple(m.image_shape) for m in models}
     if len(shapes) != 1:
-        raise ValueError(f'{what}: the models score images of different shapes {sorted(shapes)}.')
+        raise InputError(f'{what}: the models score images of different shapes {sorted(shapes)}.')
 
 
 def _as_array(images: Images, image_shape, what: str) -> np.ndarray:
@@ -225,7 +226,7 @@ def _as_array(images: Images, image_shape, what: str) -> np.ndarray:
         batches = [b for b, _ in as_image_dataset(images, image_shape, what).batch(1024)
                    .as_numpy_iterator()]
         if not batches:
-            raise ValueError(f'{what}: the dataset is empty; no images.')
+            raise InputError(f'{what}: the dataset is empty; no images.')
         images = np.concatenate(batches)
     return check_images(images, image_shape, what).numpy()
 
@@ -334,10 +335,10 @@ def compressed_bits(images: np.ndarray, codec: str = 'png',
       `[N]` float64 lengths in bits.
     """
     if codec not in CODECS:
-        raise ValueError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
+        raise InputError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f'compressed_bits needs uint8 images [N, H, W, C]; got dtype '
+        raise InputError(f'compressed_bits needs uint8 images [N, H, W, C]; got dtype '
                          f'{images.dtype} and shape {images.shape}.')
     encode, default = CODECS[codec]
     level = default if level is None else level
@@ -360,7 +361,7 @@ def graph_compressed_bits(images: tf.Tensor, codec: str = 'png',
     """`compressed_bits` in TensorFlow ops (PNG only: `tf.io.encode_png`, the
     same libpng the Python path calls), `[N]` float64."""
     if codec != 'png':
-        raise ValueError(f'Only the png codec runs inside a TensorFlow graph; got {codec!r}.')
+        raise InputError(f'Only the png codec runs inside a TensorFlow graph; got {codec!r}.')
     level = CODECS['png'][1] if level is None else level
     lengths = tf.map_fn(lambda image: tf.strings.length(tf.io.encode_png(image, level)),
                         images, fn_output_signature=tf.int32)
@@ -385,7 +386,7 @@ class InputComplexity(Detector):
 
     def __init__(self, model: DensityModel, codec: str = 'png', level: Optional[int] = None):
         if codec not in CODECS:
-            raise ValueError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
+            raise InputError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
         self.models, self.codec, self.level = (model,), codec, level
         self.codecs = (codec,)
 
@@ -428,9 +429,9 @@ class Typicality(Detector):
     def __init__(self, model: DensityModel, batch_size: int = 1,
                  false_alarm_rate: float = 0.01, num_bootstrap: int = 10000, seed: int = 0):
         if batch_size < 1:
-            raise ValueError(f'batch_size (M) must be >= 1; got {batch_size}.')
+            raise InputError(f'batch_size (M) must be >= 1; got {batch_size}.')
         if not 0. < false_alarm_rate < 1.:
-            raise ValueError(f'false_alarm_rate must be in (0, 1); got {false_alarm_rate}.')
+            raise InputError(f'false_alarm_rate must be in (0, 1); got {false_alarm_rate}.')
         self.models, self.batch_size = (model,), batch_size
         self.false_alarm_rate, self.num_bootstrap, self.seed = (false_alarm_rate,
                                                                 num_bootstrap, seed)
@@ -440,7 +441,7 @@ class Typicality(Detector):
     def _bpd(self, images: Images, what: str) -> np.ndarray:
         bpd = _log_prob_terms(self.models[0], images, what)[BITS_PER_DIM].astype(np.float64)
         if not np.all(np.isfinite(bpd)):
-            raise ValueError(f'{what}: {int(np.sum(~np.isfinite(bpd)))} images have a '
+            raise InputError(f'{what}: {int(np.sum(~np.isfinite(bpd)))} images have a '
                              f'non-finite likelihood; the typicality test needs finite ones.')
         return bpd
 
@@ -449,7 +450,7 @@ class Typicality(Detector):
     def fit_terms(self, terms, images=None) -> 'Typicality':
         bpd = terms[0][BITS_PER_DIM].astype(np.float64)
         if bpd.size == 0 or not np.all(np.isfinite(bpd)):
-            raise ValueError('Typicality: the training images need finite likelihoods, and '
+            raise InputError('Typicality: the training images need finite likelihoods, and '
                              'at least one image.')
         self.entropy = float(np.mean(bpd))
         return self
@@ -474,11 +475,11 @@ class Typicality(Detector):
     def batch_statistic(self, bits_per_dim: np.ndarray) -> np.ndarray:
         """`|mean bpd - H|` of consecutive, non-overlapping batches of `M` images."""
         if self.entropy is None:
-            raise ValueError('Typicality: call fit(train_images) before scoring.')
+            raise InputError('Typicality: call fit(train_images) before scoring.')
         bits_per_dim = np.asarray(bits_per_dim, dtype=np.float64)
         num_batches = len(bits_per_dim) // self.batch_size
         if num_batches == 0:
-            raise ValueError(f'Typicality: {len(bits_per_dim)} images are fewer than one '
+            raise InputError(f'Typicality: {len(bits_per_dim)} images are fewer than one '
                              f'batch of M = {self.batch_size}.')
         batches = bits_per_dim[:num_batches * self.batch_size].reshape(num_batches, -1)
         return np.abs(batches.mean(axis=1) - self.entropy)
@@ -489,7 +490,7 @@ class Typicality(Detector):
 
     def graph_score(self, terms, images):
         if self.batch_size != 1 or self.entropy is None:
-            raise ValueError('Typicality: only a fitted single-image test (M = 1) exports.')
+            raise InputError('Typicality: only a fitted single-image test (M = 1) exports.')
         bpd = _f64(terms[0][BITS_PER_DIM])
         return tf.abs(bpd - self.entropy), {LOG_PROB: _f64(terms[0][LOG_PROB])}
 
@@ -505,7 +506,7 @@ class WAIC(Detector):
 
     def __init__(self, members: Sequence[DensityModel]):
         if len(members) < 2:
-            raise ValueError(f'WAIC needs at least two ensemble members; got {len(members)}.')
+            raise InputError(f'WAIC needs at least two ensemble members; got {len(members)}.')
         _check_same_shape(members, 'WAIC')
         self.models = tuple(members)
 
@@ -563,15 +564,15 @@ class DensityOfStates(Detector):
                  bandwidth: Optional[float] = None, max_fit_images: int = 10000,
                  estimator: str = 'kde'):
         if estimator not in ESTIMATORS:
-            raise ValueError(f'Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.')
+            raise InputError(f'Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.')
         if bandwidth is not None and not (math.isfinite(bandwidth) and bandwidth > 0):
-            raise ValueError(f'DensityOfStates: bandwidth must be a number > 0; got {bandwidth}.')
+            raise InputError(f'DensityOfStates: bandwidth must be a number > 0; got {bandwidth}.')
         codecs = () if codec is None else (codec,) if isinstance(codec, str) else tuple(codec)
         if not statistics and not codecs:
-            raise ValueError('DensityOfStates needs at least one statistic.')
+            raise InputError('DensityOfStates needs at least one statistic.')
         for name in codecs:
             if name not in CODECS:
-                raise ValueError(f'Unknown codec {name!r}; expected one of {sorted(CODECS)}.')
+                raise InputError(f'Unknown codec {name!r}; expected one of {sorted(CODECS)}.')
         self.models, self.statistics, self.codecs = (model,), tuple(statistics), codecs
         self.bandwidth, self.max_fit_images = bandwidth, max_fit_images
         self.estimator = estimator
@@ -604,7 +605,7 @@ class DensityOfStates(Detector):
                          for name, codec in self._codec_statistics.items()})
         missing = [s for s in self.statistic_names if s not in computed]
         if missing:
-            raise ValueError(f'DensityOfStates: the model has no {missing}; it reports '
+            raise InputError(f'DensityOfStates: the model has no {missing}; it reports '
                              f'{sorted(terms)}, and the image statistics are '
                              f'{sorted(IMAGE_STATISTICS)}.')
         values = np.stack([np.asarray(computed[s], np.float64) for s in self.statistic_names],
@@ -615,7 +616,7 @@ class DensityOfStates(Detector):
         values, _ = self._statistics(terms[0], images, 'DensityOfStates training images')
         values = values[np.all(np.isfinite(values), axis=1)][:self.max_fit_images]
         if len(values) < 2:
-            raise ValueError('DensityOfStates: fewer than two training images with finite '
+            raise InputError('DensityOfStates: fewer than two training images with finite '
                              'statistics.')
         mean = values.mean(axis=0)
         scale = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.)
@@ -647,23 +648,23 @@ class DensityOfStates(Detector):
 
     def set_state(self, state: Dict) -> 'DensityOfStates':
         if list(state['statistics']) != list(self.statistic_names):
-            raise ValueError(f'DensityOfStates: the saved fit is of the statistics '
+            raise InputError(f'DensityOfStates: the saved fit is of the statistics '
                              f'{state["statistics"]}, not {list(self.statistic_names)}.')
         if state.get('estimator', 'kde') != self.estimator:  # Fits before 'estimator': KDEs.
-            raise ValueError(f'DensityOfStates: the saved fit is a {state["estimator"]}, not '
+            raise InputError(f'DensityOfStates: the saved fit is a {state["estimator"]}, not '
                              f'a {self.estimator}.')
         values = np.asarray(state['values'], np.float64)
         d = len(self.statistic_names)
         if values.ndim != 2 or values.shape[1] != d or len(values) < 2 or not np.all(
                 np.isfinite(values)):
-            raise ValueError(f'DensityOfStates: the saved fit\'s values must be finite '
+            raise InputError(f'DensityOfStates: the saved fit\'s values must be finite '
                              f'statistics of at least two training images, [N >= 2, {d}]; '
                              f'got shape {list(values.shape)}.')
         for key in ('mean', 'scale'):
             vector = np.asarray(state[key], np.float64)
             if vector.shape != (d,) or not np.all(np.isfinite(vector)) or (
                     key == 'scale' and not np.all(vector > 0)):
-                raise ValueError(f'DensityOfStates: the saved fit\'s {key} must be {d} finite '
+                raise InputError(f'DensityOfStates: the saved fit\'s {key} must be {d} finite '
                                  f'numbers{" > 0" if key == "scale" else ""}; got '
                                  f'{state[key]!r:.80}.')
         parameters = state.get('parameters')
@@ -682,7 +683,7 @@ class DensityOfStates(Detector):
 
     def _check_fitted(self, what: str) -> None:
         if self._density is None:
-            raise ValueError(f'DensityOfStates: call fit(train_images) before {what}.')
+            raise InputError(f'DensityOfStates: call fit(train_images) before {what}.')
 
     def score_terms(self, terms, images) -> DetectorScores:
         self._check_fitted('scoring')
@@ -760,19 +761,19 @@ def check_design(design) -> Dict:
         estimator, no statistics.
     """
     if not isinstance(design, dict):
-        raise ValueError(f'A design is a dict with statistics, codecs and estimator; got '
+        raise InputError(f'A design is a dict with statistics, codecs and estimator; got '
                          f'{type(design).__name__}.')
     statistics, codecs = design.get('statistics'), design.get('codecs', [])
     estimator = design.get('estimator')
     if (not isinstance(statistics, list) or not all(isinstance(x, str) for x in statistics)
             or not isinstance(codecs, list) or not all(c in CODECS for c in codecs)):
-        raise ValueError(f'A design needs "statistics" (a list of names) and "codecs" (a '
+        raise InputError(f'A design needs "statistics" (a list of names) and "codecs" (a '
                          f'list of {sorted(CODECS)}); got {statistics!r} and {codecs!r}.')
     if estimator not in ESTIMATORS:
-        raise ValueError(f'A design\'s estimator must be one of {ESTIMATORS}; got '
+        raise InputError(f'A design\'s estimator must be one of {ESTIMATORS}; got '
                          f'{estimator!r}.')
     if not statistics and not codecs:
-        raise ValueError('A design needs at least one statistic.')
+        raise InputError('A design needs at least one statistic.')
     return {'statistics': list(statistics), 'codecs': list(codecs), 'estimator': estimator}
 
 
@@ -784,7 +785,7 @@ def _read_json(path: str, what: str):
     except FileNotFoundError:
         raise FileNotFoundError(f'No {what} at {path}.') from None
     except ValueError as e:
-        raise ValueError(f'{path} is not a {what} (not JSON: {e}).') from None
+        raise InputError(f'{path} is not a {what} (not JSON: {e}).') from None
 
 
 def read_design(path: str) -> Dict:
@@ -793,7 +794,7 @@ def read_design(path: str) -> Dict:
     try:
         return check_design(design)
     except ValueError as e:
-        raise ValueError(f'{path}: {e}') from None
+        raise InputError(f'{path}: {e}') from None
 
 
 def named(name: str, model: DensityModel, background: Optional[DensityModel] = None,
@@ -819,7 +820,7 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
         return RawLikelihood(model)
     if name == 'likelihood_ratio':
         if background is None:
-            raise ValueError('likelihood_ratio needs a background model.')
+            raise InputError('likelihood_ratio needs a background model.')
         return LikelihoodRatio(model, background)
     if name == 'input_complexity':
         return InputComplexity(model, codec='png')
@@ -835,17 +836,17 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
                                codec='png')
     if name == SELECTED:
         if design is None:
-            raise ValueError(f'{SELECTED} needs a design (statistics, codecs, estimator).')
+            raise InputError(f'{SELECTED} needs a design (statistics, codecs, estimator).')
         design = check_design(design)
         return DensityOfStates(model, design['statistics'], codec=design['codecs'] or None,
                                estimator=design['estimator'])
     if name in _LEVEL_DESIGNS:
         levels = [t for t in model.term_names if is_level_term(t)]
         if not levels:
-            raise ValueError(f'{name} needs a flow with per-level terms.')
+            raise InputError(f'{name} needs a flow with per-level terms.')
         codecs, estimator = _LEVEL_DESIGNS[name]
         return DensityOfStates(model, levels, codec=codecs, estimator=estimator)
-    raise ValueError(f'Unknown detector {name!r}; expected one of {DETECTOR_NAMES}.')
+    raise InputError(f'Unknown detector {name!r}; expected one of {DETECTOR_NAMES}.')
 
 
 @dataclasses.dataclass
@@ -918,15 +919,15 @@ def calibrate(validation: DetectorScores, true_positive_rate: float = 0.95) -> C
     Non-finite validation scores count as the most out-of-distribution.
     """
     if not 0. < true_positive_rate <= 1.:
-        raise ValueError(f'true_positive_rate must be in (0, 1]; got {true_positive_rate}.')
+        raise InputError(f'true_positive_rate must be in (0, 1]; got {true_positive_rate}.')
     scores = np.asarray(validation.ood_score, np.float64)
     if scores.size == 0:
-        raise ValueError('calibrate: no validation scores.')
+        raise InputError('calibrate: no validation scores.')
     ordered = np.sort(np.where(np.isfinite(scores), scores, np.inf))
     kept = int(math.ceil(true_positive_rate * len(ordered)))
     threshold = float(ordered[kept - 1])
     if not math.isfinite(threshold):
-        raise ValueError(f'calibrate: fewer than {kept} of the {len(ordered)} validation '
+        raise InputError(f'calibrate: fewer than {kept} of the {len(ordered)} validation '
                          f'images have a finite score.')
     return Calibration(threshold, true_positive_rate, scores)
 
@@ -1010,10 +1011,10 @@ def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
         raise TypeError(f'fit_detector: model_dirs must be a list of SavedModel folders, e.g. '
                         f"['saved_models/glow_cifar10']; got {model_dirs!r:.80}.")
     if not 1 <= len(model_dirs) <= 2:
-        raise ValueError(f'fit_detector: model_dirs must name one SavedModel (two for '
+        raise InputError(f'fit_detector: model_dirs must name one SavedModel (two for '
                          f'likelihood_ratio: foreground, background); got {len(model_dirs)}.')
     if not 0. < true_positive_rate <= 1.:
-        raise ValueError(f'true_positive_rate must be in (0, 1]; got {true_positive_rate}.')
+        raise InputError(f'true_positive_rate must be in (0, 1]; got {true_positive_rate}.')
     models = [_load_model(d) for d in model_dirs]
     shape = models[0].image_shape
     fit_images = _as_array(fit_images, shape, f'{name} fit images')
@@ -1041,7 +1042,7 @@ def _check_validation(fit_images: np.ndarray, validation_images: np.ndarray,
     fitted = set(_image_digests(fit_images))
     shared = sum(d in fitted for d in _image_digests(validation_images))
     if shared == n:
-        raise ValueError(f'fit_detector: every one of the {n} validation images is also a fit '
+        raise InputError(f'fit_detector: every one of the {n} validation images is also a fit '
                          f'image; the threshold must be set on held-out images (on fitted '
                          f'ones, held-out images are flagged more often than '
                          f'{1 - true_positive_rate:.0%}). Pass another split.')
@@ -1051,7 +1052,7 @@ def _check_validation(fit_images: np.ndarray, validation_images: np.ndarray,
                       f'images may be flagged more often than {1 - true_positive_rate:.0%}.',
                       UserWarning, stacklevel=3)
     if true_positive_rate < 1. and n * (1. - true_positive_rate) < 1.:
-        raise ValueError(f'fit_detector: {n} validation images cannot set a threshold that '
+        raise InputError(f'fit_detector: {n} validation images cannot set a threshold that '
                          f'flags {1 - true_positive_rate:.1%} of them (at least '
                          f'{minimum_validation_images(true_positive_rate, 1)} are needed; '
                          f'{minimum_validation_images(true_positive_rate)} for a threshold '
@@ -1098,21 +1099,21 @@ def _check_models(record: Dict, model_dirs: Sequence[str], path: str) -> None:
     if not isinstance(identities, list) or len(identities) != len(model_dirs) or not all(
             isinstance(i, dict) and isinstance(i.get('variables_sha256'), str)
             for i in identities):
-        raise ValueError(f'{path}: "model_identities" must be one object per model with its '
+        raise InputError(f'{path}: "model_identities" must be one object per model with its '
                          f'"variables_sha256"; got {identities!r:.80}. Re-fit it with '
                          f'tfp-ood fit-detector.')
     for model_dir, fitted in zip(model_dirs, identities):
         try:
             current = model_identity(model_dir)
         except (OSError, ValueError, tf.errors.OpError) as e:
-            raise ValueError(f'{path}: cannot read the model it was fitted on at {model_dir} '
+            raise InputError(f'{path}: cannot read the model it was fitted on at {model_dir} '
                              f'({str(e).splitlines()[0]}).') from None
         if current['config'] != fitted.get('config'):
-            raise ValueError(f'{path} was fitted on another model than the one now at '
+            raise InputError(f'{path} was fitted on another model than the one now at '
                              f'{model_dir} (its configuration differs). Re-fit it with '
                              f'tfp-ood fit-detector.')
         if current['variables_sha256'] != fitted['variables_sha256']:
-            raise ValueError(f'{path} was fitted on other weights than those now at '
+            raise InputError(f'{path} was fitted on other weights than those now at '
                              f'{model_dir} (re-trained or re-exported since?). Re-fit it '
                              f'with tfp-ood fit-detector.')
 
@@ -1120,7 +1121,7 @@ def _check_models(record: Dict, model_dirs: Sequence[str], path: str) -> None:
 def _check_record(record: Dict, path: str) -> None:
     """Every field of a fit's JSON present, of its type and in its range."""
     def bad(field, expected):
-        raise ValueError(f'{path}: "{field}" must be {expected}; got '
+        raise InputError(f'{path}: "{field}" must be {expected}; got '
                          f'{record.get(field)!r:.80}. Re-fit it with tfp-ood fit-detector.')
 
     if record.get('detector') not in DETECTOR_NAMES:
@@ -1147,11 +1148,11 @@ def _check_record(record: Dict, path: str) -> None:
 def load_detector(path: str) -> FittedDetector:
     """A `FittedDetector` saved with `FittedDetector.save`, exactly as fitted."""
     if os.path.isdir(path):
-        raise ValueError(f'{path} is a folder; a fitted detector is its JSON file (a '
+        raise InputError(f'{path} is a folder; a fitted detector is its JSON file (a '
                          f'SavedModel folder is run with tf.saved_model.load).')
     record = _read_json(path, 'fitted detector')
     if not isinstance(record, dict) or record.get('format') != FIT_FORMAT:
-        raise ValueError(f'{path} is not a fitted detector of this version (format '
+        raise InputError(f'{path} is not a fitted detector of this version (format '
                          f'{record.get("format") if isinstance(record, dict) else None!r}, '
                          f'expected {FIT_FORMAT!r}).')
     _check_record(record, path)
@@ -1165,7 +1166,7 @@ def load_detector(path: str) -> FittedDetector:
                          design)
         detector.set_state(record['state'])
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise ValueError(f'{path}: its state does not describe a fitted {record["detector"]} '
+        raise InputError(f'{path}: its state does not describe a fitted {record["detector"]} '
                          f'({type(e).__name__}: {e}). Re-fit it with tfp-ood fit-detector.'
                          ) from None
     calibration = Calibration(float(record['threshold']), float(record['true_positive_rate']),

@@ -32,12 +32,13 @@ from typing import Optional
 import tensorflow as tf
 
 from tfp_ood.config import STRATEGIES
+from tfp_ood.errors import InputError
 
 __all__ = ['STRATEGIES', 'StrategyError', 'barrier', 'check_same', 'create_strategy', 'is_chief',
            'leave', 'task']
 
 
-class StrategyError(ValueError):
+class StrategyError(InputError):
     """A strategy that cannot be created as asked: too late in the process, or a
     `TF_CONFIG` that does not describe a cluster."""
 

@@ -41,6 +41,8 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfp_ood.errors import InputError
+
 __all__ = ['COPOD', 'ESTIMATORS', 'Estimator', 'Gaussian', 'GaussianMixture', 'KDE',
            'from_state', 'scott_bandwidth']
 
@@ -55,7 +57,7 @@ def scott_bandwidth(num_points: int, num_dims: int) -> float:
 def _as_values(train) -> np.ndarray:
     train = np.asarray(train, np.float64)
     if train.ndim != 2 or len(train) < 2 or not np.all(np.isfinite(train)):
-        raise ValueError(f'An estimator fits on finite statistics [n >= 2, d]; got shape '
+        raise InputError(f'An estimator fits on finite statistics [n >= 2, d]; got shape '
                          f'{train.shape}' + ('' if np.all(np.isfinite(train)) else
                                              ' with non-finite values') + '.')
     return train
@@ -110,7 +112,7 @@ class KDE(Estimator):
 
     def __init__(self, bandwidth: Optional[float] = None):
         if bandwidth is not None and not bandwidth > 0:
-            raise ValueError(f'KDE: bandwidth must be > 0; got {bandwidth}.')
+            raise InputError(f'KDE: bandwidth must be > 0; got {bandwidth}.')
         self.bandwidth = bandwidth
         self.train = None
 
@@ -156,7 +158,7 @@ class Gaussian(Estimator):
 
     def __init__(self, covariance: str = 'empirical'):
         if covariance not in self.COVARIANCES:
-            raise ValueError(f'Gaussian: covariance must be one of {self.COVARIANCES}; got '
+            raise InputError(f'Gaussian: covariance must be one of {self.COVARIANCES}; got '
                              f'{covariance!r}.')
         self.covariance = covariance
         self.loc = self.scale_tril = None
@@ -187,7 +189,7 @@ class Gaussian(Estimator):
         estimator.loc = np.asarray(state['loc'], np.float64)
         estimator.scale_tril = np.asarray(state['scale_tril'], np.float64)
         if estimator.scale_tril.shape != (len(estimator.loc),) * 2:
-            raise ValueError(f'Gaussian: a scale of shape {estimator.scale_tril.shape} for '
+            raise InputError(f'Gaussian: a scale of shape {estimator.scale_tril.shape} for '
                              f'{len(estimator.loc)} statistics.')
         return estimator
 
@@ -204,7 +206,7 @@ class GaussianMixture(Estimator):
 
     def __init__(self, components: int = 4, seed: int = 0):
         if components < 1:
-            raise ValueError(f'GaussianMixture: components must be >= 1; got {components}.')
+            raise InputError(f'GaussianMixture: components must be >= 1; got {components}.')
         self.components, self.seed = int(components), int(seed)
         self.log_weights = self.locs = self.scale_trils = None
 
@@ -304,5 +306,5 @@ _CLASSES = {'kde': KDE, 'gaussian': Gaussian, 'ledoit_wolf': Gaussian, 'oas': Ga
 def from_state(name: str, state: Dict) -> Estimator:
     """The estimator `name` of `ESTIMATORS` that `get_state` described."""
     if name not in _CLASSES:
-        raise ValueError(f'Unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}.')
+        raise InputError(f'Unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}.')
     return _CLASSES[name].from_state(state)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 from tqdm.auto import tqdm
 
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
 
@@ -83,7 +84,7 @@ class ScoreResult:
         meta = json.dumps({'name': self.name, 'model': self.model,
                            'image_shape': list(self.image_shape)})
         if len(self.labels) != self.num_images:
-            raise ValueError(f'{self.name}: {self.num_images} scores but {len(self.labels)} '
+            raise InputError(f'{self.name}: {self.num_images} scores but {len(self.labels)} '
                              f'labels.')
         partial = f'{path}.partial'  # Moved into place once complete.
         with open(partial, 'wb') as f:  # np.savez would append '.npz'.
@@ -107,7 +108,7 @@ class ScoreResult:
                 scores = {k[len('score_'):]: f[k] for k in f.files if k.startswith('score_')}
                 labels = f['labels']
         except (EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f'{path} is not a score file of tfp_ood ({type(e).__name__}: '
+            raise InputError(f'{path} is not a score file of tfp_ood ({type(e).__name__}: '
                              f'{e}).') from None
         return cls(name=meta['name'], scores=scores, labels=labels,
                    image_shape=tuple(meta['image_shape']), model=meta['model'])
@@ -133,11 +134,11 @@ def as_image_dataset(data, image_shape, name: str = 'data') -> tf.data.Dataset:
                   spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None)
     if label_spec is not None and not (label_spec.dtype.is_integer or label_spec.dtype.is_bool
                                        or label_spec.dtype.is_floating):
-        raise ValueError(f'{name}: labels must be integers; the dataset holds '
+        raise InputError(f'{name}: labels must be integers; the dataset holds '
                          f'{label_spec.dtype.name} labels.')
     if isinstance(spec, dict):
         if 'image' not in spec:
-            raise ValueError(f'{name}: dataset elements are dicts without an "image" '
+            raise InputError(f'{name}: dataset elements are dicts without an "image" '
                              f'key; keys: {sorted(spec)}.')
         image_spec = spec['image']
         if 'label' in spec:
@@ -155,7 +156,7 @@ def as_image_dataset(data, image_shape, name: str = 'data') -> tf.data.Dataset:
         ds = data.map(lambda image: (image, _no_labels(image)))
     expected = list(image_shape)
     if image_spec.dtype != tf.uint8:
-        raise ValueError(f'{name}: expected uint8 images with values 0..255; the '
+        raise InputError(f'{name}: expected uint8 images with values 0..255; the '
                          f'dataset holds {image_spec.dtype.name}. Convert explicitly '
                          f'before scoring.')
     shape = image_spec.shape
@@ -163,7 +164,7 @@ def as_image_dataset(data, image_shape, name: str = 'data') -> tf.data.Dataset:
         ds = ds.unbatch()
         shape = shape[1:]
     if shape.rank != 3 or any(s is not None and s != e for s, e in zip(shape, expected)):
-        raise ValueError(f'{name}: expected images of shape {expected} (H, W, C); the '
+        raise InputError(f'{name}: expected images of shape {expected} (H, W, C); the '
                          f'dataset holds images of shape {shape}.')
     if not shape.is_fully_defined():  # Checked per image as the dataset is read.
         ds = ds.map(lambda image, label: (tf.ensure_shape(image, expected), label))
@@ -235,12 +236,12 @@ def score(model: DensityModel,
         an empty dataset.
     """
     if batch_size < 1:
-        raise ValueError(f'batch_size must be >= 1; got {batch_size}.')
+        raise InputError(f'batch_size must be >= 1; got {batch_size}.')
     ds = as_image_dataset(data, model.image_shape, name)
     num_images = int(ds.cardinality())
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     if statistics and jit_compile:
-        raise ValueError('score: statistics=True runs the plain graph; drop jit_compile.')
+        raise InputError('score: statistics=True runs the plain graph; drop jit_compile.')
     score_batch = (model.statistics_batch if statistics else
                    model.xla_score_batch if jit_compile else model.score_batch)
     if strategy is not None:
@@ -259,10 +260,10 @@ def score(model: DensityModel,
                 labels.append(batch_labels.numpy())
                 bar.update(len(batch_labels))
         except tf.errors.InvalidArgumentError as e:  # ensure_shape above.
-            raise ValueError(f'{name}: expected images of shape {list(model.image_shape)}; the '
+            raise InputError(f'{name}: expected images of shape {list(model.image_shape)}; the '
                              f'dataset holds another ({e.message.splitlines()[0]}).') from None
     if not chunks:
-        raise ValueError(f'{name}: the dataset is empty; nothing to score.')
+        raise InputError(f'{name}: the dataset is empty; nothing to score.')
     scores = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     result = ScoreResult(name=name, scores=scores, labels=np.concatenate(labels),
                          image_shape=model.image_shape,

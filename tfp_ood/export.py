@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from tfp_ood import models, outputs
 from tfp_ood.config import MODELS, is_flow_family
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel
 from tfp_ood.terms import BITS_PER_DIM, DEQUANT_CONST, LOG_PROB
 
@@ -224,7 +225,7 @@ def export_detector(detector, name: str, threshold: float, true_positive_rate: f
     """
     not_in_graph = sorted(set(detector.codecs) - {'png'})
     if not_in_graph:
-        raise ValueError(f'{name} compresses with {", ".join(not_in_graph)}, which '
+        raise InputError(f'{name} compresses with {", ".join(not_in_graph)}, which '
                          f'{"have" if len(not_in_graph) > 1 else "has"} no '
                          f'TensorFlow op; only detectors whose codec is PNG export as '
                          f'SavedModels (tfp-ood detect runs this one in Python).')
@@ -283,18 +284,18 @@ def read_metadata(path: str) -> Dict[str, Any]:
         with open(metadata_path) as f:
             metadata = json.load(f)
     except ValueError as e:
-        raise ValueError(f'{metadata_path} is not valid JSON ({e}).') from None
+        raise InputError(f'{metadata_path} is not valid JSON ({e}).') from None
     if not isinstance(metadata, dict) or metadata.get('format') != FORMAT:
         found = metadata.get('format') if isinstance(metadata, dict) else type(metadata).__name__
-        raise ValueError(f'{metadata_path}: unknown format {found!r}; expected {FORMAT!r}.')
+        raise InputError(f'{metadata_path}: unknown format {found!r}; expected {FORMAT!r}.')
     shape = metadata.get('image_shape')
     if not (isinstance(shape, list) and len(shape) == 3
             and all(isinstance(d, int) and d > 0 for d in shape)):
-        raise ValueError(f'{metadata_path}: image_shape must be [H, W, C] of positive '
+        raise InputError(f'{metadata_path}: image_shape must be [H, W, C] of positive '
                          f'integers; got {shape!r}.')
     for key, kind in (('model', dict), ('outputs', list), ('can_sample', bool)):
         if not isinstance(metadata.get(key), kind):
-            raise ValueError(f'{metadata_path}: {key!r} must be a {kind.__name__}; got '
+            raise InputError(f'{metadata_path}: {key!r} must be a {kind.__name__}; got '
                              f'{metadata.get(key)!r}.')
     return metadata
 
@@ -308,7 +309,7 @@ class SavedModelAdapter(DensityModel):
         try:
             self._loaded = tf.saved_model.load(path)
         except Exception as e:  # TF raises assorted errors on corrupt files.
-            raise ValueError(f'Cannot load the SavedModel at {path}: {e}') from e
+            raise InputError(f'Cannot load the SavedModel at {path}: {e}') from e
         self.metadata = metadata
         self.path = path
         self.term_names = tuple(k for k in metadata['outputs']
@@ -330,7 +331,7 @@ class SavedModelAdapter(DensityModel):
 
     def log_prob_terms(self, images, noise=None) -> Dict[str, tf.Tensor]:
         if noise is not None:
-            raise ValueError('A SavedModel scores with its built-in (midpoint) '
+            raise InputError('A SavedModel scores with its built-in (midpoint) '
                              'dequantization; noise cannot be passed.')
         outputs = self._loaded.log_prob(images)
         return {k: v for k, v in outputs.items() if k != BITS_PER_DIM}
@@ -338,9 +339,9 @@ class SavedModelAdapter(DensityModel):
     def sample(self, num_images: int, temperature: float = 1.0, seed=None) -> tf.Tensor:
         del seed
         if not self.can_sample:
-            raise ValueError(f'The model at {self.path} cannot sample.')
+            raise InputError(f'The model at {self.path} cannot sample.')
         if not self.any_temperature and temperature not in self.sample_temperatures:
-            raise ValueError(f'The model at {self.path} is a {self.kind}, which samples at '
+            raise InputError(f'The model at {self.path} is a {self.kind}, which samples at '
                              f'temperature '
                              f'{", ".join(map(str, self.sample_temperatures))} only; got '
                              f'{temperature}.')
@@ -387,6 +388,6 @@ def read_variables(model: DensityModel, path: str) -> DensityModel:
     try:
         status.expect_partial().assert_existing_objects_matched()
     except AssertionError as e:
-        raise ValueError(f'The variables of {path} do not match its model configuration: '
+        raise InputError(f'The variables of {path} do not match its model configuration: '
                          f'{e}') from e
     return model

@@ -31,6 +31,8 @@ from typing import Callable, Dict, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfp_ood.errors import InputError
+
 __all__ = ['IMAGE_STATISTICS', 'image_statistics', 'image_statistics_array']
 
 
@@ -94,11 +96,11 @@ def image_statistics(images, names: Sequence[str]) -> Dict[str, tf.Tensor]:
     """
     unknown = sorted(set(names) - set(IMAGE_STATISTICS))
     if unknown:
-        raise ValueError(f'Unknown image statistics {unknown}; expected names of '
+        raise InputError(f'Unknown image statistics {unknown}; expected names of '
                          f'{sorted(IMAGE_STATISTICS)}.')
     images = tf.convert_to_tensor(images)
     if images.dtype != tf.uint8 or images.shape.rank != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f'image_statistics needs uint8 images [N, H, W, 1 or 3]; got '
+        raise InputError(f'image_statistics needs uint8 images [N, H, W, 1 or 3]; got '
                          f'{images.dtype.name} {images.shape}.')
     return {name: IMAGE_STATISTICS[name](images) for name in names}
 

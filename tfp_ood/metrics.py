@@ -13,6 +13,8 @@ from typing import Dict
 import numpy as np
 from sklearn import metrics as skm
 
+from tfp_ood.errors import InputError
+
 __all__ = ['ood_metrics', 'NONFINITE_POLICIES']
 
 NONFINITE_POLICIES = ('raise', 'lowest')
@@ -21,11 +23,11 @@ NONFINITE_POLICIES = ('raise', 'lowest')
 def _prepare(scores, name: str, nonfinite: str) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if scores.size == 0:
-        raise ValueError(f'{name}: no scores.')
+        raise InputError(f'{name}: no scores.')
     bad = ~np.isfinite(scores)
     if bad.any():
         if nonfinite == 'raise':
-            raise ValueError(
+            raise InputError(
                 f'{name}: {int(bad.sum())} of {scores.size} scores are not finite '
                 f'(NaN or inf). Pass nonfinite="lowest" to rank them as the '
                 f'least likely inputs.')
@@ -54,7 +56,7 @@ def ood_metrics(in_scores, out_scores, nonfinite: str = 'raise') -> Dict[str, fl
       `num_nonfinite_out`.
     """
     if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f'nonfinite must be one of {NONFINITE_POLICIES}; got '
+        raise InputError(f'nonfinite must be one of {NONFINITE_POLICIES}; got '
                          f'{nonfinite!r}.')
     raw_in = np.asarray(in_scores, dtype=np.float64).ravel()
     raw_out = np.asarray(out_scores, dtype=np.float64).ravel()

@@ -25,6 +25,8 @@ import socket
 import tempfile
 from typing import Iterable, Iterator, Optional, Sequence, Type
 
+from tfp_ood.errors import InputError, TfpOodError
+
 __all__ = ['OutputError', 'OutputLockedError', 'abandon', 'check_output', 'hold_lock',
            'publishing', 'publishing_now', 'staged_folder', 'temporary_folder']
 
@@ -75,12 +77,12 @@ def publishing() -> bool:
     return _PUBLISHING[0]
 
 
-class OutputError(ValueError):
+class OutputError(InputError):
     """`--output` cannot be written: a file where a folder is wanted, one of the
     command's inputs, an unwritable place, or outputs that exist already."""
 
 
-class OutputLockedError(RuntimeError):
+class OutputLockedError(TfpOodError, RuntimeError):
     """Another live process holds the lock of the same output."""
 
 

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 
+from tfp_ood.errors import InputError
 from tfp_ood.evaluate import ScoreResult
 from tfp_ood.terms import BITS_PER_DIM, LOG_DET, LOG_PROB, LOG_PZ
 
@@ -87,10 +88,10 @@ def plot_histograms(results: Sequence[ScoreResult], path: str, key: str = BITS_P
       `path`.
     """
     if not results:
-        raise ValueError('plot_histograms: no score sets given.')
+        raise InputError('plot_histograms: no score sets given.')
     missing = [r.name for r in results if key not in r.scores]
     if missing:
-        raise ValueError(f'plot_histograms: score {key!r} missing from {missing}; '
+        raise InputError(f'plot_histograms: score {key!r} missing from {missing}; '
                          f'available: {sorted(results[0].scores)}.')
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -122,7 +123,7 @@ def plot_histogram_panels(groups: Sequence[Sequence[ScoreResult]], path: str,
       `path`.
     """
     if not groups or not all(groups):
-        raise ValueError('plot_histogram_panels: every panel needs at least one score set.')
+        raise InputError('plot_histogram_panels: every panel needs at least one score set.')
     columns = min(len(groups), 2)
     rows = -(-len(groups) // columns)
     fig = Figure(figsize=(7 * columns, 4.2 * rows))
@@ -149,7 +150,7 @@ def plot_term_histograms(results: Sequence[ScoreResult], path: str,
     keys = [k for k in (LOG_PROB, LOG_PZ, LOG_DET)
             if all(k in r.scores for r in results)]
     if not results or len(keys) < 3:
-        raise ValueError('plot_term_histograms needs flow scores with log_pz and '
+        raise InputError('plot_term_histograms needs flow scores with log_pz and '
                          'log_det for every result.')
     fig = Figure(figsize=(18, 4.5))
     axes = fig.subplots(1, 3)
@@ -169,7 +170,7 @@ def plot_training_curves(history: Sequence[dict], path: str, title: Optional[str
     """
     keys = sorted({k for row in history for k in row if k.endswith('/bits_per_dim')})
     if not keys:
-        raise ValueError('plot_training_curves: no "<set>/bits_per_dim" entries in the history.')
+        raise InputError('plot_training_curves: no "<set>/bits_per_dim" entries in the history.')
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for key in keys:
@@ -192,7 +193,7 @@ def plot_channel_statistics(statistics: Sequence, path: str, title: Optional[str
       path: PNG file to write.
     """
     if not statistics:
-        raise ValueError('plot_channel_statistics: no statistics given.')
+        raise InputError('plot_channel_statistics: no statistics given.')
     fig = Figure(figsize=(6.5, 5))
     ax = fig.subplots()
     markers = ('o', 's', '^')
@@ -218,7 +219,7 @@ def plot_variance_maps(statistics: Sequence, path: str, title: Optional[str] = N
       path: PNG file to write.
     """
     if not statistics:
-        raise ValueError('plot_variance_maps: no statistics given.')
+        raise InputError('plot_variance_maps: no statistics given.')
     maps = [s.pixel_variance.mean(axis=-1) for s in statistics]
     vmax = max(float(m.max()) for m in maps)
     fig = Figure(figsize=(2.6 * len(maps) + 0.8, 2.9))
@@ -241,7 +242,7 @@ def plot_graying(rows: Sequence[dict], path: str, title: Optional[str] = None) -
       path: PNG file to write.
     """
     if not rows:
-        raise ValueError('plot_graying: no rows given.')
+        raise InputError('plot_graying: no rows given.')
     labels = [f'{r["model"]}\n{r["set"]}' for r in rows]
     x = np.arange(len(rows))
     fig = Figure(figsize=(max(6., 1.3 * len(rows)), 4.5))
@@ -269,7 +270,7 @@ def plot_second_order(results: Sequence[dict], path: str, title: Optional[str] =
       path: PNG file to write.
     """
     if not results:
-        raise ValueError('plot_second_order: no results given.')
+        raise InputError('plot_second_order: no results given.')
     x = np.arange(len(results))
     fig = Figure(figsize=(max(5., 2.4 * len(results)), 4.5))
     ax = fig.subplots()
@@ -338,7 +339,7 @@ def plot_contact_sheet(images: np.ndarray, scores: np.ndarray, path: str, per_ro
     """
     images, scores = np.asarray(images), np.asarray(scores, np.float64)
     if len(images) != len(scores) or not len(images):
-        raise ValueError('plot_contact_sheet: needs as many scores as images, and images.')
+        raise InputError('plot_contact_sheet: needs as many scores as images, and images.')
     ranked = np.argsort(np.where(np.isfinite(scores), scores, np.inf))
     n = min(per_row, len(images))
     rows = [('most out-of-distribution', ranked[::-1][:n]),

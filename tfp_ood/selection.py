@@ -30,6 +30,7 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 from tfp_ood import estimators
+from tfp_ood.errors import InputError
 from tfp_ood.metrics import ood_metrics
 
 __all__ = ['Selection', 'evaluate_design', 'select_statistics', 'validation_aurocs']
@@ -127,21 +128,21 @@ def select_statistics(train: Statistics, held_out: Statistics,
         missing from one of the sets.
     """
     if not candidates:
-        raise ValueError('select_statistics: no candidate statistics.')
+        raise InputError('select_statistics: no candidate statistics.')
     if not shifted:
-        raise ValueError('select_statistics: no validation OOD sets.')
+        raise InputError('select_statistics: no validation OOD sets.')
     if estimator not in estimators.ESTIMATORS:
-        raise ValueError(f'Unknown estimator {estimator!r}; expected one of '
+        raise InputError(f'Unknown estimator {estimator!r}; expected one of '
                          f'{sorted(estimators.ESTIMATORS)}.')
     for what, statistics in [('train', train), ('held_out', held_out), *shifted.items()]:
         missing = sorted(set(candidates) - set(statistics))
         if missing:
-            raise ValueError(f'select_statistics: {what} has no {missing}.')
+            raise InputError(f'select_statistics: {what} has no {missing}.')
     # A statistic that is the same for every training image cannot help.
     candidates = [k for k in dict.fromkeys(candidates)
                   if np.nanstd(np.asarray(train[k], np.float64)) > 0]
     if not candidates:
-        raise ValueError('select_statistics: every candidate is constant on the training set.')
+        raise InputError('select_statistics: every candidate is constant on the training set.')
     matrices = {'train': _matrix(train, candidates), 'held_out': _matrix(held_out, candidates)}
     shifted_matrices = {k: _matrix(v, candidates) for k, v in shifted.items()}
 

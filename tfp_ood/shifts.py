@@ -25,6 +25,8 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfp_ood.errors import InputError
+
 __all__ = ['SHIFTS', 'make_shifts', 'shift']
 
 #: The shifts `make_shifts` makes, in order.
@@ -83,10 +85,10 @@ def shift(name: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
     """Images with shift `name` of `SHIFTS` applied (uint8 in, uint8 out, same shape)."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f'shift needs uint8 images [N, H, W, 1 or 3]; got {images.dtype} '
+        raise InputError(f'shift needs uint8 images [N, H, W, 1 or 3]; got {images.dtype} '
                          f'{images.shape}.')
     if name == 'grayscale' and images.shape[-1] != 3:
-        raise ValueError('The grayscale shift needs RGB images.')
+        raise InputError('The grayscale shift needs RGB images.')
     transforms = {
         'blur': _blur, 'low_resolution': _low_resolution, 'jpeg': _jpeg,
         'pixel_shuffle': lambda x: _pixel_shuffle(x, np.random.default_rng(seed)),
@@ -94,7 +96,7 @@ def shift(name: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
         'grayscale': _grayscale,
     }
     if name not in transforms:
-        raise ValueError(f'Unknown shift {name!r}; expected one of {SHIFTS}.')
+        raise InputError(f'Unknown shift {name!r}; expected one of {SHIFTS}.')
     return transforms[name](images)
 
 

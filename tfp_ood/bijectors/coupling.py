@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfp_ood.bijectors.layers import DISTRIBUTION, VOLUME, ImageBijector
 from tfp_ood.config import COUPLING_SCALES
+from tfp_ood.errors import InputError
 
 __all__ = ['Coupling', 'MAX_LOG_SCALE', 'SCALES']
 
@@ -72,18 +73,18 @@ class Coupling(ImageBijector):
         parameters = dict(locals())
         height, width, channels = (int(d) for d in event_shape)
         if channels < 2:
-            raise ValueError(f'Coupling: needs at least 2 channels to split; '
+            raise InputError(f'Coupling: needs at least 2 channels to split; '
                              f'got event shape {list(event_shape)}.')
         if log_det_term not in (VOLUME, DISTRIBUTION):
-            raise ValueError(f'Coupling: log_det_term must be {VOLUME!r} or '
+            raise InputError(f'Coupling: log_det_term must be {VOLUME!r} or '
                              f'{DISTRIBUTION!r}; got {log_det_term!r}.')
         if scale not in SCALES:
-            raise ValueError(f'Coupling: scale must be one of {SCALES}; got {scale!r}.')
+            raise InputError(f'Coupling: scale must be one of {SCALES}; got {scale!r}.')
         self._num_conditioning = channels // 2
         num_transformed = channels - self._num_conditioning
         expected_in = (height, width, self._num_conditioning)
         if tuple(network.input_shape[1:]) != expected_in:
-            raise ValueError(f'Coupling: the network must take inputs of shape '
+            raise InputError(f'Coupling: the network must take inputs of shape '
                              f'[N, {", ".join(map(str, expected_in))}]; it '
                              f'takes {network.input_shape}.')
         out_channels = network.output_shape[-1]
@@ -92,7 +93,7 @@ class Coupling(ImageBijector):
         elif out_channels == 2 * num_transformed:
             self._affine = True
         else:
-            raise ValueError(
+            raise InputError(
                 f'Coupling: the network must output {num_transformed} '
                 f'(additive) or {2 * num_transformed} (affine) channels; it '
                 f'outputs {out_channels}.')

@@ -49,6 +49,7 @@ from tfp_ood.bijectors.layers import (DISTRIBUTION, VOLUME, ActNorm, ApplyToChan
                                       Invert, InvertibleConv1x1, LevelTerms, LogDetTerms,
                                       Squeeze)
 from tfp_ood.config import PRECISIONS, GlowConfig
+from tfp_ood.errors import InputError
 
 __all__ = ['Level', 'PRECISIONS', 'Step', 'glow', 'cv_glow', 'coupling_network_fn',
            'exit_network_fn']
@@ -61,7 +62,7 @@ def _layer_dtype(precision: str):
     """The Keras dtype policy of a network layer: float32 variables always;
     computation in float32 or (`'bfloat16'`) in bfloat16."""
     if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}; got {precision!r}.')
+        raise InputError(f'precision must be one of {PRECISIONS}; got {precision!r}.')
     return 'float32' if precision == 'float32' else tf_keras.mixed_precision.Policy(
         'mixed_bfloat16')
 
@@ -86,7 +87,7 @@ def coupling_network_fn(hidden_channels: int, precision: str = 'float32',
         Default value: `()`.
     """
     if not set(float32_convolutions) <= {0, 1, 2}:
-        raise ValueError(f'float32_convolutions are indices 0, 1, 2 of the three convolutions; '
+        raise InputError(f'float32_convolutions are indices 0, 1, 2 of the three convolutions; '
                          f'got {tuple(float32_convolutions)}.')
     dtypes = [_layer_dtype('float32' if i in float32_convolutions else precision)
               for i in range(3)]
@@ -162,7 +163,7 @@ class Level(Chain):
                  split_prior: Optional[Coupling] = None, next_level: Optional['Level'] = None,
                  name: str = 'level'):
         if (split_prior is None) != (next_level is None):
-            raise ValueError('Level: a split prior and a next level come together.')
+            raise InputError('Level: a split prior and a next level come together.')
         shape = squeeze.latent_event_shape
         bijectors = [squeeze] + [b for step in steps for b in step]
         if next_level is not None:

@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_ood.errors import InputError
+
 tfb = tfp.bijectors
 
 __all__ = [
@@ -115,16 +117,16 @@ class LogDetTerms(NamedTuple):
 def _check_event_shape(x: tf.Tensor, expected: Tuple[int, int, int],
                        owner: str) -> None:
     if x.shape.rank is None:
-        raise ValueError(f'{owner}: input rank must be known statically; '
+        raise InputError(f'{owner}: input rank must be known statically; '
                          f'got a tensor of unknown rank.')
     if x.shape.rank < 3:
-        raise ValueError(f'{owner}: expected an input of shape '
+        raise InputError(f'{owner}: expected an input of shape '
                          f'[..., {", ".join(map(str, expected))}]; got rank '
                          f'{x.shape.rank} with shape {x.shape}.')
     seen = tuple(x.shape[-3:])
     for s, e in zip(seen, expected):
         if s is not None and s != e:
-            raise ValueError(f'{owner}: expected events of shape {list(expected)} '
+            raise InputError(f'{owner}: expected events of shape {list(expected)} '
                              f'(H, W, C); got {list(seen)} in an input of shape '
                              f'{x.shape}.')
 
@@ -158,7 +160,7 @@ class ImageBijector(tfb.Bijector):
         self._image_event_shape = tuple(int(d) for d in image_event_shape)
         self._latent_event_shape = tuple(int(d) for d in latent_event_shape)
         if len(self._image_event_shape) != 3:
-            raise ValueError(f'{name}: event shape must be [H, W, C]; got '
+            raise InputError(f'{name}: event shape must be [H, W, C]; got '
                              f'{list(image_event_shape)}.')
         super().__init__(
                 forward_min_event_ndims=3,
@@ -429,7 +431,7 @@ class Squeeze(ImageBijector):
         parameters = dict(locals())
         height, width, channels = (int(d) for d in event_shape)
         if height % factor or width % factor:
-            raise ValueError(f'Squeeze: height and width must be divisible by the '
+            raise InputError(f'Squeeze: height and width must be divisible by the '
                              f'factor {factor}; got event shape {list(event_shape)}.')
         self._factor = factor
         super().__init__(
@@ -458,14 +460,14 @@ class ApplyToChannels(ImageBijector):
         parameters = dict(locals())
         height, width, channels = (int(d) for d in event_shape)
         if not 0 < num_channels < channels:
-            raise ValueError(f'ApplyToChannels: num_channels must be in '
+            raise InputError(f'ApplyToChannels: num_channels must be in '
                              f'(0, {channels}); got {num_channels}.')
         _check_image_bijector(bijector, 'ApplyToChannels')
         inner = (height, width, num_channels)
         for what, shape in (('image', bijector.image_event_shape),
                             ('latent', bijector.latent_event_shape)):
             if tuple(shape) != inner:
-                raise ValueError(
+                raise InputError(
                     f'ApplyToChannels: the inner bijector must map events of '
                     f'shape {list(inner)} to the same shape; its {what} events '
                     f'are {list(shape)}.')
@@ -516,12 +518,12 @@ class Chain(ImageBijector):
         parameters = dict(locals())
         bijectors = list(bijectors)
         if not bijectors:
-            raise ValueError('Chain: needs at least one bijector.')
+            raise InputError('Chain: needs at least one bijector.')
         for b in bijectors:
             _check_image_bijector(b, 'Chain')
         for a, b in zip(bijectors, bijectors[1:]):
             if tuple(a.latent_event_shape) != tuple(b.image_event_shape):
-                raise ValueError(f'Chain: {a.name} maps to latent events of shape '
+                raise InputError(f'Chain: {a.name} maps to latent events of shape '
                                  f'{list(a.latent_event_shape)}, but {b.name} takes '
                                  f'{list(b.image_event_shape)}.')
         super().__init__(bijectors[0].image_event_shape, bijectors[-1].latent_event_shape,
@@ -560,7 +562,7 @@ class Invert(ImageBijector):
         parameters = dict(locals())
         _check_image_bijector(bijector, 'Invert')
         if not bijector.is_constant_jacobian or bijector.trainable_variables:
-            raise ValueError(f'Invert: supports parameter-free bijectors with a constant '
+            raise InputError(f'Invert: supports parameter-free bijectors with a constant '
                              f'Jacobian; {bijector.name} is not one.')
         super().__init__(bijector.latent_event_shape, bijector.image_event_shape,
                          is_constant_jacobian=True, parameters=parameters, name=name)

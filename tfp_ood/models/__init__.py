@@ -4,6 +4,7 @@ from typing import Any, Dict, Sequence
 
 from tfp_ood.config import (MODEL_NAMES, GlowConfig, PixelCNNConfig, VAEConfig,
                             config_from_saved, named_config)
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel, bits_per_dim, check_images, dequantize
 from tfp_ood.models.flow import FlowModel
 from tfp_ood.models.pixel_cnn import PixelCNNModel
@@ -27,7 +28,7 @@ def build(config, precision: str = 'float32') -> DensityModel:
     if isinstance(config, GlowConfig):
         return FlowModel.from_config(config, precision=precision)
     if precision != 'float32':
-        raise ValueError(f'precision {precision!r} is implemented for the flows (glow, '
+        raise InputError(f'precision {precision!r} is implemented for the flows (glow, '
                          f'cv_glow); {type(config).__name__} models compute in float32.')
     return _BUILDERS[type(config)](config)
 

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfp_ood.errors import InputError
 from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
 
 __all__ = ['DensityModel', 'bits_per_dim', 'check_images', 'dequantize',
@@ -60,7 +61,7 @@ def check_images(images, image_shape: Sequence[int], what: str = 'images'):
     if not isinstance(images, (np.ndarray, tf.Tensor, tf.Variable)):
         if images is None or isinstance(images, (str, bytes, dict)) or not hasattr(
                 images, '__len__'):
-            raise ValueError(f'{what}: expected uint8 images {expected} as a NumPy array, a '
+            raise InputError(f'{what}: expected uint8 images {expected} as a NumPy array, a '
                              f'tf.Tensor, a nested list or a tf.data.Dataset; got '
                              f'{type(images).__name__}.')
         try:
@@ -68,23 +69,23 @@ def check_images(images, image_shape: Sequence[int], what: str = 'images'):
         except ValueError:
             images = None
         if images is None or images.dtype == object:
-            raise ValueError(f'{what}: the images are of different shapes; expected '
+            raise InputError(f'{what}: the images are of different shapes; expected '
                              f'{expected}.')
     dtype = tf.as_dtype(images.dtype)
     shape = tuple(images.shape)
     if len(shape) != 4:
-        raise ValueError(f'{what}: expected a rank-4 batch of images {expected} '
+        raise InputError(f'{what}: expected a rank-4 batch of images {expected} '
                          f'(add a batch axis for a single image); got rank '
                          f'{len(shape)} with shape {list(shape)}.')
     seen = tuple(shape[1:])
     if any(s is not None and s != e for s, e in zip(seen, image_shape)):
-        raise ValueError(f'{what}: expected images of shape {expected} '
+        raise InputError(f'{what}: expected images of shape {expected} '
                          f'(H, W, C); got {list(shape)}. Resize or convert '
                          f'the images first.')
     if dtype == tf.uint8:
         return tf.convert_to_tensor(images)
     if not dtype.is_integer:
-        raise ValueError(
+        raise InputError(
             f'{what}: expected uint8 images with integer values 0..255; got '
             f'dtype {dtype.name}. Floats are ambiguous (0..1 or 0..255?): '
             f'convert explicitly, e.g. np.round(x * 255).astype(np.uint8).')
@@ -92,7 +93,7 @@ def check_images(images, image_shape: Sequence[int], what: str = 'images'):
     if values.size:
         low, high = values.min(), values.max()
         if low < 0 or high > 255:
-            raise ValueError(f'{what}: expected values in 0..255; got values '
+            raise InputError(f'{what}: expected values in 0..255; got values '
                              f'from {low} to {high} (dtype {dtype.name}).')
     return tf.convert_to_tensor(values.astype(np.uint8))
 
@@ -126,7 +127,7 @@ class DensityModel(tf.Module):
         super().__init__(name=name)
         self._image_shape = tuple(int(d) for d in image_shape)
         if len(self._image_shape) != 3:
-            raise ValueError(f'image_shape must be (H, W, C); got '
+            raise InputError(f'image_shape must be (H, W, C); got '
                              f'{image_shape}.')
         self.score_batch = tf.function(
             self._score_batch,

@@ -39,6 +39,7 @@ import tensorflow_probability as tfp
 from tfp_ood.bijectors.glow import glow
 from tfp_ood.bijectors.layers import ImageBijector, inverse_and_log_det_terms
 from tfp_ood.config import GlowConfig
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import NUM_BINS, DensityModel, check_images, dequantize
 from tfp_ood.terms import DEQUANT_CONST, LOG_DET, LOG_PROB, LOG_PZ, level_term, step_term
 
@@ -121,7 +122,7 @@ class FlowModel(DensityModel):
     def get_config(self) -> Dict:
         """The model's configuration as JSON-able data (`models.from_config` rebuilds it)."""
         if self.config is None:
-            raise ValueError('This FlowModel was built from a bijector, not a GlowConfig; '
+            raise InputError('This FlowModel was built from a bijector, not a GlowConfig; '
                              'it has no configuration to save.')
         return dict(family=self.config.family, **self.config.to_dict())
 

@@ -34,6 +34,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_ood.config import PIXEL_CNN_CONFIG_NAMES, PixelCNNConfig, spec_of_family
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.terms import LOG_PROB
 
@@ -162,7 +163,7 @@ class PixelCNNModel(DensityModel):
         must be 1 (a mixture of logistics has no standard temperature)."""
         if isinstance(temperature, (int, float)):
             if temperature != 1.0:
-                raise ValueError(f'PixelCNN samples at temperature 1 only; got {temperature}.')
+                raise InputError(f'PixelCNN samples at temperature 1 only; got {temperature}.')
         else:
             tf.debugging.assert_near(temperature, 1.0,
                                      message='PixelCNN samples at temperature 1 only')

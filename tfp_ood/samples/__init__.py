@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from tfp_ood.errors import InputError
+
 __all__ = ['SAMPLES', 'SAMPLES_DIR', 'build']
 
 SAMPLES_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -44,7 +46,7 @@ def build(data_dir: str, out_dir: str = SAMPLES_DIR) -> dict:
         with np.load(source) as f:
             images, labels = f['images'][start:stop], f['labels'][start:stop]
         if len(images) != stop - start:
-            raise ValueError(f'{source} has {len(images) + start} images; need {stop}.')
+            raise InputError(f'{source} has {len(images) + start} images; need {stop}.')
         np.savez_compressed(os.path.join(out_dir, f'{name}_test.npz'),
                             images=images, labels=labels)
         manifest[name] = {'file': f'{name}_test.npz', 'source': os.path.basename(source),

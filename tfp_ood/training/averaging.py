@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel
 
 __all__ = ['WeightAverages', 'averages_for', 'checkpointed', 'decayed_variables']
@@ -37,7 +38,7 @@ class WeightAverages(tf.Module):
     def __init__(self, model: DensityModel, decay: float):
         super().__init__(name='weight_averages')
         if not 0.0 < decay < 1.0:
-            raise ValueError(f'WeightAverages: decay must be in (0, 1); got {decay}.')
+            raise InputError(f'WeightAverages: decay must be in (0, 1); got {decay}.')
         self.decay = float(decay)
         self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name='updates')
         self.averages = [tf.Variable(v.read_value(), trainable=False,

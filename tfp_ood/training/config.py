@@ -8,6 +8,8 @@ import dataclasses
 import math
 from typing import Optional
 
+from tfp_ood.errors import InputError
+
 __all__ = ['TrainConfig']
 
 
@@ -78,18 +80,18 @@ class TrainConfig:
                      'max_consecutive_nonfinite', 'num_init_images', 'num_eval_images',
                      'keep_checkpoints'):
             if getattr(self, name) < 1:
-                raise ValueError(f'TrainConfig.{name} must be >= 1; got {getattr(self, name)}.')
+                raise InputError(f'TrainConfig.{name} must be >= 1; got {getattr(self, name)}.')
         # `not x > 0` also refuses NaN; clipping to an infinite norm gives NaN gradients.
         if not (0 < self.learning_rate < math.inf and 0 < self.clip_norm < math.inf
                 and self.warmup_steps >= 0):
-            raise ValueError(f'learning_rate and clip_norm must be finite and > 0 and '
+            raise InputError(f'learning_rate and clip_norm must be finite and > 0 and '
                              f'warmup_steps >= 0; got {self.learning_rate}, {self.clip_norm}, '
                              f'{self.warmup_steps}.')
         if self.sample_every < 0:
-            raise ValueError(f'TrainConfig.sample_every must be >= 0; got {self.sample_every}.')
+            raise InputError(f'TrainConfig.sample_every must be >= 0; got {self.sample_every}.')
         if not 0.0 <= self.mutation_rate <= 1.0:
-            raise ValueError(f'mutation_rate must be in [0, 1]; got {self.mutation_rate}.')
+            raise InputError(f'mutation_rate must be in [0, 1]; got {self.mutation_rate}.')
         if not 0.0 <= self.weight_decay < float('inf'):
-            raise ValueError(f'weight_decay must be finite and >= 0; got {self.weight_decay}.')
+            raise InputError(f'weight_decay must be finite and >= 0; got {self.weight_decay}.')
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f'ema_decay must be in [0, 1); got {self.ema_decay}.')
+            raise InputError(f'ema_decay must be in [0, 1); got {self.ema_decay}.')

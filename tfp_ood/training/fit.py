@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfp_ood import data, distribute, models, outputs
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.summaries import Summaries
 from tfp_ood.training import hooks
@@ -90,17 +91,17 @@ def _checked_images(model, train_images, eval_sets, config, strategy):
     they cannot train or be evaluated."""
     train_images = check_images(train_images, model.image_shape, 'train_images').numpy()
     if len(train_images) < config.batch_size:
-        raise ValueError(f'train_images: {len(train_images)} images are fewer than one '
+        raise InputError(f'train_images: {len(train_images)} images are fewer than one '
                          f'batch of {config.batch_size}.')
     if config.batch_size % strategy.num_replicas_in_sync:
-        raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
+        raise InputError(f'batch_size {config.batch_size} is not divisible by the '
                          f'{strategy.num_replicas_in_sync} replicas.')
     eval_sets = {name: check_images(images[:config.num_eval_images], model.image_shape,
                                     f'eval_sets[{name!r}]').numpy()
                  for name, images in (eval_sets or {}).items()}
     for name, images in eval_sets.items():  # Before any training, not at the first evaluation.
         if not len(images):
-            raise ValueError(f'eval_sets[{name!r}] holds no images.')
+            raise InputError(f'eval_sets[{name!r}] holds no images.')
     return train_images, eval_sets
 
 
@@ -224,10 +225,10 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
       The trained model and the `TrainResult`.
     """
     if family not in models.MODEL_NAMES:
-        raise ValueError(f'Unknown model {family!r}; expected one of {models.MODEL_NAMES}.')
+        raise InputError(f'Unknown model {family!r}; expected one of {models.MODEL_NAMES}.')
     spec = data.DATASETS.get(dataset)
     if spec is None:
-        raise ValueError(f'Unknown dataset {dataset!r}; expected one of {sorted(data.DATASETS)}.')
+        raise InputError(f'Unknown dataset {dataset!r}; expected one of {sorted(data.DATASETS)}.')
 
     def images(name, split_):
         return data.images_array(data.load(name, split_, data_dir=data_dir, source=source,

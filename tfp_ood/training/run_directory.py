@@ -15,6 +15,7 @@ from absl import logging
 
 from tfp_ood import outputs
 from tfp_ood.config import complete_model_config
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel
 from tfp_ood.training.averaging import averages_for, checkpointed
 from tfp_ood.training.config import TrainConfig
@@ -71,7 +72,7 @@ class RunDirectory:
 
     def create(self) -> None:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
-            raise ValueError(f'{self.path} is a file, not a run directory.')
+            raise InputError(f'{self.path} is a file, not a run directory.')
         os.makedirs(self.path, exist_ok=True)
 
     def lock(self):
@@ -208,7 +209,7 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
                             os.path.basename(path))
         return path
     if errors:
-        raise ValueError(f'No checkpoint in {directory} reads: {"; ".join(errors)}.')
+        raise InputError(f'No checkpoint in {directory} reads: {"; ".join(errors)}.')
     return None
 
 
@@ -237,7 +238,7 @@ def restore_latest(model: DensityModel, workdir: str) -> int:
         averages.assign_to_model()
     bad = nonfinite_variables(model)
     if bad:
-        raise ValueError(f'The checkpoint {path} holds {len(bad)} non-finite variables (e.g. '
+        raise InputError(f'The checkpoint {path} holds {len(bad)} non-finite variables (e.g. '
                          f'{bad[0]}); every score of the model would be NaN.')
     return int(step)
 

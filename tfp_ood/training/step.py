@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel
 from tfp_ood.training.averaging import decayed_variables
 from tfp_ood.training.config import TrainConfig
@@ -70,7 +71,7 @@ def make_train_step(model: DensityModel, optimizer: tf_keras.optimizers.Optimize
         strategy (`strategy` must be `None`).
     """
     if jit_compile and strategy is not None:
-        raise ValueError('make_train_step: jit_compile=True runs without a strategy.')
+        raise InputError('make_train_step: jit_compile=True runs without a strategy.')
     strategy = None if jit_compile else (strategy or tf.distribute.get_strategy())
     loss_and_gradients = _loss_and_gradients(
         model, config, 1 if strategy is None else strategy.num_replicas_in_sync)
