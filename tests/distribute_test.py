@@ -11,10 +11,12 @@ import glob
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -217,6 +219,45 @@ class TwoWorkersTest(tf.test.TestCase):
         self.assertIn('Resuming', results[1][1])
         with open(os.path.join(two, 'history.jsonl')) as f:
             self.assertEqual([json.loads(line)['step'] for line in f], [3, 6, 9])
+
+
+@pytest.mark.slow(minutes=0.6)
+def test_a_worker_killed_mid_scoring_stops_the_other_in_one_line(tmp_path):
+    # 2,000 shipped CIFAR-10 samples in batches of 16: long enough to kill
+    # worker 1 once its progress bar shows that scoring has begun.
+    cluster = {'worker': [f'127.0.0.1:{port}' for port in _free_ports(2)]}
+    out = tmp_path / 'scores'
+    argv = [sys.executable, '-m', 'tfp_ood.cli', 'score', '--strategy', 'multi_worker',
+            '--model-dir', os.path.join(REPO, 'saved_models', 'glow_cifar10'),
+            '--dataset', 'cifar10', '--split', 'test', '--source', 'samples',
+            '--batch-size', '16', '--output', str(out)]
+    processes, errs = [], []
+    try:
+        for index in range(2):
+            env = dict(os.environ, TF_CONFIG=json.dumps(
+                {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+            errs.append(open(tmp_path / f'err{index}', 'w+'))
+            processes.append(subprocess.Popen(argv, cwd=REPO, env=env,
+                                              stdout=subprocess.DEVNULL, stderr=errs[-1]))
+        deadline = time.monotonic() + 180
+        while 'scoring cifar10' not in (tmp_path / 'err1').read_text():
+            assert time.monotonic() < deadline and processes[1].poll() is None, (
+                (tmp_path / 'err1').read_text())
+            time.sleep(0.2)
+        processes[1].kill()
+        assert processes[0].wait(timeout=120) == 2  # Within TensorFlow's heartbeat timeout.
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        for f in errs:
+            f.close()
+    err = (tmp_path / 'err0').read_text()
+    assert 'Traceback' not in err
+    assert re.search(r'tfp-ood score: error: another worker of the cluster stopped or cannot '
+                     r'be reached \(.+\); nothing was written to ', err), err
+    assert sorted(os.listdir(tmp_path)) == ['err0', 'err1']  # No output, staging or lock.
 
 
 def test_multi_worker_without_tf_config_is_one_line(tmp_path, monkeypatch):

@@ -630,13 +630,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     # disk, no permission): one line. Anything else is a bug.
     except (TfpOodError, OSError) as e:
         print(f'tfp-ood {args.verb}: error: {e}', file=sys.stderr)
+        distribute.abort(getattr(args, 'distribution', None), f'worker stopped: {e}')
         return 2
     except KeyboardInterrupt:  # Raised in Python code: the staged outputs were removed.
         output = getattr(args, 'output', None)
         written = f'; nothing was written to {output}' if output and args.verb != 'train' else ''
         print(f'tfp-ood {args.verb}: interrupted{written}', file=sys.stderr)
         return 130
-    except Exception:  # noqa: BLE001 - a bug: its traceback, and where to send it.
+    except Exception as e:  # noqa: BLE001 - a bug: its traceback, and where to send it.
+        peer = distribute.peer_failure(getattr(args, 'distribution', None), e)
+        if peer is not None:  # Not a bug: another worker stopped.
+            output = getattr(args, 'output', None)
+            written = f'; nothing was written to {output}' if output else ''
+            print(f'tfp-ood {args.verb}: error: another worker of the cluster stopped or cannot '
+                  f'be reached ({peer}){written}', file=sys.stderr)
+            return 2
         traceback.print_exc()
         print(f'tfp-ood {args.verb}: internal error: the traceback above is a bug in tfp_ood, '
               f'not in what you asked; please report it with the command you ran.',

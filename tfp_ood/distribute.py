@@ -25,6 +25,7 @@ temporary folder of their own that is removed at the end.
 
 import json
 import os
+import re
 import socket
 import time
 from typing import Optional
@@ -34,8 +35,8 @@ import tensorflow as tf
 from tfp_ood.config import STRATEGIES
 from tfp_ood.errors import InputError
 
-__all__ = ['STRATEGIES', 'StrategyError', 'barrier', 'check_same', 'create_strategy', 'is_chief',
-           'leave', 'task']
+__all__ = ['STRATEGIES', 'StrategyError', 'abort', 'barrier', 'check_same', 'create_strategy',
+           'is_chief', 'leave', 'peer_failure', 'task']
 
 
 class StrategyError(InputError):
@@ -148,6 +149,40 @@ def barrier(strategy: Optional[tf.distribute.Strategy] = None) -> None:
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return
     _gather(strategy, 0)
+
+
+# What a worker's collective operations raise when another worker has stopped
+# or cannot be reached.
+_PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                  tf.errors.DeadlineExceededError)
+
+
+def peer_failure(strategy: Optional[tf.distribute.Strategy], error: BaseException
+                 ) -> Optional[str]:
+    """What `error` says, in one line, if it is a multi-worker strategy's collective
+    operation failing because another worker stopped (else `None`: not that)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    if not isinstance(error, _PEER_FAILURES):
+        return None
+    lines = [line.strip() for line in str(getattr(error, 'message', error)).splitlines()
+             if line.strip()]
+    telling = [line for line in lines
+               if re.search(r'aborted|connect|unavailable|heartbeat|peer|stopped', line, re.I)]
+    return (telling or lines or [type(error).__name__])[0]
+
+
+def abort(strategy: Optional[tf.distribute.Strategy], message: str) -> None:
+    """Tells the other workers of a multi-worker strategy that this one stops
+    with `message`, so that their collective operations fail at once instead
+    of after the heartbeat timeout. Nothing to do on one machine."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    from tensorflow.python.eager import context  # No public API reports to the cluster.
+    try:
+        context.context().report_error_to_cluster(tf.errors.ABORTED, message)
+    except Exception:  # noqa: BLE001 - the cluster may be gone already.
+        pass
 
 
 def _closed(address: str) -> bool:
