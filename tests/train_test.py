@@ -201,6 +201,8 @@ class FitTest(tf.test.TestCase):
         # Refused before any training, not at the end of it.
         with self.assertRaisesRegex(ValueError, 'num_eval_images must be >= 1'):
             _config(num_eval_images=0)
+        with self.assertRaisesRegex(ValueError, r'seed must be in 0..2\*\*32 - 1; got -1'):
+            _config(seed=-1)  # NumPy's error from deep inside the first batch, before.
         workdir = self.create_tempdir().full_path
         with self.assertRaisesRegex(ValueError, "eval_sets\\['held'\\] holds no images"):
             train.fit(_model(), _images(), _config(), workdir,

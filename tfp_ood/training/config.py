@@ -81,6 +81,8 @@ class TrainConfig:
                      'keep_checkpoints'):
             if getattr(self, name) < 1:
                 raise InputError(f'TrainConfig.{name} must be >= 1; got {getattr(self, name)}.')
+        if not 0 <= self.seed < 2 ** 32:  # NumPy's and TensorFlow's seeds.
+            raise InputError(f'TrainConfig.seed must be in 0..2**32 - 1; got {self.seed}.')
         # `not x > 0` also refuses NaN; clipping to an infinite norm gives NaN gradients.
         if not (0 < self.learning_rate < math.inf and 0 < self.clip_norm < math.inf
                 and self.warmup_steps >= 0):
