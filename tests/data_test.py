@@ -222,3 +222,20 @@ class SyntheticTest(tf.test.TestCase):
 
 if __name__ == '__main__':
     tf.test.main()
+
+
+def test_read_npz_refuses_what_is_not_integer_labels_and_uint8_arrays(tmp_path):
+    import pytest
+
+    from tfp_ood.errors import InputError
+    images = np.zeros((3, 4, 4, 1), np.uint8)
+    path = str(tmp_path / 'a.npz')
+    np.savez(path, images=images, labels=np.array([1, 2, 3]))
+    got_images, got_labels = data.read_npz(path)
+    np.testing.assert_array_equal(got_labels, [1, 2, 3])
+    np.savez(path, images=images, labels=np.array(['cat', 'dog', 'cat']))
+    with pytest.raises(InputError, match=r'"labels" must be integers; got <U3'):
+        data.read_npz(path)
+    np.savez(path, images=np.array([images[0], None], dtype=object))
+    with pytest.raises(InputError, match='an array of Python objects cannot be read'):
+        data.read_npz(path)

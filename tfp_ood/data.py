@@ -164,8 +164,9 @@ def read_npz(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 
     Raises:
       DataNotFoundError: there is no file at `path`.
-      ValueError: the file is empty, truncated or not an `.npz` archive, has no
-        `images` array, or has labels of another length than its images.
+      InputError: the file is empty, truncated or not an `.npz` archive, has no
+        `images` array, holds Python objects, or has labels that are not
+        integers or of another length than its images.
     """
     if not os.path.isfile(path):
         raise DataNotFoundError(f'No file at {path}.')
@@ -179,8 +180,15 @@ def read_npz(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     except (EOFError, OSError, zipfile.BadZipFile) as e:
         raise InputError(f'{path} is not a readable .npz file ({type(e).__name__}: '
                          f'{e}).') from None
+    except ValueError as e:  # NumPy: an array of Python objects, which it does not unpickle.
+        raise InputError(f'{path}: an array of Python objects cannot be read (it would be '
+                         f'unpickled); save "images" as a uint8 array ({e}).') from None
     if labels is not None and len(labels) != len(images):
         raise InputError(f'{path}: {len(images)} images but {len(labels)} labels.')
+    if labels is not None and labels.dtype.kind not in 'biu':
+        raise InputError(f'{path}: "labels" must be integers; got {labels.dtype} (e.g. '
+                         f'{labels.flat[0]!r}).' if labels.size else
+                         f'{path}: "labels" must be integers; got {labels.dtype}.')
     return images, labels
 
 
