@@ -2,6 +2,7 @@
 matplotlib state changed by importing the package."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -84,3 +85,29 @@ class PlottingTest(tf.test.TestCase):
 
 if __name__ == '__main__':
     tf.test.main()
+
+
+def test_detect_figures_name_files_and_say_what_lies_beyond_the_axis(tmp_path):
+    from unittest import mock
+    figures = []
+    with mock.patch.object(plotting, '_save', lambda fig, path: figures.append(fig) or path):
+        images = np.zeros((3, 4, 4, 1), np.uint8)
+        names = ['cat.png', 'sub/a_very_long_file_name_of_a_dog.jpeg', 'x.png']
+        plotting.plot_contact_sheet(images, np.array([3.0, 1.0, 2.0]), str(tmp_path / 'c.png'),
+                                    names=names)
+        validation = np.linspace(0.0, 1.0, 1000)
+        scores = np.concatenate([validation, [1e6, 2e6, -1e6]])  # Far beyond the axis.
+        plotting.plot_detection(scores, validation, 0.95, str(tmp_path / 'h.png'))
+    sheet, histogram = figures
+    titles = [ax.get_title() for ax in sheet.axes if ax.get_title()]
+    assert titles[:3] == ['cat.png\n3', 'x.png\n2',
+                          'a_very_long_file_nam\ne_of_a_dog.jpeg\n1'], titles
+    assert plotting._wrapped('p' * 30 + '0123456789' + 'q' * 30) == (
+        'p' * 20 + '\n' + 'p' * 9 + '…' + 'q' * 10 + '\n' + 'q' * 20)
+    assert 'file, score' in sheet._suptitle.get_text()
+    legend = [t.get_text() for t in histogram.axes[0].get_legend().get_texts()]
+    assert any(re.fullmatch(r'your images \(1003, 52 flagged\); (\d+) below the axis, (\d+) '
+                            r'above the axis, in its end bin', t) for t in legend), legend
+    assert plotting.beyond_range(np.array([-1.0, 0.5, 2.0, 3.0]), 0.0, 1.0) == (1, 2)
+    with pytest.raises(ValueError, match='2 names for 3 images'):
+        plotting.plot_contact_sheet(images, np.zeros(3), str(tmp_path / 'd.png'), names=['a', 'b'])

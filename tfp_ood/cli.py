@@ -588,7 +588,8 @@ def _write_detections(args, fitted, scores, images, labels, sources, name, files
         ('threshold', f'{calibration.threshold:.6g}')])
     plotting.plot_detection(scores.ood_score, calibration.validation_scores,
                             calibration.threshold, files['histogram.png'], name=name)
-    plotting.plot_contact_sheet(images, scores.ood_score, files['contact_sheet.png'])
+    plotting.plot_contact_sheet(images, scores.ood_score, files['contact_sheet.png'],
+                                names=sources)
 
 
 def _export_detector(args) -> int:

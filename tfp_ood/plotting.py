@@ -5,6 +5,7 @@ never through `pyplot`: writing a PNG needs no display, and importing tfp_ood
 leaves the user's backend (e.g. a notebook's inline plots) as it was.
 """
 
+import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -14,8 +15,8 @@ from tfp_ood.errors import InputError
 from tfp_ood.evaluate import ScoreResult
 from tfp_ood.terms import BITS_PER_DIM, LOG_DET, LOG_PROB, LOG_PZ
 
-__all__ = ['plot_channel_statistics', 'plot_contact_sheet', 'plot_detection', 'plot_graying',
-           'plot_histogram_panels', 'plot_histograms', 'plot_second_order',
+__all__ = ['beyond_range', 'plot_channel_statistics', 'plot_contact_sheet', 'plot_detection',
+           'plot_graying', 'plot_histogram_panels', 'plot_histograms', 'plot_second_order',
            'plot_term_histograms', 'plot_training_curves', 'plot_variance_maps']
 
 _LABELS = {
@@ -315,11 +316,15 @@ def plot_detection(scores: np.ndarray, validation_scores: np.ndarray, threshold:
     bins = np.linspace(low, high, 60)
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
-    ax.hist(np.clip(finite[1], low, high), bins=bins, density=True, alpha=0.5,
-            label=f'in-distribution validation ({len(validation)})')
     flagged = int(np.sum(~(scores <= threshold)))
-    ax.hist(np.clip(finite[0], low, high), bins=bins, density=True, alpha=0.5,
-            label=f'{name} ({len(scores)}, {flagged} flagged)')
+    for values, label in ((finite[1], f'in-distribution validation ({len(validation)})'),
+                          (finite[0], f'{name} ({len(scores)}, {flagged} flagged)')):
+        # Scores beyond the axis are drawn in its end bins, and said so.
+        below, above = beyond_range(values, low, high)
+        clipped = ', '.join(f'{n} {side} the axis' for n, side in
+                            ((below, 'below'), (above, 'above')) if n)
+        ax.hist(np.clip(values, low, high), bins=bins, density=True, alpha=0.5,
+                label=label + (f'; {clipped}, in its end bin' if clipped else ''))
     ax.axvline(threshold, color='k', linestyle='--', label=f'threshold {threshold:.3g}')
     ax.set_xlabel('OOD score (higher = more out-of-distribution)')
     ax.set_ylabel('density')
@@ -328,23 +333,43 @@ def plot_detection(scores: np.ndarray, validation_scores: np.ndarray, threshold:
     return _save(fig, path)
 
 
+def beyond_range(values: np.ndarray, low: float, high: float) -> Tuple[int, int]:
+    """How many of `values` lie below `low` and above `high` (a histogram's axis)."""
+    values = np.asarray(values, np.float64)
+    return int(np.sum(values < low)), int(np.sum(values > high))
+
+
+def _wrapped(name: str, width: int = 20, lines: int = 3) -> str:
+    """`name` in lines of at most `width` characters, at most `lines` of them
+    (a longer name loses its middle, its start and end kept)."""
+    most = width * lines
+    if len(name) > most:
+        name = name[:most // 2 - 1] + '…' + name[-(most - most // 2):]
+    return '\n'.join(name[i:i + width] for i in range(0, len(name), width))
+
+
 def plot_contact_sheet(images: np.ndarray, scores: np.ndarray, path: str, per_row: int = 8,
-                       title: Optional[str] = None) -> str:
+                       title: Optional[str] = None,
+                       names: Optional[Sequence[str]] = None) -> str:
     """The `per_row` most and least out-of-distribution images, with their scores.
 
     Args:
       images: uint8 `[N, H, W, C]`.
       scores: `[N]` OOD scores (non-finite ones rank as the most OOD).
       path: PNG file to write.
+      names: the images' file names, shown under each (long ones with their
+        middle elided); without them, the images' indices.
     """
     images, scores = np.asarray(images), np.asarray(scores, np.float64)
     if len(images) != len(scores) or not len(images):
         raise InputError('plot_contact_sheet: needs as many scores as images, and images.')
+    if names is not None and len(names) != len(images):
+        raise InputError(f'plot_contact_sheet: {len(names)} names for {len(images)} images.')
     ranked = np.argsort(np.where(np.isfinite(scores), scores, np.inf))
     n = min(per_row, len(images))
     rows = [('most out-of-distribution', ranked[::-1][:n]),
             ('least out-of-distribution', ranked[:n])]
-    fig = Figure(figsize=(1.3 * n, 3.4))
+    fig = Figure(figsize=(1.3 * n, 3.4 if names is None else 4.2))
     axes = fig.subplots(2, n, squeeze=False)
     for r, (label, indices) in enumerate(rows):
         for c in range(n):
@@ -355,9 +380,10 @@ def plot_contact_sheet(images: np.ndarray, scores: np.ndarray, path: str, per_ro
             i = indices[c]
             image = images[i][..., 0] if images.shape[-1] == 1 else images[i]
             ax.imshow(image, cmap='gray' if images.shape[-1] == 1 else None, vmin=0, vmax=255)
-            ax.set_title(f'#{i}\n{scores[i]:.3g}', fontsize=7)
+            caption = _wrapped(os.path.basename(names[i])) if names is not None else f'#{i}'
+            ax.set_title(f'{caption}\n{scores[i]:.3g}', fontsize=6 if names is not None else 7)
         axes[r][0].text(-0.1, 0.5, label, transform=axes[r][0].transAxes, rotation=90,
                         ha='right', va='center', fontsize=8)
-    fig.suptitle(title or 'most and least out-of-distribution images (index, score)',
-                 fontsize=9)
+    fig.suptitle(title or f'most and least out-of-distribution images '
+                          f'({"file" if names is not None else "index"}, score)', fontsize=9)
     return _save(fig, path)
