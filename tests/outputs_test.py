@@ -118,3 +118,41 @@ class StagedFolderTest(tf.test.TestCase):
             self.assertEqual(os.listdir(root), [])
             os.makedirs(staging)  # For the block's own exit, as if the process went on.
         self.assertFalse(outputs.publishing())
+
+
+def test_a_signal_waits_until_a_lock_or_staging_folder_is_registered(tmp_path):
+    import signal as signal_module
+    seen = []
+
+    def handler(signum, frame):
+        del frame
+        seen.append((signum, sorted(outputs._LOCKS)))
+
+    previous = signal_module.signal(signal_module.SIGTERM, handler)
+    try:
+        lock = str(tmp_path / 'out.lock')
+        with outputs._signals_deferred():
+            os.kill(os.getpid(), signal_module.SIGTERM)
+            outputs._LOCKS.add(lock)  # What hold_lock registers inside the block.
+            assert seen == []  # Held back: not yet delivered.
+        assert seen == [(signal_module.SIGTERM, [lock])]
+    finally:
+        outputs._LOCKS.discard(lock)
+        signal_module.signal(signal_module.SIGTERM, previous)
+
+
+def test_sigterm_while_tensorflow_is_imported_is_one_line(tmp_path):
+    import signal as signal_module
+    import subprocess
+    import sys
+    import time
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tfp_ood.cli', 'score', '--model-dir', str(tmp_path),
+         '--npz', str(tmp_path / 'x.npz'), '--output', str(tmp_path / 'out')],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # Importing TensorFlow (seconds), stderr filtered; or just after.
+    process.send_signal(signal_module.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f'tfp-ood score: interrupted; nothing was written to {tmp_path / "out"}')

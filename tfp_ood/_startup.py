@@ -48,6 +48,20 @@ def is_notice(line: str) -> bool:
     return bool(_NOTICES.match(line.rstrip('\r\n')))
 
 
+# The real file descriptor 2 while `_filtered_stderr` has redirected it.
+_REAL_STDERR = [None]
+
+
+def write_stderr(text: str) -> None:
+    """Writes `text` to the process's real stderr, also while TensorFlow is being
+    imported with stderr filtered (a signal handler's last words)."""
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    os.write(_REAL_STDERR[0] if _REAL_STDERR[0] is not None else 2, text.encode())
+
+
 @contextlib.contextmanager
 def _filtered_stderr():
     """Collect what is written to file descriptor 2; write back all but the notices."""
@@ -59,9 +73,11 @@ def _filtered_stderr():
         return
     with tempfile.TemporaryFile(mode='w+b') as captured:
         os.dup2(captured.fileno(), 2)
+        _REAL_STDERR[0] = saved
         try:
             yield
         finally:
+            _REAL_STDERR[0] = None
             try:
                 sys.stderr.flush()
             except (OSError, ValueError):

@@ -26,6 +26,7 @@ import traceback
 import warnings
 from typing import List, Optional
 
+from tfp_ood import _startup
 from tfp_ood.errors import TfpOodError
 from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
 
@@ -610,14 +611,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _build_parser().parse_args(argv)  # No TensorFlow yet: --help answers at once.
     # Read by TensorFlow when it is imported, below.
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    from tfp_ood import distribute, outputs
-    # Ctrl-C and SIGTERM end the process cleanly (`_interrupt_handler`); training
-    # replaces the handler while its loop runs, to checkpoint and stop at a step.
+    from tfp_ood import outputs  # No TensorFlow yet either.
+    # Ctrl-C and SIGTERM end the process cleanly (`_interrupt_handler`), from
+    # before TensorFlow is imported on; training replaces the handler while its
+    # loop runs, to checkpoint and stop at a step.
     previous = {}
     interrupt = _interrupt_handler(args.verb, getattr(args, 'output', None), outputs)
     with contextlib.suppress(ValueError):  # Not the main thread: left as it is.
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, interrupt)
+    from tfp_ood import distribute  # TensorFlow.
     try:
         if hasattr(args, 'strategy'):
             # Before any TensorFlow op: a multi-worker strategy configures the
@@ -672,7 +675,8 @@ def _interrupt_handler(verb: str, output: Optional[str], outputs):
             return
         outputs.abandon()
         written = f'; nothing was written to {output}' if output else ''
-        print(f'tfp-ood {verb}: interrupted{written}', file=sys.stderr, flush=True)
+        # Also while TensorFlow is being imported, with stderr filtered.
+        _startup.write_stderr(f'tfp-ood {verb}: interrupted{written}\n')
         os._exit(130)
     return interrupt
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from typing import Iterable, Iterator, Optional, Sequence, Type
@@ -49,11 +50,28 @@ def abandon() -> None:
 
 
 @contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the block runs (delivered after it), so a
+    signal handler never sees a file created but not yet registered for `abandon`."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    except (AttributeError, OSError, ValueError):  # No POSIX signal masks here.
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
 def temporary_folder(parent: Optional[str] = None, prefix: str = '.staging-') -> Iterator[str]:
     """A temporary folder in `parent` (the system's by default), removed on any
     exit of the block, and by `abandon` if a signal ends the process first."""
-    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    _STAGING.add(folder)
+    with _signals_deferred():
+        folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        _STAGING.add(folder)
     try:
         yield folder
     finally:
@@ -115,7 +133,11 @@ def hold_lock(path: str, busy: str, advice: str,
     me = {'pid': os.getpid(), 'host': socket.gethostname()}
     while True:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with _signals_deferred():  # Created, written and registered, or not at all.
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                with os.fdopen(fd, 'w') as f:
+                    json.dump(me, f)
+                _LOCKS.add(path)
         except FileExistsError:
             try:
                 with open(path) as f:
@@ -134,10 +156,7 @@ def hold_lock(path: str, busy: str, advice: str,
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
             continue
-        with os.fdopen(fd, 'w') as f:
-            json.dump(me, f)
         break
-    _LOCKS.add(path)
     try:
         yield
     finally:
