@@ -668,6 +668,8 @@ def _interrupt_handler(verb: str, output: Optional[str], outputs):
     A folder being published is let finish first."""
     def interrupt(signum, frame):
         del frame
+        if outputs.deferring(signum):  # A lock or staging folder half made: right after.
+            return
         if outputs.publishing():
             print(f'tfp-ood {verb}: interrupted while writing {output}; finishing it first',
                   file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Type
 
 from tfp_ood.errors import InputError, TfpOodError
 
-__all__ = ['OutputError', 'OutputLockedError', 'abandon', 'check_output', 'hold_lock',
+__all__ = ['OutputError', 'OutputLockedError', 'abandon', 'check_output', 'deferring', 'hold_lock',
            'publishing', 'publishing_now', 'staged_folder', 'temporary_folder']
 
 # What this process is writing: staging folders and the locks it holds, so a
@@ -49,20 +49,34 @@ def abandon() -> None:
             os.remove(lock)
 
 
+# Signals a handler held back (`deferring`) while a file was being created and
+# registered for `abandon`; raised again when that is done.
+_DEFERRED = {'active': False, 'pending': []}
+
+
+def deferring(signum: int) -> bool:
+    """For a signal handler: whether to hold `signum` back because a lock or a
+    staging folder is being created and registered just now (it is raised again
+    right after). A process-wide signal mask cannot do this: the signal would
+    reach one of TensorFlow's threads, and Python runs the handler anyway."""
+    if _DEFERRED['active']:
+        _DEFERRED['pending'].append(signum)
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM held back while the block runs (delivered after it), so a
-    signal handler never sees a file created but not yet registered for `abandon`."""
-    signals = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    except (AttributeError, OSError, ValueError):  # No POSIX signal masks here.
-        yield
-        return
+    """The block runs whole before a handler that asks `deferring` acts on a signal,
+    so it never sees a file created but not yet registered for `abandon`."""
+    _DEFERRED['active'] = True
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _DEFERRED['active'] = False
+        pending, _DEFERRED['pending'] = _DEFERRED['pending'], []
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
