@@ -67,8 +67,8 @@ def accuracy(model_dir: str, images: Dict[str, np.ndarray], progress: bool = Fal
                   for name, x in images.items()} for s in SETTINGS}
     out = {}
     for setting, per_set in scores.items():
-        row = {'auroc': metrics.ood_metrics(per_set['cifar10']['log_prob'],
-                                            per_set['svhn_cropped']['log_prob'])['auroc']}
+        row = {'auroc': metrics.ood_metrics(-per_set['cifar10']['log_prob'],
+                                            -per_set['svhn_cropped']['log_prob'])['auroc']}
         if setting != 'float32':
             for name in images:
                 diff = np.abs(per_set[name]['bits_per_dim']

@@ -662,8 +662,8 @@ def bf16_bpd_difference(log: Callable, limit: Optional[int] = None, model_dir: s
                      'mean_abs_bpd_diff': float(diff.mean())}
     for precision in ('float32', 'bfloat16'):
         out[f'auroc_{precision}'] = metrics.ood_metrics(
-            scores[precision, 'cifar10']['log_prob'],
-            scores[precision, 'svhn_cropped']['log_prob'])['auroc']
+            -scores[precision, 'cifar10']['log_prob'],
+            -scores[precision, 'svhn_cropped']['log_prob'])['auroc']
     out['max_abs_bpd_diff'] = max(out[n]['max_abs_bpd_diff'] for n in ('cifar10', 'svhn_cropped'))
     log(f'bfloat16 vs float32 on the embedded samples ({os.path.basename(model_dir)}): '
         f'per-image |bits/dim| max {out["max_abs_bpd_diff"]:.4f}, mean '

@@ -22,10 +22,9 @@ the rest (test[7000:]); with --source tfds, SVHN's real train and test splits.
 
 import os
 
-import common  # examples/common.py
-
 from tfp_ood import analysis, data, report
 from tfp_ood.config import MODELS
+from tfp_ood.experiments import common
 
 SHAPE = (32, 32, 3)
 CIFAR_MODELS = (('glow_cifar10', 'glow'), ('cvglow_cifar10', 'cv_glow'),

@@ -13,9 +13,8 @@ TensorBoard logs.
     python examples/fashion_mnist.py --retrain --data-dir DATA
 """
 
-import common  # examples/common.py
-
 from tfp_ood import data, report
+from tfp_ood.experiments import common
 
 SHAPE = (28, 28, 1)
 IN_SET, OUT_SET = 'fashion_mnist/test', 'mnist/test'

@@ -28,7 +28,7 @@ $T train --model glow --config cpu --dataset svhn_cropped --split 'test[:7000]' 
 $T train --model glow --config cpu --dataset fashion_mnist --split train \
   --eval 'fashion_mnist:test[:2000]' --eval 'mnist:test[:2000]' \
   --workdir "$RUNS/glow_fashion_mnist" --steps 5000 --data-dir "$DATA"
-# For the analyses (examples/analysis.py): a FashionMNIST CV-Glow for the
+# For the analyses (tfp_ood.experiments.analysis): a FashionMNIST CV-Glow for the
 # second-order expansion, and five small Glows with different seeds (weights
 # and data order) for the ensemble.
 $T train --model cv_glow --config cpu --dataset fashion_mnist --split train \
@@ -65,11 +65,11 @@ done
 
 # The fitted detectors `tfp-ood detect` runs (docs/detectors.md). Their design
 # (which statistics, which estimator) is chosen on validation OOD sets that are
-# not the test pairs, by examples/detector_search.py (saved_models/designs/:
+# not the test pairs, by tfp_ood.experiments.detector_search (saved_models/designs/:
 # <model>.json with TensorFlow statistics only, <model>_python.json with the
 # JPEG 2000 and JPEG XL lengths too); fitted on the first 5,000 training images,
 # the threshold set to keep 95% of test[:5000].
-python examples/detector_search.py --data-dir "$DATA" --out "$RUNS/detector_search"
+python -m tfp_ood.experiments.detector_search --data-dir "$DATA" --out "$RUNS/detector_search"
 cp "$RUNS"/detector_search/*.json "$RUNS/detector_search/search.md" saved_models/designs/
 $T fit-detector --detector density_of_states_selected --design saved_models/designs/glow_cifar10.json \
   --model-dir saved_models/glow_cifar10 --dataset cifar10 \

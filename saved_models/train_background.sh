@@ -2,7 +2,7 @@
 # The background models of the likelihood-ratio detector (Ren et al., 2019):
 # for each foreground model, a grid of short runs on perturbed training images
 # (mutation rate MU; L2 weight decay LAMBDA), the choice among them on
-# validation OOD sets that are not the test pair (examples/background_search.py),
+# validation OOD sets that are not the test pair (tfp_ood.experiments.background_search),
 # then the chosen run trained on to the foreground's step count and exported to
 # saved_models/background_<model>. Every run resumes from its checkpoint when the
 # script is started again. From the repository root, with a frozen copy of the
@@ -67,7 +67,7 @@ for model in $MODELS; do
   # Searched once: afterwards the chosen run trains on past GRID_STEPS, and a second
   # search would compare it, longer trained, against the others.
   if [ ! -f "$RUNS/background_$model/search$TAG/search.json" ]; then
-    python examples/background_search.py --foreground "saved_models/$model" "${candidates[@]}" \
+    python -m tfp_ood.experiments.background_search --foreground "saved_models/$model" "${candidates[@]}" \
       --data-dir "$DATA" --out "$RUNS/background_$model/search$TAG"
   fi
   chosen=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['chosen'])" \

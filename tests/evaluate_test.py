@@ -143,8 +143,8 @@ class EvaluateTest(tf.test.TestCase):
         self.assertEqual(result.num_nonfinite, 2)
         self.assertEqual(result.summary()['num_nonfinite'], 2)
         with self.assertRaisesRegex(ValueError, '2 of 6 scores are not finite'):
-            ood_metrics(result.log_prob, np.zeros(3))
-        metrics = ood_metrics(result.log_prob, np.zeros(3), nonfinite='lowest')
+            ood_metrics(result.bits_per_dim, np.zeros(3))
+        metrics = ood_metrics(result.bits_per_dim, np.zeros(3), nonfinite='most_ood')
         self.assertEqual(metrics['num_nonfinite_in'], 2)
 
 

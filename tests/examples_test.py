@@ -1,5 +1,7 @@
-"""End-to-end runs of the example scripts: on tiny synthetic data with tiny models
-trained from scratch, and with no flags on the embedded samples and shipped models."""
+"""End-to-end runs of the example scripts and of the experiment programs
+(`python -m tfp_ood.experiments.<name>`): on tiny synthetic data with tiny
+models trained from scratch, and with no flags on the embedded samples and
+shipped models."""
 
 import contextlib
 import csv
@@ -17,9 +19,10 @@ import tensorflow as tf
 from tests import scripts
 from tfp_ood import detectors, export, models, shifts
 from tfp_ood.config import GlowConfig
+from tfp_ood.experiments import analysis, detector_search
+from tfp_ood.experiments import detectors as detectors_experiment
 
 REPO = scripts.REPO
-analysis = scripts.load('examples/analysis.py')
 cifar_svhn = scripts.load('examples/cifar_svhn.py')
 fashion_mnist = scripts.load('examples/fashion_mnist.py')
 
@@ -113,7 +116,7 @@ class ExamplesTest(tf.test.TestCase):
         for name, seed in (('fg', 0), ('bg_a', 1), ('bg_b', 2)):
             _export_tiny(os.path.join(models_dir, name), 'glow', (32, 32, 3), images, seed)
         out = self.create_tempdir().full_path
-        run = _script('background_search.py', '--foreground', os.path.join(models_dir, 'fg'),
+        run = _script('background_search', '--foreground', os.path.join(models_dir, 'fg'),
                       '--background', os.path.join(models_dir, 'bg_a'),
                       '--background', os.path.join(models_dir, 'bg_b'),
                       '--data-dir', self.data, '--num-images', '16', '--out', out)
@@ -128,7 +131,7 @@ class ExamplesTest(tf.test.TestCase):
         best = max(search['rows'], key=lambda r: r['mean_auroc'])
         self.assertEqual(search['chosen'], best['background'])
         # The validation sets are training images: the embedded samples are refused.
-        run = _script('background_search.py', '--foreground', os.path.join(models_dir, 'fg'),
+        run = _script('background_search', '--foreground', os.path.join(models_dir, 'fg'),
                       '--background', os.path.join(models_dir, 'bg_a'), '--out', out)
         self.assertEqual(run.returncode, 2)
         self.assertIn('pass --data-dir', run.stderr)
@@ -139,7 +142,7 @@ class ExamplesTest(tf.test.TestCase):
         images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
         _export_tiny(os.path.join(models_dir, 'glow_cifar10'), 'glow', (32, 32, 3), images)
         out = self.create_tempdir().full_path
-        run = _script('detector_search.py', '--models', 'glow_cifar10', '--models-dir',
+        run = _script('detector_search', '--models', 'glow_cifar10', '--models-dir',
                       models_dir, '--data-dir', self.data, '--num-images', '8',
                       '--num-fit-images', '24', '--out', out, '--no-progress')
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
@@ -147,7 +150,6 @@ class ExamplesTest(tf.test.TestCase):
             result = json.load(f)['glow_cifar10']
         # Fit images after the three validation blocks: none is also a validation image.
         self.assertEqual(result['fit_split'], 'train[24:48]')
-        detector_search = scripts.load('examples/detector_search.py')
         sets = ['uniform_noise', 'cifar10_gray', 'fashion_mnist_resized', *shifts.SHIFTS]
         for pool, chosen in result['pools'].items():
             self.assertEqual([r['estimator'] for r in chosen['rows']],
@@ -172,7 +174,7 @@ class ExamplesTest(tf.test.TestCase):
         self.assertEqual(set(result['reference']), set(detector_search.REFERENCE))
         with open(os.path.join(out, 'search.md')) as f:
             self.assertIn('### glow_cifar10', f.read())
-        run = _script('detector_search.py', '--models', 'glow_cifar10', '--models-dir',
+        run = _script('detector_search', '--models', 'glow_cifar10', '--models-dir',
                       models_dir, '--out', out)
         self.assertEqual(run.returncode, 2)
         self.assertIn('pass --data-dir', run.stderr)
@@ -188,8 +190,10 @@ class ExamplesTest(tf.test.TestCase):
 
 
 def _script(name, *args):
-    """Runs `examples/<name>` with `args` in a fresh process."""
-    return subprocess.run([sys.executable, os.path.join(REPO, 'examples', name), *args],
+    """Runs the experiment `python -m tfp_ood.experiments.<name>` with `args`
+    in a fresh process, from the repository."""
+    return subprocess.run([sys.executable, '-m', f'tfp_ood.experiments.{name}', *args],
+                          cwd=REPO,
                           capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
 
@@ -260,7 +264,7 @@ class DetectorsExampleTest(tf.test.TestCase):
     @pytest.mark.slow
     def test_detectors_table_on_the_samples(self):
         out = self.create_tempdir().full_path
-        run = _script('detectors.py', '--models', 'glow_cifar10', '--num-images', '100',
+        run = _script('detectors', '--models', 'glow_cifar10', '--num-images', '100',
                       '--num-synthetic', '50', '--out', out, '--no-progress')
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
         with open(os.path.join(out, 'detectors.json')) as f:
@@ -321,7 +325,7 @@ class AtPublishedFitTest(tf.test.TestCase):
 
     def test_each_set_moves_by_its_gap_to_the_paper(self):
         from tfp_ood.detectors import DetectorScores
-        detectors_example = scripts.load('examples/detectors.py')
+        detectors_example = detectors_experiment
 
         def scores(ood, bpd):
             return DetectorScores('input_complexity', np.array(ood, float),

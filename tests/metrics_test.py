@@ -1,4 +1,7 @@
-"""Tests of the OOD detection metrics against hand computations."""
+"""Tests of the OOD detection metrics against hand computations.
+
+The scores are OOD scores: higher = more out-of-distribution.
+"""
 
 import numpy as np
 import tensorflow as tf
@@ -9,26 +12,31 @@ from tfp_ood.metrics import ood_metrics
 class MetricsTest(tf.test.TestCase):
 
     def test_hand_computed_case(self):
-        # In: 3, 4, 5; out: 1, 2, 3.5. Of the 9 (in, out) pairs, in wins in 8 and
-        # loses (3 < 3.5) in 1: AUROC = 8/9.
-        metrics = ood_metrics([3., 4., 5.], [1., 2., 3.5])
+        # In: 3, 4, 5; out: 1, 2, 3.5 (as OOD scores: in lower). Of the 9 (in, out)
+        # pairs, in scores lower in 8 and higher (-3 > -3.5) in 1: AUROC = 8/9.
+        metrics = ood_metrics([-3., -4., -5.], [-1., -2., -3.5])
         self.assertAlmostEqual(metrics['auroc'], 8 / 9)
-        # Keeping 95% of in-distribution needs the threshold at 3: out 3.5 passes.
+        # Keeping 95% of in-distribution needs the threshold at -3: out -3.5 passes.
         self.assertAlmostEqual(metrics['fpr_at_95_tpr'], 1 / 3)
-        # Ranked (desc): 5 in, 4 in, 3.5 out, 3 in, ... AP_in = (1 + 1 + 3/4) / 3.
+        # In as positive, ranked by -score (desc): 5 in, 4 in, 3.5 out, 3 in, ...
+        # AP_in = (1 + 1 + 3/4) / 3.
         self.assertAlmostEqual(metrics['aupr_in'], (1 + 1 + 0.75) / 3)
-        # Out as positive, scores negated: 1 out, 2 out, 3 in, 3.5 out: (1 + 1 + 3/4) / 3.
+        # Out as positive, ranked by score: -1 out, -2 out, -3 in, -3.5 out: (1 + 1 + 3/4) / 3.
         self.assertAlmostEqual(metrics['aupr_out'], (1 + 1 + 0.75) / 3)
 
     def test_ties_and_reversed(self):
         self.assertAlmostEqual(ood_metrics([1., 1.], [1., 1.])['auroc'], 0.5)
-        self.assertAlmostEqual(ood_metrics([0., 1.], [2., 3.])['auroc'], 0.)
-        self.assertAlmostEqual(ood_metrics([2., 3.], [0., 1.])['fpr_at_95_tpr'], 0.)
+        self.assertAlmostEqual(ood_metrics([2., 3.], [0., 1.])['auroc'], 0.)
+        self.assertAlmostEqual(ood_metrics([0., 1.], [2., 3.])['auroc'], 1.)
+        self.assertAlmostEqual(ood_metrics([0., 1.], [2., 3.])['fpr_at_95_tpr'], 0.)
 
-    def test_lowest_policy_ranks_nonfinite_last(self):
-        metrics = ood_metrics([1., 2.], [-np.inf, np.nan, 0.], nonfinite='lowest')
+    def test_most_ood_policy_ranks_nonfinite_as_most_out_of_distribution(self):
+        metrics = ood_metrics([1., 2.], [np.inf, np.nan, 3.], nonfinite='most_ood')
         self.assertAlmostEqual(metrics['auroc'], 1.)
         self.assertEqual(metrics['num_nonfinite_out'], 2)
+        # -inf (a log-likelihood of +inf negated) is not finite either: most OOD.
+        metrics = ood_metrics([-np.inf, 1.], [2., 3.], nonfinite='most_ood')
+        self.assertAlmostEqual(metrics['auroc'], 0.5)
         with self.assertRaisesRegex(ValueError, 'nonfinite must be one of'):
             ood_metrics([1.], [0.], nonfinite='drop')
         with self.assertRaisesRegex(ValueError, 'no scores'):

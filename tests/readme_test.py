@@ -275,6 +275,9 @@ class DocsClaimsTest(tf.test.TestCase):
                         self.assertTrue(os.path.exists(os.path.join(REPO, words[1])),
                                         f'{doc}: {command}')
                         key = (words[1],)
+                    elif words[:2] == ['python', '-m'] and len(words) > 2 and (
+                            words[2].startswith('tfp_ood.experiments.')):
+                        key = ('-m', words[2])
                     else:
                         continue
                     commands.append((doc, command, key, words))
@@ -293,6 +296,7 @@ class DocsClaimsTest(tf.test.TestCase):
                 self.assertIn(flag, helps[key], f'{doc}: {command}')
         self.assertIn(('examples/cifar_svhn.py',), helps)
         self.assertIn(('-m', 'tfp_ood.cli', 'train'), helps)
+        self.assertIn(('-m', 'tfp_ood.experiments.detectors'), helps)
 
 
 if __name__ == '__main__':

@@ -1,11 +1,10 @@
 """The example and benchmark scripts as modules, for tests that call their functions.
 
-`load('examples/analysis.py')` imports the script under a name of its own
-(`examples.analysis`), so it cannot shadow or be shadowed by a package module
-of the same name (`tfp_ood.analysis`), and leaves `sys.path` as it was. The
-modules scripts import from their own folder (`examples/common.py`,
-`benchmarks/run.py`) are imported the same way, under the bare name the
-scripts import them by.
+`load('examples/cifar_svhn.py')` imports the script under a name of its own
+(`examples.cifar_svhn`), so it cannot shadow or be shadowed by a package
+module of the same name, and leaves `sys.path` as it was. The modules scripts
+import from their own folder (`benchmarks/run.py`) are imported the same way,
+under the bare name the scripts import them by.
 """
 
 import importlib.util
@@ -14,7 +13,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Sibling modules the scripts import by bare name, per folder.
-_SIBLINGS = {'examples': ('common',), 'benchmarks': ('run',)}
+_SIBLINGS = {'benchmarks': ('run',)}
 
 
 def _import(path: str, name: str):

@@ -60,12 +60,14 @@ class PrCurveTest(tf.test.TestCase):
     def test_exact_counts_at_the_quantiles_and_the_plugin_tag(self):
         logdir = self.create_tempdir().full_path
         writer = summaries.Summaries(logdir)
-        curve = writer.pr_curve('pr/a vs b', np.array([3., 4., np.nan]), np.array([1., 2.]),
-                                num_thresholds=5)
+        # OOD scores: the in-distribution set scores lower.
+        curve = writer.pr_curve('pr/a vs b', np.array([-3., -4., np.nan]),
+                                np.array([-1., -2.]), num_thresholds=5)
         writer.flush()
-        # Thresholds are the pooled finite scores' quantiles: 1, 1.75, 2.5, 3.25, 4. The
-        # NaN in-distribution score ranks lowest: never above a threshold.
-        self.assertAllClose(curve['thresholds'], [1., 1.75, 2.5, 3.25, 4.])
+        # Thresholds are the pooled finite scores' quantiles, from the highest down:
+        # -1, -1.75, -2.5, -3.25, -4. The NaN in-distribution score ranks as the most
+        # out-of-distribution: never at or below a threshold.
+        self.assertAllClose(curve['thresholds'], [-1., -1.75, -2.5, -3.25, -4.])
         self.assertAllClose(curve['recall'], [2 / 3, 2 / 3, 2 / 3, 1 / 3, 1 / 3])
         self.assertAllClose(curve['precision'], [0.5, 2 / 3, 1., 1., 1.])
         plugins = set()

@@ -4,6 +4,13 @@ Glow, CV-Glow and friends on TensorFlow Probability, with one evaluator that
 turns any model and dataset into per-image log-likelihoods, bits/dim and (for
 flows) the distribution and volume terms.
 
+One sign convention holds everywhere: an OOD score (a detector's
+`ood_score`, what `tfp_ood.ood_metrics` ranks, bits/dim) is higher for an
+input that looks more out-of-distribution; log-likelihoods and WAIC keep
+their usual sense (higher = more likely), so they enter `ood_metrics`
+negated. AUROC takes the in-distribution set as the positive class: below 0.5
+means the model prefers the out-of-distribution data.
+
 Importing the package does not import TensorFlow (the command line answers
 `--help` at once); its modules and names load on first use, e.g.
 `tfp_ood.score` or `from tfp_ood import export`. TensorFlow is then imported

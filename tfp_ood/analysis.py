@@ -35,7 +35,7 @@ from tfp_ood.models.base import dequantize
 __all__ = ['ChannelStatistics', 'SecondOrderResult', 'add_gray_versions', 'channel_statistics',
            'ensemble_scores', 'graying_rows', 'graying_table', 'log_mean_exp',
            'log_prob_hessian_diagonal', 'paper_alpha', 'quadratic_expansion_difference',
-           'second_order_difference', 'waic']
+           'second_order_difference', 'waic', 'waic_of']
 
 
 @dataclasses.dataclass
@@ -129,12 +129,19 @@ def ensemble_scores(member_log_probs: Sequence[np.ndarray]) -> np.ndarray:
     return log_mean_exp(_stack(member_log_probs), axis=0)
 
 
+def waic_of(member_log_probs: tf.Tensor) -> tf.Tensor:
+    """`waic` in TensorFlow ops, of float64 log-likelihoods `[M, N]`."""
+    mean, variance = tf.nn.moments(member_log_probs, axes=[0])
+    return mean - variance
+
+
 def waic(member_log_probs: Sequence[np.ndarray]) -> np.ndarray:
-    """WAIC per image: `mean_m log p_m(x) - var_m log p_m(x)` (higher = more in)."""
+    """WAIC per image: `mean_m log p_m(x) - var_m log p_m(x)` (higher = more
+    in-distribution; `tfp_ood.detectors.WAIC` scores its negation)."""
     stacked = _stack(member_log_probs)
     if stacked.shape[0] < 2:
         raise InputError('WAIC needs at least two ensemble members.')
-    return stacked.mean(axis=0) - stacked.var(axis=0)
+    return waic_of(tf.constant(stacked)).numpy()
 
 
 # Pixel values k scaled to [0, 1] are k / 255; a flow sees x = (k + 1/2) / 256 - 1/2.

@@ -166,9 +166,10 @@ def _add_compare(verbs) -> None:
     compare = verbs.add_parser(
         'compare', help='detection metrics and histogram of two score files',
         description='AUROC, AUPR and FPR at 95% TPR of telling the in-distribution '
-        'scores from the out-of-distribution ones (score: log-likelihood, higher = more '
-        'in-distribution), their overlaid histogram, and TensorBoard logs (the histograms, '
-        'the metrics and the precision-recall curve) in OUTPUT/tensorboard.')
+        'scores from the out-of-distribution ones by their log-likelihoods (the '
+        'in-distribution set the positive class), their overlaid histogram, and TensorBoard '
+        'logs (the histograms, the metrics and the precision-recall curve) in '
+        'OUTPUT/tensorboard.')
     compare.set_defaults(handler=_compare)
     compare.add_argument('in_scores', help='scores.npz of the in-distribution set')
     compare.add_argument('out_scores', help='scores.npz of the out-of-distribution set')
@@ -190,7 +191,7 @@ def _add_fit_detector(verbs) -> None:
                          f'{name}: {text}' for name, text in DETECTORS.items()))
     fit.add_argument('--design', default=None,
                      help='JSON design of density_of_states_selected (statistics, codecs, '
-                          'estimator), as examples/detector_search.py writes')
+                          'estimator), as tfp_ood.experiments.detector_search writes')
     fit.add_argument('--model-dir', required=True, help='SavedModel of the density model')
     fit.add_argument('--background-dir', default=None,
                      help='SavedModel of the background model (likelihood_ratio)')
@@ -467,7 +468,8 @@ def _compare(args) -> int:
     with _staged(args.output, names, args.overwrite, (args.in_scores, args.out_scores)
                  ) as staging:
         files = {k: os.path.join(staging, k) for k in names}
-        metrics = ood_metrics(results[0].log_prob, results[1].log_prob, nonfinite='lowest')
+        metrics = ood_metrics(-results[0].log_prob, -results[1].log_prob,
+                              nonfinite='most_ood')
         metrics.update(in_set=results[0].name, out_set=results[1].name)
         with open(files['metrics.json'], 'w') as f:
             json.dump(metrics, f, indent=2)
@@ -477,8 +479,8 @@ def _compare(args) -> int:
         summaries.scores({r.name: r for r in results}, step=0, prefix='scores')
         summaries.scalars({f'ood/{k}': metrics[k] for k in ('auroc', 'aupr_in', 'aupr_out',
                                                             'fpr_at_95_tpr')}, 0)
-        summaries.pr_curve(f'pr/{results[0].name} vs {results[1].name}', results[0].log_prob,
-                           results[1].log_prob, description='raw likelihood; the first set is '
+        summaries.pr_curve(f'pr/{results[0].name} vs {results[1].name}', -results[0].log_prob,
+                           -results[1].log_prob, description='raw likelihood; the first set is '
                            'the positive class')
         summaries.close()
     nonfinite = ''

@@ -383,5 +383,5 @@ DETECTORS: Dict[str, str] = {
 }
 DETECTOR_NAMES = tuple(DETECTORS)
 #: The density of states whose statistics and estimator a design names: what
-#: `examples/detector_search.py` chooses on validation sets.
+#: `tfp_ood.experiments.detector_search` chooses on validation sets.
 SELECTED = 'density_of_states_selected'

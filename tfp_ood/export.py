@@ -194,7 +194,9 @@ class _DetectorModule(tf.Module):
                                else model.log_prob_terms(images))
             model_terms[BITS_PER_DIM] = model.bits_per_dim(model_terms[LOG_PROB])
             terms.append(model_terms)
-        ood_score, components = detector.graph_score(terms, images)
+        # The score's ops as written (no data-dependent Python control flow).
+        graph_score = tf.autograph.experimental.do_not_convert(detector.graph_score)
+        ood_score, components = graph_score(terms, images)
         outputs = {'ood_score': ood_score,
                    'is_ood': tf.logical_not(ood_score <= self._threshold)}
         outputs.update(components)
@@ -210,11 +212,12 @@ def export_detector(detector, name: str, threshold: float, true_positive_rate: f
     Its `serving_default(images=uint8 [None, H, W, C])` returns `ood_score`
     (float64, higher = more out-of-distribution), `is_ood` (`threshold`
     applied) and the components the score is made from, computed entirely in
-    TensorFlow ops (`detector.graph_score`: the PNG length with
-    `tf.io.encode_png`, the density of states' KDE over its saved training
-    statistics), so plain TensorFlow loads and runs it with neither tfp_ood
-    nor TFP installed. `assets/tfp_ood.json` holds the detector, its models'
-    configurations, the threshold and the provenance.
+    TensorFlow ops (`detector.graph_score`, the function its Python
+    `score` runs: the PNG length with `tf.io.encode_png`, the density of
+    states' estimator over its saved training statistics), so plain
+    TensorFlow loads and runs it with neither tfp_ood nor TFP installed.
+    `assets/tfp_ood.json` holds the detector, its models' configurations, the
+    threshold and the provenance.
 
     Args:
       detector: a fitted `tfp_ood.detectors.Detector` over Python models (as
@@ -223,7 +226,7 @@ def export_detector(detector, name: str, threshold: float, true_positive_rate: f
         metadata records.
       path: output directory; `overwrite` replaces a previous export only.
     """
-    not_in_graph = sorted(set(detector.codecs) - {'png'})
+    not_in_graph = sorted({codec for codec, _ in detector.python_statistics.values()})
     if not_in_graph:
         raise InputError(f'{name} compresses with {", ".join(not_in_graph)}, which '
                          f'{"have" if len(not_in_graph) > 1 else "has"} no '

@@ -16,7 +16,7 @@ defined once, as a TensorFlow function of uint8 images `[N, H, W, C]` to
 | `laplacian_mean_abs` | mean absolute 4-neighbour Laplacian |
 
 Lossless lengths by codecs that have no TensorFlow op (JPEG 2000, JPEG XL)
-are `tfp_ood.detectors.compressed_bits`.
+are `tfp_ood.detectors.codecs`.
 
 #### References
 
@@ -33,24 +33,30 @@ import tensorflow as tf
 
 from tfp_ood.errors import InputError
 
-__all__ = ['IMAGE_STATISTICS', 'image_statistics', 'image_statistics_array']
+__all__ = ['IMAGE_STATISTICS', 'image_statistics', 'image_statistics_array', 'png_bits']
 
 
-def _encoded_bits(encode: Callable[[tf.Tensor], tf.Tensor]):
-    def statistic(images):
-        def length(image):
-            return tf.cast(tf.strings.length(encode(image)), tf.float32) * 8.
-        return tf.map_fn(length, images, fn_output_signature=tf.float32)
-    return statistic
+def _encoded_bits(encode: Callable[[tf.Tensor], tf.Tensor], images) -> tf.Tensor:
+    """`[N]` float64: 8 times the length of each image's code."""
+    def length(image):
+        return tf.strings.length(encode(image))
+    return 8. * tf.cast(tf.map_fn(length, images, fn_output_signature=tf.int32), tf.float64)
+
+
+def png_bits(images, level: int = 9) -> tf.Tensor:
+    """The length in bits of each uint8 image `[N, H, W, C]` as a PNG file at
+    zlib `level` (`tf.io.encode_png`), `[N]` float64."""
+    return _encoded_bits(lambda image: tf.io.encode_png(image, compression=level), images)
 
 
 def _png(level: int):
-    return _encoded_bits(lambda image: tf.io.encode_png(image, compression=level))
+    return lambda images: tf.cast(png_bits(images, level), tf.float32)
 
 
 def _jpeg(quality: int):
-    return _encoded_bits(lambda image: tf.io.encode_jpeg(image, quality=quality,
-                                                         chroma_downsampling=False))
+    def encode(image):
+        return tf.io.encode_jpeg(image, quality=quality, chroma_downsampling=False)
+    return lambda images: tf.cast(_encoded_bits(encode, images), tf.float32)
 
 
 def _differences(images):

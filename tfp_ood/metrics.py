@@ -1,11 +1,12 @@
 """Out-of-distribution detection metrics from two sets of scores.
 
-Convention: a score is higher for inputs that look more in-distribution (a
-log-likelihood, or minus bits/dim), and the in-distribution set is the
-positive class. AUROC is then the probability that a random in-distribution
-image scores higher than a random out-of-distribution one: 1 is perfect
-detection, 0.5 chance, and below 0.5 means the model prefers the
-out-of-distribution data, as the paper finds for CIFAR-10 against SVHN.
+The scores are OOD scores, the package's one convention: higher for inputs
+that look more out-of-distribution (bits/dim, minus a log-likelihood, a
+detector's `ood_score`). The in-distribution set is the positive class:
+AUROC is the probability that a random in-distribution image scores lower
+than a random out-of-distribution one: 1 is perfect detection, 0.5 chance,
+and below 0.5 means the model prefers the out-of-distribution data, as the
+paper finds for CIFAR-10 against SVHN.
 """
 
 from typing import Dict
@@ -17,7 +18,7 @@ from tfp_ood.errors import InputError
 
 __all__ = ['ood_metrics', 'NONFINITE_POLICIES']
 
-NONFINITE_POLICIES = ('raise', 'lowest')
+NONFINITE_POLICIES = ('raise', 'most_ood')
 
 
 def _prepare(scores, name: str, nonfinite: str) -> np.ndarray:
@@ -29,10 +30,10 @@ def _prepare(scores, name: str, nonfinite: str) -> np.ndarray:
         if nonfinite == 'raise':
             raise InputError(
                 f'{name}: {int(bad.sum())} of {scores.size} scores are not finite '
-                f'(NaN or inf). Pass nonfinite="lowest" to rank them as the '
-                f'least likely inputs.')
+                f'(NaN or inf). Pass nonfinite="most_ood" to rank them as the '
+                f'most out-of-distribution inputs.')
         scores = scores.copy()
-        scores[bad] = -np.inf
+        scores[bad] = np.inf
     return scores
 
 
@@ -40,17 +41,18 @@ def ood_metrics(in_scores, out_scores, nonfinite: str = 'raise') -> Dict[str, fl
     """AUROC, AUPR and FPR at 95% TPR of separating two score sets.
 
     Args:
-      in_scores: scores of in-distribution inputs (higher = more in).
-      out_scores: scores of out-of-distribution inputs.
-      nonfinite: `'raise'` on NaN or infinite scores, or `'lowest'` to rank
-        them below every finite score (as the least likely inputs); the
-        counts are returned either way.
+      in_scores: OOD scores of in-distribution inputs (higher = more
+        out-of-distribution).
+      out_scores: OOD scores of out-of-distribution inputs.
+      nonfinite: `'raise'` on NaN or infinite scores, or `'most_ood'` to rank
+        them above every finite score (a NaN or infinite likelihood is the
+        least likely input); the counts are returned either way.
         Default value: `'raise'`.
 
     Returns:
       A dict: `auroc`; `aupr_in` (average precision with the
-      in-distribution set as positive); `aupr_out` (out-of-distribution set as
-      positive, scores negated); `fpr_at_95_tpr` (fraction of
+      in-distribution set as positive, scores negated); `aupr_out`
+      (out-of-distribution set as positive); `fpr_at_95_tpr` (fraction of
       out-of-distribution inputs accepted when the threshold keeps 95% of the
       in-distribution ones); `num_in`, `num_out`, `num_nonfinite_in`,
       `num_nonfinite_out`.
@@ -62,11 +64,12 @@ def ood_metrics(in_scores, out_scores, nonfinite: str = 'raise') -> Dict[str, fl
     raw_out = np.asarray(out_scores, dtype=np.float64).ravel()
     s_in = _prepare(raw_in, 'in-distribution scores', nonfinite)
     s_out = _prepare(raw_out, 'out-of-distribution scores', nonfinite)
-    # sklearn rejects infinities; map -inf below every finite score.
+    # sklearn rejects infinities; map +inf above every finite score. It ranks
+    # "higher = positive", so the in-distribution (positive) class gets -score.
     both = np.concatenate([s_in, s_out])
     finite = both[np.isfinite(both)]
-    floor = (finite.min() - 1.0) if finite.size else 0.0
-    both = np.where(np.isfinite(both), both, floor)
+    ceiling = (finite.max() + 1.0) if finite.size else 0.0
+    both = -np.where(np.isfinite(both), both, ceiling)
     labels = np.concatenate([np.ones(len(s_in)), np.zeros(len(s_out))])
     fpr, tpr, _ = skm.roc_curve(labels, both, drop_intermediate=False)
     return {

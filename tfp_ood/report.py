@@ -217,7 +217,7 @@ def write_ood_report(results: Mapping[Tuple[str, str], ScoreResult], models: Seq
                                  key=LOG_PROB, title=f'{model_name}: log p(x)')
         if term_histograms and all(LOG_DET in r.scores for r in pair):
             plotting.plot_term_histograms(pair, os.path.join(out_dir, f'{model_name}_terms.png'))
-        metrics = ood_metrics(pair[0].log_prob, pair[1].log_prob, nonfinite='lowest')
+        metrics = ood_metrics(-pair[0].log_prob, -pair[1].log_prob, nonfinite='most_ood')
         report[model_name] = dict(metrics, in_set=in_set, out_set=out_set)
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
         json.dump(report, f, indent=2)
@@ -302,8 +302,8 @@ def run_experiment(models: Mapping[str, ModelEntry],
         if name in metrics:
             summaries.scalars({f'ood/{k}': v for k, v in metrics[name].items()
                                if k in ('auroc', 'aupr_in', 'aupr_out', 'fpr_at_95_tpr')}, 0)
-            summaries.pr_curve(f'pr/{in_set} vs {out_set}', results[(name, in_set)].log_prob,
-                               results[(name, out_set)].log_prob,
+            summaries.pr_curve(f'pr/{in_set} vs {out_set}', -results[(name, in_set)].log_prob,
+                               -results[(name, out_set)].log_prob,
                                description=f'raw likelihood (log p(x)) under {name}; '
                                            f'{in_set} is the positive class')
         summaries.text('bpd_table', table)

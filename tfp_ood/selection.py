@@ -99,7 +99,7 @@ def validation_aurocs(estimator: str, train: np.ndarray, held_out: np.ndarray,
         return out
 
     in_scores = score(held_out)
-    return {k: ood_metrics(-in_scores, -score(v), nonfinite='lowest')['auroc']
+    return {k: ood_metrics(in_scores, score(v), nonfinite='most_ood')['auroc']
             for k, v in shifted.items()}
 
 

@@ -134,18 +134,21 @@ class Summaries:
                  description: Optional[str] = None) -> Dict[str, np.ndarray]:
         """The precision-recall curve of telling `in_scores` from `out_scores`.
 
-        The in-distribution set is the positive class and a higher score
-        means more in-distribution (as `tfp_ood.metrics.ood_metrics`;
-        non-finite scores rank lowest). The curve is exact at
-        `num_thresholds` thresholds, the quantiles of the pooled scores, and
-        written as raw counts for TensorBoard's PR-curve plugin (its
-        threshold axis is the quantile).
+        The scores are OOD scores (higher = more out-of-distribution, as
+        `tfp_ood.metrics.ood_metrics` takes them; non-finite ones rank as
+        the most out-of-distribution), and the in-distribution set is the
+        positive class: an image at or below a threshold is called
+        in-distribution. The curve is exact at `num_thresholds` thresholds,
+        the quantiles of the pooled scores, and written as raw counts for
+        TensorBoard's PR-curve plugin (its threshold axis is the quantile,
+        from the highest score down).
 
         Returns:
-          `{'precision', 'recall', 'thresholds'}`, ascending thresholds.
+          `{'precision', 'recall', 'thresholds'}`, descending thresholds.
         """
         from tensorboard.plugins.pr_curve import summary as pr_summary
-        scores = [np.where(np.isfinite(v), v, -np.inf).astype(np.float64)
+        # In "higher = positive" form, as the plugin's counts are.
+        scores = [np.where(np.isfinite(v), -v, -np.inf).astype(np.float64)
                   for v in (np.asarray(in_scores), np.asarray(out_scores))]
         pooled = np.concatenate(scores)
         finite = pooled[np.isfinite(pooled)]
@@ -162,7 +165,7 @@ class Summaries:
             num_thresholds=num_thresholds, description=description)
         with self._writer.as_default():
             tf.summary.experimental.write_raw_pb(proto.SerializeToString(), step=step)
-        return {'precision': precision, 'recall': recall, 'thresholds': thresholds}
+        return {'precision': precision, 'recall': recall, 'thresholds': -thresholds}
 
     def images(self, tag: str, images, step: int, max_outputs: int = 16) -> None:
         with self._writer.as_default():

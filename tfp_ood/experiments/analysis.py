@@ -21,8 +21,8 @@ r"""The paper's analyses (Nalisnick et al., 2019, sections 4 and 5) on the pretr
 Writes to --out: PNG figures, `report.md`, `analysis.json` (every number
 printed) and TensorBoard logs (`--out/tensorboard`).
 
-    python examples/analysis.py                              # embedded samples
-    python examples/analysis.py --data-dir DATA    # full test sets
+    python -m tfp_ood.experiments.analysis                              # embedded samples
+    python -m tfp_ood.experiments.analysis --data-dir DATA    # full test sets
 """
 
 import argparse
@@ -34,12 +34,11 @@ import sys
 
 import numpy as np
 
-import common  # examples/common.py
-
 from tfp_ood import analysis, data, export, plotting, report
 from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models.base import bits_per_dim
+from tfp_ood.experiments import common
 
 # (CV-Glow, training set p*, other set q); p* and q are represented by their
 # test splits, which the evaluator also scores.
@@ -219,17 +218,17 @@ def ensemble(args, source: common.Source, out: str) -> dict:
     combined = {s: analysis.ensemble_scores(logs[s]) for s in sets}
     waics = {s: analysis.waic(logs[s]) for s in sets}
     summary = {
-        'members': {m: {'auroc': ood_metrics(logs[COLOUR_IN][i], logs[COLOUR_OUT][i],
-                                             nonfinite='lowest')['auroc'],
+        'members': {m: {'auroc': ood_metrics(-logs[COLOUR_IN][i], -logs[COLOUR_OUT][i],
+                                             nonfinite='most_ood')['auroc'],
                         'bpd_in': results[(m, COLOUR_IN)].summary()['bpd_mean'],
                         'bpd_out': results[(m, COLOUR_OUT)].summary()['bpd_mean']}
                     for i, m in enumerate(members)},
         'num_members': len(members),
-        'ensemble': dict(ood_metrics(combined[COLOUR_IN], combined[COLOUR_OUT],
-                                     nonfinite='lowest'),
+        'ensemble': dict(ood_metrics(-combined[COLOUR_IN], -combined[COLOUR_OUT],
+                                     nonfinite='most_ood'),
                          bpd_in=_finite_mean(bits_per_dim(combined[COLOUR_IN], num_dims)),
                          bpd_out=_finite_mean(bits_per_dim(combined[COLOUR_OUT], num_dims))),
-        'waic': dict(ood_metrics(waics[COLOUR_IN], waics[COLOUR_OUT], nonfinite='lowest'),
+        'waic': dict(ood_metrics(-waics[COLOUR_IN], -waics[COLOUR_OUT], nonfinite='most_ood'),
                      mean_in=_finite_mean(waics[COLOUR_IN]),
                      mean_out=_finite_mean(waics[COLOUR_OUT]),
                      median_in=_finite_median(waics[COLOUR_IN]),

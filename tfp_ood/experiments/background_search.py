@@ -17,7 +17,7 @@ It writes `search.csv`, `search.md` and `search.json` (AUROC of the
 likelihood ratio per candidate and validation set, and their mean) to
 `--out`, and names the candidate with the highest mean AUROC.
 
-    python examples/background_search.py --foreground saved_models/glow_fashion_mnist \
+    python -m tfp_ood.experiments.background_search --foreground saved_models/glow_fashion_mnist \
         --background runs/bg_mu0.1 --background runs/bg_mu0.2 --data-dir DATA
 """
 
@@ -28,9 +28,8 @@ import os
 
 import numpy as np
 
-import common  # examples/common.py
-
 from tfp_ood import detectors, export, models, train
+from tfp_ood.experiments import common
 
 
 def load_candidate(path: str):

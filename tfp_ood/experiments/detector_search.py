@@ -4,7 +4,7 @@ Our detector is a density of states: which statistics (a flow's per-level and
 per-step terms, activation and latent norms, PNG/JPEG lengths, total
 variation, ...) and which estimator over them (`tfp_ood.estimators`). A
 choice made on SVHN or MNIST would flatter the table of
-`examples/detectors.py`; this script makes it on validation sets built from
+`tfp_ood.experiments.detectors`; this script makes it on validation sets built from
 other data:
 
 - the in-distribution validation images: the first `--num-images` training
@@ -27,10 +27,11 @@ statistics alone on any validation set. The design with the highest mean,
 among these and the named designs of `REFERENCE` whose statistics the pool
 has, wins each pool. Writes `search.md`, `search.json` and, per model,
 `<model>.json` and `<model>_python.json` (the designs, what
-`tfp-ood fit-detector --design` and `examples/detectors.py --designs-dir` read)
+`tfp-ood fit-detector --design` and `tfp_ood.experiments.detectors --designs-dir` read)
 to `--out`; the shipped designs are in `saved_models/designs/`.
 
-    python examples/detector_search.py --data-dir DATA   # glow_cifar10, glow_fashion_mnist
+    # glow_cifar10 and glow_fashion_mnist:
+    python -m tfp_ood.experiments.detector_search --data-dir DATA
 """
 
 import argparse
@@ -39,9 +40,8 @@ import os
 
 import numpy as np
 
-import common  # examples/common.py
-
 from tfp_ood import data, detectors, evaluate, export, image_statistics, selection, shifts
+from tfp_ood.experiments import common
 
 # Each chooses its own statistics greedily; the KDE and the mixture are scored
 # on the Ledoit-Wolf Gaussian's choice (a greedy search under either costs

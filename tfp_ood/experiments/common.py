@@ -23,7 +23,8 @@ import numpy as np
 from tfp_ood import data, detectors, export, image_statistics, models, report, train
 from tfp_ood.config import GLOW_CONFIG_NAMES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The repository (an editable install's checkout), where saved_models/ is.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Images per set scored under the families whose scoring is slow, as
 # (on the embedded samples, on full data). The PixelCNN++ scores about 130
 # images/s on 2 CPU cores, the VAE's importance-weighted bound (K=100 decoder

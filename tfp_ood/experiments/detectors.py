@@ -15,8 +15,8 @@ density of states' detection: the AUROC of each alone and of all but it) and
 published one: each set's scores moved by the gap between our mean bits/dim
 and the paper's on that set).
 
-    python examples/detectors.py                   # embedded samples
-    python examples/detectors.py --data-dir DATA   # full test sets
+    python -m tfp_ood.experiments.detectors                   # embedded samples
+    python -m tfp_ood.experiments.detectors --data-dir DATA   # full test sets
 
 Detectors that learn from in-distribution data (typicality, density of
 states) fit on training images (`--num-fit-images` of them); the embedded
@@ -36,11 +36,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-import common  # examples/common.py
-
 from tfp_ood import (data, detectors, evaluate, export, image_statistics, plotting, report,
                      summaries)
 from tfp_ood.config import is_flow_family
+from tfp_ood.experiments import common
 
 TYPICALITY_M = (1, 2, 5, 10, 25)
 # Published single-image AUROCs (M images per test for typicality), keyed by
@@ -171,18 +170,13 @@ def at_published_fit(detector: str, model: str, family: str, train: str, in_name
             'auroc_at_published_fit': detectors.detector_metrics(*moved)['auroc']}
 
 
-def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures: dict,
-                   ablations: list, fits: list):
+def _models(args, experiment: Experiment):
+    """The experiment's model (a flow rebuilt from its weights, for the per-level
+    terms that SavedModels exported before those existed do not output), its
+    family, its background model and ensemble members (where shipped)."""
     path = os.path.join(args.models_dir, experiment.model)
-    if not os.path.isdir(path):
-        print(f'{experiment.model}: not in {args.models_dir}; skipped')
-        return
     family = export.read_metadata(path)['model']['family']
-    is_flow = is_flow_family(family)
-    # Flows are rebuilt from their weights, for the per-level terms that
-    # SavedModels exported before those existed do not output.
-    model = export.restore(path) if is_flow else export.load(path)
-    fit_images, in_images = sets.fit_and_in(experiment)
+    model = export.restore(path) if is_flow_family(family) else export.load(path)
     background_path = os.path.join(args.models_dir, f'background_{experiment.model}')
     background = export.load(background_path) if os.path.isdir(background_path) else None
     members = []
@@ -191,22 +185,18 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
         if os.path.isdir(folder):
             members = [export.load(os.path.join(folder, m)) for m in sorted(os.listdir(folder))
                        if os.path.exists(os.path.join(folder, m, 'saved_model.pb'))]
-    limit = args.num_images
-    cache: Dict[Tuple[int, str], dict] = {}
+    return model, family, background, members
 
-    def terms(m, name, images):
-        key = (id(m), name)
-        if key not in cache:
-            cache[key] = evaluate.score(m, images[:limit] if limit else images, name=name,
-                                        progress=args.progress,
-                                        statistics=m is model and is_flow).scores
-        return cache[key]
 
+def _detectors(args, experiment: Experiment, model, background, members) -> dict:
+    """Every single-image detector the model supports, by name, with the designs
+    the detector search chose on validation sets for it."""
     names = [n for n in detectors.DETECTOR_NAMES if n not in ('typicality', detectors.SELECTED)
              and (n != 'likelihood_ratio' or background is not None)
-             and (n not in detectors.FLOW_DETECTOR_NAMES or is_flow)]
-    single = {n: detectors.named(n, model, background) for n in names}
-    # The designs examples/detector_search.py chose on validation sets for this model.
+             and (n not in detectors.FLOW_DETECTOR_NAMES or model.is_flow)]
+    # One compressor for every detector: each set is compressed once per Python-only codec.
+    compressor = detectors.Compressor()
+    single = {n: detectors.named(n, model, background, compressor=compressor) for n in names}
     for suffix in ('', '_python'):
         design = os.path.join(args.designs_dir, f'{experiment.model}{suffix}.json')
         if not os.path.exists(design):
@@ -219,23 +209,48 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
             print(f'{experiment.model}: its design{suffix} names statistics the model lacks '
                   f'({", ".join(missing[:3])}...); {detectors.SELECTED}{suffix} skipped')
             continue
-        single[detectors.SELECTED + suffix] = detectors.named(detectors.SELECTED, model,
-                                                              design=design)
+        single[detectors.SELECTED + suffix] = detectors.named(
+            detectors.SELECTED, model, design=design, compressor=compressor)
     if len(members) >= 2:
         single['waic'] = detectors.WAIC(members)
-    typicality = {m: detectors.Typicality(model, batch_size=m) for m in TYPICALITY_M}
+    return single
 
-    def scores_of(detector, name, images, fit=False):
-        images = images[:limit] if limit else images
-        evaluated = [terms(m, name, images) for m in detector.models]
+
+class _Scorer:
+    """Scores sets under detectors, each model run once per set (by name)."""
+
+    def __init__(self, args, model):
+        self.args, self.model = args, model
+        self.cache: Dict[Tuple[int, str], dict] = {}
+
+    def _terms(self, m, name, images):
+        key = (id(m), name)
+        if key not in self.cache:
+            self.cache[key] = evaluate.score(m, images, name=name, progress=self.args.progress,
+                                             statistics=m is self.model and m.is_flow).scores
+        return self.cache[key]
+
+    def __call__(self, detector, name, images, fit=False):
+        images = images[:self.args.num_images] if self.args.num_images else images
+        evaluated = [self._terms(m, name, images) for m in detector.models]
         if fit:
             return detector.fit_terms(evaluated, images)
         return detector.score_terms(evaluated, images)
 
+
+def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures: dict,
+                   ablations: list, fits: list):
+    if not os.path.isdir(os.path.join(args.models_dir, experiment.model)):
+        print(f'{experiment.model}: not in {args.models_dir}; skipped')
+        return
+    model, family, background, members = _models(args, experiment)
+    fit_images, in_images = sets.fit_and_in(experiment)
+    single = _detectors(args, experiment, model, background, members)
+    typicality = {m: detectors.Typicality(model, batch_size=m) for m in TYPICALITY_M}
+    scores_of = _Scorer(args, model)
     for detector in list(single.values()) + list(typicality.values()):
         if detector.needs_fit:
             scores_of(detector, 'fit', fit_images, fit=True)
-
     in_name = experiment.in_set[0]
     in_scores = {d: scores_of(det, 'in', in_images) for d, det in single.items()}
     # TensorBoard: each detector's scores and precision-recall curve per pair.
@@ -248,20 +263,13 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
             rows.append(_row(d, experiment.model, family, in_name, out_name, 1,
                              in_scores[d], out_scores))
             board.histograms({f'{d}/{out_name}': out_scores.ood_score}, 0)
-            board.pr_curve(f'pr/{d}: {in_name} vs {out_name}', -in_scores[d].ood_score,
-                           -out_scores.ood_score,
+            board.pr_curve(f'pr/{d}: {in_name} vs {out_name}', in_scores[d].ood_score,
+                           out_scores.ood_score,
                            description=f'{d}; {in_name} is the positive class')
             if out_name == experiment.out_sets[0]:
                 figures[(d, experiment.model)] = (in_name, in_scores[d], out_name, out_scores)
-                if d == ABLATED:
-                    ablations.extend(dict(row, detector=d, model=experiment.model,
-                                          **{'in': in_name, 'out': out_name})
-                                     for row in det.ablation(in_scores[d], out_scores))
-                if d.startswith('input_complexity'):
-                    fit = at_published_fit(d, experiment.model, family, experiment.train[0],
-                                           in_name, out_name, in_scores[d], out_scores)
-                    if fit:
-                        fits.append(fit)
+                _first_pair_extras(d, det, experiment, family, in_name, out_name,
+                                   in_scores[d], out_scores, ablations, fits)
         for m, det in typicality.items():
             in_batches, out_batches = (scores_of(det, n, x) for n, x in
                                        (('in', in_images), (out_name, out_images)))
@@ -271,6 +279,21 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
     board.flush()
     print(f'{experiment.model}: {len([r for r in rows if r["model"] == experiment.model])} '
           f'rows', flush=True)
+
+
+def _first_pair_extras(name, detector, experiment, family, in_name, out_name, in_scores,
+                       out_scores, ablations: list, fits: list) -> None:
+    """On the first pair: the ablation of `ABLATED`, and each input complexity
+    moved to the published fit."""
+    if name == ABLATED:
+        ablations.extend(dict(row, detector=name, model=experiment.model,
+                              **{'in': in_name, 'out': out_name})
+                         for row in detector.ablation(in_scores, out_scores))
+    if name.startswith('input_complexity'):
+        fit = at_published_fit(name, experiment.model, family, experiment.train[0],
+                               in_name, out_name, in_scores, out_scores)
+        if fit:
+            fits.append(fit)
 
 
 def _format(value) -> str:
@@ -392,7 +415,7 @@ def main(argv=None):
     p.add_argument('--designs-dir', default=os.path.join(common.REPO, 'saved_models', 'designs'),
                    help='the designs of density_of_states_selected, <model>.json (TensorFlow '
                         'statistics only) and <model>_python.json (default: '
-                        'saved_models/designs/, written by examples/detector_search.py)')
+                        'saved_models/designs/, written by tfp_ood.experiments.detector_search)')
     args = p.parse_args(argv)
     source = common.Source(args)
     sets = Sets(source, args.num_fit_images, args.num_synthetic)
