@@ -14,6 +14,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from tfp_ood import cli
 
@@ -401,8 +402,9 @@ class DetectTest(tf.test.TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn('of 10 images', printed)
         for name in ('detections.csv', 'detections.npz', 'summary.json', 'summary.md',
-                     'histogram.png', 'contact_sheet.png'):
+                     'histogram.png', 'contact_sheet.png', 'skipped.txt'):
             self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        self.assertEqual(os.path.getsize(os.path.join(out, 'skipped.txt')), 0)
         with np.load(os.path.join(out, 'detections.npz')) as f:
             is_ood, scores = f['is_ood'], f['ood_score']
             self.assertEqual(list(f['source'][:2]), ['00.png', '01.png'])
@@ -494,27 +496,93 @@ class DetectTest(tf.test.TestCase):
                 self.assertEqual([n for n in os.listdir(self.dir) if f'signalled_{sig.name}' in n],
                                  [])  # No output, no staging folder, no lock.
 
-    def test_grayscale_and_wrong_size_images_are_errors_unless_resized(self):
+    def test_grayscale_is_converted_and_said_and_other_sizes_need_resize(self):
         rng = np.random.default_rng(4)
         gray = self._pngs(os.path.join(self.dir, 'gray'),
                           rng.integers(0, 256, (2, 32, 32, 1), dtype=np.uint8))
-        code, _, err = _run('detect', '--detector', self.fit, '--images-dir', gray,
-                            '--output', os.path.join(self.dir, 'g'))
-        self.assertEqual(code, 2)
-        self.assertIn('pass --resize', err)
-        code, _, err = _run('detect', '--detector', self.fit, '--images-dir', gray,
-                            '--output', os.path.join(self.dir, 'g'), '--resize')
+        code, printed, err = _run('detect', '--detector', self.fit, '--images-dir', gray,
+                                  '--output', os.path.join(self.dir, 'g'))
         self.assertEqual(code, 0, err)
+        self.assertIn('gray: 2 images grayscale -> RGB', printed)
+        with open(os.path.join(self.dir, 'g', 'summary.json')) as f:
+            self.assertEqual(json.load(f)['converted'], {'grayscale -> RGB': 2})
+        with open(os.path.join(self.dir, 'g', 'summary.md')) as f:
+            table = f.read().splitlines()
+        self.assertIn('| images grayscale -> RGB |', table[0])
+        self.assertTrue(table[2].endswith('| 2 |'), table)
         small = self._pngs(os.path.join(self.dir, 'small'),
                            rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8))
         code, _, err = _run('detect', '--detector', self.fit, '--images-dir', small,
                             '--output', os.path.join(self.dir, 's'))
         self.assertEqual(code, 2)
-        self.assertIn('[20, 24, 3]', err)
+        self.assertIn('2 of 2 images are not 32x32, the size the model takes: 00.png (20x24)',
+                      err)
+        self.assertIn('pass --resize', err)
+        code, _, err = _run('detect', '--detector', self.fit, '--images-dir', small,
+                            '--output', os.path.join(self.dir, 's'), '--resize')
+        self.assertEqual(code, 0, err)
         code, _, err = _run('detect', '--detector', os.path.join(self.dir, 'none.json'),
                             '--images-dir', small, '--output', os.path.join(self.dir, 'n'))
         self.assertEqual(code, 2)
         self.assertIn('No fitted detector', err)
+
+    @pytest.mark.slow(minutes=0.5)
+    def test_own_folder_end_to_end_train_fit_detect(self):
+        """A user's folder: a model trained on it, a detector fitted and calibrated
+        on a held-out fraction of it, run on new images; each lists what it skipped."""
+        rng = np.random.default_rng(6)
+        own = self._pngs(os.path.join(self.dir, 'own', 'nested'),
+                         rng.integers(100, 156, (40, 16, 16, 3), dtype=np.uint8))
+        own = os.path.dirname(own)
+        Image.fromarray(rng.integers(100, 156, (16, 16), dtype=np.uint8)).save(
+            os.path.join(own, 'gray.png'))
+        Image.fromarray(rng.integers(100, 156, (20, 16, 3), dtype=np.uint8)).save(
+            os.path.join(own, 'tall.jpg'))
+        with open(os.path.join(own, 'broken.png'), 'wb') as f:
+            f.write(b'not a png')
+        run, model = os.path.join(self.dir, 'own_run'), os.path.join(self.dir, 'own_model')
+        train = ['train', '--config', 'tiny', '--images-dir', own, '--workdir', run,
+                 '--steps', 2, '--batch-size', 8, '--no-progress']
+        code, _, err = _run(*train)
+        self.assertEqual(code, 2)
+        self.assertIn('1 of 42 images are not 16x16, the most common size', err)
+        code, printed, err = _run(*train, '--resize')
+        self.assertEqual(code, 0, err)
+        self.assertIn('own: training on 38 images of 16x16x3, evaluating on own (held out) (4)',
+                      printed)
+        with open(os.path.join(run, 'config.json')) as f:
+            data = json.load(f)['data']
+        self.assertEqual((data['images_dir'], data['image_shape'], data['skipped']),
+                         (own, [16, 16, 3], 1))
+        with open(os.path.join(run, 'skipped.txt')) as f:
+            self.assertEqual(f.read().split('\t')[0], 'broken.png')
+        self.assertEqual(_run('export', '--workdir', run, '--output', model)[0], 0)
+        fit = os.path.join(self.dir, 'own_fit.json')
+        code, printed, err = _run('fit-detector', '--detector', 'density_of_states',
+                                  '--model-dir', model, '--images-dir', own, '--resize',
+                                  '--true-positive-rate', 0.75, '--output', fit)
+        self.assertEqual(code, 0, err)
+        # The images the model held out when it trained: the threshold's.
+        self.assertIn('trained on these images with 10% held out (seed 0)', printed)
+        self.assertIn('own: fitting on 38 images, the threshold set on 4 held out', printed)
+        self.assertIn('listed in ' + os.path.join(self.dir, 'own_fit.skipped.txt'), printed)
+        with open(fit) as f:
+            provenance = json.load(f)['provenance']
+        self.assertEqual((provenance['validation_fraction'], provenance['skipped']), (0.1, 1))
+        code, _, err = _run('fit-detector', '--detector', 'density_of_states',
+                            '--model-dir', model, '--images-dir', own, '--resize',
+                            '--validation-fraction', 0.5, '--output', fit, '--overwrite')
+        self.assertEqual(code, 0, err)
+        self.assertIn('may include images it was trained on', err)
+        self.assertTrue(os.path.exists(os.path.join(self.dir, 'own_fit.skipped.txt')))
+        new = self._pngs(os.path.join(self.dir, 'own_new'),
+                         np.concatenate([rng.integers(100, 156, (3, 16, 16, 3), np.uint8),
+                                         np.zeros((3, 16, 16, 3), np.uint8)]))
+        code, printed, err = _run('detect', '--detector', fit, '--images-dir', new,
+                                  '--output', os.path.join(self.dir, 'own_out'))
+        self.assertEqual(code, 0, err)
+        with np.load(os.path.join(self.dir, 'own_out', 'detections.npz')) as f:
+            self.assertTrue(np.all(f['is_ood'][3:]))  # Black images: far from the folder's.
 
     def test_a_full_disk_is_one_line_and_leaves_nothing(self):
         import errno
@@ -535,22 +603,27 @@ class DetectTest(tf.test.TestCase):
         self.assertEqual(err.strip(), 'tfp-ood detect: error: [Errno 28] No space left on device')
         self.assertEqual([n for n in os.listdir(self.dir) if 'full_disk_out' in n], [])
 
-    def test_odd_entries_of_an_images_folder_are_one_line_naming_them(self):
+    def test_odd_entries_of_an_images_folder_are_skipped_and_listed(self):
         images = np.random.default_rng(9).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
         odd = {'a folder named like an image': (lambda d: os.makedirs(os.path.join(d, 'x.png')),
-                                                'x.png is a folder named like an image'),
+                                                []),
                'a broken symlink': (lambda d: os.symlink(os.path.join(d, 'gone.png'),
                                                          os.path.join(d, 'broken.png')),
-                                    'broken.png cannot be read'),
+                                    ['broken.png']),
                'a symlink loop': (lambda d: os.symlink(os.path.join(d, 'loop.png'),
                                                        os.path.join(d, 'loop.png')),
-                                  'loop.png cannot be read')}
-        for name, (make, expected) in odd.items():
+                                  ['loop.png'])}
+        for name, (make, skipped) in odd.items():
             with self.subTest(name=name):
                 folder = self._pngs(os.path.join(self.dir, name.replace(' ', '_')), images)
                 make(folder)
-                code, _, err = _run('detect', '--detector', self.fit, '--images-dir', folder,
-                                    '--output', os.path.join(folder + '_out'))
-                self.assertEqual(code, 2, err)
-                self.assertLen(err.strip().splitlines(), 1)
-                self.assertIn(expected, err)
+                out = os.path.join(folder + '_out')
+                code, printed, err = _run('detect', '--detector', self.fit, '--images-dir',
+                                          folder, '--output', out)
+                self.assertEqual(code, 0, err)
+                self.assertIn('of 2 images', printed)
+                with open(os.path.join(out, 'skipped.txt')) as f:
+                    self.assertEqual([line.split('\t')[0] for line in f], skipped)
+                self.assertEqual('could not be decoded' in printed, bool(skipped))
+                with open(os.path.join(out, 'summary.json')) as f:
+                    self.assertEqual(json.load(f)['num_skipped'], len(skipped))

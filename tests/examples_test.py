@@ -25,6 +25,7 @@ from tfp_ood.experiments import detectors as detectors_experiment
 REPO = scripts.REPO
 cifar_svhn = scripts.load('examples/cifar_svhn.py')
 fashion_mnist = scripts.load('examples/fashion_mnist.py')
+own_data = scripts.load('examples/own_data.py')
 
 
 def _write(directory, name, split, n, shape):
@@ -223,6 +224,26 @@ def _in_directory(directory, fn):
 def _bpd(outcome, model, scored_set):
     return next(r.bpd_mean for r in outcome['rows']
                 if r.model == model and r.scored_set == scored_set)
+
+
+class OwnDataExampleTest(tf.test.TestCase):
+
+    @pytest.mark.slow(minutes=0.5)
+    def test_demo_trains_fits_exports_and_detects(self):
+        out = self.create_tempdir().full_path
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            own_data.main(['--demo', '--config', 'tiny', '--steps', '2', '--out', out])
+        printed = printed.getvalue()
+        self.assertIn('density_of_states_terms: threshold', printed)
+        self.assertRegex(printed, r'svhn_cropped: [0-9.]+% of 2000 images flagged')
+        self.assertRegex(printed, r'AUROC held-out CIFAR-10 against SVHN: [01]\.[0-9]{3}')
+        for name in ('run/config.json', 'model/saved_model.pb', 'detector.json',
+                     'detector/saved_model.pb'):
+            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        # The fit and its SavedModel agree on the held-out images' threshold.
+        fitted = detectors.load_detector(os.path.join(out, 'detector.json'))
+        self.assertEqual(fitted.calibration.true_positive_rate, 0.95)
 
 
 class NoFlagsTest(tf.test.TestCase):

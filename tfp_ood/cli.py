@@ -37,6 +37,18 @@ class CommandError(TfpOodError):
     """An error the user can fix: printed without a traceback, exit status 2."""
 
 
+def _image_shape(text: str):
+    """`H,W,C` as in `64,64,3`."""
+    try:
+        shape = tuple(int(d) for d in text.split(','))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1 or shape[-1] not in (1, 3):
+        raise argparse.ArgumentTypeError(f'expected H,W,C with C 1 or 3, e.g. 64,64,3; '
+                                         f'got {text!r}')
+    return shape
+
+
 def _eval_spec(text: str):
     """`name:split` as in `svhn_cropped:test[:2000]`."""
     if ':' not in text:
@@ -110,12 +122,19 @@ def _add_train(verbs) -> None:
     train.add_argument('--config', default='cpu', choices=SIZE_NAMES,
                        help='named size (default: cpu): ' + '; '.join(
                            f'{spec.name}: {", ".join(spec.sizes)}' for spec in MODELS.values()))
-    train.add_argument('--dataset', default='cifar10', help='training dataset (TFDS name)')
-    train.add_argument('--split', default='train', help='training split, e.g. "test[:7000]"')
+    _add_input_args(train, required=False, split='train', dataset_default='cifar10',
+                    what='training images')
+    train.add_argument('--image-shape', type=_image_shape, default=None, metavar='H,W,C',
+                       help='--images-dir / --npz / a TFDS dataset outside the registry: the '
+                            'model\'s image shape (default: the most common in the images)')
+    train.add_argument('--validation-fraction', type=float, default=None, metavar='F',
+                       help='hold out this fraction of the training images (drawn by --seed) '
+                            'as the set scored every --eval-every steps (default: 0.1 for '
+                            '--images-dir, --npz and TFDS datasets outside the registry)')
     train.add_argument('--eval', dest='eval_sets', type=_eval_spec, action='append',
                        default=None, metavar='DATASET:SPLIT',
                        help='held-out set scored every --eval-every steps (repeatable; '
-                            'default: the test split of --dataset)')
+                            'default: the test split of a registry --dataset)')
     train.add_argument('--workdir', required=True, help='run directory (checkpoints, logs)')
     _add_dataclass_flags(train, TrainConfig)
     _add_precision_arg(train, 'float32', 'where the coupling networks of a flow compute '
@@ -195,11 +214,19 @@ def _add_fit_detector(verbs) -> None:
     fit.add_argument('--model-dir', required=True, help='SavedModel of the density model')
     fit.add_argument('--background-dir', default=None,
                      help='SavedModel of the background model (likelihood_ratio)')
-    fit.add_argument('--dataset', required=True, help='the in-distribution dataset')
+    _add_input_args(fit, split=None, what='the in-distribution images')
     fit.add_argument('--fit-split', default='train[:5000]',
-                     help='images the detector learns from (default: train[:5000])')
+                     help='--dataset: images the detector learns from (default: train[:5000])')
     fit.add_argument('--validation-split', default='test[:5000]',
-                     help='held-out images the threshold is set on (default: test[:5000])')
+                     help='--dataset: held-out images the threshold is set on (default: '
+                          'test[:5000])')
+    fit.add_argument('--validation-fraction', type=float, default=None, metavar='F',
+                     help='set the threshold on this fraction of the images, held out from '
+                          'the fit (drawn by --seed); for --images-dir and --npz the default is '
+                          'the fraction the model held out when trained on them, else 0.1; '
+                          'with --dataset, instead of --validation-split')
+    fit.add_argument('--seed', type=int, default=0,
+                     help='seed of the --validation-fraction draw (default: 0)')
     fit.add_argument('--true-positive-rate', type=float, default=0.95,
                      help='fraction of in-distribution images kept (default: 0.95)')
     fit.add_argument('--output', required=True, help='JSON file of the fit')
@@ -259,11 +286,20 @@ def _train(args) -> int:
     latest = tf.train.latest_checkpoint(train.RunDirectory(args.workdir).checkpoints)
     if latest is not None:  # Said also without a progress bar.
         print(f'Resuming {args.workdir} from {os.path.basename(latest)}.', flush=True)
-    _, result = train.train_on_dataset(
-        args.model, args.config, args.dataset, args.split, args.workdir, config,
-        eval_specs=args.eval_sets, data_dir=args.data_dir, source=args.source,
-        download=args.download, strategy=args.distribution, progress=args.progress,
-        precision=args.precision, model_overrides=overrides)
+    from tfp_ood import data
+    if args.images_dir or args.npz or args.dataset not in data.DATASETS:
+        result = _train_on_own_images(args, config, overrides)
+    else:
+        if args.image_shape or args.validation_fraction is not None:
+            raise CommandError(f'--image-shape and --validation-fraction are for --images-dir, '
+                               f'--npz and TFDS datasets outside the registry; '
+                               f'{args.dataset} is {data.DATASETS[args.dataset].image_shape}, '
+                               f'evaluated on its test split or --eval')
+        _, result = train.train_on_dataset(
+            args.model, args.config, args.dataset, args.split, args.workdir, config,
+            eval_specs=args.eval_sets, data_dir=args.data_dir, source=args.source,
+            download=args.download, strategy=args.distribution, progress=args.progress,
+            precision=args.precision, model_overrides=overrides)
     from tfp_ood import distribute
     if distribute.is_chief(args.distribution):
         last = result.history[-1] if result.history else {}
@@ -279,6 +315,41 @@ def _train(args) -> int:
               f'the same command to resume.', file=sys.stderr)
         return 128 + int(getattr(signal, name, signal.SIGTERM))
     return 0
+
+
+def _train_on_own_images(args, config, overrides):
+    """`tfp-ood train` on a folder, an .npz file or a TFDS dataset outside the
+    registry: the model's shape from the images (or --image-shape), a held-out
+    fraction of them (or --eval sets) scored as it trains."""
+    from tfp_ood import distribute, inputs, train
+    images = _read_image_set(args, args.image_shape, args.split,
+                             os.path.join(args.workdir, 'skipped.txt'))
+    fraction = 0.1 if args.validation_fraction is None and not args.eval_sets else (
+        args.validation_fraction)
+    eval_sets = {}
+    if fraction:
+        images, held_out = images.split(fraction, seed=config.seed)
+        eval_sets[held_out.name] = held_out.images
+    for name, split in args.eval_sets or ():
+        eval_sets[f'{name}/{split}'] = inputs.load_dataset(
+            name, split, images.images.shape[1:], args.resize, data_dir=args.data_dir,
+            source=args.source, download=args.download).images
+    source = ({'images_dir': os.path.abspath(args.images_dir)} if args.images_dir else
+              {'npz': os.path.abspath(args.npz)} if args.npz else
+              {'dataset': args.dataset, 'split': args.split})
+    source.update(image_shape=list(images.images.shape[1:]), skipped=len(images.skipped),
+                  validation_fraction=fraction)
+    print(f'{images.name}: training on {len(images)} images of '
+          f'{"x".join(map(str, images.images.shape[1:]))}'
+          + (f', evaluating on {", ".join(f"{k} ({len(v)})" for k, v in eval_sets.items())}'
+             if eval_sets else ''), flush=True)
+    _, result = train.train_on_images(
+        args.model, args.config, images.images, args.workdir, config, eval_sets, source,
+        strategy=args.distribution, progress=args.progress, precision=args.precision,
+        model_overrides=overrides)
+    if images.skipped and distribute.is_chief(args.distribution):
+        images.write_skipped(train.RunDirectory(args.workdir).skipped_path)
+    return result
 
 
 def _export(args) -> int:
@@ -311,44 +382,10 @@ def _staged(out: str, names, overwrite: bool, inputs, writes: bool = True):
     return outputs.staged_folder(out, names, overwrite, inputs)
 
 
-def _fit_images(images, shape, resize: bool, what: str):
-    """Checks `images` against the model's shape, resizing only when asked."""
-    from tfp_ood import data
-    if images.shape[1:] == tuple(shape):
-        return images
-    if not resize:
-        raise CommandError(f'{what}: images are {list(images.shape[1:])} but the model '
-                           f'expects {list(shape)} (H, W, C); pass --resize to resize them')
-    try:
-        return data.resize_images(images, shape)
-    except ValueError as e:
-        raise CommandError(f'{what}: {e}') from None
-
-
-def _read_image_folder(folder: str, shape, resize: bool):
-    import numpy as np
-    import tensorflow as tf
-    if not os.path.isdir(folder):
-        raise CommandError(f'no folder at {folder}')
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(('.png', '.jpg', '.jpeg')))
-    if not names:
-        raise CommandError(f'no PNG or JPEG images in {folder}')
-    images = []
-    for name in names:
-        path = os.path.join(folder, name)
-        if os.path.isdir(path):
-            raise CommandError(f'{path} is a folder named like an image; move or rename it')
-        if not os.path.isfile(path):
-            raise CommandError(f'{path} cannot be read (a broken or looping symbolic link?); '
-                               f'remove it or point it at an image')
-        try:
-            image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy()
-        except tf.errors.OpError as e:  # Unreadable, or not an image.
-            raise CommandError(f'{path}: not a readable image '
-                               f'({e.message.splitlines()[0]})') from None
-        images.append(_fit_images(image[None], shape, resize, path)[0])
-    return np.stack(images), names
+def _with_skipped(args, names):
+    """A command's output files, with `skipped.txt` when it reads a folder (the
+    files that could not be decoded; empty when none)."""
+    return tuple(names) + (('skipped.txt',) if getattr(args, 'images_dir', None) else ())
 
 
 def _scoring_strategy(args):
@@ -360,40 +397,48 @@ def _scoring_strategy(args):
     return args.distribution, distribute.is_chief(args.distribution)
 
 
-def _add_input_args(parser) -> None:
-    """The images a verb works on: a dataset split, an .npz file or a folder."""
-    inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument('--dataset', help='a dataset name (with --split)')
-    inputs.add_argument('--npz', help='an .npz file with a uint8 "images" array')
-    inputs.add_argument('--images-dir', help='a folder of PNG/JPEG images')
-    parser.add_argument('--split', default='test', help='split of --dataset (default: test)')
+def _add_input_args(parser, required: bool = True, split: Optional[str] = 'test',
+                    dataset_default: Optional[str] = None, what: str = 'images') -> None:
+    """The images a verb works on: a dataset split, an .npz file or a folder
+    (`tfp_ood.inputs`)."""
+    inputs = parser.add_mutually_exclusive_group(required=required)
+    inputs.add_argument('--dataset', default=dataset_default,
+                        help=f'{what}: a dataset of the registry or any TFDS image dataset'
+                             + (f' (with --split; default: {dataset_default})'
+                                if dataset_default else ' (with --split)' if split else ''))
+    inputs.add_argument('--npz', help=f'{what}: an .npz file with a uint8 "images" array')
+    inputs.add_argument('--images-dir',
+                        help=f'{what}: a folder of images, searched recursively (PNG, JPEG, '
+                             f'BMP, WebP, GIF, TIFF); files that cannot be decoded are skipped '
+                             f'and listed in skipped.txt')
+    if split is not None:
+        parser.add_argument('--split', default=split,
+                            help=f'split of --dataset (default: {split})')
     parser.add_argument('--name', default=None, help='name of the set (for tables)')
     parser.add_argument('--resize', action='store_true',
-                        help='resize (and convert channels of) images that do not match the '
-                             'model; without it they are an error')
+                        help='resize images of another size to the model\'s (without it they '
+                             'are an error; channels are converted either way, and said)')
 
 
-def _read_inputs(args, shape):
-    """`(images, labels or None, source names or None, set name)` from the input flags,
-    the images checked against (or with --resize fitted to) `shape`."""
-    import numpy as np
-
-    from tfp_ood import data
-    sources = labels = None
-    if args.dataset:
-        name = args.name or f'{args.dataset}/{args.split}'
-        ds = data.load(args.dataset, args.split, data_dir=args.data_dir, source=args.source,
-                       download=args.download)
-        batches = list(ds.batch(4096).as_numpy_iterator())  # One pass over the data.
-        images = np.concatenate([b['image'] for b in batches])
-        labels = np.concatenate([b['label'] for b in batches])
+def _read_image_set(args, shape, split: Optional[str] = None,
+                    skipped_to: str = 'skipped.txt'):
+    """The `tfp_ood.inputs.ImageSet` the input flags name, at `shape` (`None`:
+    the images' own, or a folder's most common one); what was converted or
+    skipped (to be listed in `skipped_to`) is printed."""
+    from tfp_ood import inputs
+    if args.images_dir:
+        image_set = inputs.read_folder(args.images_dir, shape, args.resize, args.name,
+                                       progress=sys.stderr.isatty())
     elif args.npz:
-        images, labels = data.read_npz(args.npz)
-        name = args.name or os.path.splitext(os.path.basename(args.npz))[0]
+        image_set = inputs.read_npz_set(args.npz, shape, args.resize, args.name)
     else:
-        images, sources = _read_image_folder(args.images_dir, shape, args.resize)
-        name = args.name or os.path.basename(os.path.normpath(args.images_dir))
-    return _fit_images(images, shape, args.resize, name), labels, sources, name
+        split = split or args.split
+        image_set = inputs.load_dataset(args.dataset, split, shape, args.resize,
+                                        data_dir=args.data_dir, source=args.source,
+                                        download=args.download, set_name=args.name)
+    for line in image_set.describe(skipped_to):
+        print(line, flush=True)
+    return image_set
 
 
 def _score(args) -> int:
@@ -407,31 +452,35 @@ def _score(args) -> int:
         model = export.restore(args.model_dir, precision=args.precision)
     shape = model.image_shape
     out = args.output
-    names = ('scores.csv', 'scores.npz', 'summary.json', 'summary.md', 'histogram.png')
+    names = _with_skipped(args, ('scores.csv', 'scores.npz', 'summary.json', 'summary.md',
+                                 'histogram.png'))
     inputs = (args.model_dir, args.images_dir)
     outputs.check_output(out, True, names, args.overwrite, inputs)  # Before any work.
-    images, labels, sources, name = _read_inputs(args, shape)
+    image_set = _read_image_set(args, shape)
+    name = image_set.name
     strategy, writes = _scoring_strategy(args)
     with _staged(out, names, args.overwrite, inputs, writes) as staging:
-        result = score(model, images, name=name, batch_size=args.batch_size,
+        result = score(model, image_set.images, name=name, batch_size=args.batch_size,
                        model_name=os.path.basename(os.path.normpath(args.model_dir)),
                        strategy=strategy)
         if not writes:
             print(f'{name}: scored as a worker; the chief writes the outputs')
             return 0
-        _write_scores(result, labels, sources, name, model, args.model_dir,
-                      {k: os.path.join(staging, k) for k in names})
+        files = {k: os.path.join(staging, k) for k in names}
+        _write_scores(result, image_set, model, args.model_dir, files)
     summary = dict(result.summary(), name=name)
     print(f'{name}: {summary["num_images"]} images, bits/dim {summary["bpd_mean"]:.4f} ± '
           f'{summary["bpd_std"]:.4f} ({summary["num_nonfinite"]} non-finite); wrote {out}')
     return 0
 
 
-def _write_scores(result, labels, sources, name, model, model_dir, files) -> None:
-    """`score`'s outputs: per-image CSV and NPZ, summary JSON and Markdown, histogram."""
+def _write_scores(result, image_set, model, model_dir, files) -> None:
+    """`score`'s outputs: per-image CSV and NPZ, summary JSON and Markdown,
+    histogram, and the files skipped."""
     import numpy as np
 
     from tfp_ood import plotting, report
+    labels, sources, name = image_set.labels, image_set.files, image_set.name
     if labels is not None:
         result.labels = np.asarray(labels, np.int64)
     result.save(files['scores.npz'])
@@ -439,12 +488,26 @@ def _write_scores(result, labels, sources, name, model, model_dir, files) -> Non
     report.write_per_image_csv(files['scores.csv'], dict(
         label=result.labels, **{k: result.scores[k] for k in keys}), sources)
     summary = dict(result.summary(), name=name, model_dir=model_dir)
+    fields, rows = _what_was_read(image_set, files)
+    summary.update(fields)
     report.write_summary(files['summary.json'], files['summary.md'], summary, [
         ('set', name), ('images', str(summary['num_images'])),
         ('non-finite', str(summary['num_nonfinite'])),
         ('bits/dim (mean ± std)', f'{summary["bpd_mean"]:.4f} ± {summary["bpd_std"]:.4f}'),
-        ('log p(x) nats (mean)', f'{summary["log_prob_mean"]:.1f}')])
+        ('log p(x) nats (mean)', f'{summary["log_prob_mean"]:.1f}')] + rows)
     plotting.plot_histograms([result], files['histogram.png'], key=BITS_PER_DIM)
+
+
+def _what_was_read(image_set, files):
+    """`(summary fields, Markdown rows)` of what reading the images converted
+    and skipped; `skipped.txt` written where the outputs have one."""
+    if 'skipped.txt' in files:
+        image_set.write_skipped(files['skipped.txt'])
+    fields = {'converted': dict(image_set.notes), 'num_skipped': len(image_set.skipped)}
+    rows = [(f'images {what}', str(count)) for what, count in sorted(image_set.notes.items())]
+    if image_set.skipped:
+        rows.append(('files skipped (skipped.txt)', str(len(image_set.skipped))))
+    return fields, rows
 
 
 def _compare(args) -> int:
@@ -493,8 +556,65 @@ def _compare(args) -> int:
     return 0
 
 
+def _fit_and_validation_sets(args, shape, skipped_to: str):
+    """The images `fit-detector` fits on and those it sets the threshold on, and
+    what they are (for the fit's provenance)."""
+    fraction = args.validation_fraction
+    if args.dataset:
+        provenance = {'dataset': args.dataset, 'fit_split': args.fit_split}
+        fit_set = _read_image_set(args, shape, args.fit_split)
+        if fraction is None:
+            if args.fit_split == args.validation_split:
+                raise CommandError(f'--validation-split is --fit-split ({args.fit_split}); '
+                                   f'the threshold must be set on held-out images: pass '
+                                   f'another split, or --validation-fraction')
+            provenance['validation_split'] = args.validation_split
+            return fit_set, _read_image_set(args, shape, args.validation_split), provenance
+    else:
+        fit_set = _read_image_set(args, shape, skipped_to=skipped_to)
+        provenance = ({'images_dir': os.path.abspath(args.images_dir)} if args.images_dir
+                      else {'npz': os.path.abspath(args.npz)})
+        provenance['skipped'] = len(fit_set.skipped)
+        fraction, args.seed = _held_out_as_trained(args, provenance, fraction)
+    fit_set, validation_set = fit_set.split(fraction, seed=args.seed)
+    provenance.update(validation_fraction=fraction, seed=args.seed)
+    print(f'{fit_set.name}: fitting on {len(fit_set)} images, the threshold set on '
+          f'{len(validation_set)} held out', flush=True)
+    return fit_set, validation_set, provenance
+
+
+def _held_out_as_trained(args, source, fraction):
+    """`(fraction, seed)` of the held-out images: where the model was trained on
+    these very images, the fraction and seed it held out (so the threshold is
+    set on images the model never saw), unless others are given."""
+    from tfp_ood import export
+    provenance = export.read_metadata(args.model_dir).get('provenance', {})
+    data = provenance.get('data', {})
+    trained = {k: data.get(k) for k in source if k in ('images_dir', 'npz')}
+    if not trained or trained != {k: v for k, v in source.items() if k in trained}:
+        return (0.1 if fraction is None else fraction), args.seed
+    held = data.get('validation_fraction')
+    seed = provenance.get('train_config', {}).get('seed', 0)
+    if fraction is None and held:
+        print(f'{args.model_dir} was trained on these images with {held:.0%} held out (seed '
+              f'{seed}): the threshold is set on those, which the model never saw', flush=True)
+        return held, seed
+    if (fraction or 0.1, args.seed) != (held, seed):
+        print(f'tfp-ood fit-detector: warning: {args.model_dir} was trained on these images '
+              f'with {held or 0:.0%} held out (seed {seed}); other held-out images (here '
+              f'{fraction or 0.1:.0%}, seed {args.seed}) may include images it was trained on, '
+              f'and in-distribution images are then flagged more often than the threshold '
+              f'says', file=sys.stderr)
+    return (0.1 if fraction is None else fraction), args.seed
+
+
+def _skipped_beside(output: str) -> str:
+    """Where `fit-detector` lists the files it skipped: `<output stem>.skipped.txt`."""
+    return os.path.splitext(output)[0] + '.skipped.txt'
+
+
 def _fit_detector(args) -> int:
-    from tfp_ood import data, detectors, outputs
+    from tfp_ood import detectors, export, outputs
     outputs.check_output(args.output, False, overwrite=args.overwrite,
                          inputs=(args.model_dir, args.background_dir, args.design))
     if (args.design is None) != (args.detector != detectors.SELECTED):
@@ -506,20 +626,14 @@ def _fit_detector(args) -> int:
         if not os.path.isdir(path):
             raise CommandError(f'no SavedModel at {path}')
 
-    def images(split):
-        return data.images_array(data.load(args.dataset, split, data_dir=args.data_dir,
-                                           source=args.source, download=args.download))
-
-    if args.fit_split == args.validation_split:
-        raise CommandError(f'--validation-split is --fit-split ({args.fit_split}); the '
-                           f'threshold must be set on held-out images: pass another split')
+    fit_set, validation_set, provenance = _fit_and_validation_sets(
+        args, export.read_metadata(args.model_dir)['image_shape'],
+        _skipped_beside(args.output))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', UserWarning)
         fitted = detectors.fit_detector(
-            args.detector, model_dirs, images(args.fit_split), images(args.validation_split),
-            args.true_positive_rate,
-            provenance={'dataset': args.dataset, 'fit_split': args.fit_split,
-                        'validation_split': args.validation_split}, design=design)
+            args.detector, model_dirs, fit_set.images, validation_set.images,
+            args.true_positive_rate, provenance=provenance, design=design)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             print(f'tfp-ood fit-detector: warning: {warning.message}', file=sys.stderr)
@@ -528,9 +642,11 @@ def _fit_detector(args) -> int:
                              threshold_interval=interval)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     fitted.save(args.output)
+    if fit_set.skipped:
+        fit_set.write_skipped(_skipped_beside(args.output))
     low, high = interval['flagged']
     print(f'{args.detector}: threshold {fitted.calibration.threshold:.6g} keeps '
-          f'{args.true_positive_rate:.0%} of {args.dataset} {args.validation_split} '
+          f'{args.true_positive_rate:.0%} of {validation_set.name} '
           f'({len(fitted.calibration.validation_scores)} images; bootstrap 95% interval of '
           f'the threshold {interval["threshold"][0]:.6g} to {interval["threshold"][1]:.6g}, '
           f'flagging {low:.1%} to {high:.1%} of them); wrote {args.output}')
@@ -540,21 +656,22 @@ def _fit_detector(args) -> int:
 def _detect(args) -> int:
     from tfp_ood import detectors, outputs
     out = args.output
-    names = ('detections.csv', 'detections.npz', 'summary.json', 'summary.md',
-             'histogram.png', 'contact_sheet.png')
+    names = _with_skipped(args, ('detections.csv', 'detections.npz', 'summary.json',
+                                 'summary.md', 'histogram.png', 'contact_sheet.png'))
     outputs.check_output(out, True, names, args.overwrite,
                          (args.detector, args.images_dir))  # Before any work.
     fitted = detectors.load_detector(args.detector)
     inputs = (args.detector, args.images_dir, *fitted.model_dirs)
-    images, labels, sources, name = _read_inputs(args, fitted.detector.models[0].image_shape)
+    image_set = _read_image_set(args, fitted.detector.models[0].image_shape)
+    images, name = image_set.images, image_set.name
     strategy, writes = _scoring_strategy(args)
     with _staged(out, names, args.overwrite, inputs, writes) as staging:
         scores = fitted.detect(images, strategy=strategy)
         if not writes:
             print(f'{name}: scored as a worker; the chief writes the outputs')
             return 0
-        _write_detections(args, fitted, scores, images, labels, sources, name,
-                          {k: os.path.join(staging, k) for k in names})
+        files = {k: os.path.join(staging, k) for k in names}
+        _write_detections(args, fitted, scores, image_set, files)
     is_ood, calibration = scores.components['is_ood'], fitted.calibration
     print(f'{name}: {int(is_ood.sum())} of {len(images)} images ({is_ood.mean():.1%}) flagged '
           f'out of distribution by {fitted.name} (threshold {calibration.threshold:.4g}, '
@@ -563,11 +680,14 @@ def _detect(args) -> int:
     return 0
 
 
-def _write_detections(args, fitted, scores, images, labels, sources, name, files) -> None:
-    """`detect`'s outputs: per-image CSV and NPZ, summary JSON and Markdown, figures."""
+def _write_detections(args, fitted, scores, image_set, files) -> None:
+    """`detect`'s outputs: per-image CSV and NPZ, summary JSON and Markdown,
+    figures, and the files skipped."""
     import numpy as np
 
     from tfp_ood import plotting, report
+    images, labels, sources, name = (image_set.images, image_set.labels, image_set.files,
+                                     image_set.name)
     is_ood = scores.components['is_ood']
     components = {k: np.asarray(v) for k, v in scores.components.items()
                   if np.ndim(v) == 1 and len(v) == len(images) and k != 'is_ood'}
@@ -583,12 +703,14 @@ def _write_detections(args, fitted, scores, images, labels, sources, name, files
                'detector_file': args.detector, 'threshold': calibration.threshold,
                'true_positive_rate': calibration.true_positive_rate,
                'num_nonfinite': scores.num_nonfinite, 'fitted_on': fitted.provenance}
+    fields, rows = _what_was_read(image_set, files)
+    summary.update(fields)
     report.write_summary(files['summary.json'], files['summary.md'], summary, [
         ('set', name), ('images', str(len(images))),
         ('flagged out-of-distribution', f'{int(is_ood.sum())} ({is_ood.mean():.1%})'),
         ('detector', f'{fitted.name} (keeps {calibration.true_positive_rate:.0%} of '
                      f'in-distribution images)'),
-        ('threshold', f'{calibration.threshold:.6g}')])
+        ('threshold', f'{calibration.threshold:.6g}')] + rows)
     plotting.plot_detection(scores.ood_score, calibration.validation_scores,
                             calibration.threshold, files['histogram.png'], name=name)
     plotting.plot_contact_sheet(images, scores.ood_score, files['contact_sheet.png'],

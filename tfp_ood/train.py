@@ -37,7 +37,7 @@ skipped (no parameter or optimizer update) and counted; after
 from tfp_ood.training.averaging import WeightAverages
 from tfp_ood.training.config import TrainConfig
 from tfp_ood.training.errors import ConfigMismatchError, RunLockedError, TrainingDivergedError
-from tfp_ood.training.fit import TrainResult, fit, train_on_dataset
+from tfp_ood.training.fit import TrainResult, fit, train_on_dataset, train_on_images
 from tfp_ood.training.hooks import Hook, LoopState
 from tfp_ood.training.loop import run_loop
 from tfp_ood.training.run_directory import (LOCK_FILE, RunDirectory, load_run_config,
@@ -48,4 +48,4 @@ __all__ = ['ConfigMismatchError', 'Hook', 'LOCK_FILE', 'LinearWarmup', 'LoopStat
            'RunDirectory', 'RunLockedError', 'StepOutputs', 'TrainConfig', 'TrainResult',
            'TrainingDivergedError', 'WeightAverages', 'fit', 'load_run_config',
            'make_train_step', 'nonfinite_variables', 'restore_latest', 'run_loop',
-           'train_on_dataset']
+           'train_on_dataset', 'train_on_images']

@@ -9,7 +9,7 @@
 - `averaging`: moving averages of the weights;
 - `step`: the traced training step and the learning-rate schedule;
 - `hooks`, `loop`: the loop and what it does besides training;
-- `fit`: `fit` and `train_on_dataset`.
+- `fit`: `fit`, `train_on_dataset` and `train_on_images`.
 
 Importing this package imports no TensorFlow.
 """

@@ -22,7 +22,7 @@ from tfp_ood.training.run_directory import (RunDirectory, check_same_run,
                                             restore_newest_readable)
 from tfp_ood.training.step import LinearWarmup, make_train_step
 
-__all__ = ['TrainResult', 'fit', 'train_on_dataset']
+__all__ = ['TrainResult', 'fit', 'train_on_dataset', 'train_on_images']
 
 
 @dataclasses.dataclass
@@ -235,13 +235,33 @@ def train_on_dataset(family: str, config_name: str, dataset: str, split: str,
                                            download=download))
 
     train_images = images(dataset, split)
-    eval_sets = {f'{name}/{split_}': images(name, split_)[:config.num_eval_images]
+    eval_sets = {f'{name}/{split_}': images(name, split_)
                  for name, split_ in (eval_specs or [(dataset, 'test')])}
+    return train_on_images(family, config_name, train_images, workdir, config, eval_sets,
+                           {'dataset': dataset, 'split': split}, strategy, progress,
+                           precision, model_overrides)
+
+
+def train_on_images(family: str, config_name: str, train_images: np.ndarray, workdir: str,
+                    config: TrainConfig, eval_sets: Optional[Mapping[str, np.ndarray]] = None,
+                    data_info: Optional[Mapping[str, Any]] = None,
+                    strategy: Optional[tf.distribute.Strategy] = None,
+                    progress: bool = True, precision: str = 'float32',
+                    model_overrides: Optional[Dict[str, Any]] = None
+                    ) -> Tuple[DensityModel, TrainResult]:
+    """Builds a named model for the shape of `train_images` (uint8 `[N, H, W,
+    C]`: a folder's, an array's, any dataset's) and trains it with `fit`,
+    scoring the first `config.num_eval_images` of each of `eval_sets`; the
+    arguments are those of `train_on_dataset`, `data_info` what the images are
+    (recorded in the run's configuration and provenance)."""
+    if family not in models.MODEL_NAMES:
+        raise InputError(f'Unknown model {family!r}; expected one of {models.MODEL_NAMES}.')
+    shape = tuple(int(d) for d in np.shape(train_images)[1:])
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = models.named_model(family, config_name, spec.image_shape, seed=config.seed,
+        model = models.named_model(family, config_name, shape, seed=config.seed,
                                    precision=precision, **(model_overrides or {}))
     result = fit(model, train_images, config, workdir, eval_sets=eval_sets, strategy=strategy,
-                 progress=progress, data_info={'dataset': dataset, 'split': split,
-                                               'num_images': int(len(train_images))})
+                 progress=progress, data_info=dict(data_info or {},
+                                                   num_images=int(len(train_images))))
     return model, result

@@ -58,6 +58,7 @@ class RunDirectory:
       logs/              TensorBoard (tfp_ood.summaries)
       history.jsonl      one line per evaluation: step, wall time, bits/dim per set
       provenance.json    what trained the model: data, steps, wall time, final bits/dim
+      skipped.txt        the files of an images folder that could not be decoded (if any)
       run.lock           while a process trains in it
     ```
     """
@@ -69,6 +70,7 @@ class RunDirectory:
         self.config_path = os.path.join(path, 'config.json')
         self.history_path = os.path.join(path, 'history.jsonl')
         self.provenance_path = os.path.join(path, 'provenance.json')
+        self.skipped_path = os.path.join(path, 'skipped.txt')
 
     def create(self) -> None:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
