@@ -5,7 +5,7 @@ SavedModel, and run on new images.
     python examples/own_data.py --images-dir my_images/ --new-images-dir new_images/
     python examples/own_data.py --demo   # the embedded CIFAR-10 sample; SVHN as new images
 
-The defaults (a CPU-sized Glow, 1,000 steps) take about ten minutes on two CPU
+The defaults (a CPU-sized Glow, 600 steps) take about ten minutes on two CPU
 cores; `--config paper --steps 20000` is the paper's size, for a GPU.
 """
 
@@ -37,7 +37,7 @@ def main(argv=None):
     p.add_argument('--demo', action='store_true', help='CIFAR-10 sample in, SVHN sample new')
     p.add_argument('--model', default='glow', help='glow, cv_glow, pixelcnn, vae (default: glow)')
     p.add_argument('--config', default='cpu', help='cpu (default), paper or tiny')
-    p.add_argument('--steps', type=int, default=1000, help='training steps (default: 1000)')
+    p.add_argument('--steps', type=int, default=600, help='training steps (default: 600)')
     p.add_argument('--resize', action='store_true', help='resize images of other sizes')
     p.add_argument('--out', default='results/own_data', help='results folder')
     args = p.parse_args(argv)

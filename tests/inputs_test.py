@@ -93,6 +93,61 @@ class FolderTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'no image files'):
             inputs.read_folder(self.create_tempdir().full_path)
 
+    def test_the_stream_gives_the_images_read_at_once_and_what_it_skipped(self):
+        self._save('a.png', _rgb(self.rng))
+        self._save('b/c.png', self.rng.integers(0, 256, (8, 8), dtype=np.uint8))
+        self._save('d.png', _rgb(self.rng, 6, 6))
+        with open(os.path.join(self.dir, 'b', 'truncated.png'), 'wb') as f:
+            whole = os.path.join(self.dir, 'whole.png')
+            Image.fromarray(_rgb(self.rng, 32, 32)).save(whole)
+            with open(whole, 'rb') as g:
+                f.write(g.read()[:60])  # The header reads; the pixels do not.
+            os.remove(whole)
+        at_once = inputs.read_folder(self.dir, (8, 8, 3), resize=True)
+        stream = inputs.FolderStream(self.dir, (8, 8, 3), resize=True)
+        self.assertEqual(stream.files, ['a.png', 'b/c.png', 'b/truncated.png', 'd.png'])
+        streamed = [(image, label) for image, label in stream.dataset.as_numpy_iterator()]
+        self.assertAllEqual(np.stack([i for i, _ in streamed]), at_once.images)
+        self.assertAllEqual([label for _, label in streamed], [-1, -1, -1])
+        read = stream.image_set_read()
+        self.assertIsNone(read.images)
+        self.assertEqual(read.files, at_once.files)
+        self.assertEqual(read.files, ['a.png', 'b/c.png', 'd.png'])
+        self.assertEqual([f for f, _ in read.skipped], ['b/truncated.png'])
+        self.assertEqual(read.notes, at_once.notes)
+        self.assertEqual(read.notes, {'grayscale -> RGB': 1, 'resized to 8x8': 1})
+
+    def test_folder_images_decode_only_what_is_indexed_and_train_as_the_array_does(self):
+        for i in range(20):
+            self._save(f'{i:02d}.png', _rgb(self.rng))
+        with open(os.path.join(self.dir, '05.png'), 'wb') as f:
+            f.write(b'broken')  # Found by the check, before training.
+        at_once = inputs.read_folder(self.dir, (8, 8, 3))
+        lazy = inputs.FolderStream(self.dir, (8, 8, 3)).lazy_image_set()
+        self.assertIsInstance(lazy.images, inputs.FolderImages)
+        self.assertEqual((lazy.files, lazy.skipped), (at_once.files, at_once.skipped))
+        self.assertEqual(lazy.images.shape, (19, 8, 8, 3))
+        self.assertAllEqual(lazy.images[3], at_once.images[3])
+        self.assertAllEqual(lazy.images[2:5], at_once.images[2:5])
+        self.assertAllEqual(lazy.images[np.array([0, 7, 18])], at_once.images[[0, 7, 18]])
+        self.assertAllEqual(np.asarray(lazy.images), at_once.images)
+        rest, held = lazy.split(0.25, seed=2)
+        rest_at_once, held_at_once = at_once.split(0.25, seed=2)
+        self.assertIsInstance(rest.images, inputs.FolderImages)
+        self.assertAllEqual(np.asarray(held.images), held_at_once.images)
+        self.assertEqual(rest.files, rest_at_once.files)
+        # Training on the folder sees the very batches training on the array does.
+        from tfp_ood import models, train
+        config = train.TrainConfig(num_steps=2, batch_size=4, num_init_images=8,
+                                   eval_every=100, checkpoint_every=100, log_every=100)
+        weights = []
+        for images in (at_once.images, lazy.images):
+            model = models.named_model('glow', 'tiny', (8, 8, 3))
+            train.fit(model, images, config, self.create_tempdir().full_path, progress=False)
+            weights.append([v.numpy() for v in model.trainable_variables])
+        for a, b in zip(*weights):
+            self.assertAllEqual(a, b)
+
     def test_sizes_other_than_the_target_are_an_error_listing_them_unless_resized(self):
         for i in range(3):
             self._save(f'{i}.png', _rgb(self.rng, 8, 8))

@@ -322,8 +322,14 @@ def _train_on_own_images(args, config, overrides):
     registry: the model's shape from the images (or --image-shape), a held-out
     fraction of them (or --eval sets) scored as it trains."""
     from tfp_ood import distribute, inputs, train
-    images = _read_image_set(args, args.image_shape, args.split,
-                             os.path.join(args.workdir, 'skipped.txt'))
+    if args.images_dir:  # Decoded batch by batch as it trains: memory stays flat.
+        images = inputs.FolderStream(args.images_dir, args.image_shape, args.resize,
+                                     args.name).lazy_image_set(sys.stderr.isatty())
+        for line in images.describe(os.path.join(args.workdir, 'skipped.txt')):
+            print(line, flush=True)
+    else:
+        images = _read_image_set(args, args.image_shape, args.split,
+                                 os.path.join(args.workdir, 'skipped.txt'))
     fraction = 0.1 if args.validation_fraction is None and not args.eval_sets else (
         args.validation_fraction)
     eval_sets = {}
@@ -456,13 +462,23 @@ def _score(args) -> int:
                                  'histogram.png'))
     inputs = (args.model_dir, args.images_dir)
     outputs.check_output(out, True, names, args.overwrite, inputs)  # Before any work.
-    image_set = _read_image_set(args, shape)
-    name = image_set.name
+    stream = None
+    if args.images_dir:  # Decoded as scored: memory stays flat however many there are.
+        from tfp_ood import inputs as image_inputs
+        stream = image_inputs.FolderStream(args.images_dir, shape, args.resize, args.name)
+        images, name = stream.dataset, stream.name
+    else:
+        image_set = _read_image_set(args, shape)
+        images, name = image_set.images, image_set.name
     strategy, writes = _scoring_strategy(args)
     with _staged(out, names, args.overwrite, inputs, writes) as staging:
-        result = score(model, image_set.images, name=name, batch_size=args.batch_size,
+        result = score(model, images, name=name, batch_size=args.batch_size,
                        model_name=os.path.basename(os.path.normpath(args.model_dir)),
                        strategy=strategy)
+        if stream is not None:
+            image_set = stream.image_set_read()
+            for line in image_set.describe():
+                print(line, flush=True)
         if not writes:
             print(f'{name}: scored as a worker; the chief writes the outputs')
             return 0

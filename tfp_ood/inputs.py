@@ -23,13 +23,16 @@ the model's.
 import collections
 import dataclasses
 import os
+import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 from tfp_ood.errors import InputError
 
-__all__ = ['IMAGE_SUFFIXES', 'ImageSet', 'load_dataset', 'read_folder', 'read_npz_set']
+__all__ = ['FolderImages', 'FolderStream', 'IMAGE_SUFFIXES', 'ImageSet', 'load_dataset',
+           'read_folder', 'read_npz_set']
 
 #: The file endings a folder's images are found by (case-insensitive).
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif', '.tif', '.tiff')
@@ -42,7 +45,7 @@ class ImageSet:
 
     Attributes:
       name: the set's name (for tables and file names).
-      images: uint8 `[N, H, W, C]`.
+      images: uint8 `[N, H, W, C]` (`None` for what a `FolderStream` read).
       labels: int64 `[N]`, or `None`.
       files: each image's file, relative to the folder (folders only).
       skipped: `(file, reason)` of each file that could not be decoded.
@@ -58,12 +61,14 @@ class ImageSet:
     notes: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images if self.images is not None else self.files)
 
     def take(self, indices, name: str) -> 'ImageSet':
         """The images at `indices`, as a set called `name`."""
         indices = np.asarray(indices, np.int64)
-        return ImageSet(name, self.images[indices],
+        images = (self.images.take(indices) if isinstance(self.images, FolderImages)
+                  else self.images[indices])
+        return ImageSet(name, images,
                         None if self.labels is None else self.labels[indices],
                         None if self.files is None else [self.files[i] for i in indices],
                         list(self.skipped), dict(self.notes))
@@ -84,6 +89,10 @@ class ImageSet:
         chosen[np.random.default_rng(seed).permutation(n)[:held]] = True
         return (self.take(np.flatnonzero(~chosen), self.name),
                 self.take(np.flatnonzero(chosen), f'{self.name} (held out)'))
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.images.shape)
 
     def describe(self, skipped_to: str = 'skipped.txt') -> List[str]:
         """Lines saying what was converted and skipped (none if nothing was);
@@ -182,16 +191,208 @@ def _fit(images: List[np.ndarray], names: Sequence[str], shape: Optional[Shape],
 def _image_files(folder: str) -> List[str]:
     """Every image file below `folder`, relative to it, in sorted order."""
     found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs.sort()
-        found.extend(os.path.relpath(os.path.join(root, f), folder) for f in sorted(files)
+    for root, _, files in os.walk(folder, followlinks=False):
+        found.extend(os.path.relpath(os.path.join(root, f), folder) for f in files
                      if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith('.'))
-    return found
+    return sorted(found)
+
+
+_GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+
+
+def _reason(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+class FolderStream:
+    """A folder's images, decoded as they are read: a `tf.data` pipeline whose
+    memory stays flat however many images there are (`dataset`), or all of
+    them at once (`image_set`, what `read_folder` returns).
+
+    The files' headers are read first (fast: no pixels), so a folder whose
+    images have other sizes is refused before any work, and the model's shape
+    can be the most common one. Each image is then decoded, converted to the
+    shape's channels and (with `resize`) resized by the same code on either
+    path; what was converted is counted in `notes`, and a file that cannot be
+    decoded is listed in `skipped` (complete once the images have been read).
+
+    Args:
+      folder, shape, resize, name: as for `read_folder`.
+    """
+
+    def __init__(self, folder: str, shape: Optional[Sequence[int]] = None,
+                 resize: bool = False, name: Optional[str] = None):
+        if not os.path.isdir(folder):
+            raise InputError(f'no folder at {folder}')
+        candidates = _image_files(folder)
+        if not candidates:
+            raise InputError(f'no image files ({", ".join(IMAGE_SUFFIXES)}) in {folder} or '
+                             f'its subfolders')
+        self.folder, self.name = folder, name or os.path.basename(os.path.normpath(folder))
+        self.notes: Dict[str, int] = {}
+        self.skipped: List[Tuple[str, str]] = []
+        self._lock = threading.Lock()
+        shapes = {f: self._header(f) for f in candidates}
+        self.files = [f for f in candidates if shapes[f] is not None]
+        if not self.files:
+            raise InputError(f'none of the {len(candidates)} image files in {folder} could be '
+                             f'decoded (the first: {self.skipped[0][0]}: {self.skipped[0][1]})')
+        size_is = 'the size the model takes'
+        if shape is None:
+            counts = collections.Counter(shapes[f] for f in self.files)
+            shape = max(counts, key=lambda s: (counts[s], s))
+            size_is = 'the most common size (or pass --image-shape)'
+        self.shape: Shape = tuple(int(d) for d in shape)
+        other = [f for f in self.files if shapes[f][:2] != self.shape[:2]]
+        if other and not resize:
+            listed = ', '.join(f'{f} ({shapes[f][0]}x{shapes[f][1]})' for f in other[:3])
+            raise InputError(f'{folder}: {len(other)} of {len(self.files)} images are not '
+                             f'{self.shape[0]}x{self.shape[1]}, {size_is}: {listed}'
+                             f'{", ..." if len(other) > 3 else ""}; pass --resize to resize '
+                             f'them.')
+
+    def _header(self, relative: str) -> Optional[Shape]:
+        """`(H, W, 1 or 3)` from the file's header, or `None` (skipped) if unreadable."""
+        from PIL import Image
+        try:
+            with Image.open(os.path.join(self.folder, relative)) as image:
+                width, height = image.size
+                return height, width, 1 if image.mode in _GRAY_MODES else 3
+        except (OSError, ValueError, SyntaxError) as e:  # What Pillow raises for bad files.
+            self.skipped.append((relative, _reason(e)))
+            return None
+
+    def load(self, index: int, count: bool = True) -> Tuple[np.ndarray, bool]:
+        """`(image at the shape, True)` for file `index`, or `(zeros, False)` if it
+        cannot be decoded (then listed in `skipped`); `count`: count what was
+        converted in `notes` (a file read again is not counted again)."""
+        from tfp_ood import data
+        relative, notes = self.files[int(index)], {}
+        try:
+            image = _channels(_decoded(os.path.join(self.folder, relative), notes),
+                              self.shape[-1], notes)
+        except (OSError, ValueError, SyntaxError) as e:
+            if count:
+                with self._lock:
+                    self.skipped.append((relative, _reason(e)))
+            return np.zeros(self.shape, np.uint8), False
+        if image.shape != self.shape:
+            image = data.resize_images(image[None], self.shape)[0]
+            _note(notes, f'resized to {self.shape[0]}x{self.shape[1]}')
+        if count:
+            with self._lock:
+                for what, n in notes.items():
+                    _note(self.notes, what, n)
+        return image, True
+
+    def kept(self) -> List[str]:
+        """The files decoded, in order (once the images have been read)."""
+        failed = {f for f, _ in self.skipped}
+        return [f for f in self.files if f not in failed]
+
+    @property
+    def dataset(self) -> tf.data.Dataset:
+        """`(image uint8 [H, W, C], label -1)` of each file that decodes, in the
+        files' order, decoded in parallel."""
+        def load(index):
+            image, ok = tf.py_function(lambda i: self.load(i.numpy()), [index],
+                                       [tf.uint8, tf.bool])
+            return tf.ensure_shape(image, self.shape), ok
+
+        return (tf.data.Dataset.range(len(self.files))
+                .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .filter(lambda image, ok: ok)
+                .map(lambda image, ok: (image, tf.constant(-1, tf.int64))))
+
+    def image_set_read(self) -> ImageSet:
+        """What reading `dataset` found, as an `ImageSet` without the images
+        (`images` is `None`): the files kept, those skipped, the conversions."""
+        return ImageSet(self.name, None, None, self.kept(), sorted(self.skipped),
+                        dict(self.notes))
+
+    def lazy_image_set(self, progress: bool = False) -> ImageSet:
+        """An `ImageSet` whose `images` is a `FolderImages`: every file decoded
+        once now (nothing kept) to find those that cannot be, then only the
+        images indexed, when they are (what `tfp-ood train` holds)."""
+        indices = range(len(self.files))
+        if progress:
+            from tqdm.auto import tqdm
+            indices = tqdm(indices, desc=f'checking {self.folder}', unit='image', leave=False)
+        good = np.array([self.load(i)[1] for i in indices])
+        if not good.any():
+            raise InputError(f'none of the {len(self.skipped)} image files in {self.folder} '
+                             f'could be decoded (the first: {self.skipped[0][0]}: '
+                             f'{self.skipped[0][1]})')
+        return ImageSet(self.name, FolderImages(self, np.flatnonzero(good)), None,
+                        self.kept(), sorted(self.skipped), dict(self.notes))
+
+    def image_set(self, progress: bool = False) -> ImageSet:
+        """Every image at once, as an `ImageSet`."""
+        indices = range(len(self.files))
+        if progress:
+            from tqdm.auto import tqdm
+            indices = tqdm(indices, desc=f'reading {self.folder}', unit='image', leave=False)
+        images = [image for image, ok in map(self.load, indices) if ok]
+        if not images:
+            raise InputError(f'none of the {len(self.skipped)} image files in {self.folder} '
+                             f'could be decoded (the first: {self.skipped[0][0]}: '
+                             f'{self.skipped[0][1]})')
+        return ImageSet(self.name, np.stack(images), None, self.kept(),
+                        sorted(self.skipped), dict(self.notes))
+
+
+class FolderImages:
+    """A read-only uint8 array `[N, H, W, C]` of a folder's images that decodes
+    only the images it is indexed with (by an integer, a slice or an array of
+    indices), four at a time: a training set of any size in the memory of a
+    batch. `np.asarray` reads every image.
+
+    Args:
+      stream: the `FolderStream` of the folder.
+      indices: which of its files (all of them decode).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, stream: FolderStream, indices: Sequence[int]):
+        self.stream, self.indices = stream, np.asarray(indices, np.int64)
+        self.shape = (len(self.indices),) + stream.shape
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def take(self, indices) -> 'FolderImages':
+        """The images at `indices`, still not decoded."""
+        return FolderImages(self.stream, self.indices[np.asarray(indices, np.int64)])
+
+    def _read(self, index: int) -> np.ndarray:
+        image, ok = self.stream.load(index, count=False)
+        if not ok:
+            raise InputError(f'{self.stream.files[index]} in {self.stream.folder} decoded when '
+                             f'the folder was read, and cannot be decoded now (changed '
+                             f'since?).')
+        return image
+
+    def __getitem__(self, key) -> np.ndarray:
+        chosen = self.indices[key]
+        if np.ndim(chosen) == 0:
+            return self._read(int(chosen))
+        if not len(chosen):
+            return np.zeros((0,) + self.stream.shape, np.uint8)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(4) as pool:
+            return np.stack(list(pool.map(self._read, chosen)))
+
+    def __array__(self, dtype=None, copy=None):
+        images = self[:]
+        return images if dtype is None else images.astype(dtype)
 
 
 def read_folder(folder: str, shape: Optional[Sequence[int]] = None, resize: bool = False,
                 name: Optional[str] = None, progress: bool = False) -> ImageSet:
-    """The images of a folder and its subfolders, at `shape`.
+    """The images of a folder and its subfolders, at `shape`, in memory
+    (`FolderStream` reads them as a stream).
 
     Args:
       folder: the folder.
@@ -205,29 +406,7 @@ def read_folder(folder: str, shape: Optional[Sequence[int]] = None, resize: bool
     Raises:
       InputError: no folder, no image files, or none that decodes.
     """
-    if not os.path.isdir(folder):
-        raise InputError(f'no folder at {folder}')
-    files = _image_files(folder)
-    if not files:
-        raise InputError(f'no image files ({", ".join(IMAGE_SUFFIXES)}) in {folder} or its '
-                         f'subfolders')
-    notes: Dict[str, int] = {}
-    images, kept, skipped = [], [], []
-    if progress:
-        from tqdm.auto import tqdm
-        files = tqdm(files, desc=f'reading {folder}', unit='image', leave=False)
-    for relative in files:
-        try:
-            images.append(_decoded(os.path.join(folder, relative), notes))
-            kept.append(relative)
-        except (OSError, ValueError, SyntaxError) as e:  # What Pillow raises for bad files.
-            skipped.append((relative, str(e).splitlines()[0] if str(e) else type(e).__name__))
-    if not images:
-        raise InputError(f'none of the {len(skipped)} image files in {folder} could be decoded '
-                         f'(the first: {skipped[0][0]}: {skipped[0][1]})')
-    name = name or os.path.basename(os.path.normpath(folder))
-    stacked, _ = _fit(images, kept, shape, resize, folder, notes)
-    return ImageSet(name, stacked, None, kept, skipped, notes)
+    return FolderStream(folder, shape, resize, name).image_set(progress)
 
 
 def read_npz_set(path: str, shape: Optional[Sequence[int]], resize: bool = False,

@@ -10,6 +10,7 @@ import tf_keras
 
 from tfp_ood import data, distribute, models, outputs
 from tfp_ood.errors import InputError
+from tfp_ood.inputs import FolderImages
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.summaries import Summaries
 from tfp_ood.training import hooks
@@ -49,7 +50,9 @@ def fit(model: DensityModel,
     Args:
       model: any `DensityModel` with `get_config()`; built inside
         `strategy.scope()` when a strategy is given.
-      train_images: uint8 `[N, H, W, C]`, `N >= batch_size`.
+      train_images: uint8 `[N, H, W, C]`, `N >= batch_size`: an array, or a
+        `tfp_ood.inputs.FolderImages` (a folder decoded batch by batch, so the
+        run's memory does not grow with the number of images).
       config: the `TrainConfig`.
       workdir: run directory (created if missing; see `RunDirectory`).
       eval_sets: held-out uint8 image arrays by name, scored every
@@ -89,7 +92,12 @@ def fit(model: DensityModel,
 def _checked_images(model, train_images, eval_sets, config, strategy):
     """The training and held-out images as arrays, refused before any training if
     they cannot train or be evaluated."""
-    train_images = check_images(train_images, model.image_shape, 'train_images').numpy()
+    if isinstance(train_images, FolderImages):  # Decoded batch by batch, not here.
+        if train_images.shape[1:] != tuple(model.image_shape):
+            raise InputError(f'train_images: images of {list(train_images.shape[1:])}; the '
+                             f'model takes {list(model.image_shape)}.')
+    else:
+        train_images = check_images(train_images, model.image_shape, 'train_images').numpy()
     if len(train_images) < config.batch_size:
         raise InputError(f'train_images: {len(train_images)} images are fewer than one '
                          f'batch of {config.batch_size}.')

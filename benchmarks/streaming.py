@@ -1,0 +1,132 @@
+r"""Scoring a folder of images as a stream: memory and speed against the in-memory path.
+
+`tfp-ood score --images-dir` reads a folder through `tfp_ood.inputs.FolderStream`:
+each image decoded (in parallel) as it is scored, so memory should not grow with
+the number of images. Measured here, with a tiny Glow at the images' shape
+(the pipeline is what is measured, not the model):
+
+- `peak_rss_mib`: the peak resident memory of a child process that scores a
+  folder of N PNG images from the stream, for N = `--sizes` (default 2,000 and
+  20,000), and of one that reads the folder into memory first (`read_folder`)
+  and scores the array, the path every verb took before;
+- `images_per_s`: scoring throughput from the stream against the in-memory
+  array of the same images, in one process, alternating for `--rounds` rounds
+  (medians and spread), so background load hits both alike.
+
+    python benchmarks/streaming.py --json benchmarks/results/streaming.json   # ~10 min
+    python benchmarks/streaming.py --sizes 40 80 --rounds 1 --json /tmp/s.json  # tests
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (64, 64, 3)
+
+
+def _write_folder(folder: str, n: int) -> str:
+    """`n` PNG images of `SHAPE` (smooth noise: PNG-compressible, as photos are)."""
+    import numpy as np
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for i in range(n):
+        tile = np.clip(base.astype(int) + rng.integers(-20, 21, base.shape), 0, 255)
+        image = np.kron(tile, np.ones((8, 8, 1))).astype(np.uint8)
+        Image.fromarray(image).save(os.path.join(folder, f'{i:06d}.png'))
+    return folder
+
+
+def _model():
+    from tfp_ood import models
+    import numpy as np
+    model = models.named_model('glow', 'tiny', SHAPE)
+    model.initialize(np.random.default_rng(1).integers(0, 256, (16,) + SHAPE, np.uint8))
+    return model
+
+
+def _child(folder: str, mode: str) -> None:
+    """Scores `folder` (`mode`: 'stream' or 'memory'); prints the peak RSS in MiB."""
+    from tfp_ood import inputs
+    from tfp_ood.evaluate import score
+    model = _model()
+    if mode == 'stream':
+        data = inputs.FolderStream(folder, SHAPE).dataset
+    else:
+        data = inputs.read_folder(folder, SHAPE).images
+    result = score(model, data, progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+    print(json.dumps({'num_images': result.num_images, 'peak_rss_mib': peak}))
+
+
+def _peak(folder: str, mode: str) -> dict:
+    run = subprocess.run([sys.executable, __file__, '--child', folder, mode],
+                         capture_output=True, text=True, timeout=3600,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    if run.returncode:
+        raise RuntimeError(run.stderr[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _throughput(folder: str, rounds: int) -> dict:
+    """Images/s of the stream and of the in-memory array, alternating."""
+    from tfp_ood import inputs
+    from tfp_ood.evaluate import score
+    model = _model()
+    array = inputs.read_folder(folder, SHAPE).images
+    score(model, array[:256], progress=False)  # Traced once, for both.
+    rates = {'stream': [], 'memory': []}
+    for _ in range(rounds):
+        for mode in rates:
+            data = inputs.FolderStream(folder, SHAPE).dataset if mode == 'stream' else array
+            start = time.perf_counter()
+            score(model, data, progress=False)
+            rates[mode].append(len(array) / (time.perf_counter() - start))
+    out = {f'{mode}_images_per_s': statistics.median(v) for mode, v in rates.items()}
+    out.update({f'{mode}_spread': [min(v), max(v)] for mode, v in rates.items()})
+    out['stream_over_memory'] = out['stream_images_per_s'] / out['memory_images_per_s']
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--sizes', type=int, nargs='+', default=[2000, 20000])
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--json', default=None, help='write the results here')
+    p.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return _child(*args.child)
+    from machine import machine
+    results = {'machine': machine(), 'image_shape': list(SHAPE), 'memory': []}
+    with tempfile.TemporaryDirectory() as root:
+        for n in args.sizes:
+            folder = _write_folder(os.path.join(root, str(n)), n)
+            row = {'num_images': n}
+            for mode in ('stream', 'memory'):
+                row[f'{mode}_peak_rss_mib'] = _peak(folder, mode)['peak_rss_mib']
+            results['memory'].append(row)
+            print(json.dumps(row), flush=True)
+        smallest, largest = results['memory'][0], results['memory'][-1]
+        for mode in ('stream', 'memory'):
+            results[f'{mode}_rss_growth'] = (largest[f'{mode}_peak_rss_mib']
+                                             / smallest[f'{mode}_peak_rss_mib'])
+        results['throughput'] = dict(_throughput(folder, args.rounds),
+                                     num_images=args.sizes[-1])
+    print(json.dumps({k: v for k, v in results.items() if k != 'machine'}, indent=2))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == '__main__':
+    main()
