@@ -11,10 +11,16 @@ the number of images. Measured here, with a tiny Glow at the images' shape
   and scores the array, the path every verb took before;
 - `images_per_s`: scoring throughput from the stream against the in-memory
   array of the same images, in one process, alternating for `--rounds` rounds
-  (medians and spread), so background load hits both alike.
+  (medians and spread), so background load hits both alike;
+- `train_peak_rss_mib`: the peak resident memory of a child process that
+  trains the tiny Glow `--train-steps` steps (batch 64) on a folder of N
+  images (`--train-sizes`, default 5,000 and 50,000) decoded batch by batch
+  (`FolderImages`, what `tfp-ood train --images-dir` holds), and of one that
+  trains on the folder read into memory.
 
-    python benchmarks/streaming.py --json benchmarks/results/streaming.json   # ~10 min
-    python benchmarks/streaming.py --sizes 40 80 --rounds 1 --json /tmp/s.json  # tests
+    python benchmarks/streaming.py --json benchmarks/results/streaming.json   # ~15 min
+    python benchmarks/streaming.py --sizes 40 80 --train-sizes 80 160 --train-steps 2 \
+        --rounds 1 --json /tmp/s.json                                          # tests
 """
 
 import argparse
@@ -67,13 +73,45 @@ def _child(folder: str, mode: str) -> None:
     print(json.dumps({'num_images': result.num_images, 'peak_rss_mib': peak}))
 
 
-def _peak(folder: str, mode: str) -> dict:
-    run = subprocess.run([sys.executable, __file__, '--child', folder, mode],
+def _train_child(folder: str, mode: str, steps: str) -> None:
+    """Trains on `folder` (`mode`: 'stream' or 'memory'); prints the peak RSS in MiB."""
+    from tfp_ood import inputs, models, train
+    stream = inputs.FolderStream(folder, SHAPE)
+    images = stream.lazy_image_set().images if mode == 'stream' else stream.image_set().images
+    model = models.named_model('glow', 'tiny', SHAPE)
+    config = train.TrainConfig(num_steps=int(steps), batch_size=64, eval_every=10 ** 6,
+                               checkpoint_every=10 ** 6, log_every=10 ** 6)
+    with tempfile.TemporaryDirectory() as workdir:
+        train.fit(model, images, config, workdir, progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+    print(json.dumps({'num_images': len(images), 'peak_rss_mib': peak}))
+
+
+def _peak(folder: str, mode: str, *extra: str) -> dict:
+    run = subprocess.run([sys.executable, __file__, '--child', folder, mode, *extra],
                          capture_output=True, text=True, timeout=3600,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
     if run.returncode:
         raise RuntimeError(run.stderr[-2000:])
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _peaks(root: str, sizes, extra) -> tuple:
+    """Per size, the stream's and the in-memory path's peak RSS (scoring, or with
+    `extra = (steps,)` training); and how much each grew from the smallest size."""
+    rows = []
+    for n in sizes:
+        folder = os.path.join(root, str(n))
+        if not os.path.isdir(folder):
+            _write_folder(folder, n)
+        row = {'num_images': n, **({'steps': int(extra[0])} if extra else {})}
+        for mode in ('stream', 'memory'):
+            row[f'{mode}_peak_rss_mib'] = _peak(folder, mode, *extra)['peak_rss_mib']
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    growth = [rows[-1][f'{mode}_peak_rss_mib'] / rows[0][f'{mode}_peak_rss_mib']
+              for mode in ('stream', 'memory')]
+    return rows, growth[0], growth[1]
 
 
 def _throughput(folder: str, rounds: int) -> dict:
@@ -100,27 +138,23 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--sizes', type=int, nargs='+', default=[2000, 20000])
     p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--train-sizes', type=int, nargs='+', default=[5000, 50000])
+    p.add_argument('--train-steps', type=int, default=200)
     p.add_argument('--json', default=None, help='write the results here')
-    p.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
+    p.add_argument('--child', nargs='+', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        return _child(*args.child)
+        return (_child if len(args.child) == 2 else _train_child)(*args.child)
     from machine import machine
-    results = {'machine': machine(), 'image_shape': list(SHAPE), 'memory': []}
+    results = {'machine': machine(), 'image_shape': list(SHAPE)}
     with tempfile.TemporaryDirectory() as root:
-        for n in args.sizes:
-            folder = _write_folder(os.path.join(root, str(n)), n)
-            row = {'num_images': n}
-            for mode in ('stream', 'memory'):
-                row[f'{mode}_peak_rss_mib'] = _peak(folder, mode)['peak_rss_mib']
-            results['memory'].append(row)
-            print(json.dumps(row), flush=True)
-        smallest, largest = results['memory'][0], results['memory'][-1]
-        for mode in ('stream', 'memory'):
-            results[f'{mode}_rss_growth'] = (largest[f'{mode}_peak_rss_mib']
-                                             / smallest[f'{mode}_peak_rss_mib'])
-        results['throughput'] = dict(_throughput(folder, args.rounds),
-                                     num_images=args.sizes[-1])
+        results['memory'], results['stream_rss_growth'], results['memory_rss_growth'] = (
+            _peaks(root, args.sizes, ()))
+        results['throughput'] = dict(_throughput(os.path.join(root, str(args.sizes[-1])),
+                                                 args.rounds), num_images=args.sizes[-1])
+        (results['training'], results['train_stream_rss_growth'],
+         results['train_memory_rss_growth']) = _peaks(root, args.train_sizes,
+                                                      (str(args.train_steps),))
     print(json.dumps({k: v for k, v in results.items() if k != 'machine'}, indent=2))
     if args.json:
         with open(args.json, 'w') as f:

@@ -5,8 +5,9 @@ SavedModel, and run on new images.
     python examples/own_data.py --images-dir my_images/ --new-images-dir new_images/
     python examples/own_data.py --demo   # the embedded CIFAR-10 sample; SVHN as new images
 
-The defaults (a CPU-sized Glow, 600 steps) take about ten minutes on two CPU
-cores; `--config paper --steps 20000` is the paper's size, for a GPU.
+The defaults (a CPU-sized Glow, 600 steps) take about seven minutes on two CPU
+cores (docs/own-data.md); `--config paper --steps 20000` is the paper's size,
+for a GPU.
 """
 
 import argparse

@@ -288,6 +288,27 @@ if __name__ == '__main__':
     tf.test.main()
 
 
+class StreamingBenchmarkTest(tf.test.TestCase):
+
+    @pytest.mark.slow(minutes=0.5)
+    def test_stream_and_memory_children_report_their_peaks(self):
+        streaming = scripts.load('benchmarks/streaming.py')
+        path = os.path.join(self.create_tempdir().full_path, 'streaming.json')
+        result = streaming.main(['--sizes', '40', '--train-sizes', '72', '--train-steps', '1',
+                                 '--rounds', '1', '--json', path])
+        with open(path) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(result)))
+        for rows in (result['memory'], result['training']):
+            self.assertLen(rows, 1)
+            self.assertGreater(rows[0]['stream_peak_rss_mib'], 100)
+            self.assertGreater(rows[0]['memory_peak_rss_mib'], 100)
+        throughput = result['throughput']
+        self.assertAlmostEqual(throughput['stream_over_memory'],
+                               throughput['stream_images_per_s']
+                               / throughput['memory_images_per_s'])
+        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+
+
 class OneDnnBenchmarkTest(tf.test.TestCase):
 
     @pytest.mark.slow
