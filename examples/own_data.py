@@ -57,7 +57,7 @@ def main(argv=None):
     model_dir = export.export(model, os.path.join(args.out, 'model'), overwrite=True)
     name = 'density_of_states_terms' if model.is_flow else 'density_of_states'
     fitted = detectors.fit_detector(name, [model_dir], known.images, held_out.images,
-                                    provenance={'images_dir': args.images_dir})
+                                    provenance={'images_dir': args.images_dir}, progress=True)
     fitted.save(os.path.join(args.out, 'detector.json'))
     saved = fitted.export(os.path.join(args.out, 'detector'), overwrite=True)
     serve = tf.saved_model.load(saved).signatures['serving_default']  # Plain TensorFlow.

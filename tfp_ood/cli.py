@@ -649,7 +649,8 @@ def _fit_detector(args) -> int:
         warnings.simplefilter('always', UserWarning)
         fitted = detectors.fit_detector(
             args.detector, model_dirs, fit_set.images, validation_set.images,
-            args.true_positive_rate, provenance=provenance, design=design)
+            args.true_positive_rate, provenance=provenance, design=design,
+            progress=sys.stderr.isatty())
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             print(f'tfp-ood fit-detector: warning: {warning.message}', file=sys.stderr)

@@ -164,24 +164,36 @@ def _channels(image: np.ndarray, channels: int, notes: Dict[str, int]) -> np.nda
     return data.resize_images(image[None], image.shape[:2] + (1,))[0]
 
 
+def _target(shapes: Sequence[Shape], shape: Optional[Sequence[int]]) -> Tuple[Shape, str]:
+    """The target shape (`shape`, or the most common of `shapes`) and what it is."""
+    if shape is not None:
+        return tuple(int(d) for d in shape), 'the size the model takes'
+    counts = collections.Counter(shapes)
+    return (max(counts, key=lambda s: (counts[s], s)),
+            'the most common size (or pass --image-shape)')
+
+
+def _check_sizes(what: str, sizes: Dict[str, Tuple[int, int]], shape: Shape, size_is: str,
+                 resize: bool) -> List[str]:
+    """The names whose `(H, W)` is not the shape's; an error listing a few of
+    them unless `resize`."""
+    other = [n for n, size in sizes.items() if tuple(size) != tuple(shape[:2])]
+    if other and not resize:
+        listed = ', '.join(f'{n} ({sizes[n][0]}x{sizes[n][1]})' for n in other[:3])
+        raise InputError(f'{what}: {len(other)} of {len(sizes)} images are not '
+                         f'{shape[0]}x{shape[1]}, {size_is}: {listed}'
+                         f'{", ..." if len(other) > 3 else ""}; pass --resize to resize them.')
+    return other
+
+
 def _fit(images: List[np.ndarray], names: Sequence[str], shape: Optional[Shape],
          resize: bool, what: str, notes: Dict[str, int]) -> Tuple[np.ndarray, Shape]:
     """Stacks `images` (`[H, W, C]` each) at `shape` (default: the most common)."""
     from tfp_ood import data
-    size_is = 'the size the model takes'
-    if shape is None:
-        counts = collections.Counter(image.shape for image in images)
-        shape = max(counts, key=lambda s: (counts[s], s))
-        size_is = 'the most common size (or pass --image-shape)'
-
-    shape = tuple(int(d) for d in shape)
+    shape, size_is = _target([image.shape for image in images], shape)
     images = [_channels(image, shape[-1], notes) for image in images]
-    other = [(n, i.shape) for n, i in zip(names, images) if i.shape != shape]
-    if other and not resize:
-        listed = ', '.join(f'{n} ({h}x{w})' for n, (h, w, _) in other[:3])
-        raise InputError(f'{what}: {len(other)} of {len(images)} images are not '
-                         f'{shape[0]}x{shape[1]}, {size_is}: {listed}'
-                         f'{", ..." if len(other) > 3 else ""}; pass --resize to resize them.')
+    other = _check_sizes(what, {n: i.shape[:2] for n, i in zip(names, images)}, shape,
+                         size_is, resize)
     fitted = [data.resize_images(i[None], shape)[0] if i.shape != shape else i for i in images]
     if other:
         _note(notes, f'resized to {shape[0]}x{shape[1]}', len(other))
@@ -237,19 +249,9 @@ class FolderStream:
         if not self.files:
             raise InputError(f'none of the {len(candidates)} image files in {folder} could be '
                              f'decoded (the first: {self.skipped[0][0]}: {self.skipped[0][1]})')
-        size_is = 'the size the model takes'
-        if shape is None:
-            counts = collections.Counter(shapes[f] for f in self.files)
-            shape = max(counts, key=lambda s: (counts[s], s))
-            size_is = 'the most common size (or pass --image-shape)'
-        self.shape: Shape = tuple(int(d) for d in shape)
-        other = [f for f in self.files if shapes[f][:2] != self.shape[:2]]
-        if other and not resize:
-            listed = ', '.join(f'{f} ({shapes[f][0]}x{shapes[f][1]})' for f in other[:3])
-            raise InputError(f'{folder}: {len(other)} of {len(self.files)} images are not '
-                             f'{self.shape[0]}x{self.shape[1]}, {size_is}: {listed}'
-                             f'{", ..." if len(other) > 3 else ""}; pass --resize to resize '
-                             f'them.')
+        self.shape, size_is = _target([shapes[f] for f in self.files], shape)
+        _check_sizes(folder, {f: shapes[f][:2] for f in self.files}, self.shape, size_is,
+                     resize)
 
     def _header(self, relative: str) -> Optional[Shape]:
         """`(H, W, 1 or 3)` from the file's header, or `None` (skipped) if unreadable."""

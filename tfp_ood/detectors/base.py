@@ -106,9 +106,9 @@ def read_json(path: str, what: str):
 
 def evaluator_terms(model: DensityModel, images: Images, what: str,
                     strategy: Optional[tf.distribute.Strategy] = None,
-                    statistics: bool = False) -> Terms:
+                    statistics: bool = False, progress: bool = False) -> Terms:
     """The shared evaluator's per-image terms of `images` under `model`."""
-    return evaluate_score(model, images, name=what, progress=False, strategy=strategy,
+    return evaluate_score(model, images, name=what, progress=progress, strategy=strategy,
                           statistics=statistics).scores
 
 
@@ -150,14 +150,16 @@ class Detector(abc.ABC):
             raise NotFittedError(f'{type(self).__name__}: call fit(train_images) before '
                                  f'{what}.')
 
-    def fit(self, images: Images) -> 'Detector':
-        """Fits what the detector learns from in-distribution images; returns `self`."""
+    def fit(self, images: Images, progress: bool = False) -> 'Detector':
+        """Fits what the detector learns from in-distribution images (a progress
+        bar while the models score them, if `progress`); returns `self`."""
         if not self.needs_fit:
             return self
         if not isinstance(images, tf.data.Dataset):
             images = as_array(images, self.models[0].image_shape, f'{self.name} fit images')
         terms = [evaluator_terms(m, images, f'{self.name} fit images ({m.name})',
-                                 statistics=self.needs_statistics) for m in self.models]
+                                 statistics=self.needs_statistics, progress=progress)
+                 for m in self.models]
         return self.fit_terms(terms, images)
 
     def fit_terms(self, terms: Sequence[Terms], images: Images) -> 'Detector':
@@ -167,9 +169,11 @@ class Detector(abc.ABC):
 
     def score(self, images: Images,
               strategy: Optional[tf.distribute.Strategy] = None,
-              terms: Optional[Sequence[Terms]] = None) -> DetectorScores:
+              terms: Optional[Sequence[Terms]] = None,
+              progress: bool = False) -> DetectorScores:
         """Per-image (or per-batch) OOD scores of `images` (the likelihoods
-        computed under `strategy`, as `tfp_ood.score` does, if given).
+        computed under `strategy`, as `tfp_ood.score` does, if given; with a
+        progress bar if `progress`).
 
         `terms`: the evaluator's scores of these very images under each of
         `models`, when they were computed already (`tfp_ood.score(model,
@@ -180,7 +184,7 @@ class Detector(abc.ABC):
         if terms is None:
             self.check_fitted()
             terms = [evaluator_terms(m, images, f'images ({m.name})', strategy,
-                                     self.needs_statistics) for m in self.models]
+                                     self.needs_statistics, progress) for m in self.models]
         elif len(terms) != len(self.models):
             raise InputError(f'{self.name}: terms of {len(terms)} models given; the detector '
                              f'has {len(self.models)}.')

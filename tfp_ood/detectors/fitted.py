@@ -95,11 +95,12 @@ class FittedDetector:
 def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
                  validation_images: Images, true_positive_rate: float = 0.95,
                  provenance: Optional[Dict] = None,
-                 design: Optional[Dict] = None) -> FittedDetector:
+                 design: Optional[Dict] = None, progress: bool = False) -> FittedDetector:
     """Builds detector `name` over the SavedModels `model_dirs` (foreground, and a
     background for `likelihood_ratio`; `design` for `density_of_states_selected`),
     fits it on `fit_images` and sets its threshold on the held-out
-    in-distribution `validation_images`."""
+    in-distribution `validation_images` (progress bars while the models score
+    them, if `progress`)."""
     if isinstance(model_dirs, (str, bytes, os.PathLike)) or not isinstance(
             model_dirs, collections.abc.Sequence):
         raise TypeError(f'fit_detector: model_dirs must be a list of SavedModel folders, e.g. '
@@ -116,8 +117,9 @@ def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
     _check_validation(fit_images, validation_images, true_positive_rate)
     design = check_design(design) if design is not None else None
     detector = named(name, models[0], models[1] if len(models) > 1 else None, design)
-    detector.fit(fit_images)
-    calibration = calibrate(detector.score(validation_images), true_positive_rate)
+    detector.fit(fit_images, progress=progress)
+    calibration = calibrate(detector.score(validation_images, progress=progress),
+                            true_positive_rate)
     return FittedDetector(name, detector, calibration, list(model_dirs), dict(provenance or {}),
                           design)
 
