@@ -5,6 +5,7 @@ datasets outside the registry (tfds.testing.mock_data)."""
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -117,6 +118,7 @@ class FolderTest(tf.test.TestCase):
         self.assertEqual(read.notes, at_once.notes)
         self.assertEqual(read.notes, {'grayscale -> RGB': 1, 'resized to 8x8': 1})
 
+    @pytest.mark.slow(minutes=0.4)
     def test_folder_images_decode_only_what_is_indexed_and_train_as_the_array_does(self):
         for i in range(20):
             self._save(f'{i:02d}.png', _rgb(self.rng))
