@@ -295,17 +295,18 @@ class StreamingBenchmarkTest(tf.test.TestCase):
         streaming = scripts.load('benchmarks/streaming.py')
         path = os.path.join(self.create_tempdir().full_path, 'streaming.json')
         result = streaming.main(['--sizes', '40', '--train-sizes', '72', '--train-steps', '1',
-                                 '--rounds', '1', '--json', path])
+                                 '--rounds', '1', '--throughput-config', 'tiny',
+                                 '--json', path])
         with open(path) as f:
             self.assertEqual(json.load(f), json.loads(json.dumps(result)))
         for rows in (result['memory'], result['training']):
             self.assertLen(rows, 1)
             self.assertGreater(rows[0]['stream_peak_rss_mib'], 100)
             self.assertGreater(rows[0]['memory_peak_rss_mib'], 100)
-        throughput = result['throughput']
-        self.assertAlmostEqual(throughput['stream_over_memory'],
-                               throughput['stream_images_per_s']
-                               / throughput['memory_images_per_s'])
+        for throughput in (result['throughput'], result['throughput_cpu_glow']):
+            self.assertAlmostEqual(throughput['stream_over_memory'],
+                                   throughput['stream_images_per_s']
+                                   / throughput['memory_images_per_s'])
         self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
 
 

@@ -210,6 +210,10 @@ def _image_files(folder: str) -> List[str]:
 
 
 _GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+# How a file is decoded: by Pillow, or by TensorFlow's PNG or JPEG decoder (in a
+# tf.data pipeline, without Python's lock).
+_PILLOW, _PNG, _JPEG = 0, 1, 2
+_NATIVE = {'PNG': _PNG, 'JPEG': _JPEG}
 
 
 def _reason(error: Exception) -> str:
@@ -225,8 +229,11 @@ class FolderStream:
     images have other sizes is refused before any work, and the model's shape
     can be the most common one. Each image is then decoded, converted to the
     shape's channels and (with `resize`) resized by the same code on either
-    path; what was converted is counted in `notes`, and a file that cannot be
-    decoded is listed in `skipped` (complete once the images have been read).
+    path: 8-bit grayscale and RGB PNGs and JPEGs by TensorFlow's decoders (in
+    the pipeline they run in parallel, without Python's lock), every other
+    file by Pillow. What was converted is counted in `notes`, and a file that
+    cannot be decoded is listed in `skipped` (complete once the images have
+    been read).
 
     Args:
       folder, shape, resize, name: as for `read_folder`.
@@ -244,8 +251,14 @@ class FolderStream:
         self.notes: Dict[str, int] = {}
         self.skipped: List[Tuple[str, str]] = []
         self._lock = threading.Lock()
+        self._kinds: Dict[str, int] = {}
         shapes = {f: self._header(f) for f in candidates}
         self.files = [f for f in candidates if shapes[f] is not None]
+        self._shapes = [shapes[f] for f in self.files]
+        self._kind = np.array([self._kinds[f] for f in self.files], np.int32)
+        self._streamed: set = set()  # Indices the stream delivered.
+        self._native_fn = tf.function(self._native, input_signature=[
+            tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
         if not self.files:
             raise InputError(f'none of the {len(candidates)} image files in {folder} could be '
                              f'decoded (the first: {self.skipped[0][0]}: {self.skipped[0][1]})')
@@ -254,22 +267,75 @@ class FolderStream:
                      resize)
 
     def _header(self, relative: str) -> Optional[Shape]:
-        """`(H, W, 1 or 3)` from the file's header, or `None` (skipped) if unreadable."""
+        """`(H, W, 1 or 3)` from the file's header, or `None` (skipped) if unreadable;
+        whether TensorFlow decodes it (an 8-bit grayscale or RGB PNG or JPEG)."""
         from PIL import Image
         try:
             with Image.open(os.path.join(self.folder, relative)) as image:
                 width, height = image.size
+                self._kinds[relative] = (_NATIVE.get(image.format, _PILLOW)
+                                         if image.mode in ('L', 'RGB') else _PILLOW)
                 return height, width, 1 if image.mode in _GRAY_MODES else 3
         except (OSError, ValueError, SyntaxError) as e:  # What Pillow raises for bad files.
             self.skipped.append((relative, _reason(e)))
             return None
+
+    def _native_notes(self, index: int) -> Dict[str, int]:
+        """What fitting a file TensorFlow decodes does to it, from its header."""
+        height, width, channels = self._shapes[index]
+        notes: Dict[str, int] = {}
+        if channels != self.shape[-1]:
+            _note(notes, 'grayscale -> RGB' if channels == 1 else 'RGB -> grayscale')
+        if (height, width) != self.shape[:2]:
+            _note(notes, f'resized to {self.shape[0]}x{self.shape[1]}')
+        return notes
+
+    def _count(self, notes: Dict[str, int]) -> None:
+        with self._lock:
+            for what, n in notes.items():
+                _note(self.notes, what, n)
+
+    def _fitted(self, image: tf.Tensor) -> tf.Tensor:
+        """A decoded `[H, W, C]` uint8 image at the shape, in TensorFlow ops (the
+        conversions of `tfp_ood.data.resize_images`), the same in a graph and
+        eagerly."""
+        x = tf.cast(image, tf.float32)
+        if self.shape[-1] == 3:
+            x = tf.cond(tf.shape(x)[-1] == 1, lambda: tf.repeat(x, 3, axis=-1), lambda: x)
+        else:
+            x = tf.cond(tf.shape(x)[-1] == 3, lambda: tf.image.rgb_to_grayscale(x),
+                        lambda: x)
+        x = tf.image.resize(x[None], self.shape[:2], method='area', antialias=True)[0]
+        return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8),
+                               self.shape)
+
+    def _native(self, path: tf.Tensor, kind: tf.Tensor) -> tf.Tensor:
+        """A PNG or JPEG decoded by TensorFlow and fitted to the shape."""
+        contents = tf.io.read_file(path)
+        image = tf.cond(kind == _JPEG,
+                        lambda: tf.io.decode_jpeg(contents, dct_method='INTEGER_ACCURATE'),
+                        lambda: tf.io.decode_png(contents))
+        return self._fitted(image)
 
     def load(self, index: int, count: bool = True) -> Tuple[np.ndarray, bool]:
         """`(image at the shape, True)` for file `index`, or `(zeros, False)` if it
         cannot be decoded (then listed in `skipped`); `count`: count what was
         converted in `notes` (a file read again is not counted again)."""
         from tfp_ood import data
-        relative, notes = self.files[int(index)], {}
+        index = int(index)
+        relative, notes = self.files[index], {}
+        if self._kind[index] != _PILLOW:
+            try:
+                image = self._native_fn(tf.constant(os.path.join(self.folder, relative)),
+                                        tf.constant(self._kind[index], tf.int32)).numpy()
+            except tf.errors.OpError as e:
+                if count:
+                    with self._lock:
+                        self.skipped.append((relative, e.message.splitlines()[0]))
+                return np.zeros(self.shape, np.uint8), False
+            if count:
+                self._count(self._native_notes(index))
+            return image, True
         try:
             image = _channels(_decoded(os.path.join(self.folder, relative), notes),
                               self.shape[-1], notes)
@@ -282,9 +348,7 @@ class FolderStream:
             image = data.resize_images(image[None], self.shape)[0]
             _note(notes, f'resized to {self.shape[0]}x{self.shape[1]}')
         if count:
-            with self._lock:
-                for what, n in notes.items():
-                    _note(self.notes, what, n)
+            self._count(notes)
         return image, True
 
     def kept(self) -> List[str]:
@@ -295,20 +359,50 @@ class FolderStream:
     @property
     def dataset(self) -> tf.data.Dataset:
         """`(image uint8 [H, W, C], label -1)` of each file that decodes, in the
-        files' order, decoded in parallel."""
-        def load(index):
-            image, ok = tf.py_function(lambda i: self.load(i.numpy()), [index],
-                                       [tf.uint8, tf.bool])
-            return tf.ensure_shape(image, self.shape), ok
+        files' order, decoded in parallel: PNGs and JPEGs (8-bit grayscale or
+        RGB) by TensorFlow's decoders, the rest by Pillow."""
+        paths = tf.constant([os.path.join(self.folder, f) for f in self.files])
+        kinds = tf.constant(self._kind)
+
+        def decode(index):
+            def by_pillow():
+                image, ok = tf.py_function(lambda i: self.load(i.numpy()), [index],
+                                           [tf.uint8, tf.bool])
+                return tf.ensure_shape(image, self.shape), ok
+            return tf.cond(kinds[index] == _PILLOW, by_pillow,
+                           lambda: (self._native(paths[index], kinds[index]), True))
+
+        def delivered(index, image, ok):  # What the stream gave, counted.
+            ok = tf.py_function(self._delivered, [index, ok], tf.bool)
+            return image, tf.ensure_shape(ok, [])
 
         return (tf.data.Dataset.range(len(self.files))
-                .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .map(lambda i: (i, *decode(i)), num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+                .ignore_errors()  # A PNG or JPEG that TensorFlow cannot decode.
+                .map(delivered)
                 .filter(lambda image, ok: ok)
                 .map(lambda image, ok: (image, tf.constant(-1, tf.int64))))
+
+    def _delivered(self, index, ok) -> bool:
+        index, ok = int(index.numpy()), bool(ok.numpy())
+        self._streamed.add(index)
+        if ok and self._kind[index] != _PILLOW:
+            self._count(self._native_notes(index))
+        return ok
+
+    def _undelivered(self) -> None:
+        """After a stream: the PNGs and JPEGs TensorFlow could not decode, skipped."""
+        listed = {f for f, _ in self.skipped}
+        for index, relative in enumerate(self.files):
+            if (index not in self._streamed and self._kind[index] != _PILLOW
+                    and relative not in listed):
+                self.skipped.append((relative, 'TensorFlow could not decode it'))
 
     def image_set_read(self) -> ImageSet:
         """What reading `dataset` found, as an `ImageSet` without the images
         (`images` is `None`): the files kept, those skipped, the conversions."""
+        self._undelivered()
         return ImageSet(self.name, None, None, self.kept(), sorted(self.skipped),
                         dict(self.notes))
 
