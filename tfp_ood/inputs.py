@@ -90,10 +90,6 @@ class ImageSet:
         return (self.take(np.flatnonzero(~chosen), self.name),
                 self.take(np.flatnonzero(chosen), f'{self.name} (held out)'))
 
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return tuple(self.images.shape)
-
     def describe(self, skipped_to: str = 'skipped.txt') -> List[str]:
         """Lines saying what was converted and skipped (none if nothing was);
         `skipped_to`: where the skipped files are listed."""

@@ -55,6 +55,10 @@ _PYTHON_ENCODERS: Dict[str, Tuple[Encoder, Optional[int]]] = {
     'jpeg2000': (_jpeg2000_bits, None), 'jpegxl': (_jpegxl_bits, 9)}
 
 
+# `png_bits` traced once per level (and image shape), not once per call.
+_traced_png_bits = tf.function(png_bits, autograph=False, reduce_retracing=True)
+
+
 def check_codec(codec: str) -> str:
     if codec not in CODECS:
         raise InputError(f'Unknown codec {codec!r}; expected one of {sorted(CODECS)}.')
@@ -122,5 +126,5 @@ def compressed_bits(images: np.ndarray, codec: str = 'png', level: Optional[int]
                          f'{images.dtype} and shape {images.shape}.')
     level = CODECS[codec] if level is None else level
     if codec in GRAPH_CODECS:
-        return tf.function(png_bits, autograph=False)(tf.constant(images), level).numpy()
+        return _traced_png_bits(tf.constant(images), level).numpy()
     return (compressor or Compressor()).bits(images, codec, level)
