@@ -431,12 +431,23 @@ def resize_images(images, image_shape: Sequence[int]) -> np.ndarray:
         raise InputError(f'image_shape must be (H, W, C) with C 1 or 3; got {image_shape}.')
     if images.shape[1:] == target:
         return images
-    x = tf.cast(images[..., :3], tf.float32)
-    if x.shape[-1] != target[-1]:
-        x = tf.image.rgb_to_grayscale(x) if target[-1] == 1 else tf.repeat(x, 3, axis=-1)
-    if tuple(x.shape[1:3]) != target[:2]:
-        x = tf.image.resize(x, target[:2], method='area', antialias=True)
-    return np.asarray(tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8))
+    return fit_to_shape(images, target).numpy()
+
+
+def fit_to_shape(images: tf.Tensor, image_shape: Sequence[int]) -> tf.Tensor:
+    """`resize_images` in TensorFlow ops, for uint8 `[N, H, W, C]` whose size and
+    channels (1, 3 or 4) may be known only when the graph runs (a decoded file
+    in a `tf.data` pipeline); the same numbers eagerly and in a graph."""
+    target = tuple(int(d) for d in image_shape)
+    x = tf.cast(images, tf.float32)[..., :3]
+    channels = tf.shape(x)[-1]
+    if target[-1] == 3:
+        x = tf.cond(channels == 1, lambda: tf.repeat(x, 3, axis=-1), lambda: x)
+    else:
+        x = tf.cond(channels == 3, lambda: tf.image.rgb_to_grayscale(x), lambda: x)
+    x = tf.image.resize(x, target[:2], method='area', antialias=True)
+    return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8),
+                           (None,) + target)
 
 
 def to_grayscale(images: tf.Tensor) -> tf.Tensor:

@@ -295,15 +295,8 @@ class FolderStream:
         """A decoded `[H, W, C]` uint8 image at the shape, in TensorFlow ops (the
         conversions of `tfp_ood.data.resize_images`), the same in a graph and
         eagerly."""
-        x = tf.cast(image, tf.float32)
-        if self.shape[-1] == 3:
-            x = tf.cond(tf.shape(x)[-1] == 1, lambda: tf.repeat(x, 3, axis=-1), lambda: x)
-        else:
-            x = tf.cond(tf.shape(x)[-1] == 3, lambda: tf.image.rgb_to_grayscale(x),
-                        lambda: x)
-        x = tf.image.resize(x[None], self.shape[:2], method='area', antialias=True)[0]
-        return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8),
-                               self.shape)
+        from tfp_ood import data
+        return data.fit_to_shape(image[None], self.shape)[0]
 
     def _native(self, path: tf.Tensor, kind: tf.Tensor) -> tf.Tensor:
         """A PNG or JPEG decoded by TensorFlow and fitted to the shape."""
