@@ -14,6 +14,11 @@ the number of images. Measured here, with a tiny Glow at the images' shape
   (medians and spread), so background load hits both alike: under the tiny
   Glow (where decoding is the bottleneck) on the largest folder, and under the
   CPU-sized Glow (`--throughput-config`) on the smallest;
+- `detect_peak_rss_mib`: the peak resident memory of a child process that
+  fits a density of states (the tiny Glow's terms and the PNG length) on 500
+  of a folder's images and scores all N of them (`--sizes`) read as
+  `tfp-ood detect --images-dir` reads them (decoded a chunk at a time,
+  `FolderImages`), and of one that reads the folder into memory first;
 - `train_peak_rss_mib`: the peak resident memory of a child process that
   trains the tiny Glow `--train-steps` steps (batch 64) on a folder of N
   images (`--train-sizes`, default 5,000 and 50,000) decoded batch by batch
@@ -89,6 +94,21 @@ def _train_child(folder: str, mode: str, steps: str) -> None:
     print(json.dumps({'num_images': len(images), 'peak_rss_mib': peak}))
 
 
+def _detect_child(folder: str, mode: str, _) -> None:
+    """Fits and runs a detector on `folder` (`mode`: 'stream' or 'memory');
+    prints the peak RSS in MiB."""
+    from tfp_ood import detectors, inputs
+    stream = inputs.FolderStream(folder, SHAPE)
+    images = stream.lazy_image_set().images if mode == 'stream' else stream.image_set().images
+    detector = detectors.DensityOfStates(_model(), ('log_pz', 'log_det', 'png9_bits'),
+                                         estimator='ledoit_wolf')
+    fit = range(min(500, len(images)))
+    detector.fit(images[:len(fit)] if mode == 'memory' else images.take(fit))
+    scores = detector.score(images)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+    print(json.dumps({'num_images': len(scores.ood_score), 'peak_rss_mib': peak}))
+
+
 def _peak(folder: str, mode: str, *extra: str) -> dict:
     run = subprocess.run([sys.executable, __file__, '--child', folder, mode, *extra],
                          capture_output=True, text=True, timeout=3600,
@@ -99,14 +119,17 @@ def _peak(folder: str, mode: str, *extra: str) -> dict:
 
 
 def _peaks(root: str, sizes, extra) -> tuple:
-    """Per size, the stream's and the in-memory path's peak RSS (scoring, or with
-    `extra = (steps,)` training); and how much each grew from the smallest size."""
+    """Per size, the stream's and the in-memory path's peak RSS (scoring; with
+    `extra = ('detect',)` fitting and running a detector; with `extra = (steps,)`
+    training); and how much each grew from the smallest size."""
     rows = []
     for n in sizes:
         folder = os.path.join(root, str(n))
         if not os.path.isdir(folder):
             _write_folder(folder, n)
-        row = {'num_images': n, **({'steps': int(extra[0])} if extra else {})}
+        row = {'num_images': n}
+        if extra and extra[0] != 'detect':
+            row['steps'] = int(extra[0])
         for mode in ('stream', 'memory'):
             row[f'{mode}_peak_rss_mib'] = _peak(folder, mode, *extra)['peak_rss_mib']
         rows.append(row)
@@ -149,7 +172,9 @@ def main(argv=None) -> dict:
     p.add_argument('--child', nargs='+', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        return (_child if len(args.child) == 2 else _train_child)(*args.child)
+        child = (_child if len(args.child) == 2 else
+                 _detect_child if args.child[2] == 'detect' else _train_child)
+        return child(*args.child)
     from machine import machine
     results = {'machine': machine(), 'image_shape': list(SHAPE)}
     with tempfile.TemporaryDirectory() as root:
@@ -162,6 +187,8 @@ def main(argv=None) -> dict:
             _throughput(os.path.join(root, str(args.sizes[0])), args.rounds,
                         args.throughput_config), num_images=args.sizes[0],
             config=args.throughput_config)
+        (results['detect'], results['detect_stream_rss_growth'],
+         results['detect_memory_rss_growth']) = _peaks(root, args.sizes, ('detect',))
         (results['training'], results['train_stream_rss_growth'],
          results['train_memory_rss_growth']) = _peaks(root, args.train_sizes,
                                                       (str(args.train_steps),))

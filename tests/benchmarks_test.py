@@ -299,7 +299,7 @@ class StreamingBenchmarkTest(tf.test.TestCase):
                                  '--json', path])
         with open(path) as f:
             self.assertEqual(json.load(f), json.loads(json.dumps(result)))
-        for rows in (result['memory'], result['training']):
+        for rows in (result['memory'], result['detect'], result['training']):
             self.assertLen(rows, 1)
             self.assertGreater(rows[0]['stream_peak_rss_mib'], 100)
             self.assertGreater(rows[0]['memory_peak_rss_mib'], 100)

@@ -150,6 +150,48 @@ class FolderTest(tf.test.TestCase):
         for a, b in zip(*weights):
             self.assertAllEqual(a, b)
 
+    def test_detectors_read_a_folder_a_chunk_at_a_time_with_the_arrays_numbers(self):
+        # Fit, calibrate and score from FolderImages in chunks of 7 (a remainder
+        # joins the chunk before it) against the same images in memory.
+        from unittest import mock
+
+        from tfp_ood import detectors, models
+        from tfp_ood.detectors import base
+        for i in range(30):
+            self._save(f'{i:02d}.png', _rgb(self.rng))
+        lazy = inputs.FolderStream(self.dir, (8, 8, 3)).lazy_image_set().images
+        at_once = np.asarray(lazy)
+        largest = []
+        read = inputs.FolderImages.__getitem__
+
+        def counted(images, key):
+            out = read(images, key)
+            largest.append(len(out) if np.ndim(out) == 4 else 1)
+            return out
+
+        model = models.named_model('glow', 'tiny', (8, 8, 3))
+        model.initialize(at_once[:8])
+        with mock.patch.object(base, 'CHUNK_IMAGES', 7), \
+                mock.patch.object(inputs.FolderImages, '__getitem__', counted):
+            # The density of states keeps `max_fit_images`: only those decode to fit.
+            for make in (lambda: detectors.DensityOfStates(
+                    model, ('log_pz', 'log_det', 'png9_bits'), estimator='ledoit_wolf',
+                    max_fit_images=8),
+                    lambda: detectors.Typicality(model, batch_size=3)):
+                scores = []
+                for images in (at_once, lazy):
+                    largest.clear()
+                    detector = make().fit(images[:20] if images is at_once
+                                          else lazy.take(range(20)))
+                    scores.append(detector.score(images))
+                    if images is lazy:
+                        self.assertLessEqual(max(largest), 9)  # 7, 7 + a remainder of 2, or 8.
+                self.assertAllClose(scores[0].ood_score, scores[1].ood_score, rtol=1e-6)
+                self.assertEqual(set(scores[0].components), set(scores[1].components))
+            self.assertEqual(base.chunks(np.zeros(30), 3), [(0, 6), (6, 12), (12, 18),
+                                                           (18, 24), (24, 30)])
+            self.assertEqual(base.chunks(np.zeros(13), 3), [(0, 6), (6, 13)])
+
     def test_sizes_other_than_the_target_are_an_error_listing_them_unless_resized(self):
         for i in range(3):
             self._save(f'{i}.png', _rgb(self.rng, 8, 8))

@@ -430,11 +430,12 @@ def _read_image_set(args, shape, split: Optional[str] = None,
                     skipped_to: str = 'skipped.txt'):
     """The `tfp_ood.inputs.ImageSet` the input flags name, at `shape` (`None`:
     the images' own, or a folder's most common one); what was converted or
-    skipped (to be listed in `skipped_to`) is printed."""
+    skipped (to be listed in `skipped_to`) is printed. A folder's images are
+    decoded where they are read (`FolderImages`): memory stays flat."""
     from tfp_ood import inputs
     if args.images_dir:
-        image_set = inputs.read_folder(args.images_dir, shape, args.resize, args.name,
-                                       progress=sys.stderr.isatty())
+        image_set = inputs.FolderStream(args.images_dir, shape, args.resize, args.name
+                                        ).lazy_image_set(sys.stderr.isatty())
     elif args.npz:
         image_set = inputs.read_npz_set(args.npz, shape, args.resize, args.name)
     else:

@@ -439,6 +439,7 @@ class FolderImages:
 
     dtype = np.dtype(np.uint8)
     ndim = 4
+    decodes_when_indexed = True  # What `tfp_ood.detectors` read a chunk at a time.
 
     def __init__(self, stream: FolderStream, indices: Sequence[int]):
         self.stream, self.indices = stream, np.asarray(indices, np.int64)

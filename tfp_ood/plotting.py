@@ -354,13 +354,15 @@ def plot_contact_sheet(images: np.ndarray, scores: np.ndarray, path: str, per_ro
     """The `per_row` most and least out-of-distribution images, with their scores.
 
     Args:
-      images: uint8 `[N, H, W, C]`.
+      images: uint8 `[N, H, W, C]` (an array, or images decoded where indexed,
+        as a folder's `tfp_ood.inputs.FolderImages`: only those shown are read).
       scores: `[N]` OOD scores (non-finite ones rank as the most OOD).
       path: PNG file to write.
       names: the images' file names, shown under each (long ones with their
         middle elided); without them, the images' indices.
     """
-    images, scores = np.asarray(images), np.asarray(scores, np.float64)
+    images = images if hasattr(images, 'shape') else np.asarray(images)
+    scores = np.asarray(scores, np.float64)
     if len(images) != len(scores) or not len(images):
         raise InputError('plot_contact_sheet: needs as many scores as images, and images.')
     if names is not None and len(names) != len(images):

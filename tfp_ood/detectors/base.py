@@ -26,6 +26,28 @@ from tfp_ood.models.base import DensityModel, check_images
 __all__ = ['Detector', 'DetectorScores', 'NotFittedError', 'detector_metrics']
 
 Images = Union[np.ndarray, tf.Tensor, tf.data.Dataset]
+
+#: Images a detector decodes at a time from a set that is decoded only where it
+#: is indexed (a folder's `tfp_ood.inputs.FolderImages`): fitting, scoring and
+#: calibrating hold a chunk of them in memory, never the whole set.
+CHUNK_IMAGES = 2048
+
+
+def is_lazy(images) -> bool:
+    """Whether `images` decode only where indexed (`images[i:j]`), as a
+    folder's `tfp_ood.inputs.FolderImages` do, rather than being in memory."""
+    return bool(getattr(images, 'decodes_when_indexed', False))
+
+
+def chunks(images, multiple: int = 1):
+    """`(start, stop)` of consecutive chunks of about `CHUNK_IMAGES` images,
+    each a multiple of `multiple` long (a last, shorter remainder joins the
+    chunk before it)."""
+    size, n = max(1, CHUNK_IMAGES // multiple) * multiple, len(images)
+    bounds = list(range(0, n, size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < multiple:
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:]))
 Terms = Dict[str, np.ndarray]
 LN2 = math.log(2.0)
 
@@ -84,6 +106,11 @@ def check_same_shape(models: Sequence[DensityModel], what: str) -> None:
 def as_array(images: Images, image_shape, what: str) -> np.ndarray:
     """uint8 `[N, H, W, C]` NumPy images from an array, a list or a dataset (of
     the kinds `tfp_ood.score` reads)."""
+    if is_lazy(images):  # Decoded chunk by chunk where it is read.
+        if tuple(images.shape[1:]) != tuple(image_shape):
+            raise InputError(f'{what}: images of shape {list(images.shape[1:])}; the model '
+                             f'takes {list(image_shape)}.')
+        return images
     if isinstance(images, tf.data.Dataset):
         batches = [b for b, _ in as_image_dataset(images, image_shape, what).batch(1024)
                    .as_numpy_iterator()]
@@ -157,10 +184,25 @@ class Detector(abc.ABC):
             return self
         if not isinstance(images, tf.data.Dataset):
             images = as_array(images, self.models[0].image_shape, f'{self.name} fit images')
+        if is_lazy(images):
+            limit = getattr(self, 'max_fit_images', None)
+            if not (self.reads_images or self.python_statistics):
+                return self.fit_terms(self._chunked_terms(images, progress), None)
+            # The detector keeps at most `limit` images' statistics: only those decode.
+            images = np.asarray(images[:limit] if limit else images)
         terms = [evaluator_terms(m, images, f'{self.name} fit images ({m.name})',
                                  statistics=self.needs_statistics, progress=progress)
                  for m in self.models]
         return self.fit_terms(terms, images)
+
+    def _chunked_terms(self, images, progress: bool) -> Sequence[Terms]:
+        """Each model's terms of lazily decoded `images`, a chunk at a time."""
+        parts = [[evaluator_terms(m, np.asarray(images[start:stop]),
+                                  f'{self.name} fit images ({m.name})',
+                                  statistics=self.needs_statistics, progress=progress)
+                  for m in self.models] for start, stop in chunks(images)]
+        return [{k: np.concatenate([p[i][k] for p in parts]) for k in parts[0][i]}
+                for i in range(len(self.models))]
 
     def fit_terms(self, terms: Sequence[Terms], images: Images) -> 'Detector':
         """`fit` from the evaluator's terms of the fit images (see `score_terms`)."""
@@ -181,6 +223,8 @@ class Detector(abc.ABC):
         """
         if not isinstance(images, tf.data.Dataset):
             images = as_array(images, self.models[0].image_shape, 'images')
+        if is_lazy(images):
+            return self._score_in_chunks(images, strategy, terms, progress)
         if terms is None:
             self.check_fitted()
             terms = [evaluator_terms(m, images, f'images ({m.name})', strategy,
@@ -196,13 +240,37 @@ class Detector(abc.ABC):
                                      f'images; {len(images)} images to score.')
         return self.score_terms(terms, images)
 
+    def _score_in_chunks(self, images, strategy, terms, progress: bool) -> DetectorScores:
+        """`score` of lazily decoded `images`, a chunk at a time (whole batches
+        of a batch score's `M` images each)."""
+        from tqdm.auto import tqdm
+        parts = []
+        # One trace for every chunk (the fit cannot change in between).
+        self._traced_score = tf.function(self.graph_score, autograph=False,
+                                         reduce_retracing=True)
+        try:
+            with tqdm(total=len(images), desc=f'{self.name}: scoring', unit='img',
+                      disable=not progress, leave=False) as bar:
+                for start, stop in chunks(images, getattr(self, 'batch_size', 1)):
+                    part_terms = None if terms is None else [
+                        {k: np.asarray(v)[start:stop] for k, v in t.items()} for t in terms]
+                    parts.append(self.score(np.asarray(images[start:stop]), strategy,
+                                            part_terms))
+                    bar.update(stop - start)
+        finally:
+            self._traced_score = None
+        return DetectorScores(self.name, np.concatenate([p.ood_score for p in parts]),
+                              {k: np.concatenate([p.components[k] for p in parts])
+                               for k in parts[0].components})
+
     def score_terms(self, terms: Sequence[Terms], images: Images) -> DetectorScores:
         """The scores from the evaluator's per-image terms of each of `models`
         (`tfp_ood.score(model, images).scores`, in the order of `models`):
         `graph_score`, traced once for these inputs."""
         self.check_fitted()
         tensors, images = self.graph_inputs(terms, images)
-        ood_score, components = tf.function(self.graph_score, autograph=False)(tensors, images)
+        traced = self._traced_score or tf.function(self.graph_score, autograph=False)
+        ood_score, components = traced(tensors, images)
         merged = {k: np.asarray(v) for k, v in terms[0].items()}
         merged.update({k: v.numpy() for k, v in tensors[0].items() if k not in terms[0]})
         merged.update({k: v.numpy() for k, v in components.items()})
@@ -225,6 +293,8 @@ class Detector(abc.ABC):
 
     # The `codecs.Compressor` whose cache the Python-only statistics share (None: none).
     compressor = None
+    # `graph_score` traced once while `score` runs over the chunks of a lazy set.
+    _traced_score = None
 
     def python_column(self, terms: Dict[str, tf.Tensor], column: str) -> tf.Tensor:
         """A Python-only statistic among the first model's terms (`graph_inputs`
