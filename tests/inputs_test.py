@@ -188,8 +188,8 @@ class FolderTest(tf.test.TestCase):
                         self.assertLessEqual(max(largest), 9)  # 7, 7 + a remainder of 2, or 8.
                 self.assertAllClose(scores[0].ood_score, scores[1].ood_score, rtol=1e-6)
                 self.assertEqual(set(scores[0].components), set(scores[1].components))
-            self.assertEqual(base.chunks(np.zeros(30), 3), [(0, 6), (6, 12), (12, 18),
-                                                           (18, 24), (24, 30)])
+            self.assertEqual(base.chunks(np.zeros(30), 3),
+                             [(0, 6), (6, 12), (12, 18), (18, 24), (24, 30)])
             self.assertEqual(base.chunks(np.zeros(13), 3), [(0, 6), (6, 13)])
 
     def test_sizes_other_than_the_target_are_an_error_listing_them_unless_resized(self):

@@ -48,6 +48,8 @@ def chunks(images, multiple: int = 1):
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < multiple:
         del bounds[-2]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
 Terms = Dict[str, np.ndarray]
 LN2 = math.log(2.0)
 
