@@ -41,6 +41,36 @@ class ReportTest(tf.test.TestCase):
         self.assertEqual(sorted(os.listdir(os.path.join(out, 'scores'))),
                          ['a__x_test.npz', 'b__x_test.npz'])
 
+    def test_two_models_at_a_time_give_the_numbers_of_one_at_a_time_in_order(self):
+        from unittest import mock
+        ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(300), 'label': np.zeros(300)})
+        other = FlowModel.from_config(GlowConfig(
+            image_shape=SHAPE, num_levels=1, num_steps_per_level=2, hidden_channels=4))
+        other.initialize(_uint8(32, seed=3))
+        models = {'a': self.model, 'b': other, 'c': self.model}
+        sets = {'x': ds, 'y': ds.take(7)}
+        runs = []
+        for threads in (1, 2):
+            with mock.patch.object(report, 'SCORING_THREADS', threads):
+                runs.append(report.score_all(models, sets, progress=False))
+        self.assertEqual(list(runs[1]), [(m, s) for m in 'abc' for s in 'xy'])  # In order.
+        self.assertEqual(list(runs[0]), list(runs[1]))
+        for key, result in runs[0].items():
+            for term, values in result.scores.items():
+                self.assertAllEqual(values, runs[1][key].scores[term], msg=f'{key} {term}')
+
+    def test_an_error_in_one_model_stops_the_others_and_is_raised(self):
+        ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(4), 'label': np.zeros(4)})
+        broken = FlowModel.from_config(GlowConfig(
+            image_shape=SHAPE, num_levels=1, num_steps_per_level=1, hidden_channels=4))
+
+        def fail(images):
+            raise RuntimeError('broken model')
+
+        broken.score_batch = fail
+        with self.assertRaisesRegex(RuntimeError, 'broken model'):
+            report.score_all({'ok': self.model, 'broken': broken}, {'x': ds}, progress=False)
+
     def test_bpd_rows_carry_the_papers_number_where_it_reports_the_case(self):
         ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(4), 'label': np.zeros(4)})
         results = report.score_all({'m': self.model},
