@@ -26,7 +26,7 @@ the number of images. Measured here, with a tiny Glow at the images' shape
   (`FolderImages`, what `tfp-ood train --images-dir` holds), and of one that
   trains on the folder read into memory.
 
-    python benchmarks/streaming.py --json benchmarks/results/streaming.json   # ~11 min
+    python benchmarks/streaming.py --json benchmarks/results/streaming.json   # ~16 min
     python benchmarks/streaming.py --sizes 40 80 --train-sizes 80 160 --train-steps 2 \
         --rounds 1 --json /tmp/s.json                                          # tests
 """
