@@ -155,10 +155,13 @@ def score_all(models: Mapping[str, DensityModel],
 
     # Two models at a time: TensorFlow runs them side by side (each image's
     # numbers do not depend on it), filling the cores that one model's small
-    # ops, tracing and Python leave idle.
+    # ops, tracing and Python leave idle. The expensive models (those limited
+    # to `max_images`) start first, so that no long one runs alone at the end.
+    order = sorted(models, key=lambda name: not max_images.get(name))
     pool = concurrent.futures.ThreadPoolExecutor(SCORING_THREADS)
     try:
-        per_model = list(pool.map(score_model, list(models)))
+        done = dict(zip(order, pool.map(score_model, order)))
+        per_model = [done[name] for name in models]
     except BaseException:  # Ctrl-C or an error: the other thread ends after its set.
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
