@@ -291,20 +291,15 @@ class FolderStream:
             for what, n in notes.items():
                 _note(self.notes, what, n)
 
-    def _fitted(self, image: tf.Tensor) -> tf.Tensor:
-        """A decoded `[H, W, C]` uint8 image at the shape, in TensorFlow ops (the
-        conversions of `tfp_ood.data.resize_images`), the same in a graph and
-        eagerly."""
-        from tfp_ood import data
-        return data.fit_to_shape(image[None], self.shape)[0]
-
     def _native(self, path: tf.Tensor, kind: tf.Tensor) -> tf.Tensor:
-        """A PNG or JPEG decoded by TensorFlow and fitted to the shape."""
+        """A PNG or JPEG decoded by TensorFlow and fitted to the shape (the
+        conversions of `tfp_ood.data.resize_images`, in graph-safe ops)."""
+        from tfp_ood import data
         contents = tf.io.read_file(path)
         image = tf.cond(kind == _JPEG,
                         lambda: tf.io.decode_jpeg(contents, dct_method='INTEGER_ACCURATE'),
                         lambda: tf.io.decode_png(contents))
-        return self._fitted(image)
+        return data.fit_to_shape(image[None], self.shape)[0]
 
     def load(self, index: int, count: bool = True) -> Tuple[np.ndarray, bool]:
         """`(image at the shape, True)` for file `index`, or `(zeros, False)` if it
@@ -451,6 +446,10 @@ class FolderImages:
     def take(self, indices) -> 'FolderImages':
         """The images at `indices`, still not decoded."""
         return FolderImages(self.stream, self.indices[np.asarray(indices, np.int64)])
+
+    def paths(self) -> List[str]:
+        """The path of each image's file (what identifies it without decoding)."""
+        return [os.path.join(self.stream.folder, self.stream.files[i]) for i in self.indices]
 
     def _read(self, index: int) -> np.ndarray:
         image, ok = self.stream.load(index, count=False)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tfp_ood import export
 from tfp_ood.config import DETECTOR_NAMES, is_flow_family
-from tfp_ood.detectors.base import (Detector, DetectorScores, Images, Terms, as_array, chunks,
+from tfp_ood.detectors.base import (Detector, DetectorScores, Images, Terms, as_array, is_lazy,
                                     read_json)
 from tfp_ood.detectors.calibration import Calibration, calibrate, minimum_validation_images
 from tfp_ood.detectors.registry import check_design, named
@@ -125,8 +125,11 @@ def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
 
 
 def _image_digests(images: np.ndarray) -> List[bytes]:
-    return [hashlib.blake2b(image.tobytes(), digest_size=16).digest()
-            for start, stop in chunks(images) for image in np.asarray(images[start:stop])]
+    """What identifies each image: its pixels, or a folder's file (`FolderImages`,
+    not decoded again for this)."""
+    if is_lazy(images):
+        return [path.encode() for path in images.paths()]
+    return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
 
 
 def _check_validation(fit_images: np.ndarray, validation_images: np.ndarray,
