@@ -24,9 +24,13 @@ the number of images. Measured here, with a tiny Glow at the images' shape
   trains the tiny Glow `--train-steps` steps (batch 64) on a folder of N
   images (`--train-sizes`, default 5,000 and 50,000) decoded batch by batch
   (`FolderImages`, what `tfp-ood train --images-dir` holds), and of one that
-  trains on the folder read into memory.
+  trains on the folder read into memory;
+- `npz_peak_rss_mib`: the peak resident memory of a child process that scores
+  an `.npz` file of N images (`--sizes`) read as `tfp-ood score --npz` reads
+  it (decompressed a chunk at a time into a spool on disk, read back by
+  batch: `tfp_ood.spooled`), and of one that loads the array whole.
 
-    python benchmarks/streaming.py --json benchmarks/results/streaming.json   # ~16 min
+    python benchmarks/streaming.py --json benchmarks/results/streaming.json   # ~18 min
     python benchmarks/streaming.py --sizes 40 80 --train-sizes 80 160 --train-steps 2 \
         --rounds 1 --json /tmp/s.json                                          # tests
 """
@@ -34,7 +38,6 @@ the number of images. Measured here, with a tiny Glow at the images' shape
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +46,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (64, 64, 3)
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB) since it started its program:
+    `VmHWM`, the high-water mark of its own address space. (`getrusage`'s
+    `ru_maxrss` is no use here: Linux carries it across `fork` and `exec`, so a
+    child reports at least the RSS its parent had when it was started.)"""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024.
+    raise RuntimeError('no VmHWM in /proc/self/status (Linux only)')
 
 
 def _write_folder(folder: str, n: int) -> str:
@@ -57,6 +72,16 @@ def _write_folder(folder: str, n: int) -> str:
         image = np.kron(tile, np.ones((8, 8, 1))).astype(np.uint8)
         Image.fromarray(image).save(os.path.join(folder, f'{i:06d}.png'))
     return folder
+
+
+def _write_npz(path: str, n: int) -> str:
+    """`n` images of `SHAPE` (the folder's kind) in a compressed .npz file."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (8, 8, 3), dtype=np.int64)
+    tiles = np.clip(base + rng.integers(-20, 21, (n,) + base.shape), 0, 255).astype(np.uint8)
+    np.savez_compressed(path, images=tiles.repeat(8, axis=1).repeat(8, axis=2))
+    return path
 
 
 def _model(config: str = 'tiny'):
@@ -77,7 +102,7 @@ def _child(folder: str, mode: str) -> None:
     else:
         data = inputs.read_folder(folder, SHAPE).images
     result = score(model, data, progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+    peak = _peak_rss_mib()
     print(json.dumps({'num_images': result.num_images, 'peak_rss_mib': peak}))
 
 
@@ -91,8 +116,21 @@ def _train_child(folder: str, mode: str, steps: str) -> None:
                                checkpoint_every=10 ** 6, log_every=10 ** 6)
     with tempfile.TemporaryDirectory() as workdir:
         train.fit(model, images, config, workdir, progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+    peak = _peak_rss_mib()
     print(json.dumps({'num_images': len(images), 'peak_rss_mib': peak}))
+
+
+def _npz_child(path: str, mode: str, _) -> None:
+    """Scores the .npz file at `path` (`mode`: 'stream', spooled, or 'memory');
+    prints the peak RSS in MiB."""
+    from tfp_ood import data, inputs
+    from tfp_ood.evaluate import score
+    model = _model()
+    images = (inputs.read_npz_set(path, SHAPE).images if mode == 'stream' else
+              data.read_npz(path)[0])
+    result = score(model, images, progress=False)
+    peak = _peak_rss_mib()
+    print(json.dumps({'num_images': result.num_images, 'peak_rss_mib': peak}))
 
 
 def _detect_child(folder: str, mode: str, _) -> None:
@@ -106,7 +144,7 @@ def _detect_child(folder: str, mode: str, _) -> None:
     fit = range(min(500, len(images)))
     detector.fit(images[:len(fit)] if mode == 'memory' else images.take(fit))
     scores = detector.score(images)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+    peak = _peak_rss_mib()
     print(json.dumps({'num_images': len(scores.ood_score), 'peak_rss_mib': peak}))
 
 
@@ -122,14 +160,17 @@ def _peak(folder: str, mode: str, *extra: str) -> dict:
 def _peaks(root: str, sizes, extra) -> tuple:
     """Per size, the stream's and the in-memory path's peak RSS (scoring; with
     `extra = ('detect',)` fitting and running a detector; with `extra = (steps,)`
-    training); and how much each grew from the smallest size."""
+    training; with `extra = ('npz',)` scoring an .npz file); and how much each
+    grew from the smallest size."""
     rows = []
     for n in sizes:
         folder = os.path.join(root, str(n))
-        if not os.path.isdir(folder):
+        if extra == ('npz',):
+            folder = _write_npz(folder + '.npz', n)
+        elif not os.path.isdir(folder):
             _write_folder(folder, n)
         row = {'num_images': n}
-        if extra and extra[0] != 'detect':
+        if extra and extra[0] not in ('detect', 'npz'):
             row['steps'] = int(extra[0])
         for mode in ('stream', 'memory'):
             row[f'{mode}_peak_rss_mib'] = _peak(folder, mode, *extra)['peak_rss_mib']
@@ -180,7 +221,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.child:
         child = (_child if len(args.child) == 2 else
-                 _detect_child if args.child[2] == 'detect' else _train_child)
+                 {'detect': _detect_child, 'npz': _npz_child}.get(args.child[2], _train_child))
         return child(*args.child)
     from machine import machine
     results = {'machine': machine(), 'image_shape': list(SHAPE)}
@@ -196,6 +237,8 @@ def main(argv=None) -> dict:
             config=args.throughput_config)
         (results['detect'], results['detect_stream_rss_growth'],
          results['detect_memory_rss_growth']) = _peaks(root, args.sizes, ('detect',))
+        (results['npz'], results['npz_stream_rss_growth'],
+         results['npz_memory_rss_growth']) = _peaks(root, args.sizes, ('npz',))
         (results['training'], results['train_stream_rss_growth'],
          results['train_memory_rss_growth']) = _peaks(root, args.train_sizes,
                                                       (str(args.train_steps),))

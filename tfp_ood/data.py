@@ -35,7 +35,8 @@ import tensorflow as tf
 from tfp_ood.errors import InputError, TfpOodError
 
 __all__ = [
-    'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'constant_images',
+    'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'check_labels',
+    'constant_images',
     'grayscale', 'images_array', 'load', 'load_arrays', 'local_path', 'perturb',
     'read_npz', 'resize_images', 'to_grayscale', 'uniform_noise_images',
 ]
@@ -183,13 +184,18 @@ def read_npz(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     except ValueError as e:  # NumPy: an array of Python objects, which it does not unpickle.
         raise InputError(f'{path}: an array of Python objects cannot be read (it would be '
                          f'unpickled); save "images" as a uint8 array ({e}).') from None
-    if labels is not None and len(labels) != len(images):
-        raise InputError(f'{path}: {len(images)} images but {len(labels)} labels.')
+    check_labels(path, labels, len(images))
+    return images, labels
+
+
+def check_labels(path: str, labels: Optional[np.ndarray], num_images: int) -> None:
+    """Refuses an `.npz` file's labels (if any) that are not integers, one per image."""
+    if labels is not None and len(labels) != num_images:
+        raise InputError(f'{path}: {num_images} images but {len(labels)} labels.')
     if labels is not None and labels.dtype.kind not in 'biu':
         raise InputError(f'{path}: "labels" must be integers; got {labels.dtype} (e.g. '
                          f'{labels.flat[0]!r}).' if labels.size else
                          f'{path}: "labels" must be integers; got {labels.dtype}.')
-    return images, labels
 
 
 def _read_npz(path: str, spec: DatasetSpec) -> Tuple[np.ndarray, np.ndarray]:

@@ -118,14 +118,35 @@ def _no_labels(image):
     return tf.fill(tf.shape(image)[:-3], tf.constant(-1, tf.int64))
 
 
+#: Images a `tfp_ood.inputs.LazyImages` is read by when it is scored.
+LAZY_CHUNK = 256
+
+
+def _lazy_dataset(images, image_shape, name: str) -> tf.data.Dataset:
+    """`(image, -1)` of a `LazyImages`, read `LAZY_CHUNK` images at a time."""
+    check_images(images[:1], image_shape, what=name)  # Shape and type, from one image.
+
+    def chunks():
+        for start in range(0, len(images), LAZY_CHUNK):
+            yield images[start:start + LAZY_CHUNK]
+
+    ds = tf.data.Dataset.from_generator(chunks, output_signature=tf.TensorSpec(
+        (None,) + tuple(int(d) for d in image_shape), tf.uint8))
+    ds = ds.prefetch(1).unbatch().apply(tf.data.experimental.assert_cardinality(len(images)))
+    return ds.map(lambda image: (image, _no_labels(image)))
+
+
 def as_image_dataset(data, image_shape, name: str = 'data') -> tf.data.Dataset:
     """Validates `data` and returns an unbatched dataset of `(image, label)`.
 
-    `data`: a uint8 array, tensor or nested list `[N, H, W, C]`, or a
+    `data`: a uint8 array, tensor or nested list `[N, H, W, C]`, a
+    `tfp_ood.inputs.LazyImages` (read a chunk at a time), or a
     `tf.data.Dataset` of `{'image', 'label'}` dicts, of `(image, label)` or
     `(image,)` tuples or of plain images, batched or not (label -1 where
     there is none).
     """
+    if getattr(data, 'decodes_when_indexed', False):  # `tfp_ood.inputs.LazyImages`.
+        return _lazy_dataset(data, image_shape, name)
     if not isinstance(data, tf.data.Dataset):
         images = check_images(data, image_shape, what=name)
         return tf.data.Dataset.from_tensor_slices((images, _no_labels(images)))

@@ -18,10 +18,19 @@ cannot be decoded is skipped and listed in `ImageSet.skipped` (a command
 writes them to `skipped.txt`), unless every file fails. Without a target
 shape (`tfp-ood train` on a folder), the most common shape in the folder is
 the model's.
+
+Nothing is read into memory whole where a set can be large: a folder's images
+are decoded where they are indexed (`FolderImages`); an `.npz` file and a TFDS
+dataset outside the registry are read once, in order, into a file of raw
+pixels at the model's shape in a temporary folder (`tfp_ood.spooled`), and
+read back by row (`SpooledImages`). Both are `LazyImages`, which the
+detectors, the scorer and the trainer read a chunk or a batch at a time.
 """
 
 import collections
+import copy
 import dataclasses
+import hashlib
 import os
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,8 +40,8 @@ import tensorflow as tf
 
 from tfp_ood.errors import InputError
 
-__all__ = ['FolderImages', 'FolderStream', 'IMAGE_SUFFIXES', 'ImageSet', 'load_dataset',
-           'read_folder', 'read_npz_set']
+__all__ = ['FolderImages', 'FolderStream', 'IMAGE_SUFFIXES', 'ImageSet', 'LazyImages',
+           'load_dataset', 'read_folder', 'read_npz_set']
 
 #: The file endings a folder's images are found by (case-insensitive).
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif', '.tif', '.tiff')
@@ -66,7 +75,7 @@ class ImageSet:
     def take(self, indices, name: str) -> 'ImageSet':
         """The images at `indices`, as a set called `name`."""
         indices = np.asarray(indices, np.int64)
-        images = (self.images.take(indices) if isinstance(self.images, FolderImages)
+        images = (self.images.take(indices) if isinstance(self.images, LazyImages)
                   else self.images[indices])
         return ImageSet(name, images,
                         None if self.labels is None else self.labels[indices],
@@ -180,20 +189,6 @@ def _check_sizes(what: str, sizes: Dict[str, Tuple[int, int]], shape: Shape, siz
                          f'{shape[0]}x{shape[1]}, {size_is}: {listed}'
                          f'{", ..." if len(other) > 3 else ""}; pass --resize to resize them.')
     return other
-
-
-def _fit(images: List[np.ndarray], names: Sequence[str], shape: Optional[Shape],
-         resize: bool, what: str, notes: Dict[str, int]) -> Tuple[np.ndarray, Shape]:
-    """Stacks `images` (`[H, W, C]` each) at `shape` (default: the most common)."""
-    from tfp_ood import data
-    shape, size_is = _target([image.shape for image in images], shape)
-    images = [_channels(image, shape[-1], notes) for image in images]
-    other = _check_sizes(what, {n: i.shape[:2] for n, i in zip(names, images)}, shape,
-                         size_is, resize)
-    fitted = [data.resize_images(i[None], shape)[0] if i.shape != shape else i for i in images]
-    if other:
-        _note(notes, f'resized to {shape[0]}x{shape[1]}', len(other))
-    return np.stack(fitted) if fitted else np.zeros((0,) + shape, np.uint8), shape
 
 
 def _image_files(folder: str) -> List[str]:
@@ -421,35 +416,76 @@ class FolderStream:
                         sorted(self.skipped), dict(self.notes))
 
 
-class FolderImages:
-    """A read-only uint8 array `[N, H, W, C]` of a folder's images that decodes
-    only the images it is indexed with (by an integer, a slice or an array of
-    indices), four at a time: a training set of any size in the memory of a
-    batch. `np.asarray` reads every image.
-
-    Args:
-      stream: the `FolderStream` of the folder.
-      indices: which of its files (all of them decode).
+class LazyImages:
+    """A read-only uint8 array `[N, H, W, C]` whose images are read only where
+    it is indexed (by an integer, a slice or an array of indices): a set of any
+    size in the memory of a batch. `np.asarray` reads every image. Subclasses
+    say how a list of their images is read (`_read_many`) and what identifies
+    an image without reading it where they can (`identities`).
     """
 
     dtype = np.dtype(np.uint8)
     ndim = 4
     decodes_when_indexed = True  # What `tfp_ood.detectors` read a chunk at a time.
 
-    def __init__(self, stream: FolderStream, indices: Sequence[int]):
-        self.stream, self.indices = stream, np.asarray(indices, np.int64)
-        self.shape = (len(self.indices),) + stream.shape
+    def __init__(self, indices: Sequence[int], image_shape: Sequence[int]):
+        self.indices = np.asarray(indices, np.int64)
+        self.shape = (len(self.indices),) + tuple(int(d) for d in image_shape)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def take(self, indices) -> 'FolderImages':
-        """The images at `indices`, still not decoded."""
-        return FolderImages(self.stream, self.indices[np.asarray(indices, np.int64)])
+    def take(self, indices) -> 'LazyImages':
+        """The images at `indices`, still not read."""
+        taken = copy.copy(self)
+        taken.indices = self.indices[np.asarray(indices, np.int64)]
+        taken.shape = (len(taken.indices),) + self.shape[1:]
+        return taken
+
+    def _read_many(self, indices: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def identities(self) -> List[bytes]:
+        """What identifies each image (the same bytes for the same image): a
+        digest of its pixels, read a chunk at a time."""
+        digests = []
+        for start in range(0, len(self), 2048):
+            digests.extend(hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+                           for image in self[start:start + 2048])
+        return digests
+
+    def __getitem__(self, key) -> np.ndarray:
+        chosen = self.indices[key]
+        if np.ndim(chosen) == 0:
+            return self._read_many(np.asarray([chosen]))[0]
+        if not len(chosen):
+            return np.zeros((0,) + self.shape[1:], np.uint8)
+        return self._read_many(chosen)
+
+    def __array__(self, dtype=None, copy=None):
+        images = self[:]
+        return images if dtype is None else images.astype(dtype)
+
+
+class FolderImages(LazyImages):
+    """A folder's images as a `LazyImages`: only the images indexed are
+    decoded, four at a time.
+
+    Args:
+      stream: the `FolderStream` of the folder.
+      indices: which of its files (all of them decode).
+    """
+
+    def __init__(self, stream: FolderStream, indices: Sequence[int]):
+        super().__init__(indices, stream.shape)
+        self.stream = stream
 
     def paths(self) -> List[str]:
         """The path of each image's file (what identifies it without decoding)."""
         return [os.path.join(self.stream.folder, self.stream.files[i]) for i in self.indices]
+
+    def identities(self) -> List[bytes]:
+        return [path.encode() for path in self.paths()]
 
     def _read(self, index: int) -> np.ndarray:
         image, ok = self.stream.load(index, count=False)
@@ -459,19 +495,12 @@ class FolderImages:
                              f'since?).')
         return image
 
-    def __getitem__(self, key) -> np.ndarray:
-        chosen = self.indices[key]
-        if np.ndim(chosen) == 0:
-            return self._read(int(chosen))
-        if not len(chosen):
-            return np.zeros((0,) + self.stream.shape, np.uint8)
+    def _read_many(self, indices: np.ndarray) -> np.ndarray:
+        if len(indices) == 1:
+            return self._read(int(indices[0]))[None]
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(4) as pool:
-            return np.stack(list(pool.map(self._read, chosen)))
-
-    def __array__(self, dtype=None, copy=None):
-        images = self[:]
-        return images if dtype is None else images.astype(dtype)
+            return np.stack(list(pool.map(self._read, indices)))
 
 
 def read_folder(folder: str, shape: Optional[Sequence[int]] = None, resize: bool = False,
@@ -495,15 +524,19 @@ def read_folder(folder: str, shape: Optional[Sequence[int]] = None, resize: bool
 
 
 def read_npz_set(path: str, shape: Optional[Sequence[int]], resize: bool = False,
-                 name: Optional[str] = None) -> ImageSet:
-    """The `images` (and `labels`) of an .npz file, at `shape` (`None`: as they are)."""
-    from tfp_ood import data
-    images, labels = data.read_npz(path)
-    name = name or os.path.splitext(os.path.basename(path))[0]
-    notes: Dict[str, int] = {}
-    if shape is not None:
-        images = _fit_array(images, shape, resize, name, notes)
-    return ImageSet(name, images, labels, notes=notes)
+                 name: Optional[str] = None, progress: bool = False) -> ImageSet:
+    """The `images` (and `labels`) of an .npz file, at `shape` (`None`: as they
+    are), as `tfp_ood.spooled.SpooledImages`: read once, a chunk at a time,
+    never whole in memory."""
+    from tfp_ood import spooled
+    return spooled.spool_npz(path, shape, resize, name, progress)
+
+
+def _check_array_size(image_shape: Sequence[int], shape: Sequence[int], resize: bool,
+                      what: str) -> None:
+    if tuple(image_shape[:2]) != tuple(shape[:2]) and not resize:
+        raise InputError(f'{what}: images are {list(image_shape)} but the model expects '
+                         f'{list(shape)} (H, W, C); pass --resize to resize them')
 
 
 def _fit_array(images: np.ndarray, shape: Sequence[int], resize: bool, what: str,
@@ -513,9 +546,7 @@ def _fit_array(images: np.ndarray, shape: Sequence[int], resize: bool, what: str
     shape = tuple(int(d) for d in shape)
     if images.shape[1:] == shape:
         return images
-    if images.shape[1:3] != shape[:2] and not resize:
-        raise InputError(f'{what}: images are {list(images.shape[1:])} but the model expects '
-                         f'{list(shape)} (H, W, C); pass --resize to resize them')
+    _check_array_size(images.shape[1:], shape, resize, what)
     if images.shape[-1] != shape[-1]:
         _note(notes, f'{"grayscale -> RGB" if shape[-1] == 3 else "RGB -> grayscale"}'
               if images.shape[-1] in (1, 3) else f'{images.shape[-1]} channels -> '
@@ -525,8 +556,10 @@ def _fit_array(images: np.ndarray, shape: Sequence[int], resize: bool, what: str
     return data.resize_images(images, shape)
 
 
-def _tfds_image_keys(name: str, tfds_data_dir: Optional[str]) -> Tuple[str, Optional[str]]:
-    """The image feature and the class-label feature (or None) of a TFDS dataset."""
+def _tfds_image_keys(name: str, tfds_data_dir: Optional[str]
+                     ) -> Tuple[str, Optional[str], Tuple[Optional[int], ...]]:
+    """The image feature, the class-label feature (or None) and the image
+    feature's shape (`None` where it varies) of a TFDS dataset."""
     import tensorflow_datasets as tfds
     from tfp_ood import data
     try:
@@ -539,17 +572,17 @@ def _tfds_image_keys(name: str, tfds_data_dir: Optional[str]) -> Tuple[str, Opti
         raise InputError(f'The TFDS dataset {name!r} has no image feature (its features: '
                          f'{sorted(features)}).')
     labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
-    return images[0], ('label' if 'label' in labels else labels[0] if labels else None)
+    return (images[0], ('label' if 'label' in labels else labels[0] if labels else None),
+            tuple(features[images[0]].shape))
 
 
 def load_dataset(name: str, split: str, shape: Optional[Sequence[int]], resize: bool = False,
                  data_dir: Optional[str] = None, source: str = 'auto', download: bool = False,
-                 set_name: Optional[str] = None,
-                 tfds_data_dir: Optional[str] = None) -> ImageSet:
-    """A split of a registry dataset (`tfp_ood.data.load`) or of any TFDS image
-    dataset, at `shape` (`None`: a registry dataset's own shape, or the most
-    common one)."""
-    import tensorflow_datasets as tfds
+                 set_name: Optional[str] = None, tfds_data_dir: Optional[str] = None,
+                 progress: bool = False) -> ImageSet:
+    """A split of a registry dataset (`tfp_ood.data.load`, in memory) or of any
+    other TFDS image dataset (spooled: `tfp_ood.spooled.spool_tfds`), at
+    `shape` (`None`: a registry dataset's own shape, or the most common one)."""
     from tfp_ood import data
     set_name = set_name or f'{name}/{split}'
     notes: Dict[str, int] = {}
@@ -566,22 +599,6 @@ def load_dataset(name: str, split: str, shape: Optional[Sequence[int]], resize: 
     if source not in ('auto', 'tfds'):
         raise InputError(f'{name!r} is not in the registry ({sorted(data.DATASETS)}), so it '
                          f'is read from TFDS only; got --source {source}.')
-    image_key, label_key = _tfds_image_keys(name, tfds_data_dir)
-    try:
-        ds = tfds.load(name, split=split, data_dir=tfds_data_dir, download=download,
-                       shuffle_files=False)
-    except AssertionError as e:  # TFDS: "could not find data in ...".
-        raise data.DataNotFoundError(
-            f'The TFDS dataset {name!r} is not prepared here ({str(e).split(".")[0]}); '
-            f'prepare it with tfds build {name}, or pass --download where there is '
-            f'internet.') from None
-    images, labels = [], []
-    for example in ds.as_numpy_iterator():
-        image = example[image_key]
-        images.append(image[..., None] if image.ndim == 2 else image)
-        labels.append(example[label_key] if label_key else -1)
-    if not images:
-        raise InputError(f'{set_name}: no images.')
-    names = [f'{set_name}[{i}]' for i in range(len(images))]
-    stacked, _ = _fit(images, names, shape, resize, set_name, notes)
-    return ImageSet(set_name, stacked, np.asarray(labels, np.int64), notes=notes)
+    from tfp_ood import spooled
+    return spooled.spool_tfds(name, split, shape, resize, set_name, tfds_data_dir, download,
+                              progress)

@@ -126,9 +126,9 @@ def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
 
 def _image_digests(images: np.ndarray) -> List[bytes]:
     """What identifies each image: its pixels, or a folder's file (`FolderImages`,
-    not decoded again for this)."""
+    not decoded again for this); a `tfp_ood.inputs.LazyImages` says."""
     if is_lazy(images):
-        return [path.encode() for path in images.paths()]
+        return images.identities()
     return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
 
 

@@ -10,7 +10,7 @@ import tf_keras
 
 from tfp_ood import data, distribute, models, outputs
 from tfp_ood.errors import InputError
-from tfp_ood.inputs import FolderImages
+from tfp_ood.inputs import LazyImages
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.summaries import Summaries
 from tfp_ood.training import hooks
@@ -51,8 +51,9 @@ def fit(model: DensityModel,
       model: any `DensityModel` with `get_config()`; built inside
         `strategy.scope()` when a strategy is given.
       train_images: uint8 `[N, H, W, C]`, `N >= batch_size`: an array, or a
-        `tfp_ood.inputs.FolderImages` (a folder decoded batch by batch, so the
-        run's memory does not grow with the number of images).
+        `tfp_ood.inputs.LazyImages` (a folder, .npz file or TFDS dataset read
+        batch by batch, so the run's memory does not grow with the number of
+        images).
       config: the `TrainConfig`.
       workdir: run directory (created if missing; see `RunDirectory`).
       eval_sets: held-out uint8 image arrays by name, scored every
@@ -92,7 +93,7 @@ def fit(model: DensityModel,
 def _checked_images(model, train_images, eval_sets, config, strategy):
     """The training and held-out images as arrays, refused before any training if
     they cannot train or be evaluated."""
-    if isinstance(train_images, FolderImages):  # Decoded batch by batch, not here.
+    if isinstance(train_images, LazyImages):  # Read batch by batch, not here.
         if train_images.shape[1:] != tuple(model.image_shape):
             raise InputError(f'train_images: images of {list(train_images.shape[1:])}; the '
                              f'model takes {list(model.image_shape)}.')
