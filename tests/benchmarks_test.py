@@ -318,6 +318,31 @@ class StreamingBenchmarkTest(tf.test.TestCase):
         self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
 
 
+class AutotuneBenchmarkTest(tf.test.TestCase):
+
+    @pytest.mark.slow(minutes=0.3)
+    def test_on_and_off_rounds_pair_up(self):
+        from tfp_ood import data
+        autotune = scripts.load('benchmarks/autotune.py')
+        path = os.path.join(self.create_tempdir().full_path, 'autotune.json')
+        untouched = data.without_autotune
+        result = autotune.main(['--config', 'tiny', '--images', '16', '--train-steps', '1',
+                                '--train-batch', '8', '--rounds', '2', '--json', path])
+        self.assertIs(data.without_autotune, untouched)  # Patched only while measuring.
+        with open(path) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(result)))
+        for task in ('score', 'train'):
+            row = result[task]
+            self.assertLen(row['off_over_on_per_round'], 2)
+            for (on, off), ratio in zip(zip(row['on_per_round'], row['off_per_round']),
+                                        row['off_over_on_per_round']):
+                self.assertGreater(on, 0)
+                self.assertAlmostEqual(ratio, off / on)
+        options = data.without_autotune(tf.data.Dataset.range(3)).options()
+        self.assertFalse(options.autotune.enabled)
+        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+
+
 class OneDnnBenchmarkTest(tf.test.TestCase):
 
     @pytest.mark.slow

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 from tqdm.auto import tqdm
 
+from tfp_ood import data as data_lib
 from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel, check_images
 from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
@@ -260,7 +261,7 @@ def score(model: DensityModel,
         raise InputError(f'batch_size must be >= 1; got {batch_size}.')
     ds = as_image_dataset(data, model.image_shape, name)
     num_images = int(ds.cardinality())
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = data_lib.without_autotune(ds.batch(batch_size).prefetch(2))
     if statistics and jit_compile:
         raise InputError('score: statistics=True runs the plain graph; drop jit_compile.')
     score_batch = (model.statistics_batch if statistics else

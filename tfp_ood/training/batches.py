@@ -5,7 +5,7 @@ resumed run sees exactly the batches the uninterrupted run would have.
 import numpy as np
 import tensorflow as tf
 
-from tfp_ood.data import perturb
+from tfp_ood import data
 from tfp_ood.training.config import TrainConfig
 
 __all__ = ['distributed_batches', 'global_batch']
@@ -36,7 +36,7 @@ def distributed_batches(strategy, images: np.ndarray, config: TrainConfig, start
                 index, noise = global_batch(images, step, config.batch_size, config.seed)
                 batch = images[index]
                 if config.mutation_rate:
-                    batch = perturb(batch, config.mutation_rate,
+                    batch = data.perturb(batch, config.mutation_rate,
                                     np.random.default_rng([config.seed, 2_000_003, step]))
                 for replica in range(first, first + replicas):
                     part = slice(replica * per_replica, (replica + 1) * per_replica)
@@ -44,6 +44,7 @@ def distributed_batches(strategy, images: np.ndarray, config: TrainConfig, start
 
         spec = (tf.TensorSpec((per_replica,) + shape, tf.uint8),
                 tf.TensorSpec((per_replica,) + shape, tf.float32))
-        return tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(4)
+        return data.without_autotune(
+            tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(4))
 
     return strategy.distribute_datasets_from_function(dataset_fn)
