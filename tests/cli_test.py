@@ -584,6 +584,52 @@ class DetectTest(tf.test.TestCase):
         with np.load(os.path.join(self.dir, 'own_out', 'detections.npz')) as f:
             self.assertTrue(np.all(f['is_ood'][3:]))  # Black images: far from the folder's.
 
+    def test_a_tfds_dataset_outside_the_registry_trains_fits_and_detects(self):
+        """`--dataset oxford_flowers102` (images of many sizes, not in the registry,
+        tfds.testing.mock_data) for train and fit-detector, spooled, never read
+        into memory whole; detect on an .npz file."""
+        import tensorflow_datasets as tfds
+
+        from tfp_ood import spooled
+        run, model = os.path.join(self.dir, 'tfds_run'), os.path.join(self.dir, 'tfds_model')
+        fit = os.path.join(self.dir, 'tfds_fit.json')
+        spools = []
+        real = spooled.Spool.__init__
+
+        def spool(self, *args, **kwargs):
+            real(self, *args, **kwargs)
+            spools.append(self._finalizer)
+
+        with tfds.testing.mock_data(num_examples=24), \
+                mock.patch.object(spooled.Spool, '__init__', spool):
+            code, printed, err = _run(
+                'train', '--config', 'tiny', '--dataset', 'oxford_flowers102', '--split',
+                'train', '--image-shape', '16,16,3', '--resize', '--workdir', run,
+                '--steps', 2, '--batch-size', 8, '--no-progress')
+            self.assertEqual(code, 0, err)
+            self.assertIn('oxford_flowers102/train: 24 images resized to 16x16', printed)
+            self.assertIn('training on 22 images of 16x16x3, evaluating on '
+                          'oxford_flowers102/train (held out) (2)', printed)
+            self.assertEqual(_run('export', '--workdir', run, '--output', model)[0], 0)
+            code, printed, err = _run(
+                'fit-detector', '--detector', 'density_of_states', '--model-dir', model,
+                '--dataset', 'oxford_flowers102', '--fit-split', 'train', '--resize',
+                '--validation-fraction', 0.25, '--true-positive-rate', 0.75, '--output', fit)
+            self.assertEqual(code, 0, err)
+            self.assertIn('oxford_flowers102/train: fitting on 18 images, the threshold set on '
+                          '6 held out', printed)
+        # One spool per command, removed with its images or, where the trainer's
+        # pipeline still holds them, when the process ends.
+        self.assertLen(spools, 2)
+        for finalizer in spools:
+            self.assertTrue(not finalizer.alive or finalizer.atexit)
+        new = os.path.join(self.dir, 'tfds_new.npz')
+        np.savez_compressed(new, images=np.zeros((3, 16, 16, 3), np.uint8))
+        code, printed, err = _run('detect', '--detector', fit, '--npz', new, '--output',
+                                  os.path.join(self.dir, 'tfds_out'))
+        self.assertEqual(code, 0, err)
+        self.assertIn('3 images', printed)
+
     def test_a_full_disk_is_one_line_and_leaves_nothing(self):
         import errno
         images = np.random.default_rng(10).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
