@@ -416,6 +416,13 @@ class DetectTest(tf.test.TestCase):
         with open(self.fit) as f:
             threshold = json.load(f)['threshold']
         self.assertAllEqual(is_ood, scores > threshold)
+        # The most out-of-distribution files, named, highest score first (10 < 20: all).
+        ranked = [f'{i:02d}.png' for i in np.argsort(-scores, kind='stable')]
+        self.assertEqual([row['image'] for row in summary['most_ood']], ranked)
+        with open(os.path.join(out, 'summary.md')) as f:
+            markdown = f.read()
+        self.assertIn('## The 10 most out-of-distribution images', markdown)
+        self.assertIn(f'| 1 | {ranked[0]} | {scores.max():.6g} | yes |', markdown)
         # Nothing is overwritten without --overwrite.
         code, _, err = _run('detect', '--detector', self.fit, '--images-dir', folder,
                             '--output', out)

@@ -723,16 +723,38 @@ def _write_detections(args, fitted, scores, image_set, files) -> None:
                'num_nonfinite': scores.num_nonfinite, 'fitted_on': fitted.provenance}
     fields, rows = _what_was_read(image_set, files)
     summary.update(fields)
+    summary['most_ood'] = _most_ood(scores.ood_score, is_ood, sources, name)
     report.write_summary(files['summary.json'], files['summary.md'], summary, [
         ('set', name), ('images', str(len(images))),
         ('flagged out-of-distribution', f'{int(is_ood.sum())} ({is_ood.mean():.1%})'),
         ('detector', f'{fitted.name} (keeps {calibration.true_positive_rate:.0%} of '
                      f'in-distribution images)'),
         ('threshold', f'{calibration.threshold:.6g}')] + rows)
+    with open(files['summary.md'], 'a') as f:
+        f.write(f'\n## The {len(summary["most_ood"])} most out-of-distribution images\n\n'
+                '| rank | image | ood_score | flagged |\n|---:|---|---:|---|\n')
+        for rank, row in enumerate(summary['most_ood'], 1):
+            f.write(f'| {rank} | {row["image"]} | {row["ood_score"]:.6g} | '
+                    f'{"yes" if row["is_ood"] else "no"} |\n')
     plotting.plot_detection(scores.ood_score, calibration.validation_scores,
                             calibration.threshold, files['histogram.png'], name=name)
     plotting.plot_contact_sheet(images, scores.ood_score, files['contact_sheet.png'],
                                 names=sources)
+
+
+#: How many of the most out-of-distribution images `detect`'s summary lists.
+MOST_OOD = 20
+
+
+def _most_ood(ood_score, is_ood, sources, name: str) -> List[dict]:
+    """The `MOST_OOD` highest scores (a non-finite one counts as the highest),
+    each with its image's file (relative to the folder) or `name[index]`."""
+    import numpy as np
+    score = np.asarray(ood_score, np.float64)
+    ranked = np.argsort(-np.where(np.isfinite(score), score, np.inf), kind='stable')
+    return [{'image': sources[i] if sources else f'{name}[{i}]', 'index': int(i),
+             'ood_score': float(score[i]), 'is_ood': bool(is_ood[i])}
+            for i in ranked[:MOST_OOD]]
 
 
 def _export_detector(args) -> int:
