@@ -423,6 +423,12 @@ class FolderStream:
                         sorted(self.skipped), dict(self.notes))
 
 
+def pixel_digests(images) -> List[bytes]:
+    """A 16-byte digest of each image's pixels (the same for the same pixels)."""
+    return [hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+            for image in images]
+
+
 class LazyImages:
     """A read-only uint8 array `[N, H, W, C]` whose images are read only where
     it is indexed (by an integer, a slice or an array of indices): a set of any
@@ -454,11 +460,10 @@ class LazyImages:
 
     def identities(self) -> List[bytes]:
         """What identifies each image (the same bytes for the same image): a
-        digest of its pixels, read a chunk at a time."""
+        digest of its pixels (`pixel_digests`), read a chunk at a time."""
         digests = []
         for start in range(0, len(self), 2048):
-            digests.extend(hashlib.blake2b(image.tobytes(), digest_size=16).digest()
-                           for image in self[start:start + 2048])
+            digests.extend(pixel_digests(self[start:start + 2048]))
         return digests
 
     def __getitem__(self, key) -> np.ndarray:

@@ -129,7 +129,8 @@ def _image_digests(images: np.ndarray) -> List[bytes]:
     not decoded again for this); a `tfp_ood.inputs.LazyImages` says."""
     if is_lazy(images):
         return images.identities()
-    return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+    from tfp_ood.inputs import pixel_digests
+    return pixel_digests(images)
 
 
 def _check_validation(fit_images: np.ndarray, validation_images: np.ndarray,
