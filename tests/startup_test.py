@@ -87,6 +87,38 @@ def test_onednn_on_by_default_and_the_users_setting_kept():
     assert result.stdout.split() == ['0', 'False']
 
 
+def test_own_programs_are_told_from_a_library_import():
+    for argv in (['/venv/bin/tfp-ood', 'score'], ['python', '-m', 'tfp_ood.cli', 'score'],
+                 ['python3', '-X', 'importtime', '-m', 'tfp_ood.experiments.detectors'],
+                 ['python', os.path.join(REPO, 'examples', 'cifar_svhn.py'), '--reverse'],
+                 ['python', os.path.join(REPO, 'benchmarks', 'run.py')]):
+        assert _startup.is_own_program(argv), argv
+    for argv in (['python', '-c', 'import tfp_ood'], ['python', '-m', 'pytest', 'tests'],
+                 ['python', 'my_script.py', '-m', 'tfp_ood.cli'],
+                 ['python', os.path.join(REPO, 'tests', 'startup_test.py')], ['python']):
+        assert not _startup.is_own_program(argv), argv
+
+
+@pytest.mark.slow(minutes=0.2)
+def test_own_programs_use_tf_keras_and_a_library_import_leaves_keras_alone():
+    environment = {k: v for k, v in os.environ.items() if k != 'TF_USE_LEGACY_KERAS'}
+    own = ('import os, sys\n'
+           'sys.orig_argv = [sys.executable, "-m", "tfp_ood.cli", "score"]\n'
+           'import tfp_ood, tensorflow as tf\n'
+           'print(os.environ["TF_USE_LEGACY_KERAS"], tf.keras.__name__.split(".")[0])')
+    result = subprocess.run([sys.executable, '-c', own], cwd=REPO, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ['1', 'tf_keras']
+    result = _python(own, TF_USE_LEGACY_KERAS='0')  # The user's setting is kept.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == '0'
+    library = 'import os, tfp_ood\nprint(os.environ.get("TF_USE_LEGACY_KERAS"))'
+    result = subprocess.run([sys.executable, '-c', library], cwd=REPO, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ['None'], result.stderr
+
+
 def test_the_package_and_the_command_line_parser_do_not_import_tensorflow():
     # The parser of every verb, with its choices (models, sizes, detectors, precisions).
     result = _python('import sys, tfp_ood, tfp_ood.cli\n'
