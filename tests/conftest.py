@@ -4,9 +4,6 @@ tests scheduled first."""
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# tf.keras as tf_keras, as the package's own programs have it (tfp_ood._startup):
-# every test process and the programs it starts import TensorFlow ~1.5 s sooner.
-os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 from absl import flags  # noqa: E402
 

@@ -26,71 +26,81 @@ _FRESH_PROCESS = textwrap.dedent('''
     import json, sys
     import numpy as np
     import tensorflow as tf
-    path, data = sys.argv[1], np.load(sys.argv[2])
-    model = tf.saved_model.load(path)
-    outputs = model.signatures['serving_default'](images=tf.constant(data['images']))
-    direct = model.log_prob(tf.constant(data['images']))
-    samples = model.signatures['sample'](num_images=tf.constant(3),
-                                         temperature=tf.constant(float(sys.argv[3])))['images']
-    with open(f'{path}/assets/tfp_ood.json') as f:
-        metadata = json.load(f)
+    reports = {}
+    for path, data_path, temperature in json.loads(sys.argv[1]):
+        data = np.load(data_path)
+        model = tf.saved_model.load(path)
+        outputs = model.signatures['serving_default'](images=tf.constant(data['images']))
+        direct = model.log_prob(tf.constant(data['images']))
+        samples = model.signatures['sample'](num_images=tf.constant(3),
+                                             temperature=tf.constant(temperature))['images']
+        with open(f'{path}/assets/tfp_ood.json') as f:
+            metadata = json.load(f)
+        reports[path] = {
+            'outputs': {k: v.numpy().tolist() for k, v in outputs.items()},
+            'direct': {k: v.numpy().tolist() for k, v in direct.items()},
+            'sample_shape': samples.shape.as_list(), 'sample_dtype': samples.dtype.name,
+            'metadata': metadata}
     leaked = sorted(m for m in sys.modules
                     if m.split('.')[0] in ('tfp_ood', 'tensorflow_probability', 'tf_keras'))
-    print(json.dumps({
-        'outputs': {k: v.numpy().tolist() for k, v in outputs.items()},
-        'direct': {k: v.numpy().tolist() for k, v in direct.items()},
-        'sample_shape': samples.shape.as_list(), 'sample_dtype': samples.dtype.name,
-        'metadata': metadata, 'leaked_modules': leaked}))
+    print(json.dumps({'models': reports, 'leaked_modules': leaked}))
 ''')
 
 
 class ExportTest(tf.test.TestCase, parameterized.TestCase):
 
-    @parameterized.named_parameters(('Glow', 'glow'), ('CVGlow', 'cv_glow'),
-                                    ('PixelCNN', 'pixelcnn'), ('VAE', 'vae'))
-    @pytest.mark.slow(minutes=0.3)
-    def test_round_trip_in_fresh_process_without_tfp_ood(self, family):
-        model = models.from_config(dict(family=family, **_CONFIGS[family].to_dict()))
-        images = np.random.default_rng(0).integers(0, 256, (5,) + SHAPE, dtype=np.uint8)
-        model.initialize(images)
-        for v in model.trainable_variables:
-            v.assign_add(0.05 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
-        expected = {k: v.numpy() for k, v in model.score_batch(images).items()}
+    @pytest.mark.slow(minutes=0.5)
+    def test_round_trip_in_fresh_process_without_tfp_ood(self):
+        # Every family, exported here and loaded in one fresh process that imports
+        # TensorFlow only.
         directory = self.create_tempdir().full_path
-        path = export.export(model, os.path.join(directory, 'model'),
-                             provenance={'data': {'dataset': 'random'}, 'steps': 0})
+        images = np.random.default_rng(0).integers(0, 256, (5,) + SHAPE, dtype=np.uint8)
         data_path = os.path.join(directory, 'data.npz')
         np.savez(data_path, images=images)
-        temperature = '1.0' if family == 'pixelcnn' else '0.7'
-        run = subprocess.run([sys.executable, '-c', _FRESH_PROCESS, path, data_path, temperature],
+        exported, jobs = {}, []
+        for family in _CONFIGS:
+            model = models.from_config(dict(family=family, **_CONFIGS[family].to_dict()))
+            model.initialize(images)
+            for v in model.trainable_variables:
+                v.assign_add(0.05 * tf.random.stateless_normal(v.shape, seed=[3, 4]))
+            expected = {k: v.numpy() for k, v in model.score_batch(images).items()}
+            path = export.export(model, os.path.join(directory, family),
+                                 provenance={'data': {'dataset': 'random'}, 'steps': 0})
+            exported[family] = (model, path, expected)
+            jobs.append([path, data_path, 1.0 if family == 'pixelcnn' else 0.7])
+        run = subprocess.run([sys.executable, '-c', _FRESH_PROCESS, json.dumps(jobs)],
                              capture_output=True, text=True, timeout=300,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
-        report = json.loads(run.stdout.strip().splitlines()[-1])
-        self.assertEqual(report['leaked_modules'], [])
+        fresh = json.loads(run.stdout.strip().splitlines()[-1])
+        self.assertEqual(fresh['leaked_modules'], [])
         flow = ['log_det', 'log_pz'] + [f'level{i}_{t}' for i in range(2)
                                         for t in ('log_det', 'log_pz')]
-        terms = {'glow': flow, 'cv_glow': flow, 'pixelcnn': [], 'vae': ['elbo']}[family]
-        self.assertEqual(sorted(report['outputs']), sorted(['bits_per_dim', 'log_prob'] + terms))
-        for outputs in (report['outputs'], report['direct']):
-            for key, values in outputs.items():
-                self.assertAllClose(values, expected[key], rtol=1e-6, atol=1e-4)
-        self.assertEqual(report['sample_shape'], [3, *SHAPE])
-        self.assertEqual(report['sample_dtype'], 'uint8')
-        metadata = report['metadata']
-        self.assertEqual(metadata['model'], model.get_config())
-        self.assertEqual(metadata['provenance']['data'], {'dataset': 'random'})
-        # The adapter scores the SavedModel like any model.
-        adapter = export.load(path)
-        self.assertAllClose(adapter.score_batch(images)['log_prob'], expected['log_prob'],
-                            rtol=1e-6)
-        # restore() rebuilds the tfp_ood model itself, with the trained weights.
-        restored = export.restore(path)
-        self.assertEqual(restored.get_config(), model.get_config())
-        self.assertAllClose(restored.score_batch(images)['log_prob'], expected['log_prob'],
-                            rtol=1e-6)
-        with self.assertRaisesRegex(FileExistsError, 'already exists'):
-            export.export(model, path)
+        for family, (model, path, expected) in exported.items():
+            with self.subTest(family=family):
+                report = fresh['models'][path]
+                terms = {'glow': flow, 'cv_glow': flow, 'pixelcnn': [], 'vae': ['elbo']}[family]
+                self.assertEqual(sorted(report['outputs']),
+                                 sorted(['bits_per_dim', 'log_prob'] + terms))
+                for outputs in (report['outputs'], report['direct']):
+                    for key, values in outputs.items():
+                        self.assertAllClose(values, expected[key], rtol=1e-6, atol=1e-4)
+                self.assertEqual(report['sample_shape'], [3, *SHAPE])
+                self.assertEqual(report['sample_dtype'], 'uint8')
+                metadata = report['metadata']
+                self.assertEqual(metadata['model'], model.get_config())
+                self.assertEqual(metadata['provenance']['data'], {'dataset': 'random'})
+                # The adapter scores the SavedModel like any model.
+                adapter = export.load(path)
+                self.assertAllClose(adapter.score_batch(images)['log_prob'],
+                                    expected['log_prob'], rtol=1e-6)
+                # restore() rebuilds the tfp_ood model itself, with the trained weights.
+                restored = export.restore(path)
+                self.assertEqual(restored.get_config(), model.get_config())
+                self.assertAllClose(restored.score_batch(images)['log_prob'],
+                                    expected['log_prob'], rtol=1e-6)
+                with self.assertRaisesRegex(FileExistsError, 'already exists'):
+                    export.export(model, path)
 
     @parameterized.named_parameters(('GlowCifar10', 'glow_cifar10'),
                                     ('CVGlowFashionMnist', 'cvglow_fashion_mnist'),

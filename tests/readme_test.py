@@ -96,7 +96,7 @@ def _commands(block):
 def _env(home):
     """A stranger's environment: an empty HOME, no data directory, no TFDS copies."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ('TFP_OOD_DATA_DIR', 'TFDS_DATA_DIR', 'PYTHONPATH', 'TF_USE_LEGACY_KERAS')}
+           if k not in ('TFP_OOD_DATA_DIR', 'TFDS_DATA_DIR', 'PYTHONPATH')}
     env.update(HOME=home, TF_CPP_MIN_LOG_LEVEL='2')
     return env
 
