@@ -59,6 +59,25 @@ class ReportTest(tf.test.TestCase):
             for term, values in result.scores.items():
                 self.assertAllEqual(values, runs[1][key].scores[term], msg=f'{key} {term}')
 
+    def test_a_deferred_model_is_made_once_in_the_thread_that_scores_it(self):
+        import threading
+        ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(6), 'label': np.zeros(6)})
+        made = []
+
+        def make():
+            made.append(threading.current_thread())
+            return self.model
+
+        deferred = report.Deferred(make)
+        results = report.score_all({'now': self.model, 'later': deferred},
+                                   {'x': ds, 'y': ds.take(2)}, progress=False)
+        self.assertLen(made, 1)  # Once, for both sets.
+        self.assertIsNot(made[0], threading.main_thread())
+        self.assertIs(deferred.get(), self.model)
+        for name in ('x', 'y'):
+            self.assertAllEqual(results[('later', name)].log_prob,
+                                results[('now', name)].log_prob)
+
     def test_an_error_in_one_model_stops_the_others_and_is_raised(self):
         ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(4), 'label': np.zeros(4)})
         broken = FlowModel.from_config(GlowConfig(

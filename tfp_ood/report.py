@@ -17,7 +17,7 @@ import json
 import os
 import re
 import threading
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -114,7 +114,22 @@ class Row:
     paper_bpd: Optional[float]
 
 
-def score_all(models: Mapping[str, DensityModel],
+class Deferred:
+    """A model made when it is first needed: `score_all` restores it in the thread
+    that scores it, so that building one model's Python objects (seconds for a
+    SavedModel's weights and networks) overlaps the scoring of another."""
+
+    def __init__(self, make: Callable[[], DensityModel]):
+        self._make, self._model, self._lock = make, None, threading.Lock()
+
+    def get(self) -> DensityModel:
+        with self._lock:
+            if self._model is None:
+                self._model = self._make()
+            return self._model
+
+
+def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
               datasets: Mapping[str, tf.data.Dataset],
               out_dir: Optional[str] = None,
               batch_size: int = 256,
@@ -124,6 +139,8 @@ def score_all(models: Mapping[str, DensityModel],
     """Scores every dataset under every model (with matching image shape).
 
     Args:
+      models: `{name: model}`; a `Deferred` model is made in the thread that
+        scores it.
       max_images: `{model_name: n}`: score only the first `n` images of each
         set under that model (for models whose scoring is expensive, such as
         a VAE's importance-weighted estimate with K decoder passes per image).
@@ -136,6 +153,8 @@ def score_all(models: Mapping[str, DensityModel],
 
     def score_model(model_name: str) -> Dict[Tuple[str, str], ScoreResult]:
         model, results = models[model_name], {}
+        if isinstance(model, Deferred):  # Restored here, while the other thread scores.
+            model = model.get()
         for set_name, ds in datasets.items():
             if stop.is_set():
                 break
@@ -281,7 +300,7 @@ class ModelEntry:
     images under this model.
     """
 
-    model: DensityModel
+    model: Union[DensityModel, Deferred]
     family: str
     trained_on: str
     max_images: Optional[int] = None

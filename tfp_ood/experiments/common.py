@@ -168,9 +168,10 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
               f'it, or --models-dir).', file=sys.stderr)
         return None
     # Rebuilt from its weights (a flow then reports every level's terms, which the
-    # shipped detector reads, so they need not be computed twice).
-    model = export.restore(path)
-    return report.ModelEntry(model, model.get_config()['family'], dataset)
+    # shipped detector reads, so they need not be computed twice), in the thread
+    # that scores it (`report.Deferred`).
+    family = export.read_metadata(path)['model']['family']
+    return report.ModelEntry(report.Deferred(lambda: export.restore(path)), family, dataset)
 
 
 # Validation OOD sets per image shape, for choices that must not look at the test
