@@ -5,11 +5,11 @@ shipped models."""
 
 import contextlib
 import csv
+import importlib
 import io
 import json
 import os
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -19,7 +19,7 @@ import tensorflow as tf
 from tests import scripts
 from tfp_ood import detectors, export, models, shifts
 from tfp_ood.config import GlowConfig
-from tfp_ood.experiments import analysis, detector_search
+from tfp_ood.experiments import analysis, common, detector_search
 from tfp_ood.experiments import detectors as detectors_experiment
 
 REPO = scripts.REPO
@@ -191,12 +191,22 @@ class ExamplesTest(tf.test.TestCase):
 
 
 def _script(name, *args):
-    """Runs the experiment `python -m tfp_ood.experiments.<name>` with `args`
-    in a fresh process, from the repository."""
-    return subprocess.run([sys.executable, '-m', f'tfp_ood.experiments.{name}', *args],
-                          cwd=REPO,
-                          capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    """Runs the experiment `python -m tfp_ood.experiments.<name> ARGS` in this
+    process, as its command line does (`common.run`: a user's error is one line
+    and exit status 2), from the repository; returns its exit status and output.
+    (Each experiment's `-m` entry point answers --help in
+    readme_test.DocsClaimsTest.)"""
+    module = importlib.import_module(f'tfp_ood.experiments.{name}')
+    out, err, code, cwd = io.StringIO(), io.StringIO(), 0, os.getcwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            common.run(lambda: module.main([str(a) for a in args]))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
 
 
 def _export_tiny(path, family, shape, init_images, seed=0):
