@@ -361,3 +361,22 @@ class OneDnnBenchmarkTest(tf.test.TestCase):
             self.assertAlmostEqual(task['on_vs_off'],
                                    task['on_images_per_s'] / task['off_images_per_s'])
         self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+
+
+class StartupBenchmarkTest(tf.test.TestCase):
+
+    @pytest.mark.slow(minutes=0.2)
+    def test_children_start_with_each_keras_and_rounds_pair_up(self):
+        startup = scripts.load('benchmarks/startup.py')
+        path = os.path.join(self.create_tempdir().full_path, 'startup.json')
+        result = startup.main(['--rounds', '1', '--imports', 'tfp_ood.evaluate',
+                               '--json', path])
+        with open(path) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(result)))
+        self.assertEqual(result['imports'], ['tfp_ood.evaluate'])
+        for name in startup.SETTINGS:
+            self.assertLen(result[f'{name}_per_round'], 1)
+            self.assertGreater(result[f'{name}_seconds'], 0)
+        self.assertAlmostEqual(result['legacy_over_default'],
+                               result['legacy_seconds'] / result['default_seconds'])
+        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
