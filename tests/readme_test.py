@@ -172,8 +172,8 @@ class StrangerTest(tf.test.TestCase):
         # The newcomer's summary: both sets per model with the paper's numbers, the
         # AUROC, the images the slow families scored, and the main figure's path.
         self.assertIn('3.627 (3.464)', printed)
-        self.assertIn('| pixelcnn_cifar10 | 500 |', printed)
-        self.assertIn('pixelcnn_cifar10 scored the first 500 images of each set', printed)
+        self.assertIn('| pixelcnn_cifar10 | 250 |', printed)
+        self.assertIn('pixelcnn_cifar10 scored the first 250 images of each set', printed)
         self.assertIn('--vae-images 0', printed)
         # The shipped detector: about 5% of CIFAR-10 (its threshold's rate), most of SVHN.
         with open(os.path.join(REPO, 'saved_models', 'detector_cifar10.json')) as f:
