@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # images/s on 2 CPU cores, the VAE's importance-weighted bound (K=100 decoder
 # passes per image, each a 768-channel output layer and a log-sum-exp over
 # 256 logits for every pixel channel) about 6. On the samples these two were
-# 60% of the first command's compute at 500 and 30 images: at 250 and 20 the
+# two thirds of the first command's scoring at 500 and 30 images: at 250 and 20 the
 # run took 88 s and 86 s against 102 s and 113 s back to back (2 cores, Xeon
 # with AMX under background load; CIFAR-10 still the less likely set under
 # both, as on the full sets). `None`: every image.
