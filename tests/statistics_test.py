@@ -176,6 +176,50 @@ class ImageStatisticsTest(tf.test.TestCase):
         arrays = image_statistics.image_statistics_array(images, ['png9_bits'], batch_size=2)
         self.assertAllEqual(arrays['png9_bits'], out['png9_bits'])
 
+    def test_loco_bits_against_a_pixel_by_pixel_computation(self):
+        def by_hand(image):
+            x = image.astype(np.int64)
+            if x.shape[-1] == 3:
+                r, g, b = x[..., 0], x[..., 1], x[..., 2]
+                x = np.stack([(r + 2 * g + b) // 4, b - g, r - g], -1)
+            height, width, channels = x.shape
+            at = lambda a, i, j, k: a[i, j, k] if 0 <= i < height and 0 <= j < width else 0
+            residual = np.zeros(x.shape)
+            for i in range(height):
+                for j in range(width):
+                    for k in range(channels):
+                        a, b, c = at(x, i, j - 1, k), at(x, i - 1, j, k), at(x, i - 1, j - 1, k)
+                        if c >= max(a, b):
+                            prediction = min(a, b)
+                        elif c <= min(a, b):
+                            prediction = max(a, b)
+                        else:
+                            prediction = a + b - c
+                        residual[i, j, k] = abs(x[i, j, k] - prediction)
+            bits = 0.
+            for i in range(height):
+                for j in range(width):
+                    for k in range(channels):
+                        s = 0.5 + 0.25 * sum(at(residual, i + di, j + dj, k)
+                                             for di, dj in ((0, -1), (-1, -1), (-1, 0), (-1, 1)))
+                        bits += residual[i, j, k] / (s * np.log(2)) + np.log2(2 * s)
+            return bits
+
+        images = np.concatenate([_images(3, (6, 6, 3)), np.full((1, 6, 6, 3), 9, np.uint8)])
+        gray = np.random.default_rng(3).integers(0, 256, (2, 5, 7, 1), np.uint8)
+        for batch in (images, gray):
+            out = image_statistics.image_statistics(batch, ['loco_bits'])['loco_bits']
+            self.assertAllClose(out, [by_hand(image) for image in batch], rtol=1e-5)
+        # A constant image costs its first row and column only, and so does a
+        # plane (the predictor's a + b - c is exact inside it): both far below noise.
+        plane = (3 * np.arange(16)[:, None, None] + 2 * np.arange(16)[None, :, None]
+                 + np.array([0, 10, 20])).astype(np.uint8)[None]
+        constant = np.full((1, 16, 16, 3), 9, np.uint8)
+        out = image_statistics.image_statistics(
+            np.concatenate([_images(2, (16, 16, 3)), constant, plane]), ['loco_bits'])
+        out = out['loco_bits'].numpy()
+        self.assertLess(max(out[2:]), out[:2].min() / 4)
+
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, 'Unknown image statistics'):
             image_statistics.image_statistics(_images(2), ['flif_bits'])

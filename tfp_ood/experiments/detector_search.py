@@ -60,6 +60,9 @@ REFERENCE = {
     # Every level's terms with complexity statistics TensorFlow computes.
     'levels_and_tf_complexity': (['levels', 'png9_bits', 'jpeg98_bits', 'total_variation',
                                   'laplacian_mean_abs'], 'ledoit_wolf'),
+    # Every level's terms with the PNG and JPEG-98 lengths and the LOCO-I
+    # coding cost, TensorFlow's stand-in for the lossless JPEG 2000 length.
+    'levels_and_loco': (['levels', 'png9_bits', 'jpeg98_bits', 'loco_bits'], 'ledoit_wolf'),
 }
 
 
