@@ -322,6 +322,44 @@ class SelectionTest(tf.test.TestCase):
                                         ['good', 'other'])
         with self.assertRaisesRegex(ValueError, 'no validation OOD sets'):
             selection.select_statistics(train, held, {}, ['good'])
+        with self.assertRaisesRegex(ValueError, 'Unknown criterion'):
+            selection.select_statistics(train, held, shifted, ['good'], criterion='f1')
+
+    def test_the_detection_rate_is_the_fraction_flagged_at_95_percent_tpr(self):
+        rng = np.random.default_rng(1)
+        train, held = {'s': rng.normal(0., 1., 4000)}, {'s': rng.normal(0., 1., 1000)}
+        shifted = {'far': {'s': rng.normal(4., 1., 500)}, 'near': {'s': rng.normal(1., 1., 500)}}
+        design = selection.evaluate_design(train, held, shifted, ['s'], 'gaussian',
+                                           criterion='detection_rate')
+        # By hand: a one-dimensional Gaussian scores by |s - mean|; flagged means
+        # scored above the 95th percentile of the held-out scores.
+        centre, scale = train['s'].mean(), train['s'].std()
+        distance = lambda v: np.abs((v - centre) / scale)  # noqa: E731
+        threshold = np.sort(distance(held['s']))[int(np.ceil(0.95 * 1000)) - 1]
+        for k, v in shifted.items():
+            self.assertAlmostEqual(design.detection_rates[k],
+                                   np.mean(distance(v['s']) > threshold), delta=2e-3)
+        self.assertAlmostEqual(design.score, np.mean(list(design.detection_rates.values())))
+        self.assertGreater(design.detection_rates['far'], 0.9)
+        # Two statistics a detector can tell apart only by the rate: 'wide' moves a
+        # few images far (high rate, AUROC near 0.5 plus a little), 'narrow' moves
+        # every image a little (higher AUROC, few flagged).
+        def sample(n, wide=False, narrow=False):
+            w = rng.normal(0., 1., n)
+            if wide:
+                w[:n // 4] += 8.
+            return {'wide': w, 'narrow': rng.normal(1.2 if narrow else 0., 1., n)}
+        train, held = sample(4000), sample(1000)
+        shifted = {'a': {**sample(1000), 'wide': sample(1000, wide=True)['wide'],
+                         'narrow': sample(1000, narrow=True)['narrow']}}
+        by_auroc = selection.select_statistics(train, held, shifted, ['wide', 'narrow'],
+                                               'gaussian', max_statistics=1)
+        by_rate = selection.select_statistics(train, held, shifted, ['wide', 'narrow'],
+                                              'gaussian', max_statistics=1,
+                                              criterion='detection_rate')
+        self.assertEqual(by_auroc.statistics, ['narrow'])
+        self.assertEqual(by_rate.statistics, ['wide'])
+        self.assertEqual(by_rate.steps, [by_rate.mean_detection_rate])
 
 
 class ShiftsTest(tf.test.TestCase):

@@ -5,7 +5,10 @@ spreads its attention over every direction, so a strong statistic is
 diluted by correlated or useless ones (a combination can then score below
 its own best part). `select_statistics` chooses greedily instead: starting
 from nothing, it adds the candidate statistic that raises the mean
-validation AUROC most **without falling below any of its chosen statistics
+validation score most (by default the mean AUROC; with
+`criterion='detection_rate'`, the mean fraction of each validation OOD set
+flagged at the threshold that keeps 95% of the held-out in-distribution
+images, `1 - FPR at 95% TPR`, the rate a deployed detector delivers) **without falling below any of its chosen statistics
 alone on any validation set** (by more than `rule_tolerance`), and stops
 when no such candidate raises the mean by more than `tolerance`. So the
 design it returns is at least as good as its best single statistic on every
@@ -18,6 +21,7 @@ selection = select_statistics(train, held_out, {'blur': blurred, ...},
                               candidates=sorted(train), estimator='ledoit_wolf')
 selection.statistics        # the chosen statistics, in the order they were added
 selection.aurocs            # {validation set: AUROC}
+selection.detection_rates   # {validation set: fraction flagged at 95% TPR}
 selection.best_single       # {validation set: the best AUROC of one chosen statistic alone}
 ```
 
@@ -33,7 +37,11 @@ from tfp_ood import estimators
 from tfp_ood.errors import InputError
 from tfp_ood.metrics import ood_metrics
 
-__all__ = ['Selection', 'evaluate_design', 'select_statistics', 'validation_aurocs']
+__all__ = ['CRITERIA', 'Selection', 'evaluate_design', 'select_statistics', 'validation_aurocs',
+           'validation_metrics']
+
+#: What a selection maximises, averaged over the validation OOD sets.
+CRITERIA = ('auroc', 'detection_rate')
 
 Statistics = Mapping[str, np.ndarray]
 
@@ -46,9 +54,13 @@ class Selection:
       estimator: the estimator's name (`tfp_ood.estimators.ESTIMATORS`).
       statistics: the chosen statistics, in the order they were added.
       aurocs: `{validation set: AUROC}` of the chosen design.
-      mean_auroc: their mean, the quantity the selection maximised.
+      mean_auroc: their mean.
       singles: `{statistic: {validation set: AUROC}}` of each candidate alone.
-      steps: the mean validation AUROC after each addition.
+      steps: the criterion's mean after each addition.
+      detection_rates: `{validation set: the fraction of it flagged at the
+        threshold that keeps 95% of the held-out in-distribution images}`.
+      mean_detection_rate: their mean.
+      criterion: what the selection maximised, one of `CRITERIA`.
     """
 
     estimator: str
@@ -57,6 +69,14 @@ class Selection:
     mean_auroc: float
     singles: Dict[str, Dict[str, float]]
     steps: List[float]
+    detection_rates: Dict[str, float] = dataclasses.field(default_factory=dict)
+    mean_detection_rate: float = float('nan')
+    criterion: str = 'auroc'
+
+    @property
+    def score(self) -> float:
+        """The mean of the criterion the selection maximised."""
+        return self.mean_auroc if self.criterion == 'auroc' else self.mean_detection_rate
 
     @property
     def best_single(self) -> Dict[str, float]:
@@ -84,6 +104,16 @@ def validation_aurocs(estimator: str, train: np.ndarray, held_out: np.ndarray,
     """AUROC of `estimator` fitted on `train` `[n, d]` (standardised here) in
     separating `held_out` from each of `shifted` (rows with a non-finite
     statistic rank as the most out-of-distribution)."""
+    return {k: v['auroc'] for k, v in validation_metrics(estimator, train, held_out,
+                                                          shifted).items()}
+
+
+def validation_metrics(estimator: str, train: np.ndarray, held_out: np.ndarray,
+                       shifted: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+    """`{validation set: {'auroc': ..., 'detection_rate': ...}}` of `estimator`
+    fitted on `train` `[n, d]` (standardised here); the detection rate is the
+    fraction of the set scored above the 95th percentile of `held_out`'s
+    scores, `1 - FPR at 95% TPR` (`tfp_ood.metrics.ood_metrics`)."""
     finite = np.all(np.isfinite(train), axis=1)
     train = train[finite]
     mean = train.mean(axis=0)
@@ -99,15 +129,26 @@ def validation_aurocs(estimator: str, train: np.ndarray, held_out: np.ndarray,
         return out
 
     in_scores = score(held_out)
-    return {k: ood_metrics(in_scores, score(v), nonfinite='most_ood')['auroc']
-            for k, v in shifted.items()}
+    out = {}
+    for k, v in shifted.items():
+        metrics = ood_metrics(in_scores, score(v), nonfinite='most_ood')
+        out[k] = {'auroc': metrics['auroc'], 'detection_rate': 1. - metrics['fpr_at_95_tpr']}
+    return out
+
+
+def _selection(estimator, names, metrics, singles, steps, criterion) -> Selection:
+    aurocs = {k: v['auroc'] for k, v in metrics.items()}
+    rates = {k: v['detection_rate'] for k, v in metrics.items()}
+    return Selection(estimator, list(names), aurocs, float(np.mean(list(aurocs.values()))),
+                     singles, steps, rates, float(np.mean(list(rates.values()))), criterion)
 
 
 def select_statistics(train: Statistics, held_out: Statistics,
                       shifted: Mapping[str, Statistics], candidates: Sequence[str],
                       estimator: str = 'ledoit_wolf', max_statistics: int = 12,
-                      tolerance: float = 1e-4, rule_tolerance: float = 0.) -> Selection:
-    """Greedy forward selection of statistics on the mean validation AUROC.
+                      tolerance: float = 1e-4, rule_tolerance: float = 0.,
+                      criterion: str = 'auroc') -> Selection:
+    """Greedy forward selection of statistics on the mean of a validation criterion.
 
     Args:
       train: the statistics of the images the detector fits on.
@@ -116,9 +157,11 @@ def select_statistics(train: Statistics, held_out: Statistics,
       candidates: the statistics to choose among (keys of every dict above).
       estimator: a name of `tfp_ood.estimators.ESTIMATORS`.
       max_statistics: at most this many are chosen.
-      tolerance: an addition must raise the mean AUROC by more than this.
+      tolerance: an addition must raise the criterion's mean by more than this.
       rule_tolerance: how far below one of its chosen statistics alone the
-        design may fall on a validation set (`np.inf`: no rule).
+        design may fall on a validation set, in AUROC (`np.inf`: no rule).
+      criterion: what to maximise, one of `CRITERIA`: the mean AUROC, or the
+        mean fraction flagged at 95% TPR (`'detection_rate'`).
 
     Returns:
       A `Selection`.
@@ -134,6 +177,8 @@ def select_statistics(train: Statistics, held_out: Statistics,
     if estimator not in estimators.ESTIMATORS:
         raise InputError(f'Unknown estimator {estimator!r}; expected one of '
                          f'{sorted(estimators.ESTIMATORS)}.')
+    if criterion not in CRITERIA:
+        raise InputError(f'Unknown criterion {criterion!r}; expected one of {CRITERIA}.')
     for what, statistics in [('train', train), ('held_out', held_out), *shifted.items()]:
         missing = sorted(set(candidates) - set(statistics))
         if missing:
@@ -147,41 +192,54 @@ def select_statistics(train: Statistics, held_out: Statistics,
     shifted_matrices = {k: _matrix(v, candidates) for k, v in shifted.items()}
 
     def evaluate(columns):
-        return validation_aurocs(estimator, matrices['train'][:, columns],
-                                 matrices['held_out'][:, columns],
-                                 {k: v[:, columns] for k, v in shifted_matrices.items()})
+        return validation_metrics(estimator, matrices['train'][:, columns],
+                                  matrices['held_out'][:, columns],
+                                  {k: v[:, columns] for k, v in shifted_matrices.items()})
 
-    singles = {name: evaluate([i]) for i, name in enumerate(candidates)}
+    single_metrics = {name: evaluate([i]) for i, name in enumerate(candidates)}
+    singles = {name: {k: v['auroc'] for k, v in m.items()}
+               for name, m in single_metrics.items()}
 
     def keeps_the_rule(columns, result):
-        return all(v >= max(singles[candidates[c]][k] for c in columns) - rule_tolerance
+        return all(v['auroc'] >= max(singles[candidates[c]][k] for c in columns) - rule_tolerance
                    for k, v in result.items())
 
-    chosen, aurocs, steps, best = [], {}, [], -np.inf
+    def mean(result):
+        return float(np.mean([v[criterion] for v in result.values()]))
+
+    chosen, metrics, steps, best = [], {}, [], -np.inf
     while len(chosen) < max_statistics:
-        trials = [(float(np.mean(list(r.values()))), i, r) for i, r in (
-            (i, singles[candidates[i]] if not chosen else evaluate(chosen + [i]))
+        trials = [(mean(r), i, r) for i, r in (
+            (i, single_metrics[candidates[i]] if not chosen else evaluate(chosen + [i]))
             for i in range(len(candidates)) if i not in chosen)
             if keeps_the_rule(chosen + [i], r)]
         if not trials:
             break
-        mean, i, result = max(trials, key=lambda t: t[0])
-        if mean <= best + tolerance:
+        value, i, result = max(trials, key=lambda t: t[0])
+        if value <= best + tolerance:
             break
         chosen.append(i)
-        aurocs, best = result, mean
-        steps.append(mean)
-    return Selection(estimator, [candidates[i] for i in chosen], aurocs, best, singles, steps)
+        metrics, best = result, value
+        steps.append(value)
+    if not chosen:
+        return Selection(estimator, [], {}, -np.inf, singles, [], {}, -np.inf, criterion)
+    return _selection(estimator, [candidates[i] for i in chosen], metrics, singles, steps,
+                      criterion)
 
 
 def evaluate_design(train: Statistics, held_out: Statistics, shifted: Mapping[str, Statistics],
-                    statistics: Sequence[str], estimator: str) -> Selection:
+                    statistics: Sequence[str], estimator: str,
+                    criterion: str = 'auroc') -> Selection:
     """A given design (statistics and estimator) scored as `select_statistics`
-    scores its choice: validation AUROCs, their mean, and each statistic alone."""
-    def aurocs(names):
-        return validation_aurocs(estimator, _matrix(train, names), _matrix(held_out, names),
-                                 {k: _matrix(v, names) for k, v in shifted.items()})
+    scores its choice: validation AUROCs and detection rates, their means, and
+    each statistic alone."""
+    if criterion not in CRITERIA:
+        raise InputError(f'Unknown criterion {criterion!r}; expected one of {CRITERIA}.')
 
-    result = aurocs(list(statistics))
-    return Selection(estimator, list(statistics), result, float(np.mean(list(result.values()))),
-                     {name: aurocs([name]) for name in statistics}, [])
+    def metrics(names):
+        return validation_metrics(estimator, _matrix(train, names), _matrix(held_out, names),
+                                  {k: _matrix(v, names) for k, v in shifted.items()})
+
+    singles = {name: {k: v['auroc'] for k, v in metrics([name]).items()}
+               for name in statistics}
+    return _selection(estimator, statistics, metrics(list(statistics)), singles, [], criterion)
