@@ -183,7 +183,10 @@ class ImageStatisticsTest(tf.test.TestCase):
                 r, g, b = x[..., 0], x[..., 1], x[..., 2]
                 x = np.stack([(r + 2 * g + b) // 4, b - g, r - g], -1)
             height, width, channels = x.shape
-            at = lambda a, i, j, k: a[i, j, k] if 0 <= i < height and 0 <= j < width else 0
+
+            def at(a, i, j, k):
+                return a[i, j, k] if 0 <= i < height and 0 <= j < width else 0
+
             residual = np.zeros(x.shape)
             for i in range(height):
                 for j in range(width):
@@ -344,6 +347,7 @@ class SelectionTest(tf.test.TestCase):
         # Two statistics a detector can tell apart only by the rate: 'wide' moves a
         # few images far (high rate, AUROC near 0.5 plus a little), 'narrow' moves
         # every image a little (higher AUROC, few flagged).
+
         def sample(n, wide=False, narrow=False):
             w = rng.normal(0., 1., n)
             if wide:

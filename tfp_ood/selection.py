@@ -8,8 +8,9 @@ from nothing, it adds the candidate statistic that raises the mean
 validation score most (by default the mean AUROC; with
 `criterion='detection_rate'`, the mean fraction of each validation OOD set
 flagged at the threshold that keeps 95% of the held-out in-distribution
-images, `1 - FPR at 95% TPR`, the rate a deployed detector delivers) **without falling below any of its chosen statistics
-alone on any validation set** (by more than `rule_tolerance`), and stops
+images, `1 - FPR at 95% TPR`, the rate a deployed detector delivers)
+**without falling below any of its chosen statistics alone on any
+validation set** (by more than `rule_tolerance`), and stops
 when no such candidate raises the mean by more than `tolerance`. So the
 design it returns is at least as good as its best single statistic on every
 validation set. Validation sets are in-distribution images held out of the fit
@@ -104,8 +105,8 @@ def validation_aurocs(estimator: str, train: np.ndarray, held_out: np.ndarray,
     """AUROC of `estimator` fitted on `train` `[n, d]` (standardised here) in
     separating `held_out` from each of `shifted` (rows with a non-finite
     statistic rank as the most out-of-distribution)."""
-    return {k: v['auroc'] for k, v in validation_metrics(estimator, train, held_out,
-                                                          shifted).items()}
+    metrics = validation_metrics(estimator, train, held_out, shifted)
+    return {k: v['auroc'] for k, v in metrics.items()}
 
 
 def validation_metrics(estimator: str, train: np.ndarray, held_out: np.ndarray,

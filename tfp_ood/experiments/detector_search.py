@@ -240,7 +240,8 @@ def markdown(results: dict) -> str:
             loses = row['loses_to_a_part']
             lines.append(f'- {pool}: chosen {row["design"]} ({row["estimator"]}, '
                          f'{len(row["statistics"])} statistics, mean AUROC '
-                         f'{row["mean_auroc"]:.4f}, mean flagged {row["mean_detection_rate"]:.4f}); '
+                         f'{row["mean_auroc"]:.4f}, mean flagged '
+                         f'{row["mean_detection_rate"]:.4f}); '
                          + ('at least as good as its best single statistic on every set.'
                             if not loses else 'below its best single statistic on '
                             + ', '.join(f'{k} (by {v:.4f})' for k, v in loses.items()) + '.'))
