@@ -420,7 +420,7 @@ class SelectedDesignTest(tf.test.TestCase):
         images = np.concatenate([_images(10, seed=7), np.zeros((2, 8, 8, 3), np.uint8)])
         np.savez(os.path.join(directory, 'x.npz'), images=images)
         statistics = ['level0_step0_log_det', 'level1_latent_mean_square', 'level0_log_pz',
-                      'jpeg90_bits', 'total_variation', 'level0_prior_log_det']
+                      'jpeg90_bits', 'total_variation', 'loco_bits', 'level0_prior_log_det']
         for estimator in ('ledoit_wolf', 'copod', 'gmm'):
             design = {'statistics': statistics, 'codecs': [], 'estimator': estimator}
             fitted = detectors.fit_detector(detectors.SELECTED, [model_dir], train[:100],
