@@ -173,14 +173,20 @@ class ExamplesTest(tf.test.TestCase):
                      if pool == 'python' or not {'jpeg2000_bits', 'jpegxl_bits'} & set(
                          r['statistics'])]
             self.assertEqual(result['criterion'], 'detection_rate')
-            self.assertEqual(chosen['chosen']['mean_detection_rate'],
-                             max(r['mean_detection_rate'] for r in chosen['rows'] + named))
+            for row in chosen['rows'] + named:
+                self.assertAlmostEqual(row['score'], np.mean(
+                    [row['detection_rates'][k] for k in result['sets_used']]))
+            self.assertEqual(chosen['chosen']['score'],
+                             max(r['score'] for r in chosen['rows'] + named))
             suffix = '' if pool == 'exportable' else '_python'
             design = detectors.read_design(os.path.join(out, f'glow_cifar10{suffix}.json'))
             self.assertEqual(design['estimator'], chosen['chosen']['estimator'])
             if pool == 'exportable':
                 self.assertEqual(design['codecs'], [])
         self.assertEqual(set(result['reference']), set(detector_search.REFERENCE))
+        # The sets that take part: those some statistic alone separates with AUROC >= 0.8.
+        self.assertEqual(result['sets_used'], [k for k, v in result['best_single'].items()
+                                               if v['auroc'] >= 0.8])
         with open(os.path.join(out, 'search.md')) as f:
             self.assertIn('### glow_cifar10', f.read())
         run = _script('detector_search', '--models', 'glow_cifar10', '--models-dir',

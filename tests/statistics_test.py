@@ -365,6 +365,26 @@ class SelectionTest(tf.test.TestCase):
         self.assertEqual(by_rate.statistics, ['wide'])
         self.assertEqual(by_rate.steps, [by_rate.mean_detection_rate])
 
+    def test_best_single_statistics_name_the_sets_a_statistic_can_detect(self):
+        rng = np.random.default_rng(2)
+
+        def sample(n, shift=0.):
+            return {'good': rng.normal(shift, 1., n), 'noise': rng.normal(0., 1., n),
+                    'constant': np.ones(n)}
+
+        train, held = sample(3000), sample(1000)
+        shifted = {'easy': sample(1000, shift=4.), 'hidden': sample(1000)}
+        best = selection.best_single_statistics(train, held, shifted,
+                                                ['good', 'noise', 'constant'])
+        self.assertEqual(best['easy'][1], 'good')
+        self.assertGreater(best['easy'][0], 0.99)
+        # Nothing separates 'hidden': the best of two chance-level AUROCs.
+        self.assertLess(abs(best['hidden'][0] - 0.5), 0.05)
+        one = selection.validation_aurocs('gaussian', train['good'][:, None],
+                                          held['good'][:, None],
+                                          {'easy': shifted['easy']['good'][:, None]})
+        self.assertEqual(best['easy'][0], one['easy'])
+
 
 class ShiftsTest(tf.test.TestCase):
 

@@ -38,8 +38,8 @@ from tfp_ood import estimators
 from tfp_ood.errors import InputError
 from tfp_ood.metrics import ood_metrics
 
-__all__ = ['CRITERIA', 'Selection', 'evaluate_design', 'select_statistics', 'validation_aurocs',
-           'validation_metrics']
+__all__ = ['CRITERIA', 'Selection', 'best_single_statistics', 'evaluate_design',
+           'select_statistics', 'validation_aurocs', 'validation_metrics']
 
 #: What a selection maximises, averaged over the validation OOD sets.
 CRITERIA = ('auroc', 'detection_rate')
@@ -244,3 +244,25 @@ def evaluate_design(train: Statistics, held_out: Statistics, shifted: Mapping[st
     singles = {name: {k: v['auroc'] for k, v in metrics([name]).items()}
                for name in statistics}
     return _selection(estimator, statistics, metrics(list(statistics)), singles, [], criterion)
+
+
+def best_single_statistics(train: Statistics, held_out: Statistics,
+                           shifted: Mapping[str, Statistics], candidates: Sequence[str],
+                           estimator: str = 'gaussian') -> Dict[str, tuple]:
+    """`{validation set: (AUROC, statistic)}`: the candidate that separates each set
+    best on its own, and how well.
+
+    A set on which no statistic alone does much better than chance cannot rank
+    designs: there the differences between designs are of the size of the
+    change between two halves of the same set.
+    """
+    best = {k: (-np.inf, None) for k in shifted}
+    for name in candidates:
+        if not np.nanstd(np.asarray(train[name], np.float64)) > 0:
+            continue
+        aurocs = validation_aurocs(estimator, _matrix(train, [name]), _matrix(held_out, [name]),
+                                   {k: _matrix(v, [name]) for k, v in shifted.items()})
+        for k, v in aurocs.items():
+            if v > best[k][0]:
+                best[k] = (v, name)
+    return best
