@@ -75,13 +75,14 @@ $T fit-detector --detector density_of_states_selected --design saved_models/desi
   --model-dir saved_models/glow_cifar10 --dataset cifar10 \
   --output saved_models/detector_cifar10.json --overwrite --data-dir "$DATA"
 # FashionMNIST keeps input complexity: the design the search chose there flags
-# 15.3% of MNIST where input complexity flags 99.4% (docs/detectors.md).
+# 71.6% of MNIST where input complexity flags 99.4% (docs/detectors.md).
 $T fit-detector --detector input_complexity --model-dir saved_models/glow_fashion_mnist \
   --dataset fashion_mnist --output saved_models/detector_fashion_mnist.json --overwrite \
   --data-dir "$DATA"
-# Our best detector on CIFAR-10 (the search's choice with JPEG 2000 and JPEG XL
-# lengths), run by tfp-ood detect in Python: those codecs have no TensorFlow ops,
-# so it has no SavedModel.
+# Every level's terms with the PNG, JPEG 2000 and JPEG XL lengths under one
+# Gaussian (an earlier search's choice with the Python-only lengths), run by
+# tfp-ood detect in Python: those codecs have no TensorFlow ops, so it has no
+# SavedModel.
 $T fit-detector --detector density_of_states_gaussian --model-dir saved_models/glow_cifar10 \
   --dataset cifar10 --output saved_models/detector_cifar10_gaussian.json --overwrite \
   --data-dir "$DATA"
