@@ -556,6 +556,24 @@ class ShippedDetectorsTest(tf.test.TestCase):
                 self.assertGreater(auroc['auroc'], 0.8)
 
 
+class ShippedFitPathsTest(tf.test.TestCase):
+
+    def test_every_shipped_fit_names_models_beside_it(self):
+        # A fit stores its models' paths relative to itself: one written elsewhere and
+        # copied into saved_models/ would point out of a clone.
+        shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'saved_models')
+        fits = sorted(f for f in os.listdir(shipped) if f.startswith('detector_')
+                      and f.endswith('.json'))
+        self.assertNotEmpty(fits)
+        for name in fits:
+            with open(os.path.join(shipped, name)) as f:
+                models = json.load(f)['models']
+            for model in models:
+                self.assertEqual(os.path.dirname(model), '', (name, model))
+                self.assertTrue(os.path.isdir(os.path.join(shipped, model)), (name, model))
+
+
 class ExportedDetectorTest(tf.test.TestCase):
 
     def test_in_graph_png_length_equals_the_reference(self):
