@@ -477,6 +477,14 @@ class CalibrationTest(tf.test.TestCase):
                 detectors.load_detector(path)
         with self.assertRaisesRegex(ValueError, 'is a folder'):
             detectors.load_detector(model_dir)
+        # A fit copied away from its model: the path it names, and what to do.
+        elsewhere = os.path.join(directory, 'elsewhere')
+        os.makedirs(elsewhere)
+        with open(os.path.join(elsewhere, 'fit.json'), 'w') as f:
+            json.dump(good, f)
+        with self.assertRaisesRegex(ValueError, 'is not at .*elsewhere/flow.*relative to its '
+                                                'own folder'):
+            detectors.load_detector(os.path.join(elsewhere, 'fit.json'))
         # Another detector's name over this one's state.
         with open(path, 'w') as f:
             json.dump(dict(good, detector='typicality'), f)

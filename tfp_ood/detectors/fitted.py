@@ -204,6 +204,11 @@ def _check_models(record: Dict, model_dirs: Sequence[str], path: str) -> None:
                          f'"variables_sha256"; got {identities!r:.80}. Re-fit it with '
                          f'tfp-ood fit-detector.')
     for model_dir, fitted in zip(model_dirs, identities):
+        if not os.path.isdir(model_dir):
+            raise InputError(f'{path}: the model it was fitted on is not at {model_dir}. A fit '
+                             f'names its models relative to its own folder: move it together '
+                             f'with them, or fit it where it will stay (tfp-ood fit-detector '
+                             f'--output).')
         try:
             current = model_identity(model_dir)
         except (OSError, ValueError, tf.errors.OpError) as e:
