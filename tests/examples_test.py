@@ -331,9 +331,11 @@ class DetectorsExampleTest(tf.test.TestCase):
         raw = next(r for r in rows if r['detector'] == 'raw_likelihood'
                    and r['out'] == 'svhn_cropped')
         self.assertEqual(raw['published_auroc'], 0.063)
+        self.assertIn('Glow', raw['published_method'])
+        self.assertIn('Serrà', raw['published_source'])
         self.assertLess(raw['auroc'], 0.5)  # The paper's failure, on real images.
         for name in ('detectors.csv', 'detectors.md', 'detectors.png', 'statistics.md',
-                     'fit.md'):
+                     'fit.md', 'published.md'):
             self.assertTrue(os.path.exists(os.path.join(out, name)), name)
         with open(os.path.join(out, 'detectors.json')) as f:
             fits = json.load(f)['at_published_fit']
@@ -392,6 +394,50 @@ class AtPublishedFitTest(tf.test.TestCase):
         self.assertIsNone(detectors_example.at_published_fit(
             'input_complexity', 'pixelcnn_cifar10', 'pixelcnn', 'cifar10', 'cifar10',
             'svhn_cropped', cifar, svhn))
+
+
+class PublishedTablesTest(tf.test.TestCase):
+
+    def _row(self, detector, family, in_name, out_name, auroc, fpr=0.5, m=1):
+        in_s = detectors.DetectorScores(detector, np.zeros(2), {})
+        row = detectors_experiment._row(detector, f'{family}_x', family, in_name, out_name, m,
+                                        in_s, in_s)
+        row.update(auroc=auroc, fpr_at_95_tpr=fpr)
+        return row
+
+    def test_every_published_figure_names_its_method_and_source(self):
+        for key, published in detectors_experiment.PUBLISHED.items():
+            self.assertTrue(published.method and published.source, key)
+        rows = [self._row('input_complexity', 'glow', 'cifar10', 'svhn_cropped', 0.7),
+                self._row('typicality', 'glow', 'cifar10', 'svhn_cropped', 0.99, m=2),
+                self._row('raw_likelihood', 'glow', 'fashion_mnist', 'mnist', 0.1),
+                self._row('density_of_states_gaussian', 'glow', 'cifar10', 'svhn_cropped', 0.9)]
+        self.assertEqual((rows[0]['published_auroc'], rows[0]['published_method']),
+                         (0.950, 'S(x), Glow (an independent PNG re-run gave 0.784)'))
+        self.assertEqual(rows[2]['published_auroc'], [0.122, 0.197])  # A range, as JSON has it.
+        self.assertIsNone(rows[3]['published_source'])
+        lines = detectors_experiment.published_table(rows).splitlines()
+        self.assertLen(lines, 2 + 3)  # No line for the row without a published figure.
+        self.assertIn('| input_complexity | glow_x | cifar10 -> svhn_cropped | 0.700 | 0.500 '
+                      '| 0.950 | S(x), Glow', lines[2])
+        self.assertIn('Serrà et al., ICLR 2020', lines[2])
+        self.assertIn('typicality, M = 2', lines[3])
+        self.assertIn('| 0.122-0.197 |', lines[4])
+
+    def test_the_frontier_table_puts_our_best_single_image_row_beside_it(self):
+        rows = [self._row('input_complexity', 'glow', 'cifar10', 'svhn_cropped', 0.7, 0.4),
+                self._row('density_of_states', 'glow', 'cifar10', 'svhn_cropped', 0.9, 0.3),
+                self._row('typicality', 'glow', 'cifar10', 'svhn_cropped', 1.0, 0.0, m=25)]
+        lines = detectors_experiment.frontier_table(rows).splitlines()
+        self.assertLen(lines, 2 + len(detectors_experiment.FRONTIER) + 1)
+        lmd = next(line for line in lines if line.startswith('| LMD'))
+        self.assertIn('| 0.992 | 0.990 |', lmd)
+        self.assertIn('Heng et al., NeurIPS 2024', lmd)
+        dose = next(line for line in lines if line.startswith('| DoSE'))
+        self.assertIn('| 0.955 / 0.970 | 1.000 |', dose)
+        # Ours: the best single image row (M = 25 is not one), and no FashionMNIST row.
+        self.assertIn('| 0.900 (density_of_states, glow_x; FPR at 95% TPR 0.300) | – |',
+                      lines[-1])
 
 
 class AnalysisExampleTest(tf.test.TestCase):

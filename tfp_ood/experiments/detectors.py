@@ -7,7 +7,10 @@ noise and grayscale CIFAR-10 and SVHN; FashionMNIST test against MNIST test;
 and the reverse pair, SVHN held out against CIFAR-10 test. Writes to --out
 `detectors.csv`, `detectors.md` and `detectors.json` (AUROC, AUPR-in, AUPR-out
 and FPR at 95% TPR per row, with the published AUROC beside ours where there
-is one), `summary.md` (the AUROCs on the paper's pairs in one table) and
+is one), `summary.md` (the AUROCs on the paper's pairs in one table),
+`published.md` (each published figure with the method's name and source
+beside ours, and the best published single-image detectors beside our best
+row) and
 `detectors.png` (the OOD scores of the in- and first out-of-distribution set
 per detector and model), `statistics.md` (which statistics carry our
 density of states' detection: the AUROC of each alone and of all but it) and
@@ -32,7 +35,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -42,30 +45,80 @@ from tfp_ood.config import is_flow_family
 from tfp_ood.experiments import common
 
 TYPICALITY_M = (1, 2, 5, 10, 25)
+
+
+class Published(NamedTuple):
+    """A published AUROC, the method as its source names it, and the source."""
+
+    auroc: Union[float, Tuple[float, float]]  # A pair is a published range.
+    method: str
+    source: str
+
+
+_REN = 'Ren et al., NeurIPS 2019 (Likelihood Ratios for OOD Detection)'
+_SERRA = 'Serrà et al., ICLR 2020 (Input Complexity and OOD Detection)'
+_NALISNICK = 'Nalisnick et al., 2019, arXiv 1906.02994 (a test for typicality)'
+_CHOI = 'Choi et al., 2018, arXiv 1810.01392 (WAIC, but Why?)'
+_MORNINGSTAR = 'Morningstar et al., AISTATS 2021 (Density of States Estimation, DoSE)'
+
 # Published single-image AUROCs (M images per test for typicality), keyed by
-# (detector, model family, in, out, M); a pair of numbers is a published range.
-# Ren et al. 2019; Serrà et al. 2020 (input complexity; 0.784 is an
-# independent PNG re-run of their Glow figure); Nalisnick et al. 2019
-# (typicality); Choi et al. 2018 (WAIC); Morningstar et al. 2021 (density of
-# states).
+# (detector, model family, in, out, M). The raw-likelihood figures are the
+# baselines those papers compare against (see also report.PUBLISHED_AUROC).
 PUBLISHED = {
-    ('raw_likelihood', 'glow', 'cifar10', 'svhn_cropped', 1): 0.063,
-    ('raw_likelihood', 'glow', 'fashion_mnist', 'mnist', 1): (0.122, 0.197),
-    ('raw_likelihood', 'pixelcnn', 'cifar10', 'svhn_cropped', 1): 0.155,
-    ('raw_likelihood', 'pixelcnn', 'fashion_mnist', 'mnist', 1): (0.076, 0.105),
-    ('likelihood_ratio', 'pixelcnn', 'cifar10', 'svhn_cropped', 1): 0.930,
-    ('likelihood_ratio', 'pixelcnn', 'fashion_mnist', 'mnist', 1): 0.994,
-    ('input_complexity', 'glow', 'cifar10', 'svhn_cropped', 1): 0.950,
-    ('input_complexity', 'glow', 'fashion_mnist', 'mnist', 1): 0.998,
-    ('input_complexity', 'pixelcnn', 'cifar10', 'svhn_cropped', 1): 0.929,
-    ('input_complexity', 'pixelcnn', 'fashion_mnist', 'mnist', 1): 0.967,
-    ('typicality', 'glow', 'cifar10', 'svhn_cropped', 1): 0.865,
-    ('typicality', 'glow', 'cifar10', 'svhn_cropped', 2): 0.950,
-    ('typicality', 'glow', 'fashion_mnist', 'mnist', 1): (0.48, 0.70),
-    ('waic', 'glow', 'cifar10', 'svhn_cropped', 1): 1.000,
-    ('density_of_states', 'glow', 'cifar10', 'svhn_cropped', 1): 0.97,
-    ('density_of_states', 'glow', 'fashion_mnist', 'mnist', 1): 1.00,
+    ('raw_likelihood', 'glow', 'cifar10', 'svhn_cropped', 1):
+        Published(0.063, 'log-likelihood of a Glow (baseline)', _SERRA),
+    ('raw_likelihood', 'glow', 'fashion_mnist', 'mnist', 1):
+        Published((0.122, 0.197), 'log-likelihood of a Glow (baseline)', _SERRA),
+    ('raw_likelihood', 'pixelcnn', 'cifar10', 'svhn_cropped', 1):
+        Published(0.155, 'log-likelihood of a PixelCNN++ (baseline)', _SERRA),
+    ('raw_likelihood', 'pixelcnn', 'fashion_mnist', 'mnist', 1):
+        Published((0.076, 0.105), 'log-likelihood of a PixelCNN++ (baseline)', _SERRA),
+    ('likelihood_ratio', 'pixelcnn', 'cifar10', 'svhn_cropped', 1):
+        Published(0.930, 'likelihood ratio, PixelCNN++ and its background model', _REN),
+    ('likelihood_ratio', 'pixelcnn', 'fashion_mnist', 'mnist', 1):
+        Published(0.994, 'likelihood ratio, PixelCNN++ and its background model', _REN),
+    ('input_complexity', 'glow', 'cifar10', 'svhn_cropped', 1):
+        Published(0.950, 'S(x), Glow (an independent PNG re-run gave 0.784)', _SERRA),
+    ('input_complexity', 'glow', 'fashion_mnist', 'mnist', 1):
+        Published(0.998, 'S(x), Glow', _SERRA),
+    ('input_complexity', 'pixelcnn', 'cifar10', 'svhn_cropped', 1):
+        Published(0.929, 'S(x), PixelCNN++', _SERRA),
+    ('input_complexity', 'pixelcnn', 'fashion_mnist', 'mnist', 1):
+        Published(0.967, 'S(x), PixelCNN++', _SERRA),
+    ('typicality', 'glow', 'cifar10', 'svhn_cropped', 1):
+        Published(0.865, 'typicality test, M = 1, Glow', _NALISNICK),
+    ('typicality', 'glow', 'cifar10', 'svhn_cropped', 2):
+        Published(0.950, 'typicality test, M = 2, Glow', _NALISNICK),
+    ('typicality', 'glow', 'fashion_mnist', 'mnist', 1):
+        Published((0.48, 0.70), 'typicality test, M = 1, Glow', _NALISNICK),
+    ('waic', 'glow', 'cifar10', 'svhn_cropped', 1):
+        Published(1.000, 'WAIC over an ensemble of five Glows', _CHOI),
+    ('density_of_states', 'glow', 'cifar10', 'svhn_cropped', 1):
+        Published(0.97, 'DoSE (one-class SVM) over a Glow\'s statistics', _MORNINGSTAR),
+    ('density_of_states', 'glow', 'fashion_mnist', 'mnist', 1):
+        Published(1.00, 'DoSE over a Glow\'s statistics', _MORNINGSTAR),
 }
+
+_DIFFPATH = 'Heng et al., NeurIPS 2024, arXiv 2405.11881 (DiffPath), Table 3'
+_LPATH = ('"Inference, Fast and Slow: Reinterpreting VAEs for OOD Detection" '
+          '(LPath, ICLR submission), Table 1')
+
+# The best published single-image detectors on density models that, like
+# ours, use no OOD data: (method, what it needs, AUROC on CIFAR-10 -> SVHN,
+# on FashionMNIST -> MNIST, where the figures were read). LPath's table swaps
+# the citations of its DDPM and LMD rows; the LMD row here is Liu et al.'s.
+FRONTIER = (
+    ('DoSE (Morningstar et al. 2021)', 'post hoc: KDE / one-class SVM on a model\'s statistics',
+     (0.955, 0.97), 1.00, f'{_DIFFPATH} (0.955); {_LPATH} (0.97)'),
+    ('MSMA (Mahmood et al. 2021)', 'a score network and a Gaussian mixture', 0.957, None,
+     _DIFFPATH),
+    ('likelihood regret (Xiao et al. 2020)', 'an optimisation per image', 0.88, 0.99, _LPATH),
+    ('HVAE LLR>k (Havtorn et al. 2021)', 'a hierarchical VAE', 0.89, 0.98, _LPATH),
+    ('LMD, lift-map-detect (Liu et al. 2023)', 'a diffusion model, ~100 evaluations per image',
+     0.992, 0.99, _DIFFPATH),
+    ('LPath (a 3M-parameter VAE)', 'post hoc: COPOD or Mahalanobis over 4 VAE statistics',
+     0.99, 1.00, _LPATH),
+)
 
 
 @dataclasses.dataclass
@@ -136,10 +189,13 @@ def _row(detector: str, model: str, family: str, in_name: str, out_name: str, m:
          in_scores, out_scores) -> dict:
     metrics = detectors.detector_metrics(in_scores, out_scores)
     published = PUBLISHED.get((detector, family, in_name, out_name, m))
+    figure = None if published is None else published.auroc
     return {'detector': detector, 'model': model, 'in': in_name, 'out': out_name,
             'batch_size': m, 'auroc': metrics['auroc'], 'aupr_in': metrics['aupr_in'],
             'aupr_out': metrics['aupr_out'], 'fpr_at_95_tpr': metrics['fpr_at_95_tpr'],
-            'published_auroc': list(published) if isinstance(published, tuple) else published,
+            'published_auroc': list(figure) if isinstance(figure, tuple) else figure,
+            'published_method': None if published is None else published.method,
+            'published_source': None if published is None else published.source,
             'num_in': metrics['num_in'], 'num_out': metrics['num_out']}
 
 
@@ -354,6 +410,45 @@ def summary_table(rows: list) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def published_table(rows: list) -> str:
+    """Every row that has a published figure: ours beside it, with the
+    published method's name and its source."""
+    lines = ['| detector | model | in -> out | ours: AUROC | FPR at 95% TPR | published AUROC | '
+             'published method | source |', '|---|---|---|---:|---:|---:|---|---|']
+    for r in rows:
+        if r.get('published_auroc') is None:
+            continue
+        name = r['detector'] + (f', M = {r["batch_size"]}' if r['batch_size'] != 1 else '')
+        lines.append(f'| {name} | {r["model"]} | {r["in"]} -> {r["out"]} | {r["auroc"]:.3f} | '
+                     f'{r["fpr_at_95_tpr"]:.3f} | {_format(r["published_auroc"])} | '
+                     f'{r["published_method"]} | {r["published_source"]} |')
+    return '\n'.join(lines) + '\n'
+
+
+FRONTIER_PAIRS = (('cifar10', 'svhn_cropped'), ('fashion_mnist', 'mnist'))
+
+
+def frontier_table(rows: list) -> str:
+    """The best published single-image detectors (`FRONTIER`), and below them
+    the best single-image row of this run on each of their pairs."""
+    lines = ['| method | needs | CIFAR-10 -> SVHN | FashionMNIST -> MNIST | source |',
+             '|---|---|---:|---:|---|']
+    for method, needs, cifar, fashion, source in FRONTIER:
+        cells = [_format(list(v) if isinstance(v, tuple) else v).replace('-', ' / ')
+                 for v in (cifar, fashion)]
+        lines.append(f'| {method} | {needs} | {cells[0]} | {cells[1]} | {source} |')
+    cells = []
+    for in_name, out_name in FRONTIER_PAIRS:
+        pair = [r for r in rows if (r['in'], r['out'], r['batch_size']) == (in_name, out_name, 1)]
+        best = max(pair, key=lambda r: r['auroc'], default=None)
+        cells.append('–' if best is None else
+                     f'{best["auroc"]:.3f} ({best["detector"]}, {best["model"]}; '
+                     f'FPR at 95% TPR {best["fpr_at_95_tpr"]:.3f})')
+    lines.append(f'| ours: the best row of this run | this run\'s models | {cells[0]} | '
+                 f'{cells[1]} | this table\'s command |')
+    return '\n'.join(lines) + '\n'
+
+
 def fit_table(fits: list) -> str:
     lines = ['| detector | model | in -> out | mean bits/dim in: ours (paper) | '
              'out: ours (paper) | AUROC | AUROC at the published fit |',
@@ -392,6 +487,9 @@ def write(rows: list, figures: dict, out: str, note: str, ablations: list = (),
         f.write('\n'.join(lines) + '\n')
     with open(os.path.join(out, 'summary.md'), 'w') as f:
         f.write(summary_table(rows))
+    with open(os.path.join(out, 'published.md'), 'w') as f:
+        f.write(published_table(rows) + '\nThe best published single-image detectors on '
+                'density models (no OOD data used), and ours:\n\n' + frontier_table(rows))
     groups = []
     for (detector, model), (in_name, in_s, out_name, out_s) in figures.items():
         label = f'{detector} ({model})'
@@ -434,6 +532,10 @@ def main(argv=None):
     print('AUROC of each detector (higher is better; 0.5 is chance), the published figure '
           'in parentheses; every row is in detectors.md:\n')
     print(summary_table(rows))
+    print('Each published figure with its method and source, and the best published '
+          'single-image detectors beside ours (published.md):\n')
+    print(published_table(rows))
+    print(frontier_table(rows))
     if ablations:
         print(f'Which statistics carry the detection ({ABLATED}):\n')
         print(ablation_table(ablations))
