@@ -439,6 +439,21 @@ class PublishedTablesTest(tf.test.TestCase):
         self.assertIn('| 0.900 (density_of_states, glow_x; FPR at 95% TPR 0.300) | – |',
                       lines[-1])
 
+    def test_the_pairs_rows_have_every_metric_and_the_chosen_designs(self):
+        rows = [self._row('density_of_states_selected', 'glow', 'cifar10', 'svhn_cropped', 0.95),
+                self._row('raw_likelihood', 'glow', 'cifar10', 'svhn_cropped', 0.06),
+                self._row('raw_likelihood', 'glow', 'cifar10', 'constant', 0.2)]  # Not a pair.
+        for row in rows:
+            row['model'] = 'glow_cifar10'
+            row.update(aupr_in=0.25, aupr_out=0.75)
+        lines = detectors_experiment.pair_metrics_table(rows).splitlines()
+        self.assertEqual(lines[2:], [
+            '| glow_cifar10: cifar10 -> svhn_cropped | raw_likelihood | 0.060 | 0.250 | 0.750 '
+            '| 0.500 |',
+            '| glow_cifar10: cifar10 -> svhn_cropped | density_of_states_selected | 0.950 | '
+            '0.250 | 0.750 | 0.500 |'])
+        self.assertIn('density_of_states_selected', detectors_experiment.summary_table(rows))
+
 
 class AnalysisExampleTest(tf.test.TestCase):
 

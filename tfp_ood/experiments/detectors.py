@@ -7,7 +7,8 @@ noise and grayscale CIFAR-10 and SVHN; FashionMNIST test against MNIST test;
 and the reverse pair, SVHN held out against CIFAR-10 test. Writes to --out
 `detectors.csv`, `detectors.md` and `detectors.json` (AUROC, AUPR-in, AUPR-out
 and FPR at 95% TPR per row, with the published AUROC beside ours where there
-is one), `summary.md` (the AUROCs on the paper's pairs in one table),
+is one), `summary.md` (the AUROCs on the paper's pairs in one table, then
+those rows with all four metrics),
 `published.md` (each published figure with the method's name and source
 beside ours, and the best published single-image detectors beside our best
 row) and
@@ -385,7 +386,8 @@ SUMMARY_ROWS = (('raw_likelihood', 1), ('likelihood_ratio', 1), ('input_complexi
                 ('input_complexity_jpeg2000', 1), ('input_complexity_jpegxl', 1),
                 ('typicality', 1), ('typicality', 25), ('waic', 1), ('density_of_states', 1),
                 ('density_of_states_terms', 1), ('density_of_states_levels', 1),
-                ('density_of_states_levels_png_jpeg2000', 1), ('density_of_states_gaussian', 1))
+                ('density_of_states_levels_png_jpeg2000', 1), ('density_of_states_gaussian', 1),
+                ('density_of_states_selected', 1), ('density_of_states_selected_python', 1))
 
 
 def summary_table(rows: list) -> str:
@@ -407,6 +409,23 @@ def summary_table(rows: list) -> str:
         if any(c != '–' for c in cells):
             name = detector + (f', M = {m}' if detector == 'typicality' else '')
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def pair_metrics_table(rows: list) -> str:
+    """The rows of `summary_table` one per line, with all four metrics."""
+    found = {(r['detector'], r['batch_size'], r['model'], r['in'], r['out']): r for r in rows}
+    lines = ['| model: in -> out | detector | AUROC | AUPR-in | AUPR-out | FPR at 95% TPR |',
+             '|---|---|---:|---:|---:|---:|']
+    for column in SUMMARY_COLUMNS:
+        for detector, m in SUMMARY_ROWS:
+            row = found.get((detector, m) + column)
+            if row is not None:
+                name = detector + (f', M = {m}' if detector == 'typicality' else '')
+                lines.append(f'| {column[0]}: {column[1]} -> {column[2]} | {name} | '
+                             + ' | '.join(f'{row[k]:.3f}' for k in
+                                          ('auroc', 'aupr_in', 'aupr_out', 'fpr_at_95_tpr'))
+                             + ' |')
     return '\n'.join(lines) + '\n'
 
 
@@ -486,7 +505,8 @@ def write(rows: list, figures: dict, out: str, note: str, ablations: list = (),
     with open(os.path.join(out, 'detectors.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     with open(os.path.join(out, 'summary.md'), 'w') as f:
-        f.write(summary_table(rows))
+        f.write(summary_table(rows) + '\nEvery metric of those rows:\n\n'
+                + pair_metrics_table(rows))
     with open(os.path.join(out, 'published.md'), 'w') as f:
         f.write(published_table(rows) + '\nThe best published single-image detectors on '
                 'density models (no OOD data used), and ours:\n\n' + frontier_table(rows))
