@@ -95,7 +95,7 @@ PUBLISHED = {
     ('waic', 'glow', 'cifar10', 'svhn_cropped', 1):
         Published(1.000, 'WAIC over an ensemble of five Glows', _CHOI),
     ('density_of_states', 'glow', 'cifar10', 'svhn_cropped', 1):
-        Published(0.97, 'DoSE (one-class SVM) over a Glow\'s statistics', _MORNINGSTAR),
+        Published(0.97, 'DoSE over a Glow\'s statistics', _MORNINGSTAR),
     ('density_of_states', 'glow', 'fashion_mnist', 'mnist', 1):
         Published(1.00, 'DoSE over a Glow\'s statistics', _MORNINGSTAR),
 }
