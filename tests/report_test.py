@@ -26,6 +26,43 @@ class ReportTest(tf.test.TestCase):
             image_shape=SHAPE, num_levels=2, num_steps_per_level=1, hidden_channels=8))
         cls.model.initialize(_uint8(32, seed=9))
 
+    def test_a_detectors_statistics_come_from_the_runs_pass_and_are_reused(self):
+        from unittest import mock
+
+        from tfp_ood import detectors, export
+        from tfp_ood.experiments import common
+        folder = self.create_tempdir().full_path
+        export.export(self.model, os.path.join(folder, 'flow'))
+        design = {'statistics': ['level1_latent_mean_square', 'level0_log_pz', 'png9_bits'],
+                  'codecs': [], 'estimator': 'ledoit_wolf'}
+        path = os.path.join(folder, 'detector.json')
+        detectors.fit_detector(detectors.SELECTED, [os.path.join(folder, 'flow')],
+                               _uint8(60, seed=1), _uint8(40, seed=2), design=design).save(path)
+        wanted = common.detector_statistics(path)
+        self.assertEqual(wanted, {'flow': design['statistics']})
+        sets = {'in': tf.data.Dataset.from_tensor_slices({'image': _uint8(12, seed=3)}),
+                'out': tf.data.Dataset.from_tensor_slices({'image': _uint8(12, seed=4) // 4})}
+        results = report.score_all({'flow': self.model}, sets, progress=False,
+                                   statistics=wanted)
+        plain = report.score_all({'flow': self.model}, sets, progress=False)
+        scores = results[('flow', 'in')].scores
+        # The statistic asked for, from the same pass; the flow's others left out.
+        self.assertIn('level1_latent_mean_square', scores)
+        self.assertNotIn('level0_step0_log_det', scores)
+        self.assertEqual(set(scores) - {'level1_latent_mean_square'},
+                         set(plain[('flow', 'in')].scores))
+        self.assertAllClose(scores['log_prob'], plain[('flow', 'in')].scores['log_prob'])
+        expected = common.print_detector(path, sets, 'in', 'out')
+        # With the run's results the flow is not run again, and the decisions agree.
+        with mock.patch.object(detectors.base, 'evaluator_terms',
+                               side_effect=AssertionError('the model ran again')):
+            reused = common.print_detector(path, sets, 'in', 'out', results)
+        self.assertEqual(reused, expected)
+        with self.assertRaises(AssertionError):  # Without the statistic it must run.
+            with mock.patch.object(detectors.base, 'evaluator_terms',
+                                   side_effect=AssertionError('the model ran again')):
+                common.print_detector(path, sets, 'in', 'out', plain)
+
     def test_score_all_limits_images_per_model_and_saves_each_result(self):
         ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(12), 'label': np.zeros(12)})
         small = data.constant_images(5, (4, 4, 3), 3)  # Another shape: not scored.

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import threading
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -134,7 +134,8 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
               out_dir: Optional[str] = None,
               batch_size: int = 256,
               progress: bool = True,
-              max_images: Optional[Mapping[str, int]] = None
+              max_images: Optional[Mapping[str, int]] = None,
+              statistics: Optional[Mapping[str, Collection[str]]] = None
               ) -> Dict[Tuple[str, str], ScoreResult]:
     """Scores every dataset under every model (with matching image shape).
 
@@ -144,6 +145,10 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
       max_images: `{model_name: n}`: score only the first `n` images of each
         set under that model (for models whose scoring is expensive, such as
         a VAE's importance-weighted estimate with K decoder passes per image).
+      statistics: `{model_name: names}`: also keep these of the model's
+        statistics along its computation (`model.statistic_names`) in its
+        scores, from the same pass (for a detector that reads them, so that
+        it need not run the model again).
 
     Returns `{(model_name, set_name): ScoreResult}`; with `out_dir`, each is
     also saved to `out_dir/scores/<model>__<set>.npz`.
@@ -163,8 +168,12 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
                 continue
             if max_images.get(model_name):
                 ds = ds.take(max_images[model_name])
+            kept = set((statistics or {}).get(model_name, ()))
             result = score(model, ds, name=set_name, batch_size=batch_size,
-                           progress=progress, model_name=model_name)
+                           progress=progress, model_name=model_name, statistics=bool(kept))
+            if kept:  # Only the statistics asked for (a flow has dozens).
+                dropped = set(model.statistic_names) - kept
+                result.scores = {k: v for k, v in result.scores.items() if k not in dropped}
             results[(model_name, set_name)] = result
             if out_dir:
                 os.makedirs(os.path.join(out_dir, 'scores'), exist_ok=True)
@@ -311,7 +320,8 @@ def run_experiment(models: Mapping[str, ModelEntry],
                    in_set: str, out_set: str, out_dir: str,
                    paper_names: Optional[Mapping[str, str]] = None,
                    batch_size: int = 256, progress: bool = True,
-                   gray_of: Optional[Mapping[str, str]] = None) -> Dict:
+                   gray_of: Optional[Mapping[str, str]] = None,
+                   statistics: Optional[Mapping[str, Collection[str]]] = None) -> Dict:
     """Scores every set under every model and writes the whole report to `out_dir`.
 
     Writes the per-image scores, `bpd_table.csv` / `.md` (with the paper's
@@ -322,7 +332,8 @@ def run_experiment(models: Mapping[str, ModelEntry],
     `gray_of`, `{colour set: gray set}` as `analysis.add_gray_versions`
     returns), `summary.json`, and TensorBoard logs in
     `out_dir/tensorboard/<model>` (mean bits/dim per set, histograms of the
-    per-image log p(x) and terms, the table as text).
+    per-image log p(x) and terms, the table as text). `statistics` is passed
+    to `score_all` (statistics a detector will read, kept in the results).
 
     Returns:
       `{'rows': [Row], 'metrics': {model: metrics}, 'results': {(model, set): ScoreResult}}`.
@@ -330,7 +341,8 @@ def run_experiment(models: Mapping[str, ModelEntry],
     from tfp_ood.summaries import Summaries  # TensorBoard only when a report is written.
     instances = {name: entry.model for name, entry in models.items()}
     results = score_all(instances, datasets, out_dir, batch_size=batch_size, progress=progress,
-                        max_images={n: e.max_images for n, e in models.items() if e.max_images})
+                        max_images={n: e.max_images for n, e in models.items() if e.max_images},
+                        statistics=statistics)
     rows = bpd_rows(results, {n: e.family for n, e in models.items()},
                     {n: e.trained_on for n, e in models.items()}, paper_names)
     _, md_path = write_bpd_table(rows, out_dir)

@@ -16,12 +16,13 @@ from the 2,000-image samples embedded in the package.
 import argparse
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from tfp_ood import data, detectors, export, image_statistics, models, report, train
 from tfp_ood.config import GLOW_CONFIG_NAMES
+from tfp_ood.detectors.base import read_json
 
 # The repository (an editable install's checkout), where saved_models/ is.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -214,6 +215,16 @@ def validation_sets(source: Source, shape, num_images: int) -> dict:
     return sets
 
 
+def detector_statistics(path: str) -> Dict[str, List[str]]:
+    """`{model name: statistics}` that the fitted detector at `path` reads, by
+    the names of its models (folders beside it), from its JSON alone: what a
+    run that scores those models keeps for `print_detector` to reuse."""
+    record = read_json(path, 'fitted detector')
+    statistics = list((record.get('design') or {}).get('statistics', ()))
+    return {os.path.basename(os.path.normpath(d)): statistics
+            for d in record.get('models', ())} if statistics else {}
+
+
 def print_detector(path: str, sets: dict, in_set: str, out_set: str,
                    results: Optional[dict] = None) -> dict:
     """The shipped detector on the run's two sets: the fraction each has flagged.
@@ -231,9 +242,11 @@ def print_detector(path: str, sets: dict, in_set: str, out_set: str,
                  if os.path.realpath(os.path.dirname(d)) == os.path.realpath(
                      os.path.dirname(path)) else None for d in fitted.model_dirs]
         needed = set(getattr(fitted.detector, 'statistics', ()))
+        # Reusable where they hold every statistic it reads that is not computed
+        # from the images (a flow's statistics: `detector_statistics` asks for them).
         reusable = all(t is not None and t.num_images == len(images)
                        and not needed - set(t.scores) - set(image_statistics.IMAGE_STATISTICS)
-                       for t in terms) and not fitted.detector.needs_statistics
+                       for t in terms)
         scores = fitted.detect(images, terms=[t.scores for t in terms] if reusable else None)
         flagged[name] = float(np.mean(scores.components['is_ood']))
     provenance = fitted.provenance
