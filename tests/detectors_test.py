@@ -496,21 +496,24 @@ _PLAIN_TF = '''
 import json, sys
 import numpy as np
 import tensorflow as tf
-detector = tf.saved_model.load(sys.argv[1])
-out = detector.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])['images']))
+images = tf.constant(np.load(sys.argv[1])['images'])
+outputs = []
+for path in sys.argv[2:]:
+    out = tf.saved_model.load(path).signatures['serving_default'](images=images)
+    outputs.append({k: v.numpy().tolist() for k, v in out.items()})
 leaked = sorted(m for m in sys.modules
                 if m.split('.')[0] in ('tfp_ood', 'tensorflow_probability', 'tf_keras'))
-print(json.dumps({'outputs': {k: v.numpy().tolist() for k, v in out.items()},
-                  'leaked_modules': leaked}))
+print(json.dumps({'outputs': outputs, 'leaked_modules': leaked}))
 '''
 
 
-def run_plain_tensorflow(test, detector_dir, images_npz):
-    """The exported detector's outputs on `images_npz`, run in a fresh process with
-    only TensorFlow; fails `test` if it errs or imports tfp_ood, TFP or tf_keras."""
+def run_plain_tensorflow(test, detector_dirs, images_npz):
+    """Each exported detector's outputs on `images_npz`, in the order of
+    `detector_dirs`, all run in one fresh process with only TensorFlow; fails
+    `test` if it errs or imports tfp_ood, TFP or tf_keras."""
     import subprocess
     import sys
-    run = subprocess.run([sys.executable, '-c', _PLAIN_TF, detector_dir, images_npz],
+    run = subprocess.run([sys.executable, '-c', _PLAIN_TF, images_npz, *detector_dirs],
                          capture_output=True, text=True, timeout=300)
     test.assertEqual(run.returncode, 0, run.stderr[-3000:])
     report = json.loads(run.stdout.strip().splitlines()[-1])
@@ -606,11 +609,14 @@ class ExportedDetectorTest(tf.test.TestCase):
         images = np.concatenate([_images(12, shape=(8, 8, 3), seed=5),
                                  np.zeros((2, 8, 8, 3), np.uint8)])
         np.savez(os.path.join(directory, 'x.npz'), images=images)
-        for name in ('density_of_states_levels', 'input_complexity'):  # KDE and codec in-graph.
-            fitted = detectors.fit_detector(name, [model_dir], train[:64], train[64:])
+        names = ('density_of_states_levels', 'input_complexity')  # KDE and codec in-graph.
+        fits = [detectors.fit_detector(name, [model_dir], train[:64], train[64:])
+                for name in names]
+        paths = [fitted.export(os.path.join(directory, f'detector_{name}'))
+                 for name, fitted in zip(names, fits)]
+        all_outputs = run_plain_tensorflow(self, paths, os.path.join(directory, 'x.npz'))
+        for name, fitted, path, outputs in zip(names, fits, paths, all_outputs):
             expected = fitted.detect(images)
-            path = fitted.export(os.path.join(directory, f'detector_{name}'))
-            outputs = run_plain_tensorflow(self, path, os.path.join(directory, 'x.npz'))
             self.assertAllClose(outputs['ood_score'], expected.ood_score, rtol=1e-5,
                                 atol=1e-6, msg=name)
             self.assertAllEqual(outputs['is_ood'], expected.components['is_ood'], msg=name)

@@ -441,21 +441,25 @@ class SelectedDesignTest(tf.test.TestCase):
         np.savez(os.path.join(directory, 'x.npz'), images=images)
         statistics = ['level0_step0_log_det', 'level1_latent_mean_square', 'level0_log_pz',
                       'jpeg90_bits', 'total_variation', 'loco_bits', 'level0_prior_log_det']
-        for estimator in ('ledoit_wolf', 'copod', 'gmm'):
+        estimators, expected, paths = ('ledoit_wolf', 'copod', 'gmm'), [], []
+        for estimator in estimators:
             design = {'statistics': statistics, 'codecs': [], 'estimator': estimator}
             fitted = detectors.fit_detector(detectors.SELECTED, [model_dir], train[:100],
                                             train[100:], design=design)
-            expected = fitted.detect(images)
-            self.assertAllClose(expected.components['level0_step0_log_det'],
+            expected.append(fitted.detect(images))
+            self.assertAllClose(expected[-1].components['level0_step0_log_det'],
                                 model.statistics(images)['level0_step0_log_det'])
             reloaded = detectors.load_detector(fitted.save(os.path.join(directory,
                                                                         f'{estimator}.json')))
-            self.assertAllEqual(reloaded.detect(images).ood_score, expected.ood_score)
-            path = fitted.export(os.path.join(directory, f'detector_{estimator}'))
-            outputs = run_plain_tensorflow(self, path, os.path.join(directory, 'x.npz'))
-            self.assertAllClose(outputs['ood_score'], expected.ood_score, rtol=1e-5,
+            self.assertAllEqual(reloaded.detect(images).ood_score, expected[-1].ood_score)
+            paths.append(fitted.export(os.path.join(directory, f'detector_{estimator}')))
+        # The three SavedModels in one fresh process with only TensorFlow.
+        for estimator, scores, outputs in zip(
+                estimators, expected,
+                run_plain_tensorflow(self, paths, os.path.join(directory, 'x.npz'))):
+            self.assertAllClose(outputs['ood_score'], scores.ood_score, rtol=1e-5,
                                 atol=1e-6, msg=estimator)
-            self.assertAllEqual(outputs['is_ood'], expected.components['is_ood'],
+            self.assertAllEqual(outputs['is_ood'], scores.components['is_ood'],
                                 msg=estimator)
         # With a Python-only codec the design fits but does not export.
         design = {'statistics': ['level0_log_pz'], 'codecs': ['jpegxl'], 'estimator': 'oas'}
