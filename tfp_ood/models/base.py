@@ -130,7 +130,7 @@ class DensityModel(tf.Module):
             raise InputError(f'image_shape must be (H, W, C); got '
                              f'{image_shape}.')
         self.score_batch = tf.function(
-            self._score_batch,
+            self._score_batch, autograph=False,
             input_signature=[tf.TensorSpec((None,) + self._image_shape,
                                            tf.uint8, name='images')])
 
@@ -147,7 +147,7 @@ class DensityModel(tf.Module):
         """
         if getattr(self, '_xla_score_batch', None) is None:
             self._xla_score_batch = tf.function(
-                self._score_batch, jit_compile=True,
+                self._score_batch, jit_compile=True, autograph=False,
                 input_signature=[tf.TensorSpec((None,) + self._image_shape, tf.uint8,
                                                name='images')])
         return self._xla_score_batch
@@ -186,7 +186,7 @@ class DensityModel(tf.Module):
                 out[BITS_PER_DIM] = self.bits_per_dim(out[LOG_PROB])
                 return out
             self._statistics_batch = tf.function(
-                statistics_batch, input_signature=[
+                statistics_batch, autograph=False, input_signature=[
                     tf.TensorSpec((None,) + self._image_shape, tf.uint8, name='images')])
         return self._statistics_batch
 

@@ -92,7 +92,7 @@ def make_train_step(model: DensityModel, optimizer: tf_keras.optimizers.Optimize
 
             return StepOutputs(loss, bpd, norm, tf.cond(ok, apply, lambda: tf.constant(False)))
 
-        return tf.function(plain_step, jit_compile=True)
+        return tf.function(plain_step, jit_compile=True, autograph=False)
 
     def apply_if_finite(distribution, grads, ok):
         # A cond whose branch calls apply_gradients (which calls merge_call) must
@@ -117,7 +117,7 @@ def make_train_step(model: DensityModel, optimizer: tf_keras.optimizers.Optimize
         context.merge_call(apply_if_finite, args=(grads, ok))
         return loss, bpd, norm, ok
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step(images, noise):
         outputs = strategy.run(replica_step, args=(images, noise))
         # Identical on every replica (all-reduced): take the first.
