@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -104,6 +105,68 @@ def _assert_same_arrays(test, one, two):
             np.testing.assert_allclose(two[key], one[key], rtol=SCORE_RTOL, err_msg=key)
         else:
             np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+
+
+# One process with two logical CPU devices (they must be configured before
+# TensorFlow starts): scoring, a detector and training under a two-replica
+# MirroredStrategy against one device.
+_TWO_DEVICES = textwrap.dedent('''
+    import json, tempfile
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tfp_ood
+    from tests.train_test import _config, _images, _model
+    from tfp_ood import detectors, models, train
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+
+    model = models.named_model('glow', 'tiny', (16, 16, 3))
+    images = np.random.default_rng(0).integers(0, 256, (37, 16, 16, 3), dtype=np.uint8)
+    model.initialize(images)
+    ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': np.arange(37)})
+    one = tfp_ood.score(model, ds, batch_size=8, progress=False)
+    two = tfp_ood.score(model, ds, batch_size=8, progress=False, strategy=strategy)
+    dos = detectors.named('density_of_states_levels', model).fit(images[:30])
+    scoring = {'replicas': strategy.num_replicas_in_sync, 'keys': sorted(one.scores),
+               'equal': all(np.array_equal(one.scores[k], two.scores[k]) for k in one.scores),
+               'labels': two.labels.tolist(),
+               'detector_equal': bool(np.array_equal(
+                   dos.score(images).ood_score,
+                   dos.score(images, strategy=strategy).ood_score))}
+
+    weights, steps = {}, {}
+    for name, run_strategy in (('one', tf.distribute.get_strategy()), ('two', strategy)):
+        with run_strategy.scope():
+            flow = _model()
+        result = train.fit(flow, _images(), _config(num_steps=6), tempfile.mkdtemp(),
+                           strategy=run_strategy, progress=False)
+        weights[name] = [v.numpy() for v in flow.trainable_variables]
+        steps[name] = [run_strategy.num_replicas_in_sync, result.step]
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights['one'], weights['two']))
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(weights['one'], [v.numpy() for v in _model().trainable_variables]))
+    print(json.dumps({'scoring': scoring, 'training': {'steps': steps, 'max_diff': diff,
+                                                       'moved': moved}}))
+''')
+
+
+@pytest.mark.slow
+def test_two_logical_devices_score_detect_and_train_as_one():
+    run = subprocess.run([sys.executable, '-c', _TWO_DEVICES], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    scoring, training = report['scoring'], report['training']
+    assert scoring['replicas'] == 2
+    assert 'level1_log_pz' in scoring['keys']
+    assert scoring['equal']  # 37 images in batches of 8: the last one uneven.
+    assert scoring['labels'] == list(range(37))  # No loss, no duplicate, in order.
+    assert scoring['detector_equal']  # Detecting, distributed the same way.
+    assert training['steps'] == {'one': [1, 6], 'two': [2, 6]}
+    assert training['moved'] > 1e-3  # Training did change the weights...
+    assert training['max_diff'] < 1e-4  # ...identically on one and two devices.
 
 
 @pytest.mark.slow(minutes=2)

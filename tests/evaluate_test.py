@@ -1,12 +1,8 @@
 """Tests of the shared evaluator."""
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tfp_ood import data
@@ -163,44 +159,3 @@ class EvaluateTest(tf.test.TestCase):
 
 if __name__ == '__main__':
     tf.test.main()
-
-
-_TWO_DEVICES = '''
-import json
-import numpy as np, tensorflow as tf
-cpus = tf.config.list_physical_devices('CPU')
-tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-import tfp_ood
-from tfp_ood import models
-model = models.named_model('glow', 'tiny', (16, 16, 3))
-images = np.random.default_rng(0).integers(0, 256, (37, 16, 16, 3), dtype=np.uint8)
-labels = np.arange(37)
-model.initialize(images)
-ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
-one = tfp_ood.score(model, ds, batch_size=8, progress=False)
-strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-two = tfp_ood.score(model, ds, batch_size=8, progress=False, strategy=strategy)
-from tfp_ood import detectors
-dos = detectors.named('density_of_states_levels', model).fit(images[:30])
-print(json.dumps({'replicas': strategy.num_replicas_in_sync, 'keys': sorted(one.scores),
-                  'equal': all(np.array_equal(one.scores[k], two.scores[k]) for k in one.scores),
-                  'labels': two.labels.tolist(),
-                  'detector_equal': bool(np.array_equal(
-                      dos.score(images).ood_score,
-                      dos.score(images, strategy=strategy).ood_score))}))
-'''
-
-
-class DistributedScoringTest(tf.test.TestCase):
-
-    @pytest.mark.slow
-    def test_two_replicas_give_the_single_device_scores_in_order(self):
-        run = subprocess.run([sys.executable, '-c', _TWO_DEVICES], capture_output=True,
-                             text=True, timeout=300)
-        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
-        report = json.loads(run.stdout.strip().splitlines()[-1])
-        self.assertEqual(report['replicas'], 2)
-        self.assertIn('level1_log_pz', report['keys'])
-        self.assertTrue(report['equal'])  # 37 images in batches of 8: the last one uneven.
-        self.assertEqual(report['labels'], list(range(37)))  # No loss, no duplicate, in order.
-        self.assertTrue(report['detector_equal'])  # Detecting, distributed the same way.

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -213,32 +212,6 @@ class FitTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'is a file, not a run directory'):
             train.fit(_model(), _images(), _config(), os.path.join(workdir, 'a_file'),
                       progress=False)
-
-
-_TWO_DEVICES = textwrap.dedent('''
-    import json, sys, tempfile
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices('CPU')[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tests.train_test import _config, _images, _model
-    from tfp_ood import train
-    images = _images()
-    weights = {}
-    for name, strategy in (('one', tf.distribute.get_strategy()),
-                           ('two', tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))):
-        with strategy.scope():
-            model = _model()
-        result = train.fit(model, images, _config(num_steps=6), tempfile.mkdtemp(),
-                           strategy=strategy, progress=False)
-        weights[name] = [v.numpy() for v in model.trainable_variables]
-        print(name, strategy.num_replicas_in_sync, result.step)
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights['one'], weights['two']))
-    moved = max(float(np.max(np.abs(a - b))) for a, b in
-                zip(weights['one'], [v.numpy() for v in _model().trainable_variables]))
-    print(json.dumps({'max_diff': diff, 'moved': moved}))
-''')
 
 
 class NonFiniteCheckpointTest(tf.test.TestCase):
@@ -448,23 +421,6 @@ class WeightAveragesTest(tf.test.TestCase):
         train.restore_latest(resumed, resumed_dir)
         for a, b in zip(_weights(exported), _weights(resumed)):
             self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
-
-
-class StrategyTest(tf.test.TestCase):
-
-    @pytest.mark.slow
-    def test_two_logical_devices_match_one(self):
-        # Logical devices must be configured before TensorFlow starts: a subprocess.
-        run = subprocess.run([sys.executable, '-c', _TWO_DEVICES], cwd=REPO,
-                             capture_output=True, text=True, timeout=300,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
-        lines = run.stdout.strip().splitlines()
-        self.assertIn('one 1 6', lines)
-        self.assertIn('two 2 6', lines)
-        report = json.loads(lines[-1])
-        self.assertGreater(report['moved'], 1e-3)  # Training did change the weights...
-        self.assertLess(report['max_diff'], 1e-4)  # ...identically on one and two devices.
 
 
 if __name__ == '__main__':
