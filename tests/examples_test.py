@@ -332,7 +332,7 @@ class DetectorsExampleTest(tf.test.TestCase):
                    and r['out'] == 'svhn_cropped')
         self.assertEqual(raw['published_auroc'], 0.063)
         self.assertIn('Glow', raw['published_method'])
-        self.assertIn('Serrà', raw['published_source'])
+        self.assertIn('Ren et al.', raw['published_source'])
         self.assertLess(raw['auroc'], 0.5)  # The paper's failure, on real images.
         for name in ('detectors.csv', 'detectors.md', 'detectors.png', 'statistics.md',
                      'fit.md', 'published.md'):

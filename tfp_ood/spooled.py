@@ -215,8 +215,9 @@ def _channel_notes(channels: np.ndarray, target: int, notes: Dict[str, int]) -> 
     """Counts what fitting images of `channels` (one per image) to `target` does,
     in the words `tfp_ood.inputs` uses for a folder's images."""
     for with_alpha, without in ((2, 'grayscale'), (4, 'RGB')):
-        if (channels == with_alpha).sum():
-            _note(notes, f'{without} with alpha: alpha dropped', int((channels == with_alpha).sum()))
+        count = int((channels == with_alpha).sum())
+        if count:
+            _note(notes, f'{without} with alpha: alpha dropped', count)
     kept = np.where(channels == 2, 1, np.where(channels == 4, 3, channels))
     if target == 3 and (kept == 1).sum():
         _note(notes, 'grayscale -> RGB', int((kept == 1).sum()))

@@ -61,19 +61,23 @@ _SERRA = 'Serrà et al., ICLR 2020 (Input Complexity and OOD Detection)'
 _NALISNICK = 'Nalisnick et al., 2019, arXiv 1906.02994 (a test for typicality)'
 _CHOI = 'Choi et al., 2018, arXiv 1810.01392 (WAIC, but Why?)'
 _MORNINGSTAR = 'Morningstar et al., AISTATS 2021 (Density of States Estimation, DoSE)'
+# The raw-likelihood figures were collected from the likelihood baselines of
+# these two papers' comparisons (a range where their figures differ); which
+# table each single figure is from was not recorded.
+_BASELINES = (f'likelihood baselines of {_REN.split(" (")[0]} and {_SERRA.split(" (")[0]} '
+              '(table not recorded)')
 
 # Published single-image AUROCs (M images per test for typicality), keyed by
-# (detector, model family, in, out, M). The raw-likelihood figures are the
-# baselines those papers compare against (see also report.PUBLISHED_AUROC).
+# (detector, model family, in, out, M); see also report.PUBLISHED_AUROC.
 PUBLISHED = {
     ('raw_likelihood', 'glow', 'cifar10', 'svhn_cropped', 1):
-        Published(0.063, 'log-likelihood of a Glow (baseline)', _SERRA),
+        Published(0.063, 'log-likelihood of a Glow', _BASELINES),
     ('raw_likelihood', 'glow', 'fashion_mnist', 'mnist', 1):
-        Published((0.122, 0.197), 'log-likelihood of a Glow (baseline)', _SERRA),
+        Published((0.122, 0.197), 'log-likelihood of a Glow', _BASELINES),
     ('raw_likelihood', 'pixelcnn', 'cifar10', 'svhn_cropped', 1):
-        Published(0.155, 'log-likelihood of a PixelCNN++ (baseline)', _SERRA),
+        Published(0.155, 'log-likelihood of a PixelCNN++', _BASELINES),
     ('raw_likelihood', 'pixelcnn', 'fashion_mnist', 'mnist', 1):
-        Published((0.076, 0.105), 'log-likelihood of a PixelCNN++ (baseline)', _SERRA),
+        Published((0.076, 0.105), 'log-likelihood of a PixelCNN++', _BASELINES),
     ('likelihood_ratio', 'pixelcnn', 'cifar10', 'svhn_cropped', 1):
         Published(0.930, 'likelihood ratio, PixelCNN++ and its background model', _REN),
     ('likelihood_ratio', 'pixelcnn', 'fashion_mnist', 'mnist', 1):

@@ -37,7 +37,7 @@ def distributed_batches(strategy, images: np.ndarray, config: TrainConfig, start
                 batch = images[index]
                 if config.mutation_rate:
                     batch = data.perturb(batch, config.mutation_rate,
-                                    np.random.default_rng([config.seed, 2_000_003, step]))
+                                         np.random.default_rng([config.seed, 2_000_003, step]))
                 for replica in range(first, first + replicas):
                     part = slice(replica * per_replica, (replica + 1) * per_replica)
                     yield batch[part], noise[part]
