@@ -160,6 +160,8 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
         model, results = models[model_name], {}
         if isinstance(model, Deferred):  # Restored here, while the other thread scores.
             model = model.get()
+        kept = set((statistics or {}).get(model_name, ()))
+        dropped = set(model.statistic_names) - kept  # A flow has dozens.
         for set_name, ds in datasets.items():
             if stop.is_set():
                 break
@@ -168,11 +170,9 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
                 continue
             if max_images.get(model_name):
                 ds = ds.take(max_images[model_name])
-            kept = set((statistics or {}).get(model_name, ()))
             result = score(model, ds, name=set_name, batch_size=batch_size,
                            progress=progress, model_name=model_name, statistics=bool(kept))
-            if kept:  # Only the statistics asked for (a flow has dozens).
-                dropped = set(model.statistic_names) - kept
+            if kept:  # Only the statistics asked for.
                 result.scores = {k: v for k, v in result.scores.items() if k not in dropped}
             results[(model_name, set_name)] = result
             if out_dir:

@@ -38,8 +38,8 @@ from tfp_ood import estimators
 from tfp_ood.errors import InputError
 from tfp_ood.metrics import ood_metrics
 
-__all__ = ['CRITERIA', 'Selection', 'best_single_statistics', 'evaluate_design',
-           'select_statistics', 'validation_aurocs', 'validation_metrics']
+__all__ = ['CRITERIA', 'Selection', 'best_single_statistics', 'design_metrics',
+           'evaluate_design', 'select_statistics', 'validation_aurocs', 'validation_metrics']
 
 #: What a selection maximises, averaged over the validation OOD sets.
 CRITERIA = ('auroc', 'detection_rate')
@@ -228,6 +228,15 @@ def select_statistics(train: Statistics, held_out: Statistics,
                       criterion)
 
 
+def design_metrics(train: Statistics, held_out: Statistics, shifted: Mapping[str, Statistics],
+                   statistics: Sequence[str], estimator: str) -> Dict[str, Dict[str, float]]:
+    """`validation_metrics` of one design (the columns `statistics` of each
+    set, under `estimator`), without scoring each statistic alone."""
+    return validation_metrics(estimator, _matrix(train, statistics),
+                              _matrix(held_out, statistics),
+                              {k: _matrix(v, statistics) for k, v in shifted.items()})
+
+
 def evaluate_design(train: Statistics, held_out: Statistics, shifted: Mapping[str, Statistics],
                     statistics: Sequence[str], estimator: str,
                     criterion: str = 'auroc') -> Selection:
@@ -238,8 +247,7 @@ def evaluate_design(train: Statistics, held_out: Statistics, shifted: Mapping[st
         raise InputError(f'Unknown criterion {criterion!r}; expected one of {CRITERIA}.')
 
     def metrics(names):
-        return validation_metrics(estimator, _matrix(train, names), _matrix(held_out, names),
-                                  {k: _matrix(v, names) for k, v in shifted.items()})
+        return design_metrics(train, held_out, shifted, names, estimator)
 
     singles = {name: {k: v['auroc'] for k, v in metrics([name]).items()}
                for name in statistics}

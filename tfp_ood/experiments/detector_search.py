@@ -147,17 +147,6 @@ def score(row: dict, criterion: str, sets) -> float:
     return float(np.mean([values[k] for k in sets]))
 
 
-def _mean_criterion(train, held, shifted, names, estimator, criterion) -> float:
-    """The mean of `criterion` of one design over `shifted`, without scoring each
-    statistic alone (`selection.evaluate_design` does that too)."""
-    def matrix(statistics):
-        return np.stack([np.asarray(statistics[k], np.float64) for k in names], axis=1)
-
-    metrics = selection.validation_metrics(estimator, matrix(train), matrix(held),
-                                           {k: matrix(v) for k, v in shifted.items()})
-    return float(np.mean([m[criterion] for m in metrics.values()]))
-
-
 def search_model(model, stats: dict, progress: bool = True, rule_tolerance: float = 0.02,
                  criterion: str = 'detection_rate', detectable_auroc: float = 0.8) -> dict:
     """Every estimator's selection in both pools, the references, and the winners.
@@ -210,9 +199,9 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
                           'best_single': chosen.best_single}
             else:  # Scored on the Ledoit-Wolf choice.
                 names = rows[SEARCHED.index('ledoit_wolf')]['statistics']
-                choice = {'score': _mean_criterion(train, choose_in,
-                                                   {k: choose_sets[k] for k in used}, names,
-                                                   estimator, criterion)}
+                metrics = selection.design_metrics(
+                    train, choose_in, {k: choose_sets[k] for k in used}, names, estimator)
+                choice = {'score': float(np.mean([m[criterion] for m in metrics.values()]))}
             row = dict(ranked(names, estimator, f'greedy, {estimator}'), choice=choice)
             row['score'] = score(row, criterion, used)
             rows.append(row)

@@ -457,7 +457,7 @@ def frontier_table(rows: list) -> str:
     lines = ['| method | needs | CIFAR-10 -> SVHN | FashionMNIST -> MNIST | source |',
              '|---|---|---:|---:|---|']
     for method, needs, cifar, fashion, source in FRONTIER:
-        cells = [_format(list(v) if isinstance(v, tuple) else v).replace('-', ' / ')
+        cells = [' / '.join(f'{x:.3f}' for x in v) if isinstance(v, tuple) else _format(v)
                  for v in (cifar, fashion)]
         lines.append(f'| {method} | {needs} | {cells[0]} | {cells[1]} | {source} |')
     cells = []
