@@ -36,11 +36,15 @@ _FRESH_PROCESS = textwrap.dedent('''
                                              temperature=tf.constant(temperature))['images']
         with open(f'{path}/assets/tfp_ood.json') as f:
             metadata = json.load(f)
+        # Functions saved with the model object itself (its own score_batch...).
+        held = getattr(model, 'model', None)
+        model_functions = sorted(n for n in dir(held) if not n.startswith('__')
+                                 and isinstance(getattr(held, n, None), type(model.log_prob)))
         reports[path] = {
             'outputs': {k: v.numpy().tolist() for k, v in outputs.items()},
             'direct': {k: v.numpy().tolist() for k, v in direct.items()},
             'sample_shape': samples.shape.as_list(), 'sample_dtype': samples.dtype.name,
-            'metadata': metadata}
+            'metadata': metadata, 'model_functions': model_functions}
     leaked = sorted(m for m in sys.modules
                     if m.split('.')[0] in ('tfp_ood', 'tensorflow_probability', 'tf_keras'))
     print(json.dumps({'models': reports, 'leaked_modules': leaked}))
@@ -87,6 +91,9 @@ class ExportTest(tf.test.TestCase, parameterized.TestCase):
                         self.assertAllClose(values, expected[key], rtol=1e-6, atol=1e-4)
                 self.assertEqual(report['sample_shape'], [3, *SHAPE])
                 self.assertEqual(report['sample_dtype'], 'uint8')
+                # Only the export's own signatures: no traced copy of the model's
+                # functions (score_batch, statistics_batch...) is written.
+                self.assertEqual(report['model_functions'], [])
                 metadata = report['metadata']
                 self.assertEqual(metadata['model'], model.get_config())
                 self.assertEqual(metadata['provenance']['data'], {'dataset': 'random'})
