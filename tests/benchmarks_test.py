@@ -363,6 +363,27 @@ class OneDnnBenchmarkTest(tf.test.TestCase):
         self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
 
 
+class ExportBenchmarkTest(tf.test.TestCase):
+
+    @pytest.mark.slow(minutes=0.15)
+    def test_with_and_without_the_models_functions_pair_up_and_restore_the_listing(self):
+        from tfp_ood.models import base
+        export_benchmark = scripts.load('benchmarks/export.py')
+        ours = base.DensityModel._trackable_children
+        path = os.path.join(self.create_tempdir().full_path, 'export.json')
+        result = export_benchmark.main(['--configs', 'tiny', '--rounds', '1', '--json', path])
+        self.assertIs(base.DensityModel._trackable_children, ours)  # Swapped only while timed.
+        with open(path) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(result)))
+        row = result['tiny']
+        for what in ('export', 'load'):
+            with_, without = (row[f'{what}_seconds_{listing}']['median']
+                              for listing in export_benchmark.LISTINGS)
+            self.assertGreater(without, 0)
+            self.assertAlmostEqual(row[f'{what}_with_over_without'], with_ / without)
+        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+
+
 class StartupBenchmarkTest(tf.test.TestCase):
 
     @pytest.mark.slow(minutes=0.2)
