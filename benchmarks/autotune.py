@@ -22,7 +22,6 @@ median of the rounds' ratios).
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -69,7 +68,7 @@ def main(argv=None) -> dict:
     import numpy as np
     from tfp_ood import models, train
     from tfp_ood.evaluate import score
-    from machine import machine
+    from machine import machine, write_json
     shape = (args.image_size, args.image_size, 3)
     images = np.random.default_rng(0).integers(0, 256, (args.images,) + shape, np.uint8)
     model = models.named_model('glow', args.config, shape)
@@ -104,8 +103,7 @@ def main(argv=None) -> dict:
               f'{row["off_images_per_s"]:.1f} ({min(row["off_per_round"]):.1f}-'
               f'{max(row["off_per_round"]):.1f}); off / on {row["off_over_on"]:.2f}', flush=True)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
     return results
 
 

@@ -22,7 +22,6 @@ exports' `log_prob` signatures give the same numbers, which is checked.
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -74,7 +73,7 @@ def main(argv=None) -> dict:
     p.add_argument('--json', default=None, help='write the results here')
     args = p.parse_args(argv)
     import numpy as np
-    from machine import machine
+    from machine import machine, write_json
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     results = {'machine': machine(), 'rounds': args.rounds}
     with tempfile.TemporaryDirectory() as folder:
@@ -100,8 +99,7 @@ def main(argv=None) -> dict:
                   f'{row["load_with_over_without"]:.2f}x as long with the model\'s functions '
                   f'(medians of {args.rounds} rounds)', flush=True)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
     return results
 
 

@@ -1,10 +1,12 @@
-"""What a benchmark ran on: the CPU, its instruction sets, the software.
+"""What a benchmark ran on: the CPU, its instruction sets, the software; and
+how its results are written.
 
 Every benchmark's JSON carries `machine()` beside its figures, because the
 same command runs two to three times slower on a CPU without AVX-512 (where
 TensorFlow leaves oneDNN off by itself) than on one with it.
 """
 
+import json
 import os
 import platform
 import sys
@@ -66,3 +68,12 @@ def machine() -> Dict:
         import tensorflow_probability as tfp
         out['tfp'] = tfp.__version__
     return out
+
+
+def write_json(path: str, result: Dict) -> None:
+    """Writes a benchmark's results, creating the folder; atomically, so an
+    interrupted run leaves the previous complete file, never half of one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + '.tmp', path)

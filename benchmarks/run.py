@@ -723,13 +723,7 @@ def _precision_headline(plan: Plan, log: Callable, result: Dict) -> None:
     result['measurements']['precision'] = out
 
 
-def write_json(path: str, result: Dict) -> None:
-    """Writes a benchmark's results, creating the folder; atomically, so an
-    interrupted run leaves the previous complete file, never half of one."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + '.tmp', path)
+write_json = machine.write_json
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:

@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
                    help=f'modules to import, space-separated (default: {IMPORTS})')
     p.add_argument('--json', default=None, help='write the results here')
     args = p.parse_args(argv)
-    from machine import machine
+    from machine import machine, write_json
     seconds = {name: [] for name in SETTINGS}
     order = list(SETTINGS)
     for i in range(args.rounds):
@@ -78,8 +78,7 @@ def main(argv=None) -> dict:
     print(f'start-up: Keras 3 shim {result["default_seconds"]:.2f} s, tf_keras '
           f'{result["legacy_seconds"]:.2f} s (median ratio {result["legacy_over_default"]:.2f})')
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
     return result
 
 

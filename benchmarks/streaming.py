@@ -227,7 +227,7 @@ def main(argv=None) -> dict:
         child = (_child if len(args.child) == 2 else
                  {'detect': _detect_child, 'npz': _npz_child}.get(args.child[2], _train_child))
         return child(*args.child)
-    from machine import machine
+    from machine import machine, write_json
     results = {'machine': machine(), 'image_shape': list(SHAPE)}
     if args.throughput_only:
         with open(args.json) as f:
@@ -256,8 +256,7 @@ def main(argv=None) -> dict:
                                                           (str(args.train_steps),))
     print(json.dumps({k: v for k, v in results.items() if k != 'machine'}, indent=2))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
     return results
 
 
