@@ -723,7 +723,7 @@ def _precision_headline(plan: Plan, log: Callable, result: Dict) -> None:
     result['measurements']['precision'] = out
 
 
-write_json = machine.write_json
+write_json = machine.write_json  # The benchmarks importing this module call it here.
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:

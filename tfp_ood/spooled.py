@@ -219,10 +219,10 @@ def _channel_notes(channels: np.ndarray, target: int, notes: Dict[str, int]) -> 
         if count:
             _note(notes, f'{without} with alpha: alpha dropped', count)
     kept = np.where(channels == 2, 1, np.where(channels == 4, 3, channels))
-    if target == 3 and (kept == 1).sum():
-        _note(notes, 'grayscale -> RGB', int((kept == 1).sum()))
-    if target == 1 and (kept == 3).sum():
-        _note(notes, 'RGB -> grayscale', int((kept == 3).sum()))
+    for source, to, note in ((1, 3, 'grayscale -> RGB'), (3, 1, 'RGB -> grayscale')):
+        count = int((kept == source).sum())
+        if target == to and count:
+            _note(notes, note, count)
 
 
 def spool_tfds(name: str, split: str, shape: Optional[Sequence[int]], resize: bool = False,
