@@ -2,11 +2,14 @@
 TensorBoard tags, and the two-device strategy against one device."""
 
 import collections
+import dataclasses
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ import tf_keras
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tfp_ood import models, train
+from tfp_ood.errors import InputError
 from tfp_ood.config import GlowConfig
 from tfp_ood.models import DensityModel
 from tfp_ood.training import batches as training_batches
@@ -421,6 +425,59 @@ class WeightAveragesTest(tf.test.TestCase):
         train.restore_latest(resumed, resumed_dir)
         for a, b in zip(_weights(exported), _weights(resumed)):
             self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class InitFromTest(tf.test.TestCase):
+    """A run started from a SavedModel's weights (`TrainConfig.init_from`)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        from tfp_ood import export
+        directory = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, directory)
+        cls.images = _images()
+        cls.trained = _model()
+        train.fit(cls.trained, cls.images, _config(), os.path.join(directory, 'run'),
+                  progress=False)
+        cls.path = export.export(cls.trained, os.path.join(directory, 'glow'))
+
+    def test_start_from_reads_every_weight_over_a_fresh_initialisation(self):
+        fresh = _model()
+        fresh.initialize(self.images[:64], seed=3)
+        self.assertFalse(all(np.allclose(a, b) for a, b in
+                             zip(_weights(fresh), _weights(self.trained))))
+        train.start_from(fresh, self.path)
+        for a, b in zip(_weights(fresh), _weights(self.trained)):
+            self.assertAllEqual(a, b)
+        self.assertAllClose(fresh.log_prob(self.images[:8]),
+                            self.trained.log_prob(self.images[:8]), rtol=1e-6)
+
+    def test_a_run_starts_from_the_weights_and_is_its_own_run(self):
+        workdir = self.create_tempdir().full_path
+        # A learning rate too small to move a weight by 1e-6 in 3 steps: the run
+        # ends where it started, the export's weights (another seed: seeds are not
+        # part of the match).
+        config = _config(num_steps=3, learning_rate=1e-9, init_from=self.path, seed=5)
+        model = _model()
+        self.assertEqual(train.fit(model, self.images, config, workdir, progress=False).step, 3)
+        for a, b in zip(_weights(model), _weights(self.trained)):
+            self.assertAllClose(a, b, atol=1e-6, rtol=0)
+        # The export it started from is part of the run's identity; more steps resume.
+        with self.assertRaisesRegex(train.ConfigMismatchError, 'init_from'):
+            train.fit(_model(), self.images, dataclasses.replace(config, init_from=''),
+                      workdir, progress=False)
+        self.assertEqual(train.fit(_model(), self.images,
+                                   dataclasses.replace(config, num_steps=5), workdir,
+                                   progress=False).step, 5)
+
+    def test_refuses_a_model_of_another_configuration_or_no_export(self):
+        with self.assertRaisesRegex(InputError, r'hidden_channels \(8 there, 16 here\)'):
+            train.fit(_model(hidden=16), self.images, _config(init_from=self.path),
+                      self.create_tempdir().full_path, progress=False)
+        with self.assertRaisesRegex(FileNotFoundError, 'No SavedModel'):
+            train.fit(_model(), self.images, _config(init_from=self.path + '_missing'),
+                      self.create_tempdir().full_path, progress=False)
 
 
 if __name__ == '__main__':

@@ -74,7 +74,7 @@ def _add_dataclass_flags(parser, cls) -> None:
     for field in dataclasses.fields(cls):
         flag = (field.metadata.get('flag') or field.name).replace('_', '-')
         parser.add_argument(f'--{flag}', dest=field.name, type=field.type, default=field.default,
-                            metavar={int: 'N', float: 'X'}.get(field.type, 'VALUE'),
+                            metavar={int: 'N', float: 'X', str: 'PATH'}.get(field.type, 'VALUE'),
                             help=f'{field.metadata["help"]} (default: {field.default})')
 
 
@@ -281,6 +281,8 @@ def _train(args) -> int:
             raise CommandError(f'--coupling-scale is for --model glow (affine couplings); '
                                f'got --model {args.model}.')
         overrides['coupling_scale'] = args.coupling_scale
+    if args.init_from:  # Part of the run's identity: the same from any directory.
+        args.init_from = os.path.abspath(args.init_from)
     config = _from_flags(train.TrainConfig, args)
     import tensorflow as tf
     latest = tf.train.latest_checkpoint(train.RunDirectory(args.workdir).checkpoints)

@@ -32,12 +32,19 @@ every machine with `TF_CONFIG` describing the cluster (see the README).
 skipped (no parameter or optimizer update) and counted; after
 `max_consecutive_nonfinite` skipped steps in a row `fit` stops with
 `TrainingDivergedError`, keeping the last good checkpoint.
+
+**Starting from a trained model.** `TrainConfig(init_from=path)` starts a run
+from the weights of a tfp_ood SavedModel of the same configuration (a shipped
+model, or any `tfp-ood export`) instead of the data-dependent initialisation:
+to train a shipped model further, or to fine-tune it on one's own images. The
+optimizer starts afresh; a resumed run reads its own checkpoint, not the
+SavedModel.
 """
 
 from tfp_ood.training.averaging import WeightAverages
 from tfp_ood.training.config import TrainConfig
 from tfp_ood.training.errors import ConfigMismatchError, RunLockedError, TrainingDivergedError
-from tfp_ood.training.fit import TrainResult, fit, train_on_dataset, train_on_images
+from tfp_ood.training.fit import TrainResult, fit, start_from, train_on_dataset, train_on_images
 from tfp_ood.training.hooks import Hook, LoopState
 from tfp_ood.training.loop import run_loop
 from tfp_ood.training.run_directory import (LOCK_FILE, RunDirectory, load_run_config,
@@ -47,5 +54,5 @@ from tfp_ood.training.step import LinearWarmup, StepOutputs, make_train_step
 __all__ = ['ConfigMismatchError', 'Hook', 'LOCK_FILE', 'LinearWarmup', 'LoopState',
            'RunDirectory', 'RunLockedError', 'StepOutputs', 'TrainConfig', 'TrainResult',
            'TrainingDivergedError', 'WeightAverages', 'fit', 'load_run_config',
-           'make_train_step', 'nonfinite_variables', 'restore_latest', 'run_loop',
+           'make_train_step', 'nonfinite_variables', 'restore_latest', 'run_loop', 'start_from',
            'train_on_dataset', 'train_on_images']

@@ -50,6 +50,12 @@ class TrainConfig:
         averaging, as PixelCNN++ is trained) with this decay, and evaluate,
         export and score the run with the averages; `0` keeps none. See
         `WeightAverages`.
+      init_from: a tfp_ood SavedModel (`tfp-ood export`, or a shipped model in
+        `saved_models/`) whose weights start the run in place of the
+        data-dependent initialisation: to train a model further, or to
+        fine-tune it on other images. Its model configuration must be the
+        run's (the seed aside); the optimizer starts afresh (with the
+        warm-up). `''`: a run from scratch.
     """
 
     num_steps: int = _field(10000, 'total training steps', flag='steps')
@@ -74,6 +80,9 @@ class TrainConfig:
     ema_decay: float = _field(
         0.0, 'decay of the moving average of the weights that is evaluated and exported '
         '(e.g. 0.999; 0: none)')
+    init_from: str = _field(
+        '', "a tfp_ood SavedModel whose weights start the run (train it further, or "
+        "fine-tune it); its model configuration must be the run's ('': from scratch)")
 
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'checkpoint_every', 'eval_every', 'log_every',

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tfp_ood import data, distribute, models, outputs
+from tfp_ood import data, distribute, export, models, outputs
 from tfp_ood.errors import InputError
 from tfp_ood.inputs import LazyImages
 from tfp_ood.models.base import DensityModel, check_images
@@ -23,7 +23,7 @@ from tfp_ood.training.run_directory import (RunDirectory, check_same_run,
                                             restore_newest_readable)
 from tfp_ood.training.step import LinearWarmup, make_train_step
 
-__all__ = ['TrainResult', 'fit', 'train_on_dataset', 'train_on_images']
+__all__ = ['TrainResult', 'fit', 'start_from', 'train_on_dataset', 'train_on_images']
 
 
 @dataclasses.dataclass
@@ -147,6 +147,26 @@ class _Trainer:
         return float(self.schedule(self.optimizer.iterations.numpy()))
 
 
+def start_from(model: DensityModel, path: str) -> DensityModel:
+    """Reads the weights of the tfp_ood SavedModel at `path` into `model`, a
+    model of the same configuration (its seed aside) already built; returns it.
+
+    Raises:
+      InputError: `path` holds a model of another configuration.
+      FileNotFoundError: `path` is not a tfp_ood export.
+    """
+    saved = dict(export.read_metadata(path)['model'])
+    own = dict(model.get_config())
+    saved.pop('seed', None)
+    own.pop('seed', None)
+    if saved != own:
+        differ = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
+        raise InputError(f'init_from: {path} holds another model than the run\'s; they differ '
+                         + ', '.join(f'in {k} ({saved.get(k)!r} there, {own.get(k)!r} here)'
+                                     for k in differ) + '.')
+    return export.read_variables(model, path)
+
+
 def _fit(model, train_images, config, run, shared, eval_sets, strategy, data_info, progress):
     """`fit`, writing into `run` and resuming from `shared` (the same run
     directory, except for a worker that is not the chief)."""
@@ -166,6 +186,8 @@ def _fit(model, train_images, config, run, shared, eval_sets, strategy, data_inf
     if restore_newest_readable(checkpoint, shared.checkpoints, full=True,
                                tidy=shared is run) is None:
         model.initialize(train_images[:config.num_init_images], seed=config.seed)
+        if config.init_from:
+            start_from(model, config.init_from)
         if trainer.averages:
             trainer.averages.reset()
     start = int(trainer.step)
