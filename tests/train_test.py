@@ -475,6 +475,21 @@ class InitFromTest(tf.test.TestCase):
         with self.assertRaisesRegex(InputError, r'hidden_channels \(8 there, 16 here\)'):
             train.fit(_model(hidden=16), self.images, _config(init_from=self.path),
                       self.create_tempdir().full_path, progress=False)
+        # An export written before a field existed matches at the field's default.
+        older = os.path.join(self.create_tempdir().full_path, 'older')
+        shutil.copytree(self.path, older)
+        metadata_path = os.path.join(older, 'assets', 'tfp_ood.json')
+        with open(metadata_path) as f:
+            metadata = json.load(f)
+        del metadata['model']['coupling_scale']
+        with open(metadata_path, 'w') as f:
+            json.dump(metadata, f)
+        train.start_from(_model(), older)
+        metadata['model']['coupling_scale'] = 'contracting'
+        with open(metadata_path, 'w') as f:
+            json.dump(metadata, f)
+        with self.assertRaisesRegex(InputError, 'coupling_scale'):
+            train.start_from(_model(), older)
         with self.assertRaisesRegex(FileNotFoundError, 'No SavedModel'):
             train.fit(_model(), self.images, _config(init_from=self.path + '_missing'),
                       self.create_tempdir().full_path, progress=False)

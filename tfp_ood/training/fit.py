@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfp_ood import data, distribute, export, models, outputs
+from tfp_ood.config import complete_model_config
 from tfp_ood.errors import InputError
 from tfp_ood.inputs import LazyImages
 from tfp_ood.models.base import DensityModel, check_images
@@ -155,8 +156,9 @@ def start_from(model: DensityModel, path: str) -> DensityModel:
       InputError: `path` holds a model of another configuration.
       FileNotFoundError: `path` is not a tfp_ood export.
     """
-    saved = dict(export.read_metadata(path)['model'])
-    own = dict(model.get_config())
+    # Completed with the defaults of fields added after the export was written.
+    saved = complete_model_config(export.read_metadata(path)['model'])
+    own = complete_model_config(model.get_config())
     saved.pop('seed', None)
     own.pop('seed', None)
     if saved != own:
