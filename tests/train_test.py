@@ -456,8 +456,7 @@ class InitFromTest(tf.test.TestCase):
     def test_a_run_starts_from_the_weights_and_is_its_own_run(self):
         workdir = self.create_tempdir().full_path
         # A learning rate too small to move a weight by 1e-6 in 3 steps: the run
-        # ends where it started, the export's weights (another seed: seeds are not
-        # part of the match).
+        # ends where it started, the export's weights (the run's seed orders the data).
         config = _config(num_steps=3, learning_rate=1e-9, init_from=self.path, seed=5)
         model = _model()
         self.assertEqual(train.fit(model, self.images, config, workdir, progress=False).step, 3)
@@ -471,7 +470,25 @@ class InitFromTest(tf.test.TestCase):
                                    dataclasses.replace(config, num_steps=5), workdir,
                                    progress=False).step, 5)
 
+    def test_train_on_images_builds_the_exports_model_whatever_the_runs_seed(self):
+        from tfp_ood import export
+        named = models.named_model('glow', 'tiny', SHAPE, seed=0)
+        named.initialize(self.images[:64], seed=0)
+        path = export.export(named, os.path.join(self.create_tempdir().full_path, 'tiny'))
+        config = _config(num_steps=2, learning_rate=1e-9, init_from=path, seed=7)
+        model, _ = train.train_on_images('glow', 'tiny', self.images,
+                                         self.create_tempdir().full_path, config,
+                                         progress=False)
+        self.assertEqual(model.get_config()['seed'], 0)
+        self.assertAllClose(model.log_prob(self.images[:8]), named.log_prob(self.images[:8]),
+                            rtol=1e-5)
+
     def test_refuses_a_model_of_another_configuration_or_no_export(self):
+        # The seed draws each 1x1 convolution's fixed LU permutation: the same
+        # variables in a model of another seed give other likelihoods.
+        other_seed = models.from_config(dict(self.trained.get_config(), seed=1))
+        with self.assertRaisesRegex(InputError, r'seed \(0 there, 1 here\)'):
+            train.start_from(other_seed, self.path)
         with self.assertRaisesRegex(InputError, r'hidden_channels \(8 there, 16 here\)'):
             train.fit(_model(hidden=16), self.images, _config(init_from=self.path),
                       self.create_tempdir().full_path, progress=False)

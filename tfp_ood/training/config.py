@@ -54,8 +54,10 @@ class TrainConfig:
         `saved_models/`) whose weights start the run in place of the
         data-dependent initialisation: to train a model further, or to
         fine-tune it on other images. Its model configuration must be the
-        run's (the seed aside); the optimizer starts afresh (with the
-        warm-up). `''`: a run from scratch.
+        run's, the model's seed included (`train_on_images` and `tfp-ood
+        train` build the model with the export's seed; `seed` then orders
+        the data); the optimizer starts afresh (with the warm-up). `''`: a
+        run from scratch.
     """
 
     num_steps: int = _field(10000, 'total training steps', flag='steps')

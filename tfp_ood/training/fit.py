@@ -150,7 +150,12 @@ class _Trainer:
 
 def start_from(model: DensityModel, path: str) -> DensityModel:
     """Reads the weights of the tfp_ood SavedModel at `path` into `model`, a
-    model of the same configuration (its seed aside) already built; returns it.
+    model of the same configuration; returns it.
+
+    The configuration includes the model's seed: besides the initial weights,
+    it draws constants that are not variables (the permutation and signs of
+    each invertible 1x1 convolution's LU factors), so a model of another seed
+    holding the same variables is another model.
 
     Raises:
       InputError: `path` holds a model of another configuration.
@@ -159,8 +164,6 @@ def start_from(model: DensityModel, path: str) -> DensityModel:
     # Completed with the defaults of fields added after the export was written.
     saved = complete_model_config(export.read_metadata(path)['model'])
     own = complete_model_config(model.get_config())
-    saved.pop('seed', None)
-    own.pop('seed', None)
     if saved != own:
         differ = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
         raise InputError(f'init_from: {path} holds another model than the run\'s; they differ '
@@ -291,8 +294,12 @@ def train_on_images(family: str, config_name: str, train_images: np.ndarray, wor
         raise InputError(f'Unknown model {family!r}; expected one of {models.MODEL_NAMES}.')
     shape = tuple(int(d) for d in np.shape(train_images)[1:])
     strategy = strategy or tf.distribute.get_strategy()
+    # Started from an export, the model is the export's (its seed draws
+    # constants that are not variables); `config.seed` orders the data.
+    seed = (export.read_metadata(config.init_from)['model'].get('seed', 0)
+            if config.init_from else config.seed)
     with strategy.scope():
-        model = models.named_model(family, config_name, shape, seed=config.seed,
+        model = models.named_model(family, config_name, shape, seed=seed,
                                    precision=precision, **(model_overrides or {}))
     result = fit(model, train_images, config, workdir, eval_sets=eval_sets, strategy=strategy,
                  progress=progress, data_info=dict(data_info or {},
