@@ -35,11 +35,10 @@ skipped (no parameter or optimizer update) and counted; after
 
 **Starting from a trained model.** `TrainConfig(init_from=path)` starts a run
 from the weights of a tfp_ood SavedModel of the same configuration, seed
-included (a shipped model, or any `tfp-ood export`) instead of the
-data-dependent initialisation:
-to train a shipped model further, or to fine-tune it on one's own images. The
-optimizer starts afresh; a resumed run reads its own checkpoint, not the
-SavedModel.
+included (a shipped model, or any `tfp-ood export`), instead of the
+data-dependent initialisation: to train a shipped model further, or to
+fine-tune it on one's own images. The optimizer starts afresh; a resumed run
+reads its own checkpoint, not the SavedModel.
 """
 
 from tfp_ood.training.averaging import WeightAverages
