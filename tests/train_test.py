@@ -443,7 +443,8 @@ class InitFromTest(tf.test.TestCase):
         rng = np.random.default_rng(0)
         for v in cls.trained.trainable_variables:
             v.assign_add(0.01 * rng.standard_normal(v.shape).astype(np.float32))
-        cls.path = export.export(cls.trained, os.path.join(directory, 'glow'))
+        cls.path = export.export(cls.trained, os.path.join(directory, 'glow'),
+                                 provenance={'note': 'the first run'})
 
     def test_start_from_reads_every_weight_over_a_fresh_initialisation(self):
         fresh = _model()
@@ -465,6 +466,12 @@ class InitFromTest(tf.test.TestCase):
         self.assertEqual(train.fit(model, self.images, config, workdir, progress=False).step, 3)
         for a, b in zip(_weights(model), _weights(self.trained)):
             self.assertAllClose(a, b, atol=1e-6, rtol=0)
+        # Its provenance (what an export of it records) names the export it started
+        # from, with that export's own provenance: the lineage outlives the export.
+        started = train.RunDirectory(workdir).read_provenance()['started_from']
+        self.assertEqual(started['path'], self.path)
+        self.assertEqual(started['provenance'], {'note': 'the first run'})
+        self.assertEqual(started['model'], self.trained.get_config())
         # The export it started from is part of the run's identity; more steps resume.
         with self.assertRaisesRegex(train.ConfigMismatchError, 'init_from'):
             train.fit(_model(), self.images, dataclasses.replace(config, init_from=''),

@@ -193,6 +193,7 @@ def _fit(model, train_images, config, run, shared, eval_sets, strategy, data_inf
         model.initialize(train_images[:config.num_init_images], seed=config.seed)
         if config.init_from:
             start_from(model, config.init_from)
+            run.write_started_from(config.init_from, export.read_metadata(config.init_from))
         if trainer.averages:
             trainer.averages.reset()
     start = int(trainer.step)

@@ -58,6 +58,8 @@ class RunDirectory:
       logs/              TensorBoard (tfp_ood.summaries)
       history.jsonl      one line per evaluation: step, wall time, bits/dim per set
       provenance.json    what trained the model: data, steps, wall time, final bits/dim
+      started_from.json  a run started from an export (`init_from`): that export's
+                         configuration and provenance, so the lineage outlives it
       skipped.txt        the files of an images folder that could not be decoded (if any)
       run.lock           while a process trains in it
     ```
@@ -70,6 +72,7 @@ class RunDirectory:
         self.config_path = os.path.join(path, 'config.json')
         self.history_path = os.path.join(path, 'history.jsonl')
         self.provenance_path = os.path.join(path, 'provenance.json')
+        self.started_from_path = os.path.join(path, 'started_from.json')
         self.skipped_path = os.path.join(path, 'skipped.txt')
 
     def create(self) -> None:
@@ -111,13 +114,26 @@ class RunDirectory:
             f.write(json.dumps(dict(row)) + '\n')
 
     def read_provenance(self) -> Dict[str, Any]:
-        if not os.path.exists(self.provenance_path):
-            return {}
-        with open(self.provenance_path) as f:
-            try:
-                return json.load(f)
-            except ValueError:
-                return {}
+        """`provenance.json`, with `started_from` (`started_from.json`) for a run
+        started from an export: what an export of the run records."""
+        provenance = {}
+        if os.path.exists(self.provenance_path):
+            with open(self.provenance_path) as f:
+                try:
+                    provenance = json.load(f)
+                except ValueError:
+                    provenance = {}
+        if os.path.exists(self.started_from_path):
+            with open(self.started_from_path) as f:
+                provenance['started_from'] = json.load(f)
+        return provenance
+
+    def write_started_from(self, path: str, metadata: Mapping[str, Any]) -> None:
+        """Records the export at `path` (its metadata asset `metadata`) that the
+        run's weights started from."""
+        _write_json(self.started_from_path, {
+            'path': path, 'model': metadata.get('model'),
+            'provenance': metadata.get('provenance', {})})
 
     def write_provenance(self, provenance: Mapping[str, Any]) -> None:
         _write_json(self.provenance_path, dict(provenance))
