@@ -297,7 +297,8 @@ def test_a_worker_killed_mid_scoring_stops_the_other_in_one_line(tmp_path):
     processes, errs = [], []
     try:
         for index in range(2):
-            env = dict(os.environ, TF_CONFIG=json.dumps(
+            # TensorFlow's heartbeat timeout, not ours (30 s), to keep the test short.
+            env = dict(os.environ, TFP_OOD_HEARTBEAT_TIMEOUT_S='10', TF_CONFIG=json.dumps(
                 {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
             errs.append(open(tmp_path / f'err{index}', 'w+'))
             processes.append(subprocess.Popen(argv, cwd=REPO, env=env,
@@ -351,3 +352,34 @@ def test_a_strategy_created_too_late_says_what_to_do():
     assert ('StrategyError: the multi_worker strategy was created after TensorFlow had already '
             'run an op') in result.stderr
     assert 'create it first, at the start of the program' in result.stderr
+
+
+@pytest.mark.slow(minutes=0.2)
+def test_the_coordination_service_waits_longer_than_tensorflows_default_for_a_heartbeat():
+    # TensorFlow's 10 s made finished runs on a loaded machine end with a false
+    # "tasks have crashed" error (a worker's exit more than 10 s before the chief's).
+    code = ('from tensorflow.python.eager import context\n'
+            'from tfp_ood import distribute\n'
+            'strategy = distribute.create_strategy("multi_worker")\n'
+            'config = context.context().coordination_service\n'
+            'print(config.service_leader, config.heartbeat_timeout_in_ms,'
+            ' strategy.num_replicas_in_sync)\n')
+    port, = _free_ports(1)
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {'cluster': {'worker': [f'127.0.0.1:{port}']}, 'task': {'type': 'worker', 'index': 0}}))
+    env.pop('TFP_OOD_HEARTBEAT_TIMEOUT_S', None)
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ['/job:worker/replica:0/task:0',
+                                     str(distribute.HEARTBEAT_TIMEOUT_S * 1000), '1']
+    assert distribute.HEARTBEAT_TIMEOUT_S > 10
+
+
+@pytest.mark.parametrize('value', ['0', '-3', 'soon', 'inf', 'nan'])
+def test_a_heartbeat_timeout_that_is_not_a_positive_number_is_refused(monkeypatch, value):
+    monkeypatch.setenv('TFP_OOD_HEARTBEAT_TIMEOUT_S', value)
+    with pytest.raises(distribute.StrategyError, match='is not a positive number of seconds'):
+        distribute.heartbeat_timeout_s()
+    monkeypatch.setenv('TFP_OOD_HEARTBEAT_TIMEOUT_S', '12.5')
+    assert distribute.heartbeat_timeout_s() == 12.5

@@ -35,8 +35,8 @@ import tensorflow as tf
 from tfp_ood.config import STRATEGIES
 from tfp_ood.errors import InputError
 
-__all__ = ['STRATEGIES', 'StrategyError', 'abort', 'barrier', 'check_same', 'create_strategy',
-           'is_chief', 'leave', 'peer_failure', 'task']
+__all__ = ['HEARTBEAT_TIMEOUT_S', 'STRATEGIES', 'StrategyError', 'abort', 'barrier', 'check_same',
+           'create_strategy', 'heartbeat_timeout_s', 'is_chief', 'leave', 'peer_failure', 'task']
 
 
 class StrategyError(InputError):
@@ -92,6 +92,7 @@ def create_strategy(name: str) -> tf.distribute.Strategy:
                             'and this process\'s index in it (set it in the environment of '
                             'every worker)')
     try:
+        _configure_coordination()
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as e:
         if 'program startup' not in str(e):
@@ -101,6 +102,56 @@ def create_strategy(name: str) -> tf.distribute.Strategy:
             '(loaded or built a model, made a tensor): create it first, at the start of the '
             'program, e.g. strategy = tfp_ood.distribute.create_strategy("multi_worker") '
             'right after the imports') from None
+
+
+# How long TensorFlow's coordination service (hosted by the chief) waits for a
+# worker's heartbeat before it declares the worker crashed, unless the
+# environment sets TFP_OOD_HEARTBEAT_TIMEOUT_S. TensorFlow's default, 10 s, is
+# shorter than a loaded machine can take between a worker's exit and the
+# chief's (`leave`): finished runs ended with a false "tasks have crashed"
+# error. A killed worker stops the others after this long.
+HEARTBEAT_TIMEOUT_S = 30
+
+
+def heartbeat_timeout_s() -> float:
+    """`TFP_OOD_HEARTBEAT_TIMEOUT_S` if the environment sets it, else
+    `HEARTBEAT_TIMEOUT_S`.
+
+    Raises:
+      StrategyError: the variable is not a positive number of seconds.
+    """
+    text = os.environ.get('TFP_OOD_HEARTBEAT_TIMEOUT_S', '').strip()
+    if not text:
+        return float(HEARTBEAT_TIMEOUT_S)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float('nan')
+    if not 0 < value < float('inf'):
+        raise StrategyError(f'TFP_OOD_HEARTBEAT_TIMEOUT_S={text!r} is not a positive number '
+                            f'of seconds')
+    return value
+
+
+def _configure_coordination() -> None:
+    """Configures the coordination service `MultiWorkerMirroredStrategy` would
+    (the cluster of `TF_CONFIG`, led by its chief or worker 0), with the
+    heartbeat timeout of `heartbeat_timeout_s()`; the strategy then keeps it."""
+    # No public API sets the heartbeat timeout; the proto is taken from where
+    # the strategy's own module imports it (its location moves between releases).
+    from tensorflow.python.distribute import collective_all_reduce_strategy, multi_worker_util
+    from tensorflow.python.eager import context
+    coordination_config_pb2 = collective_all_reduce_strategy.coordination_config_pb2
+
+    timeout_ms = int(round(heartbeat_timeout_s() * 1000))
+    if context.context().coordination_service is not None:
+        return
+    spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ('chief', 'worker') if job in spec.jobs]
+    context.context().configure_coordination_service(
+        service_type='standalone', service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=timeout_ms)
 
 
 def is_chief(strategy: Optional[tf.distribute.Strategy] = None) -> bool:
@@ -195,14 +246,14 @@ def _closed(address: str) -> bool:
         return True
 
 
-def leave(strategy: Optional[tf.distribute.Strategy] = None, timeout: float = 8.0) -> None:
+def leave(strategy: Optional[tf.distribute.Strategy] = None, timeout: float = 20.0) -> None:
     """Ends a multi-worker program cleanly: call it last, on every worker.
 
     Every worker waits for the others (`barrier`); then the chief, which hosts
     TensorFlow's coordination service, waits (at most `timeout` seconds) until
     the other workers' processes have ended, so that it leaves last. A worker
     that outlives the coordination service by a few seconds, or ends more than
-    about ten seconds before it, makes TensorFlow log
+    the heartbeat timeout (`heartbeat_timeout_s`) before it, makes TensorFlow log
     `BaseCollectiveExecutor::StartAbort UNAVAILABLE ... heartbeat` errors
     although every result is complete. Nothing to do on one machine.
     """
