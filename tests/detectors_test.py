@@ -383,6 +383,15 @@ class CalibrationTest(tf.test.TestCase):
         # The same export written again: the same identity.
         export.export(model, model_dir, overwrite=True)
         detectors.load_detector(path)
+        # A fit written before a configuration field existed (its model's recorded
+        # configuration lacks it, the field at its default): the same model.
+        with open(path) as f:
+            record = json.load(f)
+        del record['model_identities'][0]['config']['coupling_scale']
+        older = os.path.join(directory, 'older_fit.json')
+        with open(older, 'w') as f:
+            json.dump(record, f)
+        detectors.load_detector(older)
         # Re-exported in place with other weights.
         model.trainable_variables[0].assign_add(tf.ones_like(model.trainable_variables[0]))
         export.export(model, model_dir, overwrite=True)

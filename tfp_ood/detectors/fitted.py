@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_ood import export
-from tfp_ood.config import DETECTOR_NAMES, is_flow_family
+from tfp_ood.config import DETECTOR_NAMES, complete_model_config, is_flow_family
 from tfp_ood.detectors.base import (Detector, DetectorScores, Images, Terms, as_array, is_lazy,
                                     read_json)
 from tfp_ood.detectors.calibration import Calibration, calibrate, minimum_validation_images
@@ -191,6 +191,17 @@ def model_identity(model_dir: str) -> Dict:
             'variables_sha256': digest.hexdigest()}
 
 
+def _same_model_config(current, fitted) -> bool:
+    """Whether two recorded model configurations describe the same model, a
+    field one of them was written without taking its default."""
+    if current == fitted:
+        return True
+    try:
+        return complete_model_config(current) == complete_model_config(fitted)
+    except (InputError, KeyError, TypeError, ValueError, AttributeError):
+        return False  # Not a configuration the current code reads.
+
+
 def _check_models(record: Dict, model_dirs: Sequence[str], path: str) -> None:
     """The models at `model_dirs` are those the fit was made on (fits written
     before `model_identities` are taken as they are)."""
@@ -214,7 +225,7 @@ def _check_models(record: Dict, model_dirs: Sequence[str], path: str) -> None:
         except (OSError, ValueError, tf.errors.OpError) as e:
             raise InputError(f'{path}: cannot read the model it was fitted on at {model_dir} '
                              f'({str(e).splitlines()[0]}).') from None
-        if current['config'] != fitted.get('config'):
+        if not _same_model_config(current['config'], fitted.get('config')):
             raise InputError(f'{path} was fitted on another model than the one now at '
                              f'{model_dir} (its configuration differs). Re-fit it with '
                              f'tfp-ood fit-detector.')
