@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -477,6 +478,22 @@ class AnalysisExampleTest(tf.test.TestCase):
         for seed in (1, 2):
             _export_tiny(os.path.join(models_dir, 'ensemble_cifar10', f'seed{seed}'), 'glow',
                          (32, 32, 3), colour, seed=seed)
+        # Neither an exported detector nor a background model (trained on
+        # perturbed images) is one of the paper's models: graying leaves them out.
+        shutil.copytree(os.path.join(models_dir, 'cvglow_cifar10'),
+                        os.path.join(models_dir, 'background_cvglow_cifar10'))
+        metadata_path = os.path.join(models_dir, 'background_cvglow_cifar10', 'assets',
+                                     export.METADATA_FILE)
+        with open(metadata_path) as f:
+            metadata = json.load(f)
+        metadata.setdefault('provenance', {})['train_config'] = {'mutation_rate': 0.2}
+        with open(metadata_path, 'w') as f:
+            json.dump(metadata, f)
+        shutil.copytree(os.path.join(models_dir, 'cvglow_cifar10'),
+                        os.path.join(models_dir, 'detector_cifar10'))
+        with open(os.path.join(models_dir, 'detector_cifar10', 'assets',
+                               export.METADATA_FILE), 'w') as f:
+            json.dump({'format': export.DETECTOR_FORMAT}, f)
         with open(os.path.join(models_dir, 'glow_cifar10_history.jsonl'), 'w') as f:
             for step, bpd_in, bpd_out in ((100, 5.0, 4.0), (200, 4.0, 3.5)):
                 f.write(json.dumps({'step': step, 'cifar10/test[:2000]/bits_per_dim': bpd_in,

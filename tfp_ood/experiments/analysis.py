@@ -142,14 +142,29 @@ def second_order(args, source: common.Source, stats: dict) -> list:
     return rows
 
 
+def _is_exported_detector(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, 'assets', export.METADATA_FILE)) as f:
+            return json.load(f).get('format') == export.DETECTOR_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False  # Not a detector; `export.read_metadata` says what it is not.
+
+
 def colour_models(models_dir: str) -> dict:
-    """Every exported colour (32x32x3) model directly in `models_dir`."""
+    """Every exported colour (32x32x3) density model directly in `models_dir`
+    that was trained on clean images: exported detectors (`tfp-ood
+    export-detector`) and the likelihood ratio's background models (trained
+    with a `mutation_rate`) are left out."""
     found = {}
     for path in sorted(glob.glob(os.path.join(models_dir, '*', 'saved_model.pb'))):
         directory = os.path.dirname(path)
-        model = export.load(directory)
-        if tuple(model.image_shape) == (32, 32, 3):
-            found[os.path.basename(directory)] = model
+        if _is_exported_detector(directory):
+            continue
+        metadata = export.read_metadata(directory)
+        train_config = metadata.get('provenance', {}).get('train_config', {})
+        if train_config.get('mutation_rate') or tuple(metadata['image_shape']) != (32, 32, 3):
+            continue
+        found[os.path.basename(directory)] = export.load(directory)
     return found
 
 
