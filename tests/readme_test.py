@@ -171,7 +171,7 @@ class StrangerTest(tf.test.TestCase):
                            bpd['glow_cifar10', 'cifar10/test']['bpd_mean'])
         # The newcomer's summary: both sets per model with the paper's numbers, the
         # AUROC, the images the slow families scored, and the main figure's path.
-        self.assertIn('3.627 (3.464)', printed)
+        self.assertIn('3.553 (3.464)', printed)
         self.assertIn('| pixelcnn_cifar10 | 250 |', printed)
         self.assertIn('pixelcnn_cifar10 scored the first 250 images of each set', printed)
         self.assertIn('--vae-images 0', printed)
