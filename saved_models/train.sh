@@ -34,19 +34,20 @@ $T train --model glow --config cpu --dataset fashion_mnist --split train \
 # steps. The shipped runs were given 12,000 steps and stopped by SIGTERM under
 # that rule, CIFAR-10 at step 3,907 and FashionMNIST at 5,187 (the learning
 # rate is constant after warm-up, so --steps only says where to stop; the
-# runs record 12,000). The first runs are exported first: the continued runs
-# start from those exports.
+# runs record 12,000). The first runs are exported first, beside the runs (the
+# shipped folders hold the continued models): the continued runs start from
+# those exports.
 for name in glow_cifar10 glow_fashion_mnist; do
-  [ -d "saved_models/$name" ] || $T export --workdir "$RUNS/$name" --output "saved_models/$name"
+  $T export --workdir "$RUNS/$name" --output "$RUNS/${name}_first" --overwrite
 done
 $T train --model glow --config cpu --dataset cifar10 --split train \
   --eval 'cifar10:test[:2000]' --eval 'svhn_cropped:test[:2000]' --eval 'cifar10:train[:2000]' \
   --workdir "$RUNS/glow_cifar10_more" --steps 3907 --learning-rate 3e-4 --ema-decay 0.999 \
-  --seed 1 --init-from saved_models/glow_cifar10 --data-dir "$DATA"
+  --seed 1 --init-from "$RUNS/glow_cifar10_first" --data-dir "$DATA"
 $T train --model glow --config cpu --dataset fashion_mnist --split train \
   --eval 'fashion_mnist:test[:2000]' --eval 'mnist:test[:2000]' \
   --workdir "$RUNS/glow_fashion_mnist_more" --steps 5187 --learning-rate 3e-4 --ema-decay 0.999 \
-  --seed 1 --init-from saved_models/glow_fashion_mnist --data-dir "$DATA"
+  --seed 1 --init-from "$RUNS/glow_fashion_mnist_first" --data-dir "$DATA"
 # For the analyses (tfp_ood.experiments.analysis): a FashionMNIST CV-Glow for the
 # second-order expansion, and five small Glows with different seeds (weights
 # and data order) for the ensemble.
