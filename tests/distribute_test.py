@@ -337,17 +337,24 @@ def test_multi_worker_without_tf_config_is_one_line(tmp_path, monkeypatch):
         distribute.create_strategy('multi_worker')
 
 
+def _run_as_the_only_worker(code):
+    """Python `code` in a fresh process, the one worker of a cluster on a free
+    local port (this environment's TFP_OOD_HEARTBEAT_TIMEOUT_S left out)."""
+    port, = _free_ports(1)
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {'cluster': {'worker': [f'127.0.0.1:{port}']}, 'task': {'type': 'worker', 'index': 0}}))
+    env.pop('TFP_OOD_HEARTBEAT_TIMEOUT_S', None)
+    return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.slow(minutes=0.2)
 def test_a_strategy_created_too_late_says_what_to_do():
     code = ('import tensorflow as tf\n'
             'from tfp_ood import distribute\n'
             'tf.constant(1.0) + 1.0\n'
             'distribute.create_strategy("multi_worker")\n')
-    port, = _free_ports(1)
-    env = dict(os.environ, TF_CONFIG=json.dumps(
-        {'cluster': {'worker': [f'127.0.0.1:{port}']}, 'task': {'type': 'worker', 'index': 0}}))
-    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = _run_as_the_only_worker(code)
     assert result.returncode == 1
     assert ('StrategyError: the multi_worker strategy was created after TensorFlow had already '
             'run an op') in result.stderr
@@ -364,12 +371,7 @@ def test_the_coordination_service_waits_longer_than_tensorflows_default_for_a_he
             'config = context.context().coordination_service\n'
             'print(config.service_leader, config.heartbeat_timeout_in_ms,'
             ' strategy.num_replicas_in_sync)\n')
-    port, = _free_ports(1)
-    env = dict(os.environ, TF_CONFIG=json.dumps(
-        {'cluster': {'worker': [f'127.0.0.1:{port}']}, 'task': {'type': 'worker', 'index': 0}}))
-    env.pop('TFP_OOD_HEARTBEAT_TIMEOUT_S', None)
-    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = _run_as_the_only_worker(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ['/job:worker/replica:0/task:0',
                                      str(distribute.HEARTBEAT_TIMEOUT_S * 1000), '1']
