@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from tests import scripts
-from tfp_ood import detectors, export, models, shifts
+from tfp_ood import detectors, export, image_statistics, models, shifts
 from tfp_ood.config import GlowConfig
 from tfp_ood.experiments import analysis, common, detector_search
 from tfp_ood.experiments import detectors as detectors_experiment
@@ -194,6 +194,23 @@ class ExamplesTest(tf.test.TestCase):
                       models_dir, '--out', out)
         self.assertEqual(run.returncode, 2)
         self.assertIn('pass --data-dir', run.stderr)
+
+    def test_a_statistics_cache_from_before_an_image_statistic_gains_it_alone(self):
+        sets = {'in': np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), np.uint8),
+                'fit': np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), np.uint8)}
+        older = sorted(set(image_statistics.IMAGE_STATISTICS) - {'wavelet_bits'})
+        stats = {k: dict(image_statistics.image_statistics_array(v, older),
+                         log_prob=np.arange(len(v), dtype=np.float64)) for k, v in sets.items()}
+        path = os.path.join(self.create_tempdir().full_path, 'statistics.npz')
+        np.savez(path, **{f'{k}/{n}': v for k, d in stats.items() for n, v in d.items()})
+        # No model: a cache that were recomputed rather than topped up would fail here.
+        out = detector_search.cached_statistics(path, None, sets, progress=False)
+        for k, images in sets.items():
+            self.assertAllEqual(out[k]['log_prob'], stats[k]['log_prob'])
+            self.assertAllClose(out[k]['wavelet_bits'], image_statistics.image_statistics(
+                images, ['wavelet_bits'])['wavelet_bits'])
+        again = detector_search.cached_statistics(path, None, sets, progress=False)
+        self.assertEqual(set(again['in']), set(out['in']))  # Saved with the addition.
 
     @pytest.mark.slow(minutes=0.2)
     def test_fashion_mnist_retrain_tiny(self):

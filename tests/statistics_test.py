@@ -144,6 +144,48 @@ def tfp_score(model, images, **kwargs):
     return score(model, images, progress=False, **kwargs).scores
 
 
+def _colour_transformed(image):
+    """JPEG 2000's reversible colour transform of one image, int64."""
+    x = image.astype(np.int64)
+    if x.shape[-1] == 3:
+        r, g, b = x[..., 0], x[..., 1], x[..., 2]
+        x = np.stack([(r + 2 * g + b) // 4, b - g, r - g], -1)
+    return x
+
+
+def _laplace_bits_by_hand(residual):
+    """Bits of absolute residuals `[H, W, C]`, each under a Laplace whose scale is
+    1/2 plus the mean of its four causal neighbours (zero outside), one by one."""
+    height, width, channels = residual.shape
+    bits = 0.
+    for i in range(height):
+        for j in range(width):
+            for k in range(channels):
+                s = 0.5 + 0.25 * sum(residual[i + di, j + dj, k]
+                                     for di, dj in ((0, -1), (-1, -1), (-1, 0), (-1, 1))
+                                     if 0 <= i + di < height and 0 <= j + dj < width)
+                bits += residual[i, j, k] / (s * np.log(2)) + np.log2(2 * s)
+    return bits
+
+
+def _lift_53_by_hand(signal):
+    """One level of JPEG 2000's reversible 5/3 lifting of a 1-D integer signal of
+    even length, element by element, with symmetric extension."""
+    x = [int(v) for v in signal]
+    n = len(x) // 2
+    d = [x[2 * i + 1] - (x[2 * i] + x[min(2 * i + 2, 2 * n - 2)]) // 2 for i in range(n)]
+    s = [x[2 * i] + (d[max(i - 1, 0)] + d[i] + 2) // 4 for i in range(n)]
+    return s, d
+
+
+def _unlift_53(s, d):
+    """The inverse of `_lift_53_by_hand` (JPEG 2000's reconstruction)."""
+    n = len(s)
+    even = [s[i] - (d[max(i - 1, 0)] + d[i] + 2) // 4 for i in range(n)]
+    odd = [d[i] + (even[i] + even[min(i + 1, n - 1)]) // 2 for i in range(n)]
+    return [v for pair in zip(even, odd) for v in pair]
+
+
 class ImageStatisticsTest(tf.test.TestCase):
 
     def test_against_numpy_and_lossless_round_trips(self):
@@ -178,10 +220,7 @@ class ImageStatisticsTest(tf.test.TestCase):
 
     def test_loco_bits_against_a_pixel_by_pixel_computation(self):
         def by_hand(image):
-            x = image.astype(np.int64)
-            if x.shape[-1] == 3:
-                r, g, b = x[..., 0], x[..., 1], x[..., 2]
-                x = np.stack([(r + 2 * g + b) // 4, b - g, r - g], -1)
+            x = _colour_transformed(image)
             height, width, channels = x.shape
 
             def at(a, i, j, k):
@@ -199,14 +238,7 @@ class ImageStatisticsTest(tf.test.TestCase):
                         else:
                             prediction = a + b - c
                         residual[i, j, k] = abs(x[i, j, k] - prediction)
-            bits = 0.
-            for i in range(height):
-                for j in range(width):
-                    for k in range(channels):
-                        s = 0.5 + 0.25 * sum(at(residual, i + di, j + dj, k)
-                                             for di, dj in ((0, -1), (-1, -1), (-1, 0), (-1, 1)))
-                        bits += residual[i, j, k] / (s * np.log(2)) + np.log2(2 * s)
-            return bits
+            return _laplace_bits_by_hand(residual)
 
         images = np.concatenate([_images(3, (6, 6, 3)), np.full((1, 6, 6, 3), 9, np.uint8)])
         gray = np.random.default_rng(3).integers(0, 256, (2, 5, 7, 1), np.uint8)
@@ -222,6 +254,63 @@ class ImageStatisticsTest(tf.test.TestCase):
             np.concatenate([_images(2, (16, 16, 3)), constant, plane]), ['loco_bits'])
         out = out['loco_bits'].numpy()
         self.assertLess(max(out[2:]), out[:2].min() / 4)
+
+    def test_wavelet_bands_are_the_5_3_lifting_and_wavelet_bits_their_cost(self):
+        # One row by hand: [1, 5, 3, 9] -> d = [5 - 2, 9 - 3], s = [1 + 2, 3 + 2]; and
+        # [4, 0, 0, 1] shows the floors of negative numbers (s[0] = 4 + floor(-2 / 4)).
+        self.assertEqual(_lift_53_by_hand([1, 5, 3, 9]), ([3, 5], [3, 6]))
+        self.assertEqual(_lift_53_by_hand([4, 0, 0, 1]), ([3, 0], [-2, 1]))
+
+        def bands_by_hand(image, levels):
+            def lift(x, axis):  # Every row (axis 1) or column (axis 0), one at a time.
+                x = np.moveaxis(x, axis, -1)
+                lifted = [[_lift_53_by_hand(line) for line in plane] for plane in x]
+                s = np.array([[pair[0] for pair in plane] for plane in lifted])
+                d = np.array([[pair[1] for pair in plane] for plane in lifted])
+                return np.moveaxis(s, -1, axis), np.moveaxis(d, -1, axis)
+
+            low, bands = np.moveaxis(_colour_transformed(image), -1, 0), []
+            for _ in range(levels):
+                if low.shape[1] % 2 or low.shape[2] % 2:
+                    break
+                column_low, column_high = lift(low, 2)
+                low, low_high = lift(column_low, 1)
+                high_low, high_high = lift(column_high, 1)
+                bands += [low_high, high_low, high_high]
+            return [np.moveaxis(b, 0, -1) for b in bands + [low]]
+
+        rng = np.random.default_rng(5)
+        for shape, levels in (((8, 12, 3), 2), ((12, 8, 1), 2), ((4, 6, 3), 2), ((8, 8, 3), 3)):
+            images = rng.integers(0, 256, (2,) + shape, dtype=np.uint8)
+            out = image_statistics.wavelet_bands(images, levels)
+            for image, index in zip(images, range(len(images))):
+                expected = bands_by_hand(image, levels)
+                self.assertEqual(len(out), len(expected))
+                for band, hand in zip(out, expected):
+                    self.assertAllEqual(band[index], hand)
+            # The bands hold as many integers as the image, and give it back exactly.
+            self.assertEqual(sum(int(np.prod(b.shape[1:])) for b in out), int(np.prod(shape)))
+        for row in rng.integers(-600, 600, (20, 10)):
+            self.assertEqual(_unlift_53(*_lift_53_by_hand(row)), list(row))
+        # 4x6 stops after one level (its low band is 2x3): 3 detail bands and the low.
+        self.assertLen(image_statistics.wavelet_bands(np.zeros((1, 4, 6, 3), np.uint8)), 4)
+
+        constant = np.full((1, 8, 12, 3), 9, np.uint8)
+        images = np.concatenate([_images(2, (8, 12, 3), seed=6), constant])
+        out = image_statistics.image_statistics(images, ['wavelet_bits'])['wavelet_bits']
+        self.assertAllClose(out, [sum(_laplace_bits_by_hand(np.abs(b).astype(np.float64))
+                                      for b in bands_by_hand(image, 2)) for image in images],
+                            rtol=1e-5)
+        # The 5/3 predict step is exact on a linear ramp, so a plane's detail
+        # coefficients vanish but at the far edges (symmetric extension): far below noise.
+        plane = (3 * np.arange(16)[:, None, None] + 2 * np.arange(16)[None, :, None]
+                 + np.array([0, 10, 20])).astype(np.uint8)[None]
+        first = image_statistics.wavelet_bands(plane, 1)
+        self.assertAllEqual(first[0][0, :-1], np.zeros([7, 8, 3]))  # High along the height,
+        self.assertAllEqual(first[1][0, :, :-1], np.zeros([8, 7, 3]))  # along the width.
+        bits = image_statistics.image_statistics(np.concatenate([_images(2, (16, 16, 3)), plane]),
+                                                 ['wavelet_bits'])['wavelet_bits'].numpy()
+        self.assertLess(bits[2], bits[:2].min() / 4)
 
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, 'Unknown image statistics'):

@@ -15,6 +15,7 @@ defined once, as a TensorFlow function of uint8 images `[N, H, W, C]` to
 | `gradient_mean_square` | the same with squared differences |
 | `laplacian_mean_abs` | mean absolute 4-neighbour Laplacian |
 | `loco_bits` | estimated bits of a lossless predictive code (LOCO-I / JPEG-LS style [2]) |
+| `wavelet_bits` | estimated bits of a lossless wavelet code (JPEG 2000 style [3]) |
 
 `loco_bits` estimates what a lossless codec of the JPEG-LS family would
 spend, in TensorFlow ops (no codec of that family has one). Colour images go
@@ -30,6 +31,17 @@ context adaptation that makes JPEG-LS near JPEG 2000 in lossless size. It
 sees what the lossless JPEG 2000 length sees (blurred and upsampled images
 are cheap) with a TensorFlow op.
 
+`wavelet_bits` estimates the lossless JPEG 2000 length the same way: the
+same colour transform, then JPEG 2000's reversible 5/3 (LeGall) lifting
+wavelet, two levels (each splits the low band into four: `d[n] = x[2n+1] -
+floor((x[2n] + x[2n+2]) / 2)`, `s[n] = x[2n] + floor((d[n-1] + d[n] + 2) /
+4)` along rows, then columns, with JPEG 2000's symmetric extension at the
+edges; a side of odd length ends the levels early), and each band's integer
+coefficients cost what `loco_bits` charges a residual, with the scale from
+the coefficient's four causal neighbours in its band. A wavelet code
+spends few bits on an image whose detail is only at coarse scales (blurred,
+upsampled), where a pixel predictor still pays for every small residual.
+
 Lossless lengths by codecs that have no TensorFlow op (JPEG 2000, JPEG XL)
 are `tfp_ood.detectors.codecs`.
 
@@ -41,6 +53,9 @@ are `tfp_ood.detectors.codecs`.
 [2] Marcelo J. Weinberger, Gadiel Seroussi, Guillermo Sapiro. The LOCO-I
     Lossless Image Compression Algorithm: Principles and Standardization
     into JPEG-LS. IEEE Trans. Image Processing, 2000.
+[3] Michael D. Adams, Faouzi Kossentini. Reversible Integer-to-Integer
+    Wavelet Transforms for Image Compression: Performance Evaluation and
+    Analysis. IEEE Trans. Image Processing, 2000.
 """
 
 import functools
@@ -51,7 +66,8 @@ import tensorflow as tf
 
 from tfp_ood.errors import InputError
 
-__all__ = ['IMAGE_STATISTICS', 'image_statistics', 'image_statistics_array', 'png_bits']
+__all__ = ['IMAGE_STATISTICS', 'image_statistics', 'image_statistics_array', 'png_bits',
+           'wavelet_bands']
 
 
 def _encoded_bits(encode: Callable[[tf.Tensor], tf.Tensor], images) -> tf.Tensor:
@@ -111,19 +127,71 @@ def _shifted(x, down: int, right: int):
     return padded[:, top:top + height, left:left + width]
 
 
-def _loco_bits(images):
-    x = tf.cast(images, tf.int32)
-    if x.shape[-1] == 3:  # JPEG 2000's reversible colour transform.
-        r, g, b = x[..., 0], x[..., 1], x[..., 2]
-        x = tf.stack([tf.math.floordiv(r + 2 * g + b, 4), b - g, r - g], axis=-1)
-    a, b, c = _shifted(x, 0, 1), _shifted(x, 1, 0), _shifted(x, 1, 1)
-    high, low = tf.maximum(a, b), tf.minimum(a, b)
-    prediction = tf.where(c >= high, low, tf.where(c <= low, high, a + b - c))
-    residual = tf.abs(tf.cast(x - prediction, tf.float32))
+def _reversible_colour_transform(x):
+    """JPEG 2000's reversible colour transform of int32 images (1 channel: as is)."""
+    if x.shape[-1] != 3:
+        return x
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    return tf.stack([tf.math.floordiv(r + 2 * g + b, 4), b - g, r - g], axis=-1)
+
+
+def _laplace_code_bits(residual):
+    """`[N]`: bits of the absolute integer residuals `[N, H, W, C]` under a
+    Laplace of scale 1/2 plus the mean of the four causal neighbours'."""
     scale = 0.5 + 0.25 * (_shifted(residual, 0, 1) + _shifted(residual, 1, 1)
                           + _shifted(residual, 1, 0) + _shifted(residual, 1, -1))
     bits = residual / (scale * np.log(2.)) + tf.math.log(2. * scale) / np.log(2.)
     return tf.reduce_sum(bits, axis=[1, 2, 3])
+
+
+def _loco_bits(images):
+    x = _reversible_colour_transform(tf.cast(images, tf.int32))
+    a, b, c = _shifted(x, 0, 1), _shifted(x, 1, 0), _shifted(x, 1, 1)
+    high, low = tf.maximum(a, b), tf.minimum(a, b)
+    prediction = tf.where(c >= high, low, tf.where(c <= low, high, a + b - c))
+    return _laplace_code_bits(tf.abs(tf.cast(x - prediction, tf.float32)))
+
+
+WAVELET_LEVELS = 2
+
+
+def _lift_53_columns(x):
+    """One level of the reversible 5/3 lifting along the width of int32 `x
+    [N, H, W, C]` (`W` even): the low-pass `s` and the high-pass `d`, each
+    `[N, H, W / 2, C]`, with JPEG 2000's symmetric extension at the edges."""
+    even, odd = x[:, :, 0::2], x[:, :, 1::2]
+    after = tf.concat([even[:, :, 1:], even[:, :, -1:]], axis=2)  # x[2n + 2]; x[W] = x[W - 2].
+    d = odd - tf.math.floordiv(even + after, 2)
+    before = tf.concat([d[:, :, :1], d[:, :, :-1]], axis=2)  # d[n - 1]; d[-1] = d[0].
+    return even + tf.math.floordiv(before + d + 2, 4), d
+
+
+def _lift_53_rows(x):
+    def transposed(t):
+        return tf.transpose(t, [0, 2, 1, 3])
+    s, d = _lift_53_columns(transposed(x))
+    return transposed(s), transposed(d)
+
+
+def wavelet_bands(images, levels: int = WAVELET_LEVELS):
+    """The integer bands of `wavelet_bits`: the colour-transformed uint8 images
+    `[N, H, W, C]` through `levels` levels of the 2-D reversible 5/3 lifting
+    (fewer where a side is odd), finest detail bands first and the last low
+    band at the end, each int32 `[N, h, w, C]`."""
+    low, bands = _reversible_colour_transform(tf.cast(images, tf.int32)), []
+    for _ in range(levels):
+        if low.shape[1] % 2 or low.shape[2] % 2:
+            break
+        column_low, column_high = _lift_53_columns(low)
+        low, low_high = _lift_53_rows(column_low)
+        high_low, high_high = _lift_53_rows(column_high)
+        bands += [low_high, high_low, high_high]
+    return bands + [low]
+
+
+def _wavelet_bits(images):
+    return tf.add_n([_laplace_code_bits(tf.abs(tf.cast(band, tf.float32)))
+                     for band in wavelet_bands(images)])
 
 
 #: Name -> function of uint8 images `[N, H, W, C]` to `[N]` float32.
@@ -134,6 +202,7 @@ IMAGE_STATISTICS: Dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     'gradient_mean_square': _gradient_mean_square,
     'laplacian_mean_abs': _laplacian_mean_abs,
     'loco_bits': _loco_bits,
+    'wavelet_bits': _wavelet_bits,
 }
 
 

@@ -95,9 +95,16 @@ def statistics_of(model, images: np.ndarray, progress: bool = False) -> dict:
     return out
 
 
+def _save(path: str, stats: dict) -> None:
+    flat = {f'{k}/{statistic}': v for k, d in stats.items() for statistic, v in d.items()}
+    np.savez(path + '.partial.npz', **flat)
+    os.replace(path + '.partial.npz', path)
+
+
 def cached_statistics(path: str, model, sets: dict, progress: bool) -> dict:
     """`statistics_of` every set, kept in `path` so that a second search (another
-    tolerance, another estimator) or an interrupted one does not recompute them."""
+    tolerance, another estimator) or an interrupted one does not recompute them.
+    A cache from before an image statistic was added gains it, computed alone."""
     if os.path.exists(path):
         with np.load(path) as saved:
             stats = {}
@@ -105,11 +112,15 @@ def cached_statistics(path: str, model, sets: dict, progress: bool) -> dict:
                 set_name, statistic = key.split('/', 1)
                 stats.setdefault(set_name, {})[statistic] = saved[key]
         if set(stats) == set(sets):
+            missing = sorted(set(image_statistics.IMAGE_STATISTICS)
+                             - set.intersection(*(set(d) for d in stats.values())))
+            if missing:
+                for k, images in sets.items():
+                    stats[k].update(image_statistics.image_statistics_array(images, missing))
+                _save(path, stats)
             return stats
     stats = {k: statistics_of(model, v, progress) for k, v in sets.items()}
-    flat = {f'{k}/{statistic}': v for k, d in stats.items() for statistic, v in d.items()}
-    np.savez(path + '.partial.npz', **flat)
-    os.replace(path + '.partial.npz', path)
+    _save(path, stats)
     return stats
 
 
