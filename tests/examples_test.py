@@ -188,8 +188,15 @@ class ExamplesTest(tf.test.TestCase):
         # The sets that take part: those some statistic alone separates with AUROC >= 0.8.
         self.assertEqual(result['sets_used'], [k for k, v in result['best_single'].items()
                                                if v['auroc'] >= 0.8])
+        # Each compressed length alone, as a one-statistic design scores it.
+        self.assertEqual(list(result['complexity_alone']), list(detector_search.COMPLEXITY))
+        reference = result['reference']['density_of_states_gaussian_tf']
+        for name in ('loco_bits', 'wavelet_bits'):
+            self.assertEqual(result['complexity_alone'][name], reference['singles'][name])
         with open(os.path.join(out, 'search.md')) as f:
-            self.assertIn('### glow_cifar10', f.read())
+            text = f.read()
+        self.assertIn('### glow_cifar10', text)
+        self.assertIn('| wavelet_bits | ', text)
         run = _script('detector_search', '--models', 'glow_cifar10', '--models-dir',
                       models_dir, '--out', out)
         self.assertEqual(run.returncode, 2)

@@ -79,7 +79,15 @@ REFERENCE = {
     # Every level's terms with the PNG and JPEG-98 lengths and the LOCO-I
     # coding cost, TensorFlow's stand-in for the lossless JPEG 2000 length.
     'levels_and_loco': (['levels', 'png9_bits', 'jpeg98_bits', 'loco_bits'], 'ledoit_wolf'),
+    # density_of_states_gaussian with TensorFlow's stand-ins for its two
+    # codecs: the wavelet code's cost for JPEG 2000, and the predictive code's
+    # (`loco_bits`) for JPEG XL's lossless mode, itself a predictive coder.
+    'density_of_states_gaussian_tf': (['levels', 'png9_bits', 'wavelet_bits', 'loco_bits'],
+                                      'gaussian'),
 }
+# The compressed lengths reported alone on every validation set.
+COMPLEXITY = ('png9_bits', 'jpeg98_bits', 'loco_bits', 'wavelet_bits', 'jpeg2000_bits',
+              'jpegxl_bits')
 
 
 def statistics_of(model, images: np.ndarray, progress: bool = False) -> dict:
@@ -195,6 +203,10 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
               'detectable_auroc': detectable_auroc,
               'best_single': {k: {'auroc': a, 'statistic': n}
                               for k, (a, n) in best_single.items()}}
+    result['complexity_alone'] = {
+        name: {k: v['auroc'] for k, v in selection.design_metrics(
+            train, rank_in, rank_sets, [name], 'gaussian').items()}
+        for name in COMPLEXITY if name in train}
     for name, (names, estimator) in REFERENCE.items():
         row = ranked(_expand(names, train), estimator, name)
         result['reference'][name] = dict(row, score=score(row, criterion, used))
@@ -288,6 +300,13 @@ def markdown(results: dict) -> str:
                          + ('at least as good as its best single statistic on every set.'
                             if not loses else 'below its best single statistic on '
                             + ', '.join(f'{k} (by {v:.4f})' for k, v in loses.items()) + '.'))
+        alone = result.get('complexity_alone', {})
+        if alone:
+            lines += ['', 'Each compressed length alone (AUROC, second halves; a Gaussian of the '
+                      'one statistic, so either tail counts):', '',
+                      '| statistic | ' + ' | '.join(sets) + ' |', '|---|' + '---:|' * len(sets)]
+            lines += [f'| {name} | ' + ' | '.join(f'{aurocs[k]:.4f}' for k in sets) + ' |'
+                      for name, aurocs in alone.items()]
         lines.append('')
     return '\n'.join(lines)
 
