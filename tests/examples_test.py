@@ -191,12 +191,19 @@ class ExamplesTest(tf.test.TestCase):
         # Each compressed length alone, as a one-statistic design scores it.
         self.assertEqual(list(result['complexity_alone']), list(detector_search.COMPLEXITY))
         reference = result['reference']['density_of_states_gaussian_tf']
-        for name in ('loco_bits', 'wavelet_bits'):
+        for name in ('loco_bits', 'wavelet_rgb_bits'):
             self.assertEqual(result['complexity_alone'][name], reference['singles'][name])
+        # And how closely each TensorFlow estimate follows each Python-only length.
+        self.assertEqual(list(result['stand_ins']), list(detector_search.ESTIMATES))
+        for row in result['stand_ins'].values():
+            self.assertEqual(list(row), ['jpeg2000_bits', 'jpegxl_bits'])
+            for value in row.values():
+                self.assertBetween(value, -1., 1.)
         with open(os.path.join(out, 'search.md')) as f:
             text = f.read()
         self.assertIn('### glow_cifar10', text)
         self.assertIn('| wavelet_bits | ', text)
+        self.assertIn('| wavelet_rgb_bits | ', text)
         run = _script('detector_search', '--models', 'glow_cifar10', '--models-dir',
                       models_dir, '--out', out)
         self.assertEqual(run.returncode, 2)

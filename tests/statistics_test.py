@@ -261,7 +261,7 @@ class ImageStatisticsTest(tf.test.TestCase):
         self.assertEqual(_lift_53_by_hand([1, 5, 3, 9]), ([3, 5], [3, 6]))
         self.assertEqual(_lift_53_by_hand([4, 0, 0, 1]), ([3, 0], [-2, 1]))
 
-        def bands_by_hand(image, levels):
+        def bands_by_hand(image, levels, colour_transform=True):
             def lift(x, axis):  # Every row (axis 1) or column (axis 0), one at a time.
                 x = np.moveaxis(x, axis, -1)
                 lifted = [[_lift_53_by_hand(line) for line in plane] for plane in x]
@@ -269,7 +269,8 @@ class ImageStatisticsTest(tf.test.TestCase):
                 d = np.array([[pair[1] for pair in plane] for plane in lifted])
                 return np.moveaxis(s, -1, axis), np.moveaxis(d, -1, axis)
 
-            low, bands = np.moveaxis(_colour_transformed(image), -1, 0), []
+            x = _colour_transformed(image) if colour_transform else image.astype(np.int64)
+            low, bands = np.moveaxis(x, -1, 0), []
             for _ in range(levels):
                 if low.shape[1] % 2 or low.shape[2] % 2:
                     break
@@ -297,10 +298,19 @@ class ImageStatisticsTest(tf.test.TestCase):
 
         constant = np.full((1, 8, 12, 3), 9, np.uint8)
         images = np.concatenate([_images(2, (8, 12, 3), seed=6), constant])
-        out = image_statistics.image_statistics(images, ['wavelet_bits'])['wavelet_bits']
-        self.assertAllClose(out, [sum(_laplace_bits_by_hand(np.abs(b).astype(np.float64))
-                                      for b in bands_by_hand(image, 2)) for image in images],
-                            rtol=1e-5)
+        out = image_statistics.image_statistics(images, ['wavelet_bits', 'wavelet_rgb_bits'])
+        for name, colour_transform in (('wavelet_bits', True), ('wavelet_rgb_bits', False)):
+            self.assertAllClose(out[name], [
+                sum(_laplace_bits_by_hand(np.abs(b).astype(np.float64))
+                    for b in bands_by_hand(image, 2, colour_transform)) for image in images],
+                rtol=1e-5)
+        rgb = image_statistics.wavelet_bands(images, 2, colour_transform=False)
+        for band, hand in zip(rgb, bands_by_hand(images[0], 2, colour_transform=False)):
+            self.assertAllEqual(band[0], hand)
+        # One channel has no colour transform: the two are the same.
+        gray = _images(2, (8, 8, 1), seed=9)
+        out = image_statistics.image_statistics(gray, ['wavelet_bits', 'wavelet_rgb_bits'])
+        self.assertAllEqual(out['wavelet_bits'], out['wavelet_rgb_bits'])
         # The 5/3 predict step is exact on a linear ramp, so a plane's detail
         # coefficients vanish but at the far edges (symmetric extension): far below noise.
         plane = (3 * np.arange(16)[:, None, None] + 2 * np.arange(16)[None, :, None]

@@ -16,6 +16,7 @@ defined once, as a TensorFlow function of uint8 images `[N, H, W, C]` to
 | `laplacian_mean_abs` | mean absolute 4-neighbour Laplacian |
 | `loco_bits` | estimated bits of a lossless predictive code (LOCO-I / JPEG-LS style [2]) |
 | `wavelet_bits` | estimated bits of a lossless wavelet code (JPEG 2000 style [3]) |
+| `wavelet_rgb_bits` | the same without the colour transform, each channel coded alone |
 
 `loco_bits` estimates what a lossless codec of the JPEG-LS family would
 spend, in TensorFlow ops (no codec of that family has one). Colour images go
@@ -41,6 +42,10 @@ coefficients cost what `loco_bits` charges a residual, with the scale from
 the coefficient's four causal neighbours in its band. A wavelet code
 spends few bits on an image whose detail is only at coarse scales (blurred,
 upsampled), where a pixel predictor still pays for every small residual.
+`wavelet_rgb_bits` skips the colour transform and codes each channel alone,
+as OpenJPEG does by default (Pillow's JPEG 2000 writer, the
+`tfp_ood.detectors.codecs` length, enables no component transform): it is
+the stand-in for that length.
 
 Lossless lengths by codecs that have no TensorFlow op (JPEG 2000, JPEG XL)
 are `tfp_ood.detectors.codecs`.
@@ -173,12 +178,15 @@ def _lift_53_rows(x):
     return transposed(s), transposed(d)
 
 
-def wavelet_bands(images, levels: int = WAVELET_LEVELS):
-    """The integer bands of `wavelet_bits`: the colour-transformed uint8 images
-    `[N, H, W, C]` through `levels` levels of the 2-D reversible 5/3 lifting
-    (fewer where a side is odd), finest detail bands first and the last low
-    band at the end, each int32 `[N, h, w, C]`."""
-    low, bands = _reversible_colour_transform(tf.cast(images, tf.int32)), []
+def wavelet_bands(images, levels: int = WAVELET_LEVELS, colour_transform: bool = True):
+    """The integer bands of `wavelet_bits`: the uint8 images `[N, H, W, C]`,
+    colour-transformed (or, `colour_transform=False`, each channel as it is),
+    through `levels` levels of the 2-D reversible 5/3 lifting (fewer where a
+    side is odd), finest detail bands first and the last low band at the end,
+    each int32 `[N, h, w, C]`."""
+    low, bands = tf.cast(images, tf.int32), []
+    if colour_transform:
+        low = _reversible_colour_transform(low)
     for _ in range(levels):
         if low.shape[1] % 2 or low.shape[2] % 2:
             break
@@ -189,9 +197,11 @@ def wavelet_bands(images, levels: int = WAVELET_LEVELS):
     return bands + [low]
 
 
-def _wavelet_bits(images):
-    return tf.add_n([_laplace_code_bits(tf.abs(tf.cast(band, tf.float32)))
-                     for band in wavelet_bands(images)])
+def _wavelet(colour_transform: bool):
+    def bits(images):
+        return tf.add_n([_laplace_code_bits(tf.abs(tf.cast(band, tf.float32)))
+                         for band in wavelet_bands(images, colour_transform=colour_transform)])
+    return bits
 
 
 #: Name -> function of uint8 images `[N, H, W, C]` to `[N]` float32.
@@ -202,7 +212,8 @@ IMAGE_STATISTICS: Dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     'gradient_mean_square': _gradient_mean_square,
     'laplacian_mean_abs': _laplacian_mean_abs,
     'loco_bits': _loco_bits,
-    'wavelet_bits': _wavelet_bits,
+    'wavelet_bits': _wavelet(colour_transform=True),
+    'wavelet_rgb_bits': _wavelet(colour_transform=False),
 }
 
 

@@ -80,14 +80,18 @@ REFERENCE = {
     # coding cost, TensorFlow's stand-in for the lossless JPEG 2000 length.
     'levels_and_loco': (['levels', 'png9_bits', 'jpeg98_bits', 'loco_bits'], 'ledoit_wolf'),
     # density_of_states_gaussian with TensorFlow's stand-ins for its two
-    # codecs: the wavelet code's cost for JPEG 2000, and the predictive code's
-    # (`loco_bits`) for JPEG XL's lossless mode, itself a predictive coder.
-    'density_of_states_gaussian_tf': (['levels', 'png9_bits', 'wavelet_bits', 'loco_bits'],
+    # codecs, each the estimate that follows the codec's length most closely
+    # on the fit images (`stand_ins` in search.json): the wavelet code's cost
+    # without a colour transform for JPEG 2000 (as Pillow writes it), and the
+    # predictive code's (`loco_bits`) for JPEG XL's lossless mode.
+    'density_of_states_gaussian_tf': (['levels', 'png9_bits', 'wavelet_rgb_bits', 'loco_bits'],
                                       'gaussian'),
 }
 # The compressed lengths reported alone on every validation set.
-COMPLEXITY = ('png9_bits', 'jpeg98_bits', 'loco_bits', 'wavelet_bits', 'jpeg2000_bits',
-              'jpegxl_bits')
+COMPLEXITY = ('png9_bits', 'jpeg98_bits', 'loco_bits', 'wavelet_bits', 'wavelet_rgb_bits',
+              'jpeg2000_bits', 'jpegxl_bits')
+# TensorFlow's coding-cost estimates, correlated with the Python-only lengths.
+ESTIMATES = ('loco_bits', 'wavelet_bits', 'wavelet_rgb_bits')
 
 
 def statistics_of(model, images: np.ndarray, progress: bool = False) -> dict:
@@ -207,6 +211,10 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
         name: {k: v['auroc'] for k, v in selection.design_metrics(
             train, rank_in, rank_sets, [name], 'gaussian').items()}
         for name in COMPLEXITY if name in train}
+    result['stand_ins'] = {
+        name: {f'{codec}_bits': float(np.corrcoef(train[name], train[f'{codec}_bits'])[0, 1])
+               for codec in PYTHON_CODECS if f'{codec}_bits' in train}
+        for name in ESTIMATES if name in train}
     for name, (names, estimator) in REFERENCE.items():
         row = ranked(_expand(names, train), estimator, name)
         result['reference'][name] = dict(row, score=score(row, criterion, used))
@@ -307,6 +315,14 @@ def markdown(results: dict) -> str:
                       '| statistic | ' + ' | '.join(sets) + ' |', '|---|' + '---:|' * len(sets)]
             lines += [f'| {name} | ' + ' | '.join(f'{aurocs[k]:.4f}' for k in sets) + ' |'
                       for name, aurocs in alone.items()]
+        stand_ins = result.get('stand_ins', {})
+        if stand_ins:
+            codecs = list(next(iter(stand_ins.values())))
+            lines += ['', 'How closely TensorFlow\'s coding-cost estimates follow the Python-only '
+                      'lengths (correlation over the fit images):', '',
+                      '| estimate | ' + ' | '.join(codecs) + ' |', '|---|' + '---:|' * len(codecs)]
+            lines += [f'| {name} | ' + ' | '.join(f'{row[c]:.3f}' for c in codecs) + ' |'
+                      for name, row in stand_ins.items()]
         lines.append('')
     return '\n'.join(lines)
 
