@@ -218,6 +218,18 @@ class ImageStatisticsTest(tf.test.TestCase):
         arrays = image_statistics.image_statistics_array(images, ['png9_bits'], batch_size=2)
         self.assertAllEqual(arrays['png9_bits'], out['png9_bits'])
 
+    def test_arrays_of_every_statistic_for_images_of_several_shapes_in_turn(self):
+        # One process scoring CIFAR-10-shaped and then FashionMNIST-shaped images
+        # (the detector search does): the traced function keeps each shape's
+        # height and width static, which the wavelet's levels need.
+        names = list(image_statistics.IMAGE_STATISTICS)
+        for images in (_images(5, (8, 8, 3)), _images(3, (12, 10, 1), seed=1),
+                       _images(7, (8, 8, 3), seed=2)):
+            arrays = image_statistics.image_statistics_array(images, names, batch_size=4)
+            eager = image_statistics.image_statistics(images, names)
+            for name in names:
+                self.assertAllClose(arrays[name], eager[name], rtol=1e-6, msg=name)
+
     def test_loco_bits_against_a_pixel_by_pixel_computation(self):
         def by_hand(image):
             x = _colour_transformed(image)

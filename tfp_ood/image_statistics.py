@@ -236,11 +236,14 @@ def image_statistics(images, names: Sequence[str]) -> Dict[str, tf.Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
-def _traced(names: Tuple[str, ...]):
-    """`image_statistics` of `names` as one traced function (the encoders' map_fn
-    runs about ten times faster in a graph than eagerly)."""
+def _traced(names: Tuple[str, ...], image_shape: Tuple[int, int, int]):
+    """`image_statistics` of `names` as one traced function for images of
+    `image_shape` and any batch size (the encoders' map_fn runs about ten times
+    faster in a graph than eagerly). The height and width stay static: the
+    wavelet's levels and the neighbours' padding are set by them."""
+    signature = [tf.TensorSpec([None, *image_shape], tf.uint8)]
     return tf.function(lambda images: {n: IMAGE_STATISTICS[n](images) for n in names},
-                       reduce_retracing=True)
+                       input_signature=signature)
 
 
 def image_statistics_array(images: np.ndarray, names: Sequence[str],
@@ -252,7 +255,7 @@ def image_statistics_array(images: np.ndarray, names: Sequence[str],
     image_statistics(images[:1], names)  # Checks the names and the images.
     if not len(images):
         return {k: np.zeros([0]) for k in names}
-    traced = _traced(tuple(names))
+    traced = _traced(tuple(names), tuple(images.shape[1:]))
     chunks = [traced(tf.convert_to_tensor(images[i:i + batch_size]))
               for i in range(0, len(images), batch_size)]
     return {k: np.concatenate([c[k].numpy() for c in chunks]).astype(np.float64)
