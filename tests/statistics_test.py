@@ -319,6 +319,10 @@ class ImageStatisticsTest(tf.test.TestCase):
         rgb = image_statistics.wavelet_bands(images, 2, colour_transform=False)
         for band, hand in zip(rgb, bands_by_hand(images[0], 2, colour_transform=False)):
             self.assertAllEqual(band[0], hand)
+        # A graph that does not know the height and width gets a clear error.
+        with self.assertRaisesRegex(Exception, 'known height and width'):  # Autograph's wrap.
+            tf.function(image_statistics.wavelet_bands).get_concrete_function(
+                tf.TensorSpec([None, None, None, 3], tf.uint8))
         # One channel has no colour transform: the two are the same.
         gray = _images(2, (8, 8, 1), seed=9)
         out = image_statistics.image_statistics(gray, ['wavelet_bits', 'wavelet_rgb_bits'])

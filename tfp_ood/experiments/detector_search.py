@@ -77,7 +77,7 @@ REFERENCE = {
     'levels_and_tf_complexity': (['levels', 'png9_bits', 'jpeg98_bits', 'total_variation',
                                   'laplacian_mean_abs'], 'ledoit_wolf'),
     # Every level's terms with the PNG and JPEG-98 lengths and the LOCO-I
-    # coding cost, TensorFlow's stand-in for the lossless JPEG 2000 length.
+    # coding cost, the first TensorFlow stand-in for a lossless codec's length.
     'levels_and_loco': (['levels', 'png9_bits', 'jpeg98_bits', 'loco_bits'], 'ledoit_wolf'),
     # density_of_states_gaussian with TensorFlow's stand-ins for its two
     # codecs, each the estimate that follows the codec's length most closely
