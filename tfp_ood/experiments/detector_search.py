@@ -24,7 +24,7 @@ three blocks (no image is in two roles). How the design is chosen:
   shipped detector delivers); the mean AUROC is the other choice;
 - over the sets that some statistic alone separates with an AUROC of at
   least `--detectable-auroc` (0.8): on a set no statistic detects
-  (inversions, vertical flips: 0.60-0.66 at best) designs differ by as much
+  (vertical flips: 0.60-0.77 at best on the shipped Glows) designs differ by as much
   as one design moves between two halves of the set, and a search that
   chose on those sets traded away detection of the others;
 - statistics are chosen greedily on the first half of every validation set
@@ -182,7 +182,7 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
     Only the validation sets that some statistic alone separates with an
     AUROC of at least `detectable_auroc` (on the first halves) take part in
     the choice; the others are scored and reported. On a set that no
-    statistic detects (inversions and vertical flips: 0.60-0.66) the
+    statistic detects (vertical flips: 0.60-0.77 on the shipped Glows) the
     differences between designs are as large as a design's change from one
     half of the set to the other, and choosing on them traded away what
     designs do detect."""
