@@ -555,7 +555,8 @@ class SelectedDesignTest(tf.test.TestCase):
         images = np.concatenate([_images(10, seed=7), np.zeros((2, 8, 8, 3), np.uint8)])
         np.savez(os.path.join(directory, 'x.npz'), images=images)
         statistics = ['level0_step0_log_det', 'level1_latent_mean_square', 'level0_log_pz',
-                      'jpeg90_bits', 'total_variation', 'loco_bits', 'level0_prior_log_det']
+                      'jpeg90_bits', 'total_variation', 'loco_bits', 'wavelet_rgb_bits',
+                      'level0_prior_log_det']
         estimators, expected, paths = ('ledoit_wolf', 'copod', 'gmm'), [], []
         for estimator in estimators:
             design = {'statistics': statistics, 'codecs': [], 'estimator': estimator}
