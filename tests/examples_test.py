@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -177,8 +178,12 @@ class ExamplesTest(tf.test.TestCase):
             for row in chosen['rows'] + named:
                 self.assertAlmostEqual(row['score'], np.mean(
                     [row['detection_rates'][k] for k in result['sets_used']]))
-            self.assertEqual(chosen['chosen']['score'],
-                             max(r['score'] for r in chosen['rows'] + named))
+            for row in chosen['rows'] + named:  # The rule, on the first halves.
+                self.assertEqual(row['keeps_the_rule'],
+                                 max(row['rule_shortfall'].values(), default=0) <= 0.02)
+            eligible = [r for r in chosen['rows'] + named if r['keeps_the_rule']]
+            self.assertTrue(chosen['chosen']['keeps_the_rule'])
+            self.assertEqual(chosen['chosen']['score'], max(r['score'] for r in eligible))
             suffix = '' if pool == 'exportable' else '_python'
             design = detectors.read_design(os.path.join(out, f'glow_cifar10{suffix}.json'))
             self.assertEqual(design['estimator'], chosen['chosen']['estimator'])
@@ -208,6 +213,34 @@ class ExamplesTest(tf.test.TestCase):
                       models_dir, '--out', out)
         self.assertEqual(run.returncode, 2)
         self.assertIn('pass --data-dir', run.stderr)
+
+    def test_a_design_below_one_of_its_statistics_is_not_chosen(self):
+        # `a` separates set A (shifted by 2) and `b` set B; together, under one
+        # Gaussian, they flag more of both sets than either alone, but each set
+        # is separated less well than by its own statistic alone: the rule.
+        rng = np.random.default_rng(0)
+
+        def statistics(shift_a=0., shift_b=0., n=1000):
+            return {'a': rng.normal(shift_a, 1., n), 'b': rng.normal(shift_b, 1., n)}
+
+        stats = {'fit': statistics(), 'in': statistics(), 'A': statistics(shift_a=2.),
+                 'B': statistics(shift_b=2.)}
+        with mock.patch.dict(detector_search.REFERENCE, {'both': (['a', 'b'], 'gaussian')},
+                             clear=True):
+            strict = detector_search.search_model(None, stats, progress=False,
+                                                  rule_tolerance=0.)
+            loose = detector_search.search_model(None, stats, progress=False,
+                                                 rule_tolerance=1.)
+        both = strict['reference']['both']
+        self.assertFalse(both['keeps_the_rule'])
+        self.assertEqual(set(both['rule_shortfall']), {'A', 'B'})
+        for pool in ('exportable', 'python'):
+            rows = strict['pools'][pool]['rows']
+            self.assertGreater(both['score'], max(r['score'] for r in rows))
+            self.assertLen(strict['pools'][pool]['chosen']['statistics'], 1)  # a or b alone.
+            self.assertTrue(strict['pools'][pool]['chosen']['keeps_the_rule'])
+            # Without the rule, both statistics win (the greedy search finds them too).
+            self.assertEqual(set(loose['pools'][pool]['chosen']['statistics']), {'a', 'b'})
 
     def test_a_statistics_cache_from_before_an_image_statistic_gains_it_alone(self):
         sets = {'in': np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), np.uint8),

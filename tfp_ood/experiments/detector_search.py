@@ -36,8 +36,11 @@ three blocks (no image is in two roles). How the design is chosen:
   AUROC below one of its statistics alone on any validation set;
 - every design, these and the named designs of `REFERENCE` whose
   statistics the pool has, is ranked on the second halves, and the best
-  there wins each pool: a greedy choice among a hundred statistics fits the
-  images it was chosen on.
+  there wins each pool (a greedy choice among a hundred statistics fits the
+  images it was chosen on) among the designs that keep the rule on the first
+  halves: a named design, or an estimator scored on another's choice, that
+  falls more than `--rule-tolerance` below one of its own statistics alone
+  on a set used is discarding that statistic's signal, and is not chosen.
 
 Writes `search.md`, `search.json` and, per model,
 `<model>.json` and `<model>_python.json` (the designs, what
@@ -203,6 +206,17 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
         row = selection.evaluate_design(train, rank_in, rank_sets, names, estimator, criterion)
         return dict(row.to_dict(), design=design)
 
+    def with_the_rule(row, where_chosen: selection.Selection):
+        """`row` with how far, on the first halves of the sets used, the design
+        falls below one of its statistics alone, and whether that keeps the rule."""
+        shortfall = where_chosen.loses_to_a_part
+        return dict(row, rule_shortfall=shortfall,
+                    keeps_the_rule=max(shortfall.values(), default=0.) <= rule_tolerance)
+
+    def first_halves(names, estimator):
+        return selection.evaluate_design(train, choose_in, {k: choose_sets[k] for k in used},
+                                         names, estimator, criterion)
+
     result = {'pools': {}, 'reference': {}, 'criterion': criterion, 'sets_used': used,
               'detectable_auroc': detectable_auroc,
               'best_single': {k: {'auroc': a, 'statistic': n}
@@ -216,8 +230,10 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
                for codec in PYTHON_CODECS if f'{codec}_bits' in train}
         for name in ESTIMATES if name in train}
     for name, (names, estimator) in REFERENCE.items():
-        row = ranked(_expand(names, train), estimator, name)
-        result['reference'][name] = dict(row, score=score(row, criterion, used))
+        names = _expand(names, train)
+        row = ranked(names, estimator, name)
+        result['reference'][name] = with_the_rule(dict(row, score=score(row, criterion, used)),
+                                                  first_halves(names, estimator))
     for pool, candidates in pools.items():
         rows = []
         for estimator in ESTIMATORS:
@@ -230,20 +246,22 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
                           'best_single': chosen.best_single}
             else:  # Scored on the Ledoit-Wolf choice.
                 names = rows[SEARCHED.index('ledoit_wolf')]['statistics']
-                metrics = selection.design_metrics(
-                    train, choose_in, {k: choose_sets[k] for k in used}, names, estimator)
-                choice = {'score': float(np.mean([m[criterion] for m in metrics.values()]))}
+                chosen = first_halves(names, estimator)
+                choice = {'score': chosen.score}
             row = dict(ranked(names, estimator, f'greedy, {estimator}'), choice=choice)
-            row['score'] = score(row, criterion, used)
+            row = with_the_rule(dict(row, score=score(row, criterion, used)), chosen)
             rows.append(row)
             if progress:
                 print(f'  {pool} {estimator}: {criterion} {choice["score"]:.4f} where chosen, '
                       f'{row["score"]:.4f} on the other half, with {names}', flush=True)
         # The choice: the best on the second halves among the searched designs
-        # and the named ones whose statistics the pool has.
+        # and the named ones whose statistics the pool has, of those that keep
+        # the rule where statistics are chosen (the first halves): a design
+        # below one of its own statistics alone is discarding signal.
         references = [r for r in result['reference'].values()
                       if set(r['statistics']) <= set(candidates)]
-        result['pools'][pool] = {'rows': rows, 'chosen': max(rows + references,
+        eligible = [r for r in rows + references if r['keeps_the_rule']]
+        result['pools'][pool] = {'rows': rows, 'chosen': max(eligible or rows + references,
                                                              key=lambda r: r['score'])}
     return result
 
@@ -262,6 +280,13 @@ def design(row: dict) -> dict:
             'score_on_the_sets_used': row['score']}
 
 
+def _rule(row: dict) -> str:
+    """Whether a design keeps the rule on the first halves, and where it falls short."""
+    shortfall = ', '.join(f'{k} -{v:.3f}' for k, v in row['rule_shortfall'].items())
+    return ('kept' if row['keeps_the_rule'] else 'broken') + (f' ({shortfall})' if shortfall
+                                                              else '')
+
+
 def markdown(results: dict) -> str:
     lines = []
     for model, result in results.items():
@@ -270,7 +295,8 @@ def markdown(results: dict) -> str:
         sets = list(result['pools']['exportable']['rows'][0]['aurocs'])
         used = result['sets_used']
         head = ['| design | ' + ' | '.join(sets) + ' | mean AUROC | mean flagged | score | '
-                'statistics |', '|---|' + '---:|' * (len(sets) + 3) + '---|']
+                'the rule where chosen | statistics |',
+                '|---|' + '---:|' * (len(sets) + 3) + '---|---|']
         lines += [f'### {model}', '', f'Fitted on {result["fit_split"]}; '
                   f'{result["num_images"]} images per validation set: statistics chosen on '
                   f'the first half of each, every design ranked on the second half by its '
@@ -288,7 +314,7 @@ def markdown(results: dict) -> str:
             return (f'| {label} | ' + ' | '.join(
                 f'{row["aurocs"][k]:.4f} / {row["detection_rates"][k]:.3f}' for k in sets)
                 + f' | {row["mean_auroc"]:.4f} | {row["mean_detection_rate"]:.4f} | '
-                f'{row["score"]:.4f} | ' + ', '.join(row['statistics']) + ' |')
+                f'{row["score"]:.4f} | {_rule(row)} | ' + ', '.join(row['statistics']) + ' |')
 
         for pool, chosen in result['pools'].items():
             for row in chosen['rows']:
