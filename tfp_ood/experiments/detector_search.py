@@ -213,9 +213,11 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
         return dict(row, rule_shortfall=shortfall,
                     keeps_the_rule=max(shortfall.values(), default=0.) <= rule_tolerance)
 
+    choose_used = {k: choose_sets[k] for k in used}
+
     def first_halves(names, estimator):
-        return selection.evaluate_design(train, choose_in, {k: choose_sets[k] for k in used},
-                                         names, estimator, criterion)
+        return selection.evaluate_design(train, choose_in, choose_used, names, estimator,
+                                         criterion)
 
     result = {'pools': {}, 'reference': {}, 'criterion': criterion, 'sets_used': used,
               'detectable_auroc': detectable_auroc,
@@ -239,7 +241,7 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
         for estimator in ESTIMATORS:
             if estimator in SEARCHED:
                 chosen = selection.select_statistics(
-                    train, choose_in, {k: choose_sets[k] for k in used}, candidates, estimator,
+                    train, choose_in, choose_used, candidates, estimator,
                     rule_tolerance=rule_tolerance, criterion=criterion)
                 names = chosen.statistics
                 choice = {'score': chosen.score, 'aurocs': chosen.aurocs,
@@ -334,14 +336,14 @@ def markdown(results: dict) -> str:
                          + ('at least as good as its best single statistic on every set.'
                             if not loses else 'below its best single statistic on '
                             + ', '.join(f'{k} (by {v:.4f})' for k, v in loses.items()) + '.'))
-        alone = result.get('complexity_alone', {})
+        alone = result['complexity_alone']
         if alone:
             lines += ['', 'Each compressed length alone (AUROC, second halves; a Gaussian of the '
                       'one statistic, so either tail counts):', '',
                       '| statistic | ' + ' | '.join(sets) + ' |', '|---|' + '---:|' * len(sets)]
             lines += [f'| {name} | ' + ' | '.join(f'{aurocs[k]:.4f}' for k in sets) + ' |'
                       for name, aurocs in alone.items()]
-        stand_ins = result.get('stand_ins', {})
+        stand_ins = result['stand_ins']
         if stand_ins:
             codecs = list(next(iter(stand_ins.values())))
             lines += ['', 'How closely TensorFlow\'s coding-cost estimates follow the Python-only '
