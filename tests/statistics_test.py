@@ -80,6 +80,73 @@ class FlowStatisticsTest(tf.test.TestCase):
         self.assertNotIn('level1_prior_log_det', full)  # The last level has no prior.
 
 
+class GradientStatisticsTest(tf.test.TestCase):
+
+    def _by_hand(self, model, images):
+        """Per image, a tape of its own log-likelihood alone, and the log of the
+        norm of the gradient over each group's variables, in NumPy."""
+        out = {name: [] for name in model.gradient_statistic_names}
+        for image in images:
+            with tf.GradientTape(persistent=True) as tape:
+                log_prob = model.log_prob(image[None])[0]
+            for name, group in zip(model.gradient_statistic_names,
+                                   model.parameter_groups().values()):
+                grads = tape.gradient(log_prob, group)
+                squares = sum(np.sum(np.square(g.numpy())) for g in grads if g is not None)
+                out[name].append(0.5 * np.log(squares))
+        return out
+
+    def test_against_a_tape_per_image_for_a_flow_and_a_pixelcnn(self):
+        # The flow's are vectorised over the batch; the PixelCNN++'s one at a time.
+        pixelcnn = models.named_model('pixelcnn', 'tiny', (8, 8, 3))
+        pixelcnn.log_prob(_images(2))  # Builds (and initialises) its weight norms.
+        for model in (_perturbed_glow(), pixelcnn):
+            images = _images(4, seed=3)
+            statistics = {k: v.numpy() for k, v in model.statistics(images,
+                                                                     gradients=True).items()}
+            self.assertEqual(set(statistics) - set(model.statistics(images)),
+                             set(model.gradient_statistic_names))
+            for name, expected in self._by_hand(model, images).items():
+                self.assertAllClose(statistics[name], expected, rtol=1e-4, atol=1e-4,
+                                    msg=name)
+            # Each image's own gradient: another batch around it does not change it.
+            alone = model.gradient_statistics(images[1:2])
+            for name in model.gradient_statistic_names:
+                self.assertAllClose(alone[name], statistics[name][1:2], rtol=1e-4, atol=1e-4)
+
+    def test_groups_hold_every_variable_once_under_names_that_survive_a_rebuild(self):
+        glow = _perturbed_glow()
+        groups = glow.parameter_groups()
+        self.assertEqual(list(groups)[:4], ['level0_step0_act_norm', 'level0_step0_conv1x1',
+                                            'level0_step0_coupling', 'level0_prior'])
+        for model in (glow, models.named_model('vae', 'tiny', (8, 8, 3))):
+            model.log_prob(_images(2))
+            held = [v.ref() for vs in model.parameter_groups().values() for v in vs]
+            self.assertEqual(len(held), len(set(held)))
+            self.assertEqual(set(held), {v.ref() for v in model.trainable_variables})
+        # Keras numbers layers by how many were built before: the names do not.
+        names = [models.named_model('pixelcnn', 'tiny', (8, 8, 3)) for _ in range(2)]
+        for model in names:
+            model.log_prob(_images(2))
+        self.assertEqual(names[0].gradient_statistic_names, names[1].gradient_statistic_names)
+        self.assertEqual(names[0].gradient_statistic_names[0], 'param_group0_log_grad_norm')
+
+    def test_the_evaluator_returns_them_on_request_only_in_small_batches(self):
+        model = _perturbed_glow()
+        images = _images(5, seed=4)
+        forward = tfp_score(model, images, statistics=True)
+        full = tfp_score(model, images, statistics='gradients')
+        self.assertNotIn('level0_prior_log_grad_norm', forward)
+        self.assertEqual(set(full) - set(forward), set(model.gradient_statistic_names))
+        for k, v in forward.items():
+            self.assertAllClose(full[k], v, rtol=1e-6, msg=k)
+        with self.assertRaisesRegex(ValueError, "statistics must be False, True or 'gradients'"):
+            tfp_score(model, images, statistics='gradient')
+        saved = export.load(export.export(model, os.path.join(self.create_tempdir().full_path,
+                                                              'glow')))
+        self.assertEqual(saved.gradient_statistic_names, ())  # No variables to take them over.
+
+
 class PixelCNNAndVAEStatisticsTest(tf.test.TestCase):
 
     def test_pixelcnn_map_summaries_against_numpy(self):
@@ -556,7 +623,7 @@ class SelectedDesignTest(tf.test.TestCase):
         np.savez(os.path.join(directory, 'x.npz'), images=images)
         statistics = ['level0_step0_log_det', 'level1_latent_mean_square', 'level0_log_pz',
                       'jpeg90_bits', 'total_variation', 'loco_bits', 'wavelet_rgb_bits',
-                      'level0_prior_log_det']
+                      'level0_prior_log_det', 'level1_step0_coupling_log_grad_norm']
         estimators, expected, paths = ('ledoit_wolf', 'copod', 'gmm'), [], []
         for estimator in estimators:
             design = {'statistics': statistics, 'codecs': [], 'estimator': estimator}

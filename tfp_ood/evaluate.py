@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from tfp_ood import data as data_lib
 from tfp_ood.errors import InputError
-from tfp_ood.models.base import DensityModel, check_images
+from tfp_ood.models.base import GRADIENT_BATCH_SIZE, DensityModel, check_images
 from tfp_ood.terms import BITS_PER_DIM, LOG_PROB
 
 __all__ = ['ScoreResult', 'score']
@@ -217,7 +217,7 @@ def score(model: DensityModel,
           model_name: Optional[str] = None,
           jit_compile: bool = False,
           strategy: Optional[tf.distribute.Strategy] = None,
-          statistics: bool = False) -> ScoreResult:
+          statistics: Union[bool, str] = False) -> ScoreResult:
     """Scores every image of `data` under `model`.
 
     Args:
@@ -247,7 +247,10 @@ def score(model: DensityModel,
         Default value: no distribution.
       statistics: also return the model's statistics along its computation
         (`model.statistics`, e.g. a flow's per-step log-determinants) among
-        the scores.
+        the scores; `'gradients'`: those and the log-norms of each image's
+        log-likelihood gradient per group of parameters
+        (`model.gradient_statistics`; batches of at most
+        `tfp_ood.models.base.GRADIENT_BATCH_SIZE` images).
         Default value: `False`.
 
     Returns:
@@ -259,12 +262,18 @@ def score(model: DensityModel,
     """
     if batch_size < 1:
         raise InputError(f'batch_size must be >= 1; got {batch_size}.')
+    if statistics not in (False, True, 'gradients'):
+        raise InputError(f"score: statistics must be False, True or 'gradients'; got "
+                         f"{statistics!r}.")
+    if statistics == 'gradients':
+        batch_size = min(batch_size, GRADIENT_BATCH_SIZE)
     ds = as_image_dataset(data, model.image_shape, name)
     num_images = int(ds.cardinality())
     ds = data_lib.without_autotune(ds.batch(batch_size).prefetch(2))
     if statistics and jit_compile:
         raise InputError('score: statistics=True runs the plain graph; drop jit_compile.')
-    score_batch = (model.statistics_batch if statistics else
+    score_batch = (model.gradient_statistics_batch if statistics == 'gradients' else
+                   model.statistics_batch if statistics else
                    model.xla_score_batch if jit_compile else model.score_batch)
     if strategy is not None:
         score_batch = _distributed(score_batch, strategy)

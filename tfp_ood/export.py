@@ -190,8 +190,9 @@ class _DetectorModule(tf.Module):
         detector = self._held_detector()
         terms = []
         for model in detector.models:
-            model_terms = dict(model.statistics(images) if detector.needs_statistics
-                               else model.log_prob_terms(images))
+            needs = detector.needs_statistics
+            model_terms = dict(model.statistics(images, gradients=needs == 'gradients')
+                               if needs else model.log_prob_terms(images))
             model_terms[BITS_PER_DIM] = model.bits_per_dim(model_terms[LOG_PROB])
             terms.append(model_terms)
         # The score's ops as written (no data-dependent Python control flow).

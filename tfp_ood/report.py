@@ -161,7 +161,9 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
         if isinstance(model, Deferred):  # Restored here, while the other thread scores.
             model = model.get()
         kept = set((statistics or {}).get(model_name, ()))
-        dropped = set(model.statistic_names) - kept  # A flow has dozens.
+        gradients = bool(kept & set(model.gradient_statistic_names))
+        # A flow has dozens.
+        dropped = set(model.statistic_names + model.gradient_statistic_names) - kept
         for set_name, ds in datasets.items():
             if stop.is_set():
                 break
@@ -171,7 +173,8 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
             if max_images.get(model_name):
                 ds = ds.take(max_images[model_name])
             result = score(model, ds, name=set_name, batch_size=batch_size,
-                           progress=progress, model_name=model_name, statistics=bool(kept))
+                           progress=progress, model_name=model_name,
+                           statistics='gradients' if gradients else bool(kept))
             if kept:  # Only the statistics asked for.
                 result.scores = {k: v for k, v in result.scores.items() if k not in dropped}
             results[(model_name, set_name)] = result

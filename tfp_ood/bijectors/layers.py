@@ -377,6 +377,12 @@ class InvertibleConv1x1(ImageBijector):
         with tf.name_scope(name):
             self._perm = tf.constant(perm)
             self._sign = tf.sign(diag)
+            # Constant masks of the two strict triangles and of the diagonal.
+            self._strictly_lower = tf.constant(np.tril(np.ones((channels, channels)), -1),
+                                               tf.float32)
+            self._strictly_upper = tf.constant(np.triu(np.ones((channels, channels)), 1),
+                                               tf.float32)
+            self._eye = tf.eye(channels)
             self.lower = tf.Variable(
                     tf.linalg.band_part(lower_upper, -1, 0) - tf.linalg.diag(diag),
                     name='lower')
@@ -388,12 +394,13 @@ class InvertibleConv1x1(ImageBijector):
 
     def _lower_upper(self):
         # The masks keep gradients off the unused triangle of each variable.
-        lower = tf.linalg.band_part(self.lower, -1, 0) - tf.linalg.diag(
-                tf.linalg.diag_part(self.lower))
-        upper = tf.linalg.band_part(self.upper, 0, -1) - tf.linalg.diag(
-                tf.linalg.diag_part(self.upper))
-        return lower + upper + tf.linalg.diag(self._sign *
-                                              tf.exp(self.log_abs_diag))
+        # Products with constant masks, not `band_part` and `diag_part`: the
+        # same numbers, and the per-image gradients `tf.vectorized_map` takes
+        # (`DensityModel.gradient_statistics`) cannot be saved in a SavedModel
+        # through the gradient of `diag_part`.
+        diag = self._sign * tf.exp(self.log_abs_diag)
+        return (self.lower * self._strictly_lower + self.upper * self._strictly_upper
+                + self._eye * diag)
 
     def weight(self) -> tf.Tensor:
         """The matrix `W` applied to every pixel by `inverse`, `[C, C]`."""

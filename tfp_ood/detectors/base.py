@@ -135,7 +135,7 @@ def read_json(path: str, what: str):
 
 def evaluator_terms(model: DensityModel, images: Images, what: str,
                     strategy: Optional[tf.distribute.Strategy] = None,
-                    statistics: bool = False, progress: bool = False) -> Terms:
+                    statistics: Union[bool, str] = False, progress: bool = False) -> Terms:
     """The shared evaluator's per-image terms of `images` under `model`."""
     return evaluate_score(model, images, name=what, progress=progress, strategy=strategy,
                           statistics=statistics).scores
@@ -159,8 +159,9 @@ class Detector(abc.ABC):
     models: Sequence[DensityModel] = ()
     needs_fit: bool = False
     # Whether the score reads the models' statistics along their computation
-    # (`DensityModel.statistics`), not only their terms.
-    needs_statistics: bool = False
+    # (`DensityModel.statistics`), not only their terms; 'gradients' if also
+    # their gradient norms (`DensityModel.gradient_statistics`).
+    needs_statistics: Union[bool, str] = False
     # Whether the score reads the images themselves (not only the models' terms).
     reads_images: bool = False
 

@@ -84,8 +84,14 @@ class DensityOfStates(Detector):
         self._values = self._mean = self._scale = None
 
     @property
-    def needs_statistics(self) -> bool:
-        return bool(set(self.statistics) & set(self.models[0].statistic_names))
+    def needs_statistics(self) -> Union[bool, str]:
+        """`'gradients'` if a statistic is one of the model's gradient norms
+        (`DensityModel.gradient_statistics`), else whether one is among its
+        other statistics along its computation."""
+        model = self.models[0]
+        if set(self.statistics) & set(model.gradient_statistic_names):
+            return 'gradients'
+        return bool(set(self.statistics) & set(model.statistic_names))
 
     @property
     def reads_images(self) -> bool:

@@ -98,9 +98,10 @@ ESTIMATES = ('loco_bits', 'wavelet_bits', 'wavelet_rgb_bits')
 
 
 def statistics_of(model, images: np.ndarray, progress: bool = False) -> dict:
-    """Every candidate statistic of `images`: the model's terms and statistics, the
-    image statistics and the Python-only codec lengths, `{name: [N] float64}`."""
-    out = evaluate.score(model, images, progress=progress, statistics=True).scores
+    """Every candidate statistic of `images`: the model's terms and statistics
+    (with its gradient norms), the image statistics and the Python-only codec
+    lengths, `{name: [N] float64}`."""
+    out = evaluate.score(model, images, progress=progress, statistics=_statistics(model)).scores
     out = {k: np.asarray(v, np.float64) for k, v in out.items()
            if k not in ('dequant_const', 'bits_per_dim')}
     out.update(image_statistics.image_statistics_array(
@@ -108,6 +109,12 @@ def statistics_of(model, images: np.ndarray, progress: bool = False) -> dict:
     for codec in PYTHON_CODECS:
         out[f'{codec}_bits'] = detectors.compressed_bits(images, codec)
     return out
+
+
+def _statistics(model):
+    """What `evaluate.score(..., statistics=)` computes for the pool: the gradient
+    norms too where the model has parameters to take them over."""
+    return 'gradients' if model.gradient_statistic_names else True
 
 
 def _save(path: str, stats: dict) -> None:
@@ -119,7 +126,9 @@ def _save(path: str, stats: dict) -> None:
 def cached_statistics(path: str, model, sets: dict, progress: bool) -> dict:
     """`statistics_of` every set, kept in `path` so that a second search (another
     tolerance, another estimator) or an interrupted one does not recompute them.
-    A cache from before an image statistic was added gains it, computed alone."""
+    A cache from before an image statistic or the model's gradient norms were
+    added gains them, computed alone (the gradient norms with `model`; pass
+    `None` for no model)."""
     if os.path.exists(path):
         with np.load(path) as saved:
             stats = {}
@@ -127,12 +136,18 @@ def cached_statistics(path: str, model, sets: dict, progress: bool) -> dict:
                 set_name, statistic = key.split('/', 1)
                 stats.setdefault(set_name, {})[statistic] = saved[key]
         if set(stats) == set(sets):
-            missing = sorted(set(image_statistics.IMAGE_STATISTICS)
-                             - set.intersection(*(set(d) for d in stats.values())))
-            if missing:
-                for k, images in sets.items():
+            for k, images in sets.items():
+                missing = sorted(set(image_statistics.IMAGE_STATISTICS) - set(stats[k]))
+                gradients = sorted(set(() if model is None else model.gradient_statistic_names)
+                                   - set(stats[k]))
+                if missing:
                     stats[k].update(image_statistics.image_statistics_array(images, missing))
-                _save(path, stats)
+                if gradients:
+                    scores = evaluate.score(model, images, name=k, progress=progress,
+                                            statistics='gradients').scores
+                    stats[k].update({g: np.asarray(scores[g], np.float64) for g in gradients})
+                if missing or gradients:
+                    _save(path, stats)  # A set at a time: nothing lost if interrupted.
             return stats
     stats = {k: statistics_of(model, v, progress) for k, v in sets.items()}
     _save(path, stats)

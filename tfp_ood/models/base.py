@@ -16,8 +16,9 @@ other draws. Every log-likelihood is in nats per image; bits/dim is derived
 from it, never recomputed.
 """
 
+import logging
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +30,14 @@ __all__ = ['DensityModel', 'bits_per_dim', 'check_images', 'dequantize',
            'NUM_BINS']
 
 NUM_BINS = 256
+#: What ends the name of a gradient statistic (`DensityModel.gradient_statistics`).
+GRADIENT_SUFFIX = '_log_grad_norm'
+#: The largest batch `tfp_ood.score(..., statistics='gradients')` runs at once.
+GRADIENT_BATCH_SIZE = 64
+
+
+def _quiet_pfor(record: logging.LogRecord) -> bool:
+    return 'uses a while_loop' not in record.getMessage()
 
 
 def bits_per_dim(log_prob, num_dims: int):
@@ -122,6 +131,10 @@ class DensityModel(tf.Module):
     is_flow: bool = False
     #: Where the model's networks compute (`tfp_ood.config.PRECISIONS`).
     precision: str = 'float32'
+    #: Whether `gradient_statistics` vectorises its per-image gradients over the
+    #: batch (`tf.vectorized_map`); models whose layers update state while they
+    #: run (weight normalisation's first call) take one image at a time.
+    vectorized_gradients: bool = False
 
     def __init__(self, image_shape: Sequence[int], name: Optional[str] = None):
         super().__init__(name=name)
@@ -170,10 +183,19 @@ class DensityModel(tf.Module):
         `statistics` reports besides its terms (none by default)."""
         return ()
 
-    def statistics(self, images) -> Dict[str, tf.Tensor]:
+    def statistics(self, images, gradients: bool = False) -> Dict[str, tf.Tensor]:
         """`log_prob_terms(images)` and every statistic of `statistic_names`,
         `[batch]` float32 each: what detectors built on the model's
-        computation (`tfp_ood.detectors.DensityOfStates`) read."""
+        computation (`tfp_ood.detectors.DensityOfStates`) read; with
+        `gradients`, also `gradient_statistics(images)` (several times the
+        cost of a pass through the model)."""
+        out = self._forward_statistics(images)
+        if gradients:
+            out.update(self.gradient_statistics(images))
+        return out
+
+    def _forward_statistics(self, images) -> Dict[str, tf.Tensor]:
+        """`log_prob_terms(images)` and every statistic of `statistic_names`."""
         return dict(self.log_prob_terms(images))
 
     @property
@@ -181,14 +203,96 @@ class DensityModel(tf.Module):
         """`statistics` with `bits_per_dim`, traced like `score_batch` (built on
         first use); `tfp_ood.score(..., statistics=True)` runs it."""
         if getattr(self, '_statistics_batch', None) is None:
-            def statistics_batch(images):
-                out = self.statistics(images)
-                out[BITS_PER_DIM] = self.bits_per_dim(out[LOG_PROB])
-                return out
-            self._statistics_batch = tf.function(
-                statistics_batch, autograph=False, input_signature=[
-                    tf.TensorSpec((None,) + self._image_shape, tf.uint8, name='images')])
+            self._statistics_batch = self._traced_statistics(gradients=False)
         return self._statistics_batch
+
+    @property
+    def gradient_statistics_batch(self):
+        """`statistics(images, gradients=True)` with `bits_per_dim`, traced like
+        `score_batch` (built on first use); `tfp_ood.score(...,
+        statistics='gradients')` runs it."""
+        if getattr(self, '_gradient_statistics_batch', None) is None:
+            self._gradient_statistics_batch = self._traced_statistics(gradients=True)
+        return self._gradient_statistics_batch
+
+    def _traced_statistics(self, gradients: bool):
+        def statistics_batch(images):
+            out = self.statistics(images, gradients=gradients)
+            out[BITS_PER_DIM] = self.bits_per_dim(out[LOG_PROB])
+            return out
+        return tf.function(statistics_batch, autograph=False, input_signature=[
+            tf.TensorSpec((None,) + self._image_shape, tf.uint8, name='images')])
+
+    def parameter_groups(self) -> Dict[str, List[tf.Variable]]:
+        """The trainable variables, in the groups whose gradient norms
+        `gradient_statistics` reports (every variable in exactly one).
+
+        By default one group per layer, in the order of `trainable_variables`,
+        named by position (`param_group0`, `param_group1`, ...): Keras names
+        layers by how many were built before them in the process, so their
+        names would not survive a restore. Flows name theirs by structure.
+        """
+        groups: Dict[str, List[tf.Variable]] = {}
+        layers: Dict[str, str] = {}
+        for v in self.trainable_variables:
+            layer = v.name.rsplit('/', 1)[0] if '/' in v.name else v.name
+            group = layers.setdefault(layer, f'param_group{len(layers)}')
+            groups.setdefault(group, []).append(v)
+        return groups
+
+    @property
+    def gradient_statistic_names(self) -> Tuple[str, ...]:
+        """`<group>_log_grad_norm` for each of `parameter_groups`: what
+        `gradient_statistics` reports."""
+        return tuple(f'{group}{GRADIENT_SUFFIX}' for group in self.parameter_groups())
+
+    def gradient_statistics(self, images) -> Dict[str, tf.Tensor]:
+        """Per image, the log of the L2 norm of the gradient of its
+        log-likelihood (`log_prob`, midpoint dequantization) with respect to
+        each group of parameters (`parameter_groups`), `[batch]` float32 each:
+        `0.5 * log sum_{theta in group} (d log p(x) / d theta)^2`.
+
+        Layer-wise gradient norms as OOD statistics are from Dauncey et al.,
+        "Approximations to the Fisher Information Metric of Deep Generative
+        Models for Out-Of-Distribution Detection" (2024). Where
+        `vectorized_gradients` (flows), the per-image gradients are vectorised
+        over the batch (`tf.vectorized_map`), and memory grows with the batch
+        times the number of parameters (`tfp_ood.score(...,
+        statistics='gradients')` scores in batches of at most
+        `GRADIENT_BATCH_SIZE`); other models take one image after the other.
+        """
+        images = check_images(images, self._image_shape)
+        groups = self.parameter_groups()
+        variables = [v for vs in groups.values() for v in vs]
+        if not variables:
+            raise InputError(f'{type(self).__name__} has no trainable variables: no gradient '
+                             f'statistics.')
+
+        def squared_norms(image):
+            with tf.GradientTape() as tape:
+                log_prob = self.log_prob_terms(image[None])[LOG_PROB][0]
+            grads = tape.gradient(log_prob, variables,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return [tf.reduce_sum(tf.square(g)) for g in grads]
+
+        if self.vectorized_gradients:
+            # pfor warns, once per convolution, that it loops over the filter's
+            # gradient; the result is the same.
+            logger = tf.get_logger()
+            logger.addFilter(_quiet_pfor)
+            try:
+                squares = tf.vectorized_map(squared_norms, images)
+            finally:
+                logger.removeFilter(_quiet_pfor)
+        else:  # One image after the other.
+            squares = tf.unstack(tf.map_fn(
+                lambda image: tf.stack(squared_norms(image)), images,
+                fn_output_signature=tf.TensorSpec([len(variables)], tf.float32)), axis=1)
+        out, start = {}, 0
+        for name, group in zip(self.gradient_statistic_names, groups.values()):
+            out[name] = 0.5 * tf.math.log(tf.add_n(squares[start:start + len(group)]))
+            start += len(group)
+        return out
 
     def _trackable_children(self, save_type='checkpoint', **kwargs):
         """The objects a checkpoint or SavedModel holds of the model: its variables

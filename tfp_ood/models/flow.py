@@ -26,17 +26,20 @@ sum to `log_pz` and `log_det` up to float rounding.
 of the activations after each step (`level<i>_step<j>_mean_square`), and
 each level's split-prior log-determinant (`level<i>_prior_log_det`, all but
 the last level) and the mean square of the latent it factors out
-(`level<i>_latent_mean_square`).
+(`level<i>_latent_mean_square`). `statistics(images, gradients=True)` adds,
+per image, the log-norm of the log-likelihood's gradient with respect to each
+step's ActNorm, 1x1 convolution and coupling and each split prior
+(`level<i>_step<j>_coupling_log_grad_norm`, ...; `parameter_groups`).
 """
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import math
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_ood.bijectors.glow import glow
+from tfp_ood.bijectors.glow import Step, glow
 from tfp_ood.bijectors.layers import ImageBijector, inverse_and_log_det_terms
 from tfp_ood.config import GlowConfig
 from tfp_ood.errors import InputError
@@ -72,6 +75,7 @@ class FlowModel(DensityModel):
     """
 
     can_sample = True
+    vectorized_gradients = True
     is_flow = True
 
     def __init__(self, bijector: ImageBijector, image_shape, config: Optional[GlowConfig] = None,
@@ -111,6 +115,27 @@ class FlowModel(DensityModel):
                 names.append(level_term(i, 'prior_log_det'))
             names.append(level_term(i, 'latent_mean_square'))
         return tuple(names)
+
+    def parameter_groups(self) -> Dict[str, List[tf.Variable]]:
+        """Per level, each step's ActNorm, 1x1 convolution and coupling
+        (`level<i>_step<j>_act_norm`, `..._conv1x1`, `..._coupling`) and the
+        split prior (`level<i>_prior`); any other trainable variable in `rest`.
+        A flow without levels has the default grouping."""
+        if not self.levels:
+            return super().parameter_groups()
+        groups = {}
+        for i, level in enumerate(self.levels):
+            for j, step in enumerate(level.steps):
+                for part in Step._fields:
+                    groups[f'level{i}_step{j}_{part}'] = list(
+                        getattr(step, part).trainable_variables)
+            if level.split_prior is not None:
+                groups[f'level{i}_prior'] = list(level.split_prior.trainable_variables)
+        grouped = {v.ref() for vs in groups.values() for v in vs}
+        rest = [v for v in self.trainable_variables if v.ref() not in grouped]
+        if rest:
+            groups['rest'] = rest
+        return {k: v for k, v in groups.items() if v}
 
     @classmethod
     def from_config(cls, config: GlowConfig, precision: str = 'float32') -> 'FlowModel':
@@ -175,7 +200,7 @@ class FlowModel(DensityModel):
             out[level_term(i, LOG_DET)] = level.volume
         return out, terms.levels
 
-    def statistics(self, images) -> Dict[str, tf.Tensor]:
+    def _forward_statistics(self, images) -> Dict[str, tf.Tensor]:
         """`log_prob_terms(images)` and every statistic of `statistic_names`
         (see the module docstring), from one pass through the flow."""
         out, levels = self._terms(images)

@@ -138,7 +138,7 @@ class PixelCNNModel(DensityModel):
     def statistic_names(self):
         return PIXEL_STATISTICS
 
-    def statistics(self, images) -> Dict[str, tf.Tensor]:
+    def _forward_statistics(self, images) -> Dict[str, tf.Tensor]:
         """`log_prob` and the summaries of the per-pixel negative log-likelihood
         map of `statistic_names` (nats per pixel), from one network pass."""
         pixel_nll = -self.pixel_log_prob(images)

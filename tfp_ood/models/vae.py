@@ -203,7 +203,7 @@ class VAE(DensityModel):
     def statistic_names(self):
         return VAE_STATISTICS
 
-    def statistics(self, images) -> Dict[str, tf.Tensor]:
+    def _forward_statistics(self, images) -> Dict[str, tf.Tensor]:
         """`log_prob_terms(images)` and the encoder's and decoder's statistics of
         `statistic_names`: the norm of the Gaussian posterior's mean
         (`posterior_loc_norm`, before any posterior flow), the mean of its log
