@@ -102,8 +102,8 @@ class GradientStatisticsTest(tf.test.TestCase):
         pixelcnn.log_prob(_images(2))  # Builds (and initialises) its weight norms.
         for model in (_perturbed_glow(), pixelcnn):
             images = _images(4, seed=3)
-            statistics = {k: v.numpy() for k, v in model.statistics(images,
-                                                                     gradients=True).items()}
+            statistics = model.statistics(images, gradients=True)
+            statistics = {k: v.numpy() for k, v in statistics.items()}
             self.assertEqual(set(statistics) - set(model.statistics(images)),
                              set(model.gradient_statistic_names))
             for name, expected in self._by_hand(model, images).items():
