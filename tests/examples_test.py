@@ -374,8 +374,10 @@ class DetectorsExampleTest(tf.test.TestCase):
     @pytest.mark.slow
     def test_detectors_table_on_the_samples(self):
         out = self.create_tempdir().full_path
+        # Without the gradient norms (the slowest; below on a tiny flow).
         run = _script('detectors', '--models', 'glow_cifar10', '--num-images', '100',
-                      '--num-synthetic', '50', '--out', out, '--no-progress')
+                      '--num-synthetic', '50', '--out', out, '--no-progress',
+                      '--skip', 'gradient_norms')
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
         with open(os.path.join(out, 'detectors.json')) as f:
             rows = json.load(f)['rows']
@@ -431,6 +433,26 @@ class DetectorsExampleTest(tf.test.TestCase):
         events.Reload()
         tags = set(events.Tags()['tensors'])
         self.assertIn('pr/density_of_states_levels: cifar10 vs svhn_cropped/pr_curves', tags)
+
+    def test_gradient_norms_read_the_flows_one_pass_with_its_other_statistics(self):
+        import argparse
+        model = models.named_model('glow', 'tiny', (8, 8, 3))
+        images = np.random.default_rng(0).integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+        model.initialize(images[:40])
+        scorer = detectors_experiment._Scorer(argparse.Namespace(num_images=None,
+                                                                 progress=False),
+                                              model, gradients=True)
+        detector = detectors.named('gradient_norms', model)
+        self.assertEqual(detector.needs_statistics, 'gradients')
+        self.assertEqual(detector.statistics, model.gradient_statistic_names)
+        scorer(detector, 'fit', images[:40], fit=True)
+        scores = scorer(detector, 'in', images[40:])
+        terms = scorer.cache[(id(model), 'in')]
+        self.assertContainsSubset(model.statistic_names + model.gradient_statistic_names, terms)
+        self.assertAllClose(scores.ood_score, detector.score(images[40:]).ood_score)
+        with self.assertRaisesRegex(ValueError, 'gradient_norms needs a model with parameters'):
+            detectors.named('gradient_norms', export.load(export.export(
+                model, os.path.join(self.create_tempdir().full_path, 'glow'))))
 
 
 class AtPublishedFitTest(tf.test.TestCase):

@@ -380,6 +380,8 @@ DETECTORS: Dict[str, str] = {
     'density_of_states_gaussian': 'a Gaussian over every level\'s terms and the PNG, JPEG '
                                   '2000 and JPEG XL lengths (flows)',
     'density_of_states_selected': 'the statistics, codecs and estimator of a design (--design)',
+    'gradient_norms': 'after Dauncey et al.: a Gaussian over the log-norms of each image\'s '
+                      'log-likelihood gradient per group of parameters',
 }
 DETECTOR_NAMES = tuple(DETECTORS)
 #: The density of states whose statistics and estimator a design names: what

@@ -98,6 +98,15 @@ def _every_level(codec, estimator: str, name: str) -> Factory:
     return factory
 
 
+def _gradient_norms(model, **unused):
+    names = model.gradient_statistic_names
+    if not names:
+        raise InputError(f'gradient_norms needs a model with parameters to take gradients '
+                         f'over; {type(model).__name__} has none (restore the model with '
+                         f'tfp_ood.export.restore, not load).')
+    return DensityOfStates(model, names, estimator='gaussian')
+
+
 _LEVEL_DESIGNS = {'density_of_states_levels': ('png', 'kde'),
                   'density_of_states_levels_png_jpeg2000': (('png', 'jpeg2000'), 'kde'),
                   'density_of_states_gaussian': (('png', 'jpeg2000', 'jpegxl'), 'gaussian')}
@@ -116,6 +125,7 @@ DETECTORS: Dict[str, Factory] = {
     'density_of_states_terms': _density_of_states_terms,
     **{name: _every_level(*design, name) for name, design in _LEVEL_DESIGNS.items()},
     SELECTED: _selected,
+    'gradient_norms': _gradient_norms,
 }
 
 
@@ -137,8 +147,13 @@ def named(name: str, model: DensityModel, background: Optional[DensityModel] = N
     `input_complexity_jpegxl` with lossless JPEG XL. `likelihood_ratio` needs
     `background`. `density_of_states_selected` is the density of states of
     `design` (`check_design`): its statistics, codecs and estimator.
-    `compressor`: the `codecs.Compressor` that detectors scoring the same
-    images share.
+    `gradient_norms` is a full-covariance Gaussian over the log-norms of each
+    image's log-likelihood gradient per group of the model's parameters
+    (`DensityModel.gradient_statistics`; for a flow, each step's ActNorm, 1x1
+    convolution and coupling and each split prior), after Dauncey et al.,
+    "Approximations to the Fisher Information Metric of Deep Generative Models
+    for Out-Of-Distribution Detection" (2024). `compressor`: the
+    `codecs.Compressor` that detectors scoring the same images share.
     """
     if name not in DETECTORS:
         raise InputError(f'Unknown detector {name!r}; expected one of {DETECTOR_NAMES}.')

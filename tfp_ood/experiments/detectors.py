@@ -252,9 +252,13 @@ def _models(args, experiment: Experiment):
 def _detectors(args, experiment: Experiment, model, background, members) -> dict:
     """Every single-image detector the model supports, by name, with the designs
     the detector search chose on validation sets for it."""
-    names = [n for n in detectors.DETECTOR_NAMES if n not in ('typicality', detectors.SELECTED)
+    names = [n for n in detectors.DETECTOR_NAMES
+             if n not in ('typicality', detectors.SELECTED, *args.skip)
              and (n != 'likelihood_ratio' or background is not None)
-             and (n not in detectors.FLOW_DETECTOR_NAMES or model.is_flow)]
+             and (n not in detectors.FLOW_DETECTOR_NAMES or model.is_flow)
+             # Per-image gradients are vectorised over the batch for flows only;
+             # one image at a time, a PixelCNN++'s would take hours here.
+             and (n != 'gradient_norms' or model.is_flow)]
     # One compressor for every detector: each set is compressed once per Python-only codec.
     compressor = detectors.Compressor()
     single = {n: detectors.named(n, model, background, compressor=compressor) for n in names}
@@ -265,6 +269,7 @@ def _detectors(args, experiment: Experiment, model, background, members) -> dict
         design = detectors.read_design(design)
         missing = sorted(set(design['statistics']) - {'log_prob', *model.term_names,
                                                       *model.statistic_names,
+                                                      *model.gradient_statistic_names,
                                                       *image_statistics.IMAGE_STATISTICS})
         if missing:  # E.g. a model retrained at another size.
             print(f'{experiment.model}: its design{suffix} names statistics the model lacks '
@@ -280,15 +285,19 @@ def _detectors(args, experiment: Experiment, model, background, members) -> dict
 class _Scorer:
     """Scores sets under detectors, each model run once per set (by name)."""
 
-    def __init__(self, args, model):
+    def __init__(self, args, model, gradients: bool = False):
         self.args, self.model = args, model
+        # The flow's statistics along its computation, and its gradient norms
+        # if a detector reads them.
+        self.statistics = ('gradients' if gradients else True) if model.is_flow else False
         self.cache: Dict[Tuple[int, str], dict] = {}
 
     def _terms(self, m, name, images):
         key = (id(m), name)
         if key not in self.cache:
-            self.cache[key] = evaluate.score(m, images, name=name, progress=self.args.progress,
-                                             statistics=m is self.model and m.is_flow).scores
+            self.cache[key] = evaluate.score(
+                m, images, name=name, progress=self.args.progress,
+                statistics=self.statistics if m is self.model else False).scores
         return self.cache[key]
 
     def __call__(self, detector, name, images, fit=False):
@@ -308,7 +317,8 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
     fit_images, in_images = sets.fit_and_in(experiment)
     single = _detectors(args, experiment, model, background, members)
     typicality = {m: detectors.Typicality(model, batch_size=m) for m in TYPICALITY_M}
-    scores_of = _Scorer(args, model)
+    scores_of = _Scorer(args, model, gradients=any(
+        d.needs_statistics == 'gradients' for d in single.values()))
     for detector in list(single.values()) + list(typicality.values()):
         if detector.needs_fit:
             scores_of(detector, 'fit', fit_images, fit=True)
@@ -534,6 +544,10 @@ def main(argv=None):
     p.add_argument('--num-synthetic', type=int, default=1000,
                    help='constant and noise images')
     p.add_argument('--models', nargs='+', default=None, help='only these models')
+    p.add_argument('--skip', nargs='+', default=(), choices=detectors.DETECTOR_NAMES,
+                   metavar='DETECTOR',
+                   help='detectors to leave out (gradient_norms is the slowest: each image\'s '
+                        'gradient, about a third of a flow column\'s time)')
     p.add_argument('--designs-dir', default=os.path.join(common.REPO, 'saved_models', 'designs'),
                    help='the designs of density_of_states_selected, <model>.json (TensorFlow '
                         'statistics only) and <model>_python.json (default: '
