@@ -5,6 +5,7 @@ shipped models."""
 
 import contextlib
 import csv
+import glob
 import importlib
 import io
 import json
@@ -184,11 +185,21 @@ class ExamplesTest(tf.test.TestCase):
             eligible = [r for r in chosen['rows'] + named if r['keeps_the_rule']]
             self.assertTrue(chosen['chosen']['keeps_the_rule'])
             self.assertEqual(chosen['chosen']['score'], max(r['score'] for r in eligible))
-            suffix = '' if pool == 'exportable' else '_python'
-            design = detectors.read_design(os.path.join(out, f'glow_cifar10{suffix}.json'))
+            design = detectors.read_design(os.path.join(
+                out, f'glow_cifar10{detector_search.POOLS[pool]}.json'))
             self.assertEqual(design['estimator'], chosen['chosen']['estimator'])
-            if pool == 'exportable':
+            if pool != 'python':
                 self.assertEqual(design['codecs'], [])
+            if pool == 'exportable':  # One pass of the model: no gradient norms.
+                self.assertFalse([s for s in design['statistics'] if s.endswith('_grad_norm')])
+        self.assertEqual(list(result['pools']), ['exportable', 'gradients', 'python'])
+        # Every set's statistics hold the flow's gradient norms, the gradients pool's own.
+        model = export.restore(os.path.join(models_dir, 'glow_cifar10'))
+        cache, = glob.glob(os.path.join(out, 'statistics_glow_cifar10_*.npz'))
+        with np.load(cache) as saved:
+            for set_name in ['fit', 'in', *sets]:
+                for name in model.gradient_statistic_names:
+                    self.assertIn(f'{set_name}/{name}', saved.files)
         self.assertEqual(set(result['reference']), set(detector_search.REFERENCE))
         # The sets that take part: those some statistic alone separates with AUROC >= 0.8.
         self.assertEqual(result['sets_used'], [k for k, v in result['best_single'].items()
@@ -242,7 +253,7 @@ class ExamplesTest(tf.test.TestCase):
             # Without the rule, both statistics win (the greedy search finds them too).
             self.assertEqual(set(loose['pools'][pool]['chosen']['statistics']), {'a', 'b'})
 
-    def test_a_statistics_cache_from_before_an_image_statistic_gains_it_alone(self):
+    def test_a_statistics_cache_from_before_a_statistic_gains_it_alone(self):
         sets = {'in': np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), np.uint8),
                 'fit': np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), np.uint8)}
         older = sorted(set(image_statistics.IMAGE_STATISTICS) - {'wavelet_bits'})
@@ -258,6 +269,15 @@ class ExamplesTest(tf.test.TestCase):
                 images, ['wavelet_bits'])['wavelet_bits'])
         again = detector_search.cached_statistics(path, None, sets, progress=False)
         self.assertEqual(set(again['in']), set(out['in']))  # Saved with the addition.
+        # With a model, its gradient norms are added too, and only they are computed.
+        model = models.named_model('glow', 'tiny', (8, 8, 3))
+        model.initialize(sets['in'])
+        out = detector_search.cached_statistics(path, model, sets, progress=False)
+        for k, images in sets.items():
+            self.assertAllEqual(out[k]['log_prob'], stats[k]['log_prob'])  # Not recomputed.
+            expected = model.gradient_statistics(images)
+            for name in model.gradient_statistic_names:
+                self.assertAllClose(out[k][name], expected[name], rtol=1e-5)
 
     @pytest.mark.slow(minutes=0.2)
     def test_fashion_mnist_retrain_tiny(self):

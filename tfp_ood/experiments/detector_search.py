@@ -30,9 +30,11 @@ three blocks (no image is in two roles). How the design is chosen:
 - statistics are chosen greedily on the first half of every validation set
   (`tfp_ood.selection`; for each estimator of `SEARCHED`; OAS, the KDE and
   the Gaussian mixture are scored on the Ledoit-Wolf Gaussian's choice),
-  once among the statistics TensorFlow computes (exportable as a
-  SavedModel) and once adding the JPEG 2000 and JPEG XL lengths (Python
-  only); an addition may not leave the design more than `--rule-tolerance`
+  once among the statistics TensorFlow computes in one pass of the model
+  (exportable as a SavedModel), once adding the model's gradient norms
+  (`DensityModel.gradient_statistics`: exportable, about nine times the
+  cost) and once adding the JPEG 2000 and JPEG XL lengths (Python only;
+  `POOLS`); an addition may not leave the design more than `--rule-tolerance`
   AUROC below one of its statistics alone on any validation set;
 - every design, these and the named designs of `REFERENCE` whose
   statistics the pool has, is ranked on the second halves, and the best
@@ -43,9 +45,10 @@ three blocks (no image is in two roles). How the design is chosen:
   on a set used is discarding that statistic's signal, and is not chosen.
 
 Writes `search.md`, `search.json` and, per model,
-`<model>.json` and `<model>_python.json` (the designs, what
-`tfp-ood fit-detector --design` and `tfp_ood.experiments.detectors --designs-dir` read)
-to `--out`; the shipped designs are in `saved_models/designs/`.
+`<model>.json`, `<model>_gradients.json` and `<model>_python.json` (the
+designs, what `tfp-ood fit-detector --design` and
+`tfp_ood.experiments.detectors --designs-dir` read) to `--out`; the shipped
+designs are in `saved_models/designs/`.
 
     # glow_cifar10 and glow_fashion_mnist:
     python -m tfp_ood.experiments.detector_search --data-dir DATA
@@ -59,6 +62,7 @@ import numpy as np
 
 from tfp_ood import data, detectors, evaluate, export, image_statistics, selection, shifts
 from tfp_ood.experiments import common
+from tfp_ood.models.base import GRADIENT_SUFFIX
 
 # Each chooses its own statistics greedily; the KDE and the mixture are scored
 # on the Ledoit-Wolf Gaussian's choice (a greedy search under either costs
@@ -93,6 +97,12 @@ REFERENCE = {
 # The compressed lengths reported alone on every validation set.
 COMPLEXITY = ('png9_bits', 'jpeg98_bits', 'loco_bits', 'wavelet_bits', 'wavelet_rgb_bits',
               'jpeg2000_bits', 'jpegxl_bits')
+# The pools of statistics a design is chosen from, and the suffix of the file
+# each pool's choice is written to (`<model><suffix>.json`): the statistics
+# TensorFlow computes in one pass of the model (what the shipped SavedModel
+# reads), those and the model's gradient norms (exportable too, about nine
+# times the cost of the pass), and everything with the Python-only lengths.
+POOLS = {'exportable': '', 'gradients': '_gradients', 'python': '_python'}
 # TensorFlow's coding-cost estimates, correlated with the Python-only lengths.
 ESTIMATES = ('loco_bits', 'wavelet_bits', 'wavelet_rgb_bits')
 
@@ -190,7 +200,7 @@ def score(row: dict, criterion: str, sets) -> float:
 
 def search_model(model, stats: dict, progress: bool = True, rule_tolerance: float = 0.02,
                  criterion: str = 'detection_rate', detectable_auroc: float = 0.8) -> dict:
-    """Every estimator's selection in both pools, the references, and the winners.
+    """Every estimator's selection in each pool, the references, and the winners.
 
     Statistics are chosen on the first half of every validation set and every
     design (chosen or named) is ranked on the second half: a greedy choice
@@ -208,8 +218,11 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
     choose_sets, rank_sets = _halves(stats)
     choose_in, rank_in = choose_sets.pop('in'), rank_sets.pop('in')
     python_only = [f'{c}_bits' for c in PYTHON_CODECS]
-    pools = {'exportable': sorted(k for k in train if k not in python_only),
-             'python': sorted(train)}
+    gradients = [k for k in train if k.endswith(GRADIENT_SUFFIX)]
+    pools = {'exportable': sorted(k for k in train if k not in python_only + gradients)}
+    if gradients:  # The gradient norms cost several passes of the model (POOLS).
+        pools['gradients'] = sorted(k for k in train if k not in python_only)
+    pools['python'] = sorted(train)
     best_single = selection.best_single_statistics(train, choose_in, choose_sets,
                                                    pools['python'])
     used = [k for k, (auroc, _) in best_single.items() if auroc >= detectable_auroc]
@@ -412,9 +425,9 @@ def main(argv=None):
                                           detectable_auroc=args.detectable_auroc),
                              fit_split=fit_split, num_images=n,
                              rule_tolerance=args.rule_tolerance)
-        for pool, suffix in (('exportable', ''), ('python', '_python')):
-            with open(os.path.join(args.out, f'{name}{suffix}.json'), 'w') as f:
-                json.dump(design(results[name]['pools'][pool]['chosen']), f, indent=2)
+        for pool, chosen in results[name]['pools'].items():
+            with open(os.path.join(args.out, f'{name}{POOLS[pool]}.json'), 'w') as f:
+                json.dump(design(chosen['chosen']), f, indent=2)
         with open(os.path.join(args.out, 'search.json'), 'w') as f:
             json.dump(results, f, indent=2)
         with open(os.path.join(args.out, 'search.md'), 'w') as f:

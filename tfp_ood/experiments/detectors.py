@@ -262,7 +262,7 @@ def _detectors(args, experiment: Experiment, model, background, members) -> dict
     # One compressor for every detector: each set is compressed once per Python-only codec.
     compressor = detectors.Compressor()
     single = {n: detectors.named(n, model, background, compressor=compressor) for n in names}
-    for suffix in ('', '_python'):
+    for suffix in ('', '_gradients', '_python'):  # detector_search.POOLS
         design = os.path.join(args.designs_dir, f'{experiment.model}{suffix}.json')
         if not os.path.exists(design):
             continue
@@ -547,11 +547,13 @@ def main(argv=None):
     p.add_argument('--skip', nargs='+', default=(), choices=detectors.DETECTOR_NAMES,
                    metavar='DETECTOR',
                    help='detectors to leave out (gradient_norms is the slowest: each image\'s '
-                        'gradient, about a third of a flow column\'s time)')
+                        'gradient, about nine times the cost of the flow\'s other statistics)')
     p.add_argument('--designs-dir', default=os.path.join(common.REPO, 'saved_models', 'designs'),
                    help='the designs of density_of_states_selected, <model>.json (TensorFlow '
-                        'statistics only) and <model>_python.json (default: '
-                        'saved_models/designs/, written by tfp_ood.experiments.detector_search)')
+                        'statistics of one pass of the model), <model>_gradients.json (with its '
+                        'gradient norms) and <model>_python.json (with the Python-only lengths) '
+                        '(default: saved_models/designs/, written by '
+                        'tfp_ood.experiments.detector_search)')
     args = p.parse_args(argv)
     source = common.Source(args)
     sets = Sets(source, args.num_fit_images, args.num_synthetic)
