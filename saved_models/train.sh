@@ -100,9 +100,10 @@ done
 # The fitted detectors `tfp-ood detect` runs (docs/detectors.md). Their design
 # (which statistics, which estimator) is chosen on validation OOD sets that are
 # not the test pairs, by tfp_ood.experiments.detector_search (saved_models/designs/:
-# <model>.json with TensorFlow statistics only, <model>_python.json with the
-# JPEG 2000 and JPEG XL lengths too); fitted on the first 5,000 training images,
-# the threshold set to keep 95% of test[:5000].
+# <model>.json with the TensorFlow statistics of one pass of the model,
+# <model>_gradients.json with its gradient norms too, <model>_python.json with
+# the JPEG 2000 and JPEG XL lengths too); fitted on the first 5,000 training
+# images, the threshold set to keep 95% of test[:5000].
 python -m tfp_ood.experiments.detector_search --data-dir "$DATA" --out "$RUNS/detector_search"
 cp "$RUNS"/detector_search/*.json "$RUNS/detector_search/search.md" saved_models/designs/
 $T fit-detector --detector density_of_states_selected --design saved_models/designs/glow_cifar10.json \

@@ -264,7 +264,7 @@ def _detectors(args, experiment: Experiment, model, background, members) -> dict
     single = {n: detectors.named(n, model, background, compressor=compressor) for n in names}
     for suffix in ('', '_gradients', '_python'):  # detector_search.POOLS
         design = os.path.join(args.designs_dir, f'{experiment.model}{suffix}.json')
-        if not os.path.exists(design):
+        if not os.path.exists(design) or detectors.SELECTED + suffix in args.skip:
             continue
         design = detectors.read_design(design)
         missing = sorted(set(design['statistics']) - {'log_prob', *model.term_names,
@@ -544,10 +544,12 @@ def main(argv=None):
     p.add_argument('--num-synthetic', type=int, default=1000,
                    help='constant and noise images')
     p.add_argument('--models', nargs='+', default=None, help='only these models')
-    p.add_argument('--skip', nargs='+', default=(), choices=detectors.DETECTOR_NAMES,
-                   metavar='DETECTOR',
-                   help='detectors to leave out (gradient_norms is the slowest: each image\'s '
-                        'gradient, about nine times the cost of the flow\'s other statistics)')
+    p.add_argument('--skip', nargs='+', default=(), metavar='DETECTOR',
+                   choices=detectors.DETECTOR_NAMES + tuple(
+                       detectors.SELECTED + suffix for suffix in ('_gradients', '_python')),
+                   help='detectors to leave out: those reading the gradient norms '
+                        '(gradient_norms, and the designs that chose them) are the slowest, '
+                        'about nine times the cost of the flow\'s other statistics')
     p.add_argument('--designs-dir', default=os.path.join(common.REPO, 'saved_models', 'designs'),
                    help='the designs of density_of_states_selected, <model>.json (TensorFlow '
                         'statistics of one pass of the model), <model>_gradients.json (with its '
