@@ -401,7 +401,8 @@ SUMMARY_ROWS = (('raw_likelihood', 1), ('likelihood_ratio', 1), ('input_complexi
                 ('typicality', 1), ('typicality', 25), ('waic', 1), ('density_of_states', 1),
                 ('density_of_states_terms', 1), ('density_of_states_levels', 1),
                 ('density_of_states_levels_png_jpeg2000', 1), ('density_of_states_gaussian', 1),
-                ('density_of_states_selected', 1), ('density_of_states_selected_python', 1))
+                ('density_of_states_selected', 1), ('density_of_states_selected_gradients', 1),
+                ('density_of_states_selected_python', 1), ('gradient_norms', 1))
 
 
 def summary_table(rows: list) -> str:
