@@ -289,9 +289,10 @@ class DensityModel(tf.Module):
                 lambda image: tf.stack(squared_norms(image)), images,
                 fn_output_signature=tf.TensorSpec([len(variables)], tf.float32)), axis=1)
         out, start = {}, 0
-        for name, group in zip(self.gradient_statistic_names, groups.values()):
-            out[name] = 0.5 * tf.math.log(tf.add_n(squares[start:start + len(group)]))
-            start += len(group)
+        for group, members in groups.items():
+            out[f'{group}{GRADIENT_SUFFIX}'] = 0.5 * tf.math.log(
+                tf.add_n(squares[start:start + len(members)]))
+            start += len(members)
         return out
 
     def _trackable_children(self, save_type='checkpoint', **kwargs):
