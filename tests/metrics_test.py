@@ -6,7 +6,7 @@ The scores are OOD scores: higher = more out-of-distribution.
 import numpy as np
 import tensorflow as tf
 
-from tfp_ood.metrics import ood_metrics
+from tfp_ood.metrics import auroc_and_fpr, ood_metrics
 
 
 class MetricsTest(tf.test.TestCase):
@@ -41,6 +41,31 @@ class MetricsTest(tf.test.TestCase):
             ood_metrics([1.], [0.], nonfinite='drop')
         with self.assertRaisesRegex(ValueError, 'no scores'):
             ood_metrics([], [0.])
+
+    def test_the_fast_pair_equals_scikit_learns(self):
+        # Sets of 1-60 scores, half of them small integers (ties within and
+        # across the sets), a third with NaN and infinite scores.
+        rng = np.random.default_rng(0)
+        for trial in range(600):
+            n_in, n_out = rng.integers(1, 60, 2)
+            if trial % 2:
+                s_in = rng.integers(0, 8, n_in).astype(float)
+                s_out = rng.integers(0, 8, n_out) + float(rng.integers(0, 2))
+            else:
+                s_in, s_out = rng.normal(size=n_in), rng.normal(0.5, size=n_out)
+            if trial % 3 == 0:
+                s_in[rng.random(n_in) < 0.1] = np.nan
+                s_out[rng.random(n_out) < 0.1] = -np.inf
+            full = ood_metrics(s_in, s_out, nonfinite='most_ood')
+            fast = auroc_and_fpr(s_in, s_out, nonfinite='most_ood')
+            self.assertEqual(set(fast), {'auroc', 'fpr_at_95_tpr'})
+            for k, v in fast.items():
+                self.assertAlmostEqual(v, full[k], places=12, msg=(trial, k))
+        self.assertAlmostEqual(auroc_and_fpr([-3., -4., -5.], [-1., -2., -3.5])['auroc'], 8 / 9)
+        with self.assertRaisesRegex(ValueError, 'not finite'):
+            auroc_and_fpr([np.nan], [0.])
+        with self.assertRaisesRegex(ValueError, 'nonfinite must be one of'):
+            auroc_and_fpr([1.], [0.], nonfinite='drop')
 
 
 if __name__ == '__main__':

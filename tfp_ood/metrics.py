@@ -12,11 +12,12 @@ paper finds for CIFAR-10 against SVHN.
 from typing import Dict
 
 import numpy as np
+from scipy import stats
 from sklearn import metrics as skm
 
 from tfp_ood.errors import InputError
 
-__all__ = ['ood_metrics', 'NONFINITE_POLICIES']
+__all__ = ['ood_metrics', 'auroc_and_fpr', 'NONFINITE_POLICIES']
 
 NONFINITE_POLICIES = ('raise', 'most_ood')
 
@@ -35,6 +36,12 @@ def _prepare(scores, name: str, nonfinite: str) -> np.ndarray:
         scores = scores.copy()
         scores[bad] = np.inf
     return scores
+
+
+def _check_policy(nonfinite: str) -> None:
+    if nonfinite not in NONFINITE_POLICIES:
+        raise InputError(f'nonfinite must be one of {NONFINITE_POLICIES}; got '
+                         f'{nonfinite!r}.')
 
 
 def ood_metrics(in_scores, out_scores, nonfinite: str = 'raise') -> Dict[str, float]:
@@ -57,9 +64,7 @@ def ood_metrics(in_scores, out_scores, nonfinite: str = 'raise') -> Dict[str, fl
       in-distribution ones); `num_in`, `num_out`, `num_nonfinite_in`,
       `num_nonfinite_out`.
     """
-    if nonfinite not in NONFINITE_POLICIES:
-        raise InputError(f'nonfinite must be one of {NONFINITE_POLICIES}; got '
-                         f'{nonfinite!r}.')
+    _check_policy(nonfinite)
     raw_in = np.asarray(in_scores, dtype=np.float64).ravel()
     raw_out = np.asarray(out_scores, dtype=np.float64).ravel()
     s_in = _prepare(raw_in, 'in-distribution scores', nonfinite)
@@ -82,3 +87,27 @@ def ood_metrics(in_scores, out_scores, nonfinite: str = 'raise') -> Dict[str, fl
         'num_nonfinite_in': int(np.sum(~np.isfinite(raw_in))),
         'num_nonfinite_out': int(np.sum(~np.isfinite(raw_out))),
     }
+
+
+def auroc_and_fpr(in_scores, out_scores, nonfinite: str = 'raise') -> Dict[str, float]:
+    """`auroc` and `fpr_at_95_tpr` of `ood_metrics`, the same numbers, from
+    ranks and a quantile in NumPy and SciPy.
+
+    The design search (`tfp_ood.selection`) asks for these two thousands of
+    times on small sets; scikit-learn's metrics validate their inputs on every
+    call, which cost it more than the estimators it compares (about 9 ms a
+    call). AUROC is the Mann-Whitney statistic (ties count a half); the
+    threshold that keeps 95% of the in-distribution images is the smallest of
+    their scores with at least that fraction at or below it.
+    """
+    _check_policy(nonfinite)
+    s_in = _prepare(in_scores, 'in-distribution scores', nonfinite)
+    s_out = _prepare(out_scores, 'out-of-distribution scores', nonfinite)
+    n_in, n_out = len(s_in), len(s_out)
+    ranks = stats.rankdata(np.concatenate([s_in, s_out]))  # Ties: the mean rank.
+    u_out = ranks[n_in:].sum() - n_out * (n_out + 1) / 2.
+    # The first point of the ROC curve at 95% TPR, as `ood_metrics` finds it.
+    k = int(np.searchsorted(np.arange(1, n_in + 1) / n_in, 0.95, side='left'))
+    threshold = np.sort(s_in)[k]
+    return {'auroc': float(u_out / (n_in * n_out)),
+            'fpr_at_95_tpr': float(np.mean(s_out <= threshold))}

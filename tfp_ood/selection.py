@@ -36,7 +36,7 @@ import numpy as np
 
 from tfp_ood import estimators
 from tfp_ood.errors import InputError
-from tfp_ood.metrics import ood_metrics
+from tfp_ood.metrics import auroc_and_fpr
 
 __all__ = ['CRITERIA', 'Selection', 'best_single_statistics', 'design_metrics',
            'evaluate_design', 'select_statistics', 'validation_aurocs', 'validation_metrics']
@@ -114,7 +114,7 @@ def validation_metrics(estimator: str, train: np.ndarray, held_out: np.ndarray,
     """`{validation set: {'auroc': ..., 'detection_rate': ...}}` of `estimator`
     fitted on `train` `[n, d]` (standardised here); the detection rate is the
     fraction of the set scored above the 95th percentile of `held_out`'s
-    scores, `1 - FPR at 95% TPR` (`tfp_ood.metrics.ood_metrics`)."""
+    scores, `1 - FPR at 95% TPR` (`tfp_ood.metrics.auroc_and_fpr`)."""
     finite = np.all(np.isfinite(train), axis=1)
     train = train[finite]
     mean = train.mean(axis=0)
@@ -132,7 +132,7 @@ def validation_metrics(estimator: str, train: np.ndarray, held_out: np.ndarray,
     in_scores = score(held_out)
     out = {}
     for k, v in shifted.items():
-        metrics = ood_metrics(in_scores, score(v), nonfinite='most_ood')
+        metrics = auroc_and_fpr(in_scores, score(v), nonfinite='most_ood')
         out[k] = {'auroc': metrics['auroc'], 'detection_rate': 1. - metrics['fpr_at_95_tpr']}
     return out
 
