@@ -286,6 +286,16 @@ class DetectorMetricsTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "Unknown estimator 'svm'"):
             detectors.DensityOfStates(model, estimator='svm')
 
+    def test_fitting_and_scoring_many_detectors_leaves_no_retracing_warning(self):
+        # Each fit and score traces its own graph once; TensorFlow counts the
+        # traces of one method across instances and would warn after five.
+        model, images = _Gaussian(128., 60.), _images(8)
+        with self.assertNoLogs('tensorflow', level='WARNING'):
+            for _ in range(7):
+                detectors.DensityOfStates(model, ('log_prob',)).fit(images).score(images)
+        with self.assertLogs('tensorflow', level='WARNING'):  # Quiet only inside the calls.
+            tf.get_logger().warning('f triggered tf.function retracing')
+
     def test_every_kind_of_dataset_the_docs_list_and_clear_errors_for_model_dirs(self):
         model = models.from_config(dict(family='glow', **GlowConfig.named(
             'tiny', (8, 8, 3)).to_dict()))

@@ -12,6 +12,7 @@ that reads one cannot be exported.
 import abc
 import dataclasses
 import json
+import logging
 import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -31,6 +32,34 @@ Images = Union[np.ndarray, tf.Tensor, tf.data.Dataset]
 #: is indexed (a folder's `tfp_ood.inputs.FolderImages`): fitting, scoring and
 #: calibrating hold a chunk of them in memory, never the whole set.
 CHUNK_IMAGES = 2048
+
+
+def _not_retracing(record: logging.LogRecord) -> bool:
+    return 'triggered tf.function retracing' not in record.getMessage()
+
+
+def run_traced(fn, *args):
+    """`fn(*args)` traced as one `tf.function` and run.
+
+    Each fit and score of a detector traces its own graph once, for its own
+    fit, so TensorFlow's warning that a function "triggered tf.function
+    retracing" (it counts the traces of one method across instances) says
+    nothing here; it is left out of the log for this call.
+    """
+    return quietly_retraced(tf.function(fn, autograph=False))(*args)
+
+
+def quietly_retraced(traced):
+    """`traced` (a `tf.function`), called without TensorFlow's warning about
+    frequent retracing (see `run_traced`)."""
+    def call(*args):
+        logger = tf.get_logger()
+        logger.addFilter(_not_retracing)
+        try:
+            return traced(*args)
+        finally:
+            logger.removeFilter(_not_retracing)
+    return call
 
 
 def is_lazy(images) -> bool:
@@ -272,8 +301,10 @@ class Detector(abc.ABC):
         `graph_score`, traced once for these inputs."""
         self.check_fitted()
         tensors, images = self.graph_inputs(terms, images)
-        traced = self._traced_score or tf.function(self.graph_score, autograph=False)
-        ood_score, components = traced(tensors, images)
+        if self._traced_score is None:
+            ood_score, components = run_traced(self.graph_score, tensors, images)
+        else:
+            ood_score, components = quietly_retraced(self._traced_score)(tensors, images)
         merged = {k: np.asarray(v) for k, v in terms[0].items()}
         merged.update({k: v.numpy() for k, v in tensors[0].items() if k not in terms[0]})
         merged.update({k: v.numpy() for k, v in components.items()})

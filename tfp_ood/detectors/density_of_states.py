@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tfp_ood import estimators
 from tfp_ood.detectors import codecs
-from tfp_ood.detectors.base import Detector, DetectorScores, detector_metrics, f64
+from tfp_ood.detectors.base import Detector, DetectorScores, detector_metrics, f64, run_traced
 from tfp_ood.errors import InputError
 from tfp_ood.image_statistics import IMAGE_STATISTICS, image_statistics, png_bits
 from tfp_ood.models.base import DensityModel
@@ -146,7 +146,7 @@ class DensityOfStates(Detector):
 
     def fit_terms(self, terms, images) -> 'DensityOfStates':
         tensors, images = self.graph_inputs(terms, images)
-        columns = tf.function(self._columns, autograph=False)(tensors, images)
+        columns = run_traced(self._columns, tensors, images)
         values = np.stack([columns[s].numpy() for s in self.statistic_names], axis=1)
         values = values[np.all(np.isfinite(values), axis=1)][:self.max_fit_images]
         if len(values) < 2:
