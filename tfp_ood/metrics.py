@@ -96,9 +96,10 @@ def auroc_and_fpr(in_scores, out_scores, nonfinite: str = 'raise') -> Dict[str, 
     The design search (`tfp_ood.selection`) asks for these thousands of
     times; scikit-learn's metrics validate their inputs on every call, which
     cost the search more than the estimators it compares (`ood_metrics`:
-    about 4 ms a call for 1,000 scores a set; this: 0.15 ms). AUROC is the Mann-Whitney statistic (ties count a half); the
-    threshold that keeps 95% of the in-distribution images is the smallest of
-    their scores with at least that fraction at or below it.
+    about 4 ms a call for 1,000 scores a set; this: 0.15 ms). AUROC is the
+    Mann-Whitney statistic (ties count a half); the threshold that keeps 95%
+    of the in-distribution images is the smallest of their scores with at
+    least that fraction at or below it.
     """
     _check_policy(nonfinite)
     s_in = _prepare(in_scores, 'in-distribution scores', nonfinite)
