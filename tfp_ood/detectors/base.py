@@ -12,7 +12,6 @@ that reads one cannot be exported.
 import abc
 import dataclasses
 import json
-import logging
 import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -22,7 +21,7 @@ import tensorflow as tf
 from tfp_ood.errors import InputError
 from tfp_ood.evaluate import as_image_dataset, score as evaluate_score
 from tfp_ood.metrics import ood_metrics
-from tfp_ood.models.base import DensityModel, check_images
+from tfp_ood.models.base import DensityModel, check_images, tf_log_without
 
 __all__ = ['Detector', 'DetectorScores', 'NotFittedError', 'detector_metrics']
 
@@ -34,32 +33,11 @@ Images = Union[np.ndarray, tf.Tensor, tf.data.Dataset]
 CHUNK_IMAGES = 2048
 
 
-def _not_retracing(record: logging.LogRecord) -> bool:
-    return 'triggered tf.function retracing' not in record.getMessage()
-
-
-def run_traced(fn, *args):
-    """`fn(*args)` traced as one `tf.function` and run.
-
-    Each fit and score of a detector traces its own graph once, for its own
-    fit, so TensorFlow's warning that a function "triggered tf.function
-    retracing" (it counts the traces of one method across instances) says
-    nothing here; it is left out of the log for this call.
-    """
-    return quietly_retraced(tf.function(fn, autograph=False))(*args)
-
-
-def quietly_retraced(traced):
-    """`traced` (a `tf.function`), called without TensorFlow's warning about
-    frequent retracing (see `run_traced`)."""
-    def call(*args):
-        logger = tf.get_logger()
-        logger.addFilter(_not_retracing)
-        try:
-            return traced(*args)
-        finally:
-            logger.removeFilter(_not_retracing)
-    return call
+# Each fit and score of a detector traces its own graph once, for its own fit;
+# TensorFlow counts the traces of one method across instances and warns that
+# the function "triggered tf.function retracing", which says nothing here, so
+# those calls leave it out of the log (`tf_log_without`).
+RETRACING = 'triggered tf.function retracing'
 
 
 def is_lazy(images) -> bool:
@@ -301,10 +279,9 @@ class Detector(abc.ABC):
         `graph_score`, traced once for these inputs."""
         self.check_fitted()
         tensors, images = self.graph_inputs(terms, images)
-        if self._traced_score is None:
-            ood_score, components = run_traced(self.graph_score, tensors, images)
-        else:
-            ood_score, components = quietly_retraced(self._traced_score)(tensors, images)
+        traced = self._traced_score or tf.function(self.graph_score, autograph=False)
+        with tf_log_without(RETRACING):
+            ood_score, components = traced(tensors, images)
         merged = {k: np.asarray(v) for k, v in terms[0].items()}
         merged.update({k: v.numpy() for k, v in tensors[0].items() if k not in terms[0]})
         merged.update({k: v.numpy() for k, v in components.items()})

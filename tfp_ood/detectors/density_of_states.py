@@ -15,10 +15,11 @@ import tensorflow as tf
 
 from tfp_ood import estimators
 from tfp_ood.detectors import codecs
-from tfp_ood.detectors.base import Detector, DetectorScores, detector_metrics, f64, run_traced
+from tfp_ood.detectors.base import (RETRACING, Detector, DetectorScores, detector_metrics,
+                                    f64)
 from tfp_ood.errors import InputError
 from tfp_ood.image_statistics import IMAGE_STATISTICS, image_statistics, png_bits
-from tfp_ood.models.base import DensityModel
+from tfp_ood.models.base import DensityModel, tf_log_without
 from tfp_ood.terms import LOG_PROB
 
 __all__ = ['DensityOfStates', 'ESTIMATORS']
@@ -146,7 +147,8 @@ class DensityOfStates(Detector):
 
     def fit_terms(self, terms, images) -> 'DensityOfStates':
         tensors, images = self.graph_inputs(terms, images)
-        columns = run_traced(self._columns, tensors, images)
+        with tf_log_without(RETRACING):
+            columns = tf.function(self._columns, autograph=False)(tensors, images)
         values = np.stack([columns[s].numpy() for s in self.statistic_names], axis=1)
         values = values[np.all(np.isfinite(values), axis=1)][:self.max_fit_images]
         if len(values) < 2:

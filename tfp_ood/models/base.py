@@ -16,6 +16,7 @@ other draws. Every log-likelihood is in nats per image; bits/dim is derived
 from it, never recomputed.
 """
 
+import contextlib
 import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -36,8 +37,19 @@ GRADIENT_SUFFIX = '_log_grad_norm'
 GRADIENT_BATCH_SIZE = 64
 
 
-def _quiet_pfor(record: logging.LogRecord) -> bool:
-    return 'uses a while_loop' not in record.getMessage()
+@contextlib.contextmanager
+def tf_log_without(fragment: str):
+    """TensorFlow's log, for the block, without the records whose message
+    holds `fragment`."""
+    def keep(record: logging.LogRecord) -> bool:
+        return fragment not in record.getMessage()
+
+    logger = tf.get_logger()
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def bits_per_dim(log_prob, num_dims: int):
@@ -278,12 +290,8 @@ class DensityModel(tf.Module):
         if self.vectorized_gradients:
             # pfor warns, once per convolution, that it loops over the filter's
             # gradient; the result is the same.
-            logger = tf.get_logger()
-            logger.addFilter(_quiet_pfor)
-            try:
+            with tf_log_without('uses a while_loop'):
                 squares = tf.vectorized_map(squared_norms, images)
-            finally:
-                logger.removeFilter(_quiet_pfor)
         else:  # One image after the other.
             squares = tf.unstack(tf.map_fn(
                 lambda image: tf.stack(squared_norms(image)), images,
