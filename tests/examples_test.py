@@ -278,6 +278,20 @@ class ExamplesTest(tf.test.TestCase):
             expected = model.gradient_statistics(images)
             for name in model.gradient_statistic_names:
                 self.assertAllClose(out[k][name], expected[name], rtol=1e-5)
+        # A validation set added since is computed alone, the others read back.
+        wider = dict(sets, blur_mild=shifts.shift('blur_mild', sets['in']))
+        out = detector_search.cached_statistics(path, model, wider, progress=False)
+        self.assertEqual(list(out), list(wider))
+        self.assertAllEqual(out['in']['log_prob'], stats['in']['log_prob'])
+        expected = detector_search.statistics_of(model, wider['blur_mild'])
+        self.assertEqual(set(out['blur_mild']), set(expected))
+        for name, values in expected.items():
+            self.assertAllClose(out['blur_mild'][name], values, rtol=1e-5, msg=name)
+        # Sets the cache has and the call does not name stay cached, left out of the result.
+        fewer = detector_search.cached_statistics(path, None, {'in': sets['in']}, False)
+        self.assertEqual(list(fewer), ['in'])
+        again = detector_search.cached_statistics(path, None, wider, progress=False)
+        self.assertAllEqual(again['blur_mild']['log_prob'], out['blur_mild']['log_prob'])
 
     @pytest.mark.slow(minutes=0.2)
     def test_fashion_mnist_retrain_tiny(self):

@@ -599,6 +599,37 @@ class ShiftsTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, 'Unknown shift'):
             shifts.shift('rotate', images)
 
+    def test_mild_shifts_sit_between_the_images_and_the_strong_shifts(self):
+        rng = np.random.default_rng(4)
+        # Smooth random images (noise blurred and upsampled), so JPEG and blur bite gradually.
+        coarse = rng.integers(0, 256, (8, 8, 8, 3)).astype(np.float32)
+        images = tf.cast(tf.image.resize(coarse, (16, 16), 'bicubic'), tf.float32)
+        images = np.clip(np.round(images.numpy() + rng.normal(0, 12, images.shape)), 0, 255
+                         ).astype(np.uint8)
+        made = shifts.make_shifts(images, seed=2)
+
+        def distance(name):
+            return np.abs(made[name].astype(np.float64) - images).mean()
+        for strong in ('blur', 'low_resolution', 'jpeg'):
+            self.assertLess(0, distance(f'{strong}_mild'), strong)
+            self.assertLess(distance(f'{strong}_mild'), distance(strong), strong)
+        # The mild blur is the 7-tap Gaussian of standard deviation 0.5.
+        taps = np.exp(-0.5 * (np.arange(-3, 4) / .5) ** 2)
+        taps /= taps.sum()
+        padded = np.pad(images.astype(np.float64), [(0, 0), (3, 3), (3, 3), (0, 0)], 'reflect')
+        rows = sum(t * padded[:, i:i + 16] for i, t in enumerate(taps))
+        blurred = sum(t * rows[:, :, i:i + 16] for i, t in enumerate(taps))
+        self.assertAllClose(made['blur_mild'], np.round(blurred), atol=1)
+        # The mild shuffle moves whole 8x8 blocks: the 4x4 shuffle's blocks are smaller.
+
+        def blocks(x, size):
+            return sorted(x[r:r + size, c:c + size].tobytes()
+                          for r in range(0, 16, size) for c in range(0, 16, size))
+        for a, b in zip(images, made['pixel_shuffle_mild']):
+            self.assertEqual(blocks(a, 8), blocks(b, 8))
+        self.assertFalse(all(blocks(a, 8) == blocks(b, 8)
+                             for a, b in zip(images, made['pixel_shuffle'])))
+
 
 class SelectedDesignTest(tf.test.TestCase):
 

@@ -15,6 +15,15 @@ distribution:
 | `invert` | `255 - x`: every intensity reversed |
 | `vertical_flip` | upside down: content the right way round is gone |
 | `grayscale` | RGB images to gray (ITU-R 601 luma), replicated to 3 channels |
+| `blur_mild` | Gaussian blur of standard deviation 0.5 pixel |
+| `low_resolution_mild` | down-sampled to 3/4 of the size and back |
+| `jpeg_mild` | JPEG at quality 65 |
+| `pixel_shuffle_mild` | 8x8 blocks permuted at random |
+
+The mild ones are the first four at a lower severity (about CIFAR-10-C's
+second level of blur, JPEG and pixelation; Hendrycks & Dietterich, 2019). A
+strong shift that every design flags in full cannot rank designs; its mild
+version, which designs flag in part, can.
 
 `make_shifts(images, seed)` returns every shift that applies to the images'
 channels; all are deterministic given `seed`.
@@ -31,15 +40,15 @@ __all__ = ['SHIFTS', 'make_shifts', 'shift']
 
 #: The shifts `make_shifts` makes, in order.
 SHIFTS = ('blur', 'low_resolution', 'jpeg', 'pixel_shuffle', 'invert', 'vertical_flip',
-          'grayscale')
+          'grayscale', 'blur_mild', 'low_resolution_mild', 'jpeg_mild', 'pixel_shuffle_mild')
 
 
 def _as_uint8(x: tf.Tensor) -> np.ndarray:
     return tf.cast(tf.clip_by_value(tf.round(x), 0., 255.), tf.uint8).numpy()
 
 
-def _blur(images: np.ndarray) -> np.ndarray:
-    taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    taps = np.exp(-0.5 * (np.arange(-3, 4) / sigma) ** 2)
     taps /= taps.sum()
     channels = images.shape[-1]
     kernel = np.tile(np.outer(taps, taps)[:, :, None, None], (1, 1, channels, 1))
@@ -49,19 +58,20 @@ def _blur(images: np.ndarray) -> np.ndarray:
                                             [1, 1, 1, 1], 'VALID'))
 
 
-def _low_resolution(images: np.ndarray) -> np.ndarray:
+def _low_resolution(images: np.ndarray, scale: float) -> np.ndarray:
     height, width = images.shape[1:3]
-    small = tf.image.resize(tf.cast(images, tf.float32), (height // 2, width // 2), 'bilinear',
-                            antialias=True)
+    small = tf.image.resize(tf.cast(images, tf.float32),
+                            (max(1, round(height * scale)), max(1, round(width * scale))),
+                            'bilinear', antialias=True)
     return _as_uint8(tf.image.resize(small, (height, width), 'bilinear'))
 
 
-def _jpeg(images: np.ndarray) -> np.ndarray:
-    return np.stack([tf.io.decode_jpeg(tf.io.encode_jpeg(image, quality=20),
+def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
+    return np.stack([tf.io.decode_jpeg(tf.io.encode_jpeg(image, quality=quality),
                                        channels=images.shape[-1]).numpy() for image in images])
 
 
-def _pixel_shuffle(images: np.ndarray, rng: np.random.Generator, block: int = 4) -> np.ndarray:
+def _pixel_shuffle(images: np.ndarray, rng: np.random.Generator, block: int) -> np.ndarray:
     n, height, width, channels = images.shape
     rows, cols = height // block, width // block
     kept = images[:, :rows * block, :cols * block]
@@ -90,8 +100,12 @@ def shift(name: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
     if name == 'grayscale' and images.shape[-1] != 3:
         raise InputError('The grayscale shift needs RGB images.')
     transforms = {
-        'blur': _blur, 'low_resolution': _low_resolution, 'jpeg': _jpeg,
-        'pixel_shuffle': lambda x: _pixel_shuffle(x, np.random.default_rng(seed)),
+        'blur': lambda x: _blur(x, 1.), 'blur_mild': lambda x: _blur(x, .5),
+        'low_resolution': lambda x: _low_resolution(x, .5),
+        'low_resolution_mild': lambda x: _low_resolution(x, .75),
+        'jpeg': lambda x: _jpeg(x, 20), 'jpeg_mild': lambda x: _jpeg(x, 65),
+        'pixel_shuffle': lambda x: _pixel_shuffle(x, np.random.default_rng(seed), 4),
+        'pixel_shuffle_mild': lambda x: _pixel_shuffle(x, np.random.default_rng(seed), 8),
         'invert': lambda x: 255 - x, 'vertical_flip': lambda x: x[:, ::-1].copy(),
         'grayscale': _grayscale,
     }

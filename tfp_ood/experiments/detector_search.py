@@ -136,32 +136,33 @@ def _save(path: str, stats: dict) -> None:
 def cached_statistics(path: str, model, sets: dict, progress: bool) -> dict:
     """`statistics_of` every set, kept in `path` so that a second search (another
     tolerance, another estimator) or an interrupted one does not recompute them.
-    A cache from before an image statistic or the model's gradient norms were
-    added gains them, computed alone (the gradient norms with `model`; pass
-    `None` for no model)."""
+    A cache from before a validation set, an image statistic or the model's
+    gradient norms were added gains them, computed alone (the gradient norms
+    with `model`; pass `None` for no model); sets in the cache that `sets` does
+    not name are kept there and left out of the result."""
+    stats = {}
     if os.path.exists(path):
         with np.load(path) as saved:
-            stats = {}
             for key in saved.files:
                 set_name, statistic = key.split('/', 1)
                 stats.setdefault(set_name, {})[statistic] = saved[key]
-        if set(stats) == set(sets):
-            for k, images in sets.items():
-                missing = sorted(set(image_statistics.IMAGE_STATISTICS) - set(stats[k]))
-                gradients = sorted(set(() if model is None else model.gradient_statistic_names)
-                                   - set(stats[k]))
-                if missing:
-                    stats[k].update(image_statistics.image_statistics_array(images, missing))
-                if gradients:
-                    scores = evaluate.score(model, images, name=k, progress=progress,
-                                            statistics='gradients').scores
-                    stats[k].update({g: np.asarray(scores[g], np.float64) for g in gradients})
-                if missing or gradients:
-                    _save(path, stats)  # A set at a time: nothing lost if interrupted.
-            return stats
-    stats = {k: statistics_of(model, v, progress) for k, v in sets.items()}
-    _save(path, stats)
-    return stats
+    for k, images in sets.items():  # A set at a time: nothing lost if interrupted.
+        if k not in stats:
+            stats[k] = statistics_of(model, images, progress)
+            _save(path, stats)
+            continue
+        missing = sorted(set(image_statistics.IMAGE_STATISTICS) - set(stats[k]))
+        gradients = sorted(set(() if model is None else model.gradient_statistic_names)
+                           - set(stats[k]))
+        if missing:
+            stats[k].update(image_statistics.image_statistics_array(images, missing))
+        if gradients:
+            scores = evaluate.score(model, images, name=k, progress=progress,
+                                    statistics='gradients').scores
+            stats[k].update({g: np.asarray(scores[g], np.float64) for g in gradients})
+        if missing or gradients:
+            _save(path, stats)
+    return {k: stats[k] for k in sets}
 
 
 def validation_images(source, model, n: int) -> dict:
