@@ -170,11 +170,17 @@ class ExamplesTest(tf.test.TestCase):
                     for k, v in row['choice']['aurocs'].items():
                         self.assertGreaterEqual(v, row['choice']['best_single'][k] - 0.02,
                                                 (pool, k))
-            # The best, on the second halves, of the searched and the named designs
-            # the pool can compute, by the mean fraction flagged at 95% TPR.
+            # The best, on the second halves, of the searched designs (this pool's and
+            # the smaller pools') and the named designs the pool can compute, by the
+            # mean fraction flagged at 95% TPR.
             named = [r for r in result['reference'].values()
                      if pool == 'python' or not {'jpeg2000_bits', 'jpegxl_bits'} & set(
                          r['statistics'])]
+            pools = list(result['pools'])
+            named += [r for p in pools[:pools.index(pool)] for r in result['pools'][p]['rows']]
+            if pool != 'exportable':  # Each pool holds the one before: never a worse choice.
+                before = result['pools'][pools[pools.index(pool) - 1]]['chosen']
+                self.assertGreaterEqual(chosen['chosen']['score'], before['score'])
             self.assertEqual(result['criterion'], 'detection_rate')
             for row in chosen['rows'] + named:
                 self.assertAlmostEqual(row['score'], np.mean(

@@ -285,11 +285,15 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
             if progress:
                 print(f'  {pool} {estimator}: {criterion} {choice["score"]:.4f} where chosen, '
                       f'{row["score"]:.4f} on the other half, with {names}', flush=True)
-        # The choice: the best on the second halves among the searched designs
-        # and the named ones whose statistics the pool has, of those that keep
-        # the rule where statistics are chosen (the first halves): a design
-        # below one of its own statistics alone is discarding signal.
-        references = [r for r in result['reference'].values()
+        # The choice: the best on the second halves among the searched designs,
+        # those the smaller pools searched (each pool holds the one before it, so
+        # a greedy search that set off another way in a larger pool cannot leave
+        # it worse) and the named ones whose statistics the pool has, of those
+        # that keep the rule where statistics are chosen (the first halves): a
+        # design below one of its own statistics alone is discarding signal.
+        smaller = [dict(r, design=f'{r["design"]} ({name} pool)')
+                   for name, earlier in result['pools'].items() for r in earlier['rows']]
+        references = [r for r in list(result['reference'].values()) + smaller
                       if set(r['statistics']) <= set(candidates)]
         eligible = [r for r in rows + references if r['keeps_the_rule']]
         result['pools'][pool] = {'rows': rows, 'chosen': max(eligible or rows + references,
