@@ -20,10 +20,10 @@ distribution:
 | `jpeg_mild` | JPEG at quality 65 |
 | `pixel_shuffle_mild` | 8x8 blocks permuted at random |
 
-The mild ones are the first four at a lower severity (about CIFAR-10-C's
-second level of blur, JPEG and pixelation; Hendrycks & Dietterich, 2019). A
-strong shift that every design flags in full cannot rank designs; its mild
-version, which designs flag in part, can.
+The mild ones are the first four at a lower severity (graded severities as
+in CIFAR-10-C, Hendrycks & Dietterich, 2019). A strong shift that every
+design flags in full cannot rank designs; its mild version, which designs
+flag in part, can.
 
 `make_shifts(images, seed)` returns every shift that applies to the images'
 channels; all are deterministic given `seed`.
