@@ -161,22 +161,21 @@ def _loco_bits(images):
 WAVELET_LEVELS = 2
 
 
-def _lift_53_columns(x):
-    """One level of the reversible 5/3 lifting along the width of int32 `x
-    [N, H, W, C]` (`W` even): the low-pass `s` and the high-pass `d`, each
-    `[N, H, W / 2, C]`, with JPEG 2000's symmetric extension at the edges."""
-    even, odd = x[:, :, 0::2], x[:, :, 1::2]
-    after = tf.concat([even[:, :, 1:], even[:, :, -1:]], axis=2)  # x[2n + 2]; x[W] = x[W - 2].
+def _lift_53(x, axis: int):
+    """One level of the reversible 5/3 lifting of int32 `x [N, H, W, C]` along
+    `axis` (1: the height, 2: the width; even there): the low-pass `s` and the
+    high-pass `d`, each half as long along `axis`, with JPEG 2000's symmetric
+    extension at the edges. Sliced in place, not transposed: oneDNN's transpose
+    has no int32 kernel on some CPUs and says so in the log."""
+    def part(start=None, stop=None, step=None):
+        index = [slice(None)] * 4
+        index[axis] = slice(start, stop, step)
+        return tuple(index)
+    even, odd = x[part(0, None, 2)], x[part(1, None, 2)]
+    after = tf.concat([even[part(1)], even[part(-1)]], axis=axis)  # x[2n + 2]; x[W] = x[W - 2].
     d = odd - tf.math.floordiv(even + after, 2)
-    before = tf.concat([d[:, :, :1], d[:, :, :-1]], axis=2)  # d[n - 1]; d[-1] = d[0].
+    before = tf.concat([d[part(None, 1)], d[part(None, -1)]], axis=axis)  # d[n - 1]; d[-1] = d[0].
     return even + tf.math.floordiv(before + d + 2, 4), d
-
-
-def _lift_53_rows(x):
-    def transposed(t):
-        return tf.transpose(t, [0, 2, 1, 3])
-    s, d = _lift_53_columns(transposed(x))
-    return transposed(s), transposed(d)
 
 
 def wavelet_bands(images, levels: int = WAVELET_LEVELS, colour_transform: bool = True):
@@ -194,9 +193,9 @@ def wavelet_bands(images, levels: int = WAVELET_LEVELS, colour_transform: bool =
     for _ in range(levels):
         if low.shape[1] % 2 or low.shape[2] % 2:
             break
-        column_low, column_high = _lift_53_columns(low)
-        low, low_high = _lift_53_rows(column_low)
-        high_low, high_high = _lift_53_rows(column_high)
+        column_low, column_high = _lift_53(low, axis=2)
+        low, low_high = _lift_53(column_low, axis=1)
+        high_low, high_high = _lift_53(column_high, axis=1)
         bands += [low_high, high_low, high_high]
     return bands + [low]
 
