@@ -630,6 +630,26 @@ class ShiftsTest(tf.test.TestCase):
         self.assertFalse(all(blocks(a, 8) == blocks(b, 8)
                              for a, b in zip(images, made['pixel_shuffle'])))
 
+    def test_contrast_and_noise_move_the_variance_alone(self):
+        rng = np.random.default_rng(5)
+        images = rng.integers(40, 216, (5, 8, 8, 3)).astype(np.uint8)
+        made = shifts.make_shifts(images, seed=3)
+        x = images.astype(np.float64)
+        for name, factor in (('contrast', .4), ('contrast_mild', .75)):
+            # Each image's and channel's deviations from its mean, scaled (CIFAR-10-C).
+            mean = x.mean(axis=(1, 2), keepdims=True)
+            self.assertAllEqual(made[name], np.round((x - mean) * factor + mean), msg=name)
+            self.assertAllClose(made[name].mean(axis=(1, 2)), mean[:, 0, 0], atol=0.5, msg=name)
+            self.assertAllClose(made[name].std(axis=(1, 2)) / x.std(axis=(1, 2)),
+                                np.full((5, 3), factor), atol=0.05, msg=name)
+        noise = made['gaussian_noise'].astype(np.float64) - x  # No clipping at 40-215.
+        self.assertLess(abs(noise.mean()), 1.5)
+        self.assertAllClose(noise.std(), 0.04 * 255, rtol=0.1)
+        self.assertAllEqual(shifts.make_shifts(images, seed=3)['gaussian_noise'],
+                            made['gaussian_noise'])
+        self.assertNotAllEqual(shifts.make_shifts(images, seed=4)['gaussian_noise'],
+                               made['gaussian_noise'])
+
 
 class SelectedDesignTest(tf.test.TestCase):
 
