@@ -458,6 +458,35 @@ class EstimatorsTest(tf.test.TestCase):
         self.assertAllClose(estimator.score(test), expected)
         self.assertGreater(float(estimator.score(test)[1]), float(estimator.score(test)[0]))
 
+    def test_tippett_against_a_hand_computation(self):
+        train = np.array([[0., 5.], [1., 3.], [2., 4.], [10., 0.]])
+        test = np.array([[1., 3.], [20., -1.], [-5., 4.], [2., 2.]])
+        estimator = estimators.Tippett().fit(train)
+        n = 4
+        expected = [max(-np.log(min(np.sum(train[:, j] <= row[j]) + 1,
+                                    np.sum(train[:, j] >= row[j]) + 1) / (n + 1))
+                        for j in range(2)) for row in test]
+        self.assertAllClose(estimator.score(test), expected)
+        restored = estimators.from_state('tippett', json.loads(json.dumps(
+            estimator.get_state())))
+        self.assertAllEqual(restored.score(test), estimator.score(test))
+
+    def test_tippett_keeps_a_lone_statistics_signal_where_sums_dilute_it(self):
+        # One statistic of six moves (by 3 standard deviations); the others are
+        # noise. COPOD's sum of evidence dilutes it most, a Gaussian less; the
+        # minimum p-value least, losing what testing six at once costs.
+        rng = np.random.default_rng(3)
+        train, held_out, shifted = (rng.normal(size=(n, 6)) for n in (2000, 1000, 1000))
+        shifted[:, 0] += 3.
+        alone = selection.validation_aurocs('gaussian', train[:, :1], held_out[:, :1],
+                                            {'s': shifted[:, :1]})['s']
+        aurocs = {name: selection.validation_aurocs(name, train, held_out, {'s': shifted})['s']
+                  for name in ('tippett', 'copod', 'ledoit_wolf')}
+        self.assertGreater(alone, 0.95)
+        self.assertBetween(aurocs['tippett'], alone - 0.08, alone)
+        self.assertGreater(aurocs['tippett'], aurocs['ledoit_wolf'] + 0.005)
+        self.assertGreater(aurocs['tippett'], aurocs['copod'] + 0.02)
+
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, 'finite statistics'):
             estimators.Gaussian().fit(np.array([[1., np.nan], [2., 3.]]))
@@ -675,7 +704,7 @@ class SelectedDesignTest(tf.test.TestCase):
         statistics = ['level0_step0_log_det', 'level1_latent_mean_square', 'level0_log_pz',
                       'jpeg90_bits', 'total_variation', 'loco_bits', 'wavelet_rgb_bits',
                       'level0_prior_log_det']
-        estimators, expected, paths = ('ledoit_wolf', 'copod', 'gmm'), [], []
+        estimators, expected, paths = ('ledoit_wolf', 'copod', 'gmm', 'tippett'), [], []
         for estimator in estimators:
             # One design reads a gradient norm too (each traces the per-image gradients).
             design = {'statistics': statistics + (['level1_step0_coupling_log_grad_norm']
@@ -690,7 +719,7 @@ class SelectedDesignTest(tf.test.TestCase):
                                                                         f'{estimator}.json')))
             self.assertAllEqual(reloaded.detect(images).ood_score, expected[-1].ood_score)
             paths.append(fitted.export(os.path.join(directory, f'detector_{estimator}')))
-        # The three SavedModels in one fresh process with only TensorFlow.
+        # The four SavedModels in one fresh process with only TensorFlow.
         for estimator, scores, outputs in zip(
                 estimators, expected,
                 run_plain_tensorflow(self, paths, os.path.join(directory, 'x.npz'))):

@@ -21,6 +21,14 @@ estimator.get_state() / ESTIMATORS[name].from_state(state)   # JSON-able
 | `gmm` | `-log` of a Gaussian mixture (full covariances) |
 | `copod` | COPOD's empirical-copula tail score [4]: the largest of the left-tail, |
 |  | right-tail and skewness-corrected sums of `-log` empirical tail probabilities |
+| `tippett` | Tippett's combination [5]: `-log` of the smallest empirical tail |
+|  | probability of any one statistic (either tail) |
+
+COPOD and the Gaussians add up every statistic's evidence, which suits a
+shift that moves many statistics a little; a shift that only one statistic
+sees is diluted by the others. Tippett's minimum p-value keeps it: the
+score is that statistic's own tail score, less only what testing `d`
+statistics at once costs (a threshold about `log d` higher).
 
 #### References
 
@@ -32,6 +40,8 @@ estimator.get_state() / ESTIMATORS[name].from_state(state)   # JSON-able
     IEEE Trans. Signal Processing, 2010.
 [4] Zheng Li et al. COPOD: Copula-Based Outlier Detection. ICDM 2020.
     https://arxiv.org/abs/2009.09463
+[5] L. H. C. Tippett. The Methods of Statistics. Williams & Norgate, 1931
+    (the minimum p-value combination of independent tests).
 """
 
 import abc
@@ -44,7 +54,7 @@ import tensorflow as tf
 from tfp_ood.errors import InputError
 
 __all__ = ['COPOD', 'ESTIMATORS', 'Estimator', 'Gaussian', 'GaussianMixture', 'KDE',
-           'from_state', 'scott_bandwidth']
+           'Tippett', 'from_state', 'scott_bandwidth']
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -240,6 +250,18 @@ class GaussianMixture(Estimator):
         return estimator
 
 
+def _tail_scores(sorted_train: np.ndarray, values: tf.Tensor):
+    """`-log` of each statistic's left and right empirical tail probabilities,
+    `(count + 1) / (n + 1)` (never 0), each `[d, N]`."""
+    n = len(sorted_train)
+    columns = tf.constant(sorted_train.T, tf.float64)  # [d, n], each row sorted.
+    queries = tf.transpose(values)                     # [d, N]
+    at_or_below = tf.cast(tf.searchsorted(columns, queries, side='right'), tf.float64)
+    below = tf.cast(tf.searchsorted(columns, queries, side='left'), tf.float64)
+    return (-tf.math.log((at_or_below + 1.) / (n + 1.)),
+            -tf.math.log((n - below + 1.) / (n + 1.)))
+
+
 class COPOD(Estimator):
     """COPOD: how far into the tails of each statistic's empirical distribution an
     image is, summed over statistics as an empirical copula would (Li et al.).
@@ -267,14 +289,7 @@ class COPOD(Estimator):
         return self
 
     def score(self, values):
-        values = self._values(values)
-        n = len(self.sorted)
-        columns = tf.constant(self.sorted.T, tf.float64)  # [d, n], each row sorted.
-        queries = tf.transpose(values)                    # [d, N]
-        at_or_below = tf.cast(tf.searchsorted(columns, queries, side='right'), tf.float64)
-        below = tf.cast(tf.searchsorted(columns, queries, side='left'), tf.float64)
-        left = -tf.math.log((at_or_below + 1.) / (n + 1.))
-        right = -tf.math.log((n - below + 1.) / (n + 1.))
+        left, right = _tail_scores(self.sorted, self._values(values))
         skewed = tf.where(tf.constant(self.skewness < 0)[:, None], left, right)
         return tf.reduce_max(tf.stack([tf.reduce_sum(t, axis=0) for t in (left, right, skewed)]),
                              axis=0)
@@ -290,6 +305,38 @@ class COPOD(Estimator):
         return estimator
 
 
+class Tippett(Estimator):
+    """Tippett's minimum p-value over the statistics: with `F_j` each statistic's
+    empirical CDF on the training set (`(count + 1) / (n + 1)`, as COPOD's),
+    the score is `max_j max(-log F_j(s_j), -log(1 - F_j(s_j^-)))`, how far into
+    either tail the most extreme statistic is. One statistic that alone
+    separates a shift keeps its separation whatever else is in the design.
+    No parameters but the sorted training values.
+    """
+
+    name = 'tippett'
+
+    def __init__(self):
+        self.sorted = None
+
+    def fit(self, train):
+        self.sorted = np.sort(_as_values(train), axis=0)
+        return self
+
+    def score(self, values):
+        left, right = _tail_scores(self.sorted, self._values(values))
+        return tf.reduce_max(tf.maximum(left, right), axis=0)
+
+    def get_state(self):
+        return {'sorted': self.sorted.tolist()}
+
+    @classmethod
+    def from_state(cls, state):
+        estimator = cls()
+        estimator.sorted = _as_values(state['sorted'])
+        return estimator
+
+
 #: Estimator name -> a factory of an unfitted `Estimator`.
 ESTIMATORS = {
     'kde': KDE,
@@ -298,9 +345,10 @@ ESTIMATORS = {
     'oas': lambda: Gaussian('oas'),
     'gmm': GaussianMixture,
     'copod': COPOD,
+    'tippett': Tippett,
 }
 _CLASSES = {'kde': KDE, 'gaussian': Gaussian, 'ledoit_wolf': Gaussian, 'oas': Gaussian,
-            'gmm': GaussianMixture, 'copod': COPOD}
+            'gmm': GaussianMixture, 'copod': COPOD, 'tippett': Tippett}
 
 
 def from_state(name: str, state: Dict) -> Estimator:

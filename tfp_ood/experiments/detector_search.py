@@ -67,7 +67,7 @@ from tfp_ood.models.base import GRADIENT_SUFFIX
 # Each chooses its own statistics greedily; the KDE and the mixture are scored
 # on the Ledoit-Wolf Gaussian's choice (a greedy search under either costs
 # about 15 minutes per pool on two cores).
-SEARCHED = ('ledoit_wolf', 'gaussian', 'copod')
+SEARCHED = ('ledoit_wolf', 'gaussian', 'copod', 'tippett')
 ON_LEDOIT_WOLF = ('oas', 'kde', 'gmm')
 ESTIMATORS = SEARCHED + ON_LEDOIT_WOLF
 PYTHON_CODECS = ('jpeg2000', 'jpegxl')
@@ -100,6 +100,11 @@ REFERENCE = {
     'selected_before_mild_shifts': (['log_pz', 'level2_step6_mean_square',
                                      'level0_prior_log_det', 'level2_step6_log_det',
                                      'jpeg98_bits', 'png1_bits', 'png9_bits'], 'gaussian'),
+    # The design shipped after the mild shifts joined (step 9), before the
+    # contrast and noise shifts did and Tippett's estimator was searched.
+    'selected_before_contrast': (['level2_latent_mean_square', 'level1_log_pz',
+                                  'level2_step5_log_det', 'jpeg98_bits', 'loco_bits',
+                                  'level1_prior_log_det', 'level2_step0_log_det'], 'ledoit_wolf'),
 }
 # The compressed lengths reported alone on every validation set.
 COMPLEXITY = ('png9_bits', 'jpeg98_bits', 'loco_bits', 'wavelet_bits', 'wavelet_rgb_bits',
