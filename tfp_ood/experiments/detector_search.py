@@ -26,9 +26,11 @@ three blocks (no image is in two roles). How the design is chosen:
   least `--detectable-auroc` (0.8): on a set no statistic detects
   (vertical flips: 0.60-0.77 at best on the shipped Glows) designs differ by as much
   as one design moves between two halves of the set, and a search that
-  chose on those sets traded away detection of the others;
+  chose on those sets traded away detection of the others; the contrast
+  and Gaussian-noise shifts are reported and not chosen on (`REPORTED_ONLY`);
 - statistics are chosen greedily on the first half of every validation set
-  (`tfp_ood.selection`; for each estimator of `SEARCHED`; OAS, the KDE and
+  (`tfp_ood.selection`; for each estimator of `SEARCHED`, Tippett's
+  minimum p-value among them; OAS, the KDE and
   the Gaussian mixture are scored on the Ledoit-Wolf Gaussian's choice),
   once among the statistics TensorFlow computes in one pass of the model
   (exportable as a SavedModel), once adding the model's gradient norms
@@ -106,6 +108,15 @@ REFERENCE = {
                                   'level2_step5_log_det', 'jpeg98_bits', 'loco_bits',
                                   'level1_prior_log_det', 'level2_step0_log_det'], 'ledoit_wolf'),
 }
+# Validation sets scored and reported but never chosen on: CIFAR-10-C's
+# contrast and Gaussian noise (`tfp_ood.shifts`). Ranked on, they left the
+# CIFAR-10 Glow's one-pass search at one statistic (a Gaussian mixture of
+# `log_pz`, 0.60 of the sets flagged on average, where the design then shipped
+# flags 0.88 of the same sets): on contrast-reduced images the JPEG-30 length
+# alone reaches AUROC 0.95 and every design that holds a JPEG length falls far
+# below it, so the rule turns down every addition. What they show, the shipped
+# designs' blind spot on lower contrast, is in search.md.
+REPORTED_ONLY = ('contrast', 'contrast_mild', 'gaussian_noise')
 # The compressed lengths reported alone on every validation set.
 COMPLEXITY = ('png9_bits', 'jpeg98_bits', 'loco_bits', 'wavelet_bits', 'wavelet_rgb_bits',
               'jpeg2000_bits', 'jpegxl_bits')
@@ -238,7 +249,8 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
     pools['python'] = sorted(train)
     best_single = selection.best_single_statistics(train, choose_in, choose_sets,
                                                    pools['python'])
-    used = [k for k, (auroc, _) in best_single.items() if auroc >= detectable_auroc]
+    used = [k for k, (auroc, _) in best_single.items()
+            if auroc >= detectable_auroc and k not in REPORTED_ONLY]
     if not used:
         raise ValueError(f'No validation set is separated by any statistic alone with an '
                          f'AUROC of {detectable_auroc} or more: nothing to choose on.')
@@ -353,8 +365,10 @@ def markdown(results: dict) -> str:
                   f'the set flagged at the threshold that keeps 95% of the in-distribution '
                   f'images (second halves). The score, what ranks the designs, is that mean '
                   f'over the sets some statistic alone separates with an AUROC of at least '
-                  f'{result["detectable_auroc"]} (first halves): '
-                  + ', '.join(used) + '; the best single statistic: '
+                  f'{result["detectable_auroc"]} (first halves), but for '
+                  + ', '.join(k for k in REPORTED_ONLY if k in sets)
+                  + ', which are reported only: ' + ', '.join(used)
+                  + '; the best single statistic: '
                   + ', '.join(f'{k} {v["auroc"]:.3f} ({v["statistic"]})'
                               for k, v in result['best_single'].items()) + '.', '']
         lines += head
