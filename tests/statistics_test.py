@@ -193,6 +193,23 @@ class PixelCNNAndVAEStatisticsTest(tf.test.TestCase):
                 z = loc if model._flow is None else model._flow.forward(loc)
                 self.assertAllClose(statistics['reconstruction_log_prob'],
                                     model.likelihood(z).log_prob(images), rtol=1e-5)
+                # The decoder's mean and standard deviation per pixel channel, by hand:
+                # from the 256 levels' probabilities, or the logistic's loc and scale.
+                params = model.decoder(z).numpy().astype(np.float64)
+                if model.config.likelihood == 'categorical':
+                    probs = np.exp(params - params.max(-1, keepdims=True))
+                    probs /= probs.sum(-1, keepdims=True)
+                    mean = (probs * np.arange(256)).sum(-1)
+                    std = np.sqrt((probs * (np.arange(256) - mean[..., None]) ** 2).sum(-1))
+                else:
+                    mean = (params[..., 0] + 1) * 127.5
+                    std = (np.exp(np.clip(params[..., 1], -7., MAX_LOG_SCALE))
+                           * np.pi / np.sqrt(3) * 127.5)
+                residual = (images - mean).reshape(3, -1)
+                self.assertAllClose(statistics['decoder_residual_norm'],
+                                    np.linalg.norm(residual, axis=-1), rtol=1e-4)
+                self.assertAllClose(statistics['decoder_std_norm'],
+                                    np.linalg.norm(std.reshape(3, -1), axis=-1), rtol=1e-4)
                 eps = tf.random.stateless_normal([model.config.num_importance_samples,
                                                   model.config.latent_dim],
                                                  seed=[model.config.seed, 17])

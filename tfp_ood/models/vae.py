@@ -81,7 +81,8 @@ def _real_nvp_network(num_in: int, num_out: int, hidden: int, seed: int) -> tf_k
 
 #: What `VAE.statistics` reports besides its terms.
 VAE_STATISTICS = ('posterior_loc_norm', 'posterior_log_scale_mean', 'posterior_kl',
-                  'reconstruction_log_prob', 'log_weight_std')
+                  'reconstruction_log_prob', 'log_weight_std', 'decoder_residual_norm',
+                  'decoder_std_norm')
 
 
 class VAE(DensityModel):
@@ -210,21 +211,31 @@ class VAE(DensityModel):
         standard deviations, its KL divergence from the prior `N(0, I)` in closed
         form, the log-likelihood of the image decoded from the posterior mean
         (`reconstruction_log_prob`, the mean passed through the posterior flow),
-        and the spread of the K importance log-weights (`log_weight_std`)."""
+        the spread of the K importance log-weights (`log_weight_std`), and the
+        likelihood path's two decoder statistics (Huang et al., "Inference, Fast
+        and Slow"): the norm of the image's distance from the decoded mean,
+        `||x - E[x | z]||`, and the norm of the decoded standard deviations,
+        `||std[x | z]||`, both in pixel levels (0-255) at that `z`."""
         images = check_images(images, self.image_shape)
         log_w = self._scoring_log_weights(images)
         q = self.posterior(images)
         base = q if self._flow is None else q.distribution
         loc, scale = base.loc, base.scale.diag
         z = loc if self._flow is None else self._flow.forward(loc)
+        decoded = self.likelihood(z)
+        mean, std = decoded.pixel_mean_and_stddev()
+        flat = [tf.shape(images)[0], -1]
         return {**self._terms(log_w),
                 'posterior_loc_norm': tf.norm(loc, axis=-1),
                 'posterior_log_scale_mean': tf.reduce_mean(tf.math.log(scale), axis=-1),
                 'posterior_kl': tf.reduce_sum(
                     0.5 * (tf.square(loc) + tf.square(scale) - 1.) - tf.math.log(scale),
                     axis=-1),
-                'reconstruction_log_prob': self.likelihood(z).log_prob(images),
-                'log_weight_std': tf.math.reduce_std(log_w, axis=0)}
+                'reconstruction_log_prob': decoded.log_prob(images),
+                'log_weight_std': tf.math.reduce_std(log_w, axis=0),
+                'decoder_residual_norm': tf.norm(
+                    tf.reshape(tf.cast(images, tf.float32) - mean, flat), axis=-1),
+                'decoder_std_norm': tf.norm(tf.reshape(std, flat), axis=-1)}
 
     def importance_weighted_log_prob(self, images, num_samples: int, seed=(0, 0)):
         """The IWAE estimate with `num_samples` fresh draws (for studies of K)."""
@@ -263,6 +274,14 @@ class _Categorical(tfd.Independent):
         log_probs = picked[..., 0] - tf.reduce_logsumexp(logits, axis=-1)
         return tf.reduce_sum(log_probs, axis=[-3, -2, -1])
 
+    def pixel_mean_and_stddev(self):
+        """The mean and standard deviation of each pixel channel's level (0-255)."""
+        probs = tf.nn.softmax(self.distribution.logits, axis=-1)
+        levels = tf.range(256, dtype=probs.dtype)
+        mean = tf.reduce_sum(probs * levels, axis=-1)
+        variance = tf.reduce_sum(probs * tf.square(levels - mean[..., tf.newaxis]), axis=-1)
+        return mean, tf.sqrt(variance)
+
 
 class _DiscretizedLogistic(tfd.Distribution):
     """Independent discretized logistics over uint8 images (see
@@ -285,6 +304,13 @@ class _DiscretizedLogistic(tfd.Distribution):
     def _log_prob(self, k):
         return tf.reduce_sum(discretized_logistic_log_prob(k, self._loc, self._log_scale),
                              axis=[-3, -2, -1])
+
+    def pixel_mean_and_stddev(self):
+        """The logistic's mean and standard deviation per pixel channel, in pixel
+        levels (the loc and scale live on [-1, 1]; the bins' edges and rounding
+        are left out)."""
+        return ((self._loc + 1.) * 127.5,
+                tf.exp(self._log_scale) * (math.pi / math.sqrt(3.)) * 127.5)
 
     def _sample_n(self, n, seed=None):
         shape = tf.concat([[n], tf.shape(self._loc)], axis=0)
