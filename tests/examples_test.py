@@ -3,6 +3,7 @@
 models trained from scratch, and with no flags on the embedded samples and
 shipped models."""
 
+import argparse
 import contextlib
 import csv
 import glob
@@ -20,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from tests import scripts
-from tfp_ood import detectors, export, image_statistics, models, shifts
+from tfp_ood import data, detectors, export, image_statistics, models, shifts
 from tfp_ood.config import GlowConfig
 from tfp_ood.experiments import analysis, common, detector_search
 from tfp_ood.experiments import detectors as detectors_experiment
@@ -307,6 +308,24 @@ class ExamplesTest(tf.test.TestCase):
         self.assertEqual(list(fewer), ['in'])
         again = detector_search.cached_statistics(path, None, wider, progress=False)
         self.assertAllEqual(again['blur_mild']['log_prob'], out['blur_mild']['log_prob'])
+
+    def test_held_out_split_gives_the_in_distribution_side_images_the_model_never_saw(self):
+        source = common.Source(argparse.Namespace(
+            data_dir=self.data, source='local', download=False, num_images=None))
+        model = models.named_model('glow', 'tiny', (32, 32, 3))
+        train, _ = data.read_npz(os.path.join(self.data, 'cifar10_train.npz'))
+        test, _ = data.read_npz(os.path.join(self.data, 'cifar10_test.npz'))
+        sets = detector_search.validation_images(source, model, 8, held_out='test')
+        self.assertAllEqual(sets['in'], test[:8])
+        self.assertAllEqual(sets['training_images'], train[:8])  # Reported only.
+        self.assertIn('training_images', detector_search.REPORTED_ONLY)
+        self.assertAllEqual(sets['invert'], 255 - test[8:16])  # Shifts of unseen images.
+        default = detector_search.validation_images(source, model, 8)
+        self.assertAllEqual(default['in'], train[:8])
+        self.assertAllEqual(default['invert'], 255 - train[16:24])
+        self.assertNotIn('training_images', default)
+        with self.assertRaisesRegex(ValueError, 'a split name'):
+            detector_search.main(['--held-out-split', 'test[:5000]', '--data-dir', self.data])
 
     @pytest.mark.slow(minutes=0.2)
     def test_fashion_mnist_retrain_tiny(self):
