@@ -379,6 +379,7 @@ def markdown(results: dict) -> str:
         chosen_designs = {p: c['chosen']['design'] for p, c in result['pools'].items()}
         sets = list(result['pools']['exportable']['rows'][0]['aurocs'])
         used = result['sets_used']
+        reported = [k for k in REPORTED_ONLY if k in sets]
         head = ['| design | ' + ' | '.join(sets) + ' | mean AUROC | mean flagged | score | '
                 'the rule where chosen | statistics |',
                 '|---|' + '---:|' * (len(sets) + 3) + '---|---|']
@@ -389,9 +390,9 @@ def markdown(results: dict) -> str:
                   f'the set flagged at the threshold that keeps 95% of the in-distribution '
                   f'images (second halves). The score, what ranks the designs, is that mean '
                   f'over the sets some statistic alone separates with an AUROC of at least '
-                  f'{result["detectable_auroc"]} (first halves), but for '
-                  + ', '.join(k for k in REPORTED_ONLY if k in sets)
-                  + ', which are reported only: ' + ', '.join(used)
+                  f'{result["detectable_auroc"]} (first halves)'
+                  + (f', but for {", ".join(reported)}, which are reported only'
+                     if reported else '') + ': ' + ', '.join(used)
                   + '; the best single statistic: '
                   + ', '.join(f'{k} {v["auroc"]:.3f} ({v["statistic"]})'
                               for k, v in result['best_single'].items()) + '.', '']
@@ -446,7 +447,7 @@ def main(argv=None):
     p.add_argument('--models', nargs='+', default=['glow_cifar10', 'glow_fashion_mnist'],
                    help='shipped flows (in --models-dir) to choose for')
     p.add_argument('--num-fit-images', type=int, default=5000,
-                   help='training images the detectors fit on')
+                   help='images the detectors fit on (training images, or of --held-out-split)')
     p.add_argument('--held-out-split', default=None,
                    help='a split of the in-distribution dataset the models did not train on '
                         '(e.g. test): the in-distribution validation images, the images the '
