@@ -579,7 +579,9 @@ class ShippedDetectorsTest(tf.test.TestCase):
                 python = fitted.detect(images)
                 graph = tf.saved_model.load(os.path.join(shipped, name)).signatures[
                     'serving_default'](images=tf.constant(images))
-                self.assertAllClose(python.ood_score, graph['ood_score'], rtol=1e-9, atol=1e-9)
+                # The scores to float32 rounding (the two graphs may order a sum
+                # differently: 2e-5 at most on scores of 0-16), the decisions the same.
+                self.assertAllClose(python.ood_score, graph['ood_score'], rtol=1e-5, atol=1e-4)
                 self.assertAllEqual(python.components['is_ood'], graph['is_ood'])
                 # The real sets are told apart, as the README's table says.
                 auroc = tfp_ood.ood_metrics(python.ood_score[:48], python.ood_score[48:])
