@@ -128,10 +128,11 @@ class Source:
             requested = SLOW_FAMILY_IMAGES[family][0 if self.samples else 1]
         return requested or None
 
-    def load(self, name: str, split: str):
+    def load(self, name: str, split: str, capped: bool = True):
+        """The split's images, at most `--num-images` of them if `capped`."""
         ds = data.load(name, split, data_dir=self.data_dir, source=self.source,
                        download=self.download)
-        return ds.take(self.num_images) if self.num_images else ds
+        return ds.take(self.num_images) if capped and self.num_images else ds
 
     def note(self) -> str:
         if not self.samples:

@@ -483,9 +483,7 @@ def main(argv=None):
         fit_split = (f'{args.held_out_split}[{2 * n}:{2 * n + args.num_fit_images}]'
                      if args.held_out_split else f'train[{3 * n}:{3 * n + args.num_fit_images}]')
         # All of the fit split: --num-images caps the validation sets, not the fit.
-        sets['fit'] = data.images_array(data.load(in_name, fit_split, data_dir=source.data_dir,
-                                                  source=source.source,
-                                                  download=source.download))
+        sets['fit'] = data.images_array(source.load(in_name, fit_split, capped=False))
         print(f'{name}: fit on {in_name}/{fit_split}, {n} images per validation set',
               flush=True)
         stats = cached_statistics(os.path.join(args.out, f'statistics_{name}_{n}_{fit_split}.npz'),
