@@ -218,6 +218,22 @@ class CliTest(tf.test.TestCase):
         self.assertEqual(code, 2)
         self.assertRegex(err, r'^tfp-ood train: error: --coupling-scale is for --model glow')
 
+    def test_latent_dim_sizes_the_vae_and_is_refused_for_other_models(self):
+        workdir = os.path.join(self.dir, 'vae3')
+        code, _, err = _run(*_train_args(workdir, self.data, 2), '--model', 'vae',
+                            '--latent-dim', 3, '--num-eval-images', 4)
+        self.assertEqual(code, 0, err)
+        with open(os.path.join(workdir, 'config.json')) as f:
+            self.assertEqual(json.load(f)['model']['latent_dim'], 3)
+        checkpoint = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+        shapes = dict(tf.train.list_variables(checkpoint))
+        self.assertIn([3, 1024], [shape for name, shape in shapes.items()
+                                  if 'decoder' in name and 'kernel' in name])
+        code, _, err = _run(*_train_args(os.path.join(self.dir, 'g'), self.data, 2),
+                            '--latent-dim', 3)
+        self.assertEqual(code, 2)
+        self.assertRegex(err, r'^tfp-ood train: error: --latent-dim is for --model vae')
+
     def test_compare_reports_non_finite_scores_and_different_models(self):
         from tfp_ood.evaluate import ScoreResult
 

@@ -143,6 +143,11 @@ def _add_train(verbs) -> None:
                        help="--model glow: how the flow steps bound their scales (default: "
                             "symmetric; contracting: Glow's sigmoid, the image-to-latent pass "
                             "only shrinks, as the likelihood ratio's Glow backgrounds need)")
+    train.add_argument('--latent-dim', type=int, default=None, metavar='N',
+                       help='--model vae / vae_rnvp: the size of the latent z (default: the '
+                            "named size's, 64 for cpu; a small one keeps only what the "
+                            "images' encodings most need, as the likelihood path's second "
+                            'VAE does)')
     _add_strategy_arg(train, 'the run (history, logs, checkpoints)')
     train.add_argument('--no-resume', dest='resume', action='store_false',
                        help='refuse to continue a run already in --workdir')
@@ -268,7 +273,7 @@ def _add_export_detector(verbs) -> None:
 
 def _train(args) -> int:
     from tfp_ood import train
-    from tfp_ood.config import config_names
+    from tfp_ood.config import MODELS, config_names
     if not args.resume and train.load_run_config(args.workdir) is not None:
         raise CommandError(f'{args.workdir} already holds a run and --no-resume was given; '
                            f'choose another --workdir.')
@@ -281,6 +286,11 @@ def _train(args) -> int:
             raise CommandError(f'--coupling-scale is for --model glow (affine couplings); '
                                f'got --model {args.model}.')
         overrides['coupling_scale'] = args.coupling_scale
+    if args.latent_dim is not None:
+        if MODELS[args.model].family != 'vae':
+            raise CommandError(f'--latent-dim is for --model vae and vae_rnvp; got --model '
+                               f'{args.model}.')
+        overrides['latent_dim'] = args.latent_dim
     if args.init_from:  # Part of the run's identity: the same from any directory.
         args.init_from = os.path.abspath(args.init_from)
     config = _from_flags(train.TrainConfig, args)
