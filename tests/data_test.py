@@ -205,6 +205,26 @@ class SyntheticTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, r'\[0, 1\]'):
             data.perturb(images, 1.2, np.random.default_rng(0))
 
+    def test_tint_blends_each_image_between_two_colours(self):
+        gray = np.array([[0, 255], [51, 128]], np.uint8).reshape(1, 2, 2, 1)
+        images = np.concatenate([gray, 255 - gray])
+        tinted = data.tint(images, seed=3)
+        self.assertEqual(tinted.shape, (2, 2, 2, 3))
+        self.assertEqual(tinted.dtype, np.uint8)
+        # By hand: the same draws, background at 0, foreground at 255, linear between.
+        background, foreground = np.random.default_rng(3).integers(0, 256, (2, 2, 3))
+        for i, v in np.ndindex(2, 4):
+            value = images[i].reshape(-1)[v]
+            want = np.round(background[i] + (foreground[i] - background[i]) * value / 255.)
+            self.assertAllEqual(tinted[i].reshape(-1, 3)[v], want)
+        self.assertAllEqual(tinted[0, 0, 0], background[0])
+        self.assertAllEqual(tinted[0, 0, 1], foreground[0])
+        self.assertFalse(np.array_equal(tinted[0, 0, 0], tinted[1, 0, 1]))  # Own colours.
+        self.assertAllEqual(data.tint(images, seed=3), tinted)  # Seeded.
+        for bad in (images.astype(np.float32), np.repeat(images, 3, axis=-1)):
+            with self.assertRaisesRegex(ValueError, r'uint8 \[N, H, W, 1\]'):
+                data.tint(bad)
+
     def test_grayscale(self):
         rgb = np.array([[[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]]], np.uint8)
         gray = data.to_grayscale(rgb).numpy()

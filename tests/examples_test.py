@@ -131,8 +131,8 @@ class ExamplesTest(tf.test.TestCase):
         self.assertLen(search['rows'], 2)
         for row in search['rows']:
             self.assertEqual(sorted(k for k in row if k.startswith('auroc_')),
-                             ['auroc_cifar10_gray', 'auroc_fashion_mnist_resized',
-                              'auroc_uniform_noise'])
+                             ['auroc_cifar10_gray', 'auroc_fashion_mnist_color',
+                              'auroc_fashion_mnist_resized', 'auroc_uniform_noise'])
         best = max(search['rows'], key=lambda r: r['mean_auroc'])
         self.assertEqual(search['chosen'], best['background'])
         # The validation sets are training images: the embedded samples are refused.
@@ -155,7 +155,8 @@ class ExamplesTest(tf.test.TestCase):
             result = json.load(f)['glow_cifar10']
         # Fit images after the three validation blocks: none is also a validation image.
         self.assertEqual(result['fit_split'], 'train[24:48]')
-        sets = ['uniform_noise', 'cifar10_gray', 'fashion_mnist_resized', *shifts.SHIFTS]
+        sets = ['uniform_noise', 'cifar10_gray', 'fashion_mnist_resized', 'fashion_mnist_color',
+                *shifts.SHIFTS]
         for pool, chosen in result['pools'].items():
             self.assertEqual([r['estimator'] for r in chosen['rows']],
                              list(detector_search.ESTIMATORS))

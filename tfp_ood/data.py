@@ -38,7 +38,7 @@ __all__ = [
     'DATASETS', 'DATA_DIR_ENV', 'DataNotFoundError', 'DatasetSpec', 'check_labels',
     'constant_images',
     'grayscale', 'images_array', 'load', 'load_arrays', 'local_path', 'perturb',
-    'read_npz', 'resize_images', 'to_grayscale', 'uniform_noise_images', 'without_autotune',
+    'read_npz', 'resize_images', 'tint', 'to_grayscale', 'uniform_noise_images', 'without_autotune',
 ]
 
 DATA_DIR_ENV = 'TFP_OOD_DATA_DIR'
@@ -471,6 +471,31 @@ def to_grayscale(images: tf.Tensor) -> tf.Tensor:
     luma = tf.image.rgb_to_grayscale(tf.cast(images, tf.float32))
     luma = tf.cast(tf.clip_by_value(tf.round(luma), 0, 255), images.dtype)
     return tf.repeat(luma, 3, axis=-1)
+
+
+def tint(images, seed: int = 0) -> np.ndarray:
+    """Colours one-channel images: each pixel `v` of image `i` becomes
+    `b_i + (f_i - b_i) * v / 255`, rounded, with a background colour `b_i` and a
+    foreground colour `f_i` drawn uniformly from RGB 0..255 for each image
+    (seeded). What is dark in the image takes the background colour, what is
+    bright the foreground's: FashionMNIST's garments become coloured shapes on
+    flat coloured backgrounds, so that a validation set made of them is not
+    told from colour images by its equal channels alone.
+
+    Args:
+      images: uint8 `[N, H, W, 1]`.
+
+    Returns:
+      uint8 `[N, H, W, 3]`.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 1:
+        raise InputError(f'tint colours uint8 [N, H, W, 1] images; got {images.dtype} '
+                         f'{images.shape}.')
+    rng = np.random.default_rng(seed)
+    background, foreground = rng.integers(0, 256, size=(2, len(images), 1, 1, 3))
+    mixed = background + (foreground - background) * (images / 255.)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
 def grayscale(dataset: tf.data.Dataset) -> tf.data.Dataset:

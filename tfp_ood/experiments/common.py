@@ -182,13 +182,18 @@ def get_model(args, source: Source, name: str, family: str, dataset: str, train_
 # Validation OOD sets per image shape, for choices that must not look at the test
 # pairs (the likelihood ratio's background model, our detector's design): the
 # in-distribution dataset, and (name, (dataset, which `num_images` block of its
-# training split), transform) with transform 'gray' (BT.601 luma) or None; every
-# set is then fitted to the model's shape (`data.resize_images`). Block 1 of
-# CIFAR-10 for its gray set: block 0 is the in-distribution set.
+# training split), transform) with transform 'gray' (BT.601 luma), 'tint'
+# (`data.tint`: each image between two random colours, seeded by its block) or
+# None; every set is then fitted to the model's shape (`data.resize_images`).
+# Block 1 of CIFAR-10 for its gray set: block 0 is the in-distribution set.
+# FashionMNIST in colour (block 1): the gray sets are told from CIFAR-10 by their
+# equal channels alone, which every design sees; in colour the set asks whether a
+# design sees another kind of image.
 VALIDATION = {
     (32, 32, 3): ('cifar10', [('uniform_noise', None, None),
                               ('cifar10_gray', ('cifar10', 1), 'gray'),
-                              ('fashion_mnist_resized', ('fashion_mnist', 0), None)]),
+                              ('fashion_mnist_resized', ('fashion_mnist', 0), None),
+                              ('fashion_mnist_color', ('fashion_mnist', 1), 'tint')]),
     (28, 28, 1): ('fashion_mnist', [('uniform_noise', None, None),
                                     ('cifar10_gray_resized', ('cifar10', 0), None)]),
 }
@@ -212,6 +217,8 @@ def validation_sets(source: Source, shape, num_images: int) -> dict:
             dataset, f'train[{block * num_images}:{(block + 1) * num_images}]'))
         if transform == 'gray':
             images = data.to_grayscale(images).numpy()
+        elif transform == 'tint':
+            images = data.tint(images, seed=block)
         sets[name] = data.resize_images(images, shape)
     return sets
 
