@@ -527,6 +527,32 @@ class DetectorsExampleTest(tf.test.TestCase):
                 model, os.path.join(self.create_tempdir().full_path, 'glow'))))
 
 
+class FitImagesTest(tf.test.TestCase):
+
+    def test_training_images_or_the_first_half_of_the_test_images(self):
+        loaded = []
+
+        class Source:  # What Sets reads of common.Source.
+            samples = False
+
+            def load(self, name, split):
+                loaded.append((name, split))
+                first = {'train': 0, 'test': 100}[split]
+                values = np.arange(first, first + 10, dtype=np.uint8)
+                return data._synthetic(np.broadcast_to(values[:, None, None, None],
+                                                       (10, 2, 2, 1)).copy())
+
+        experiment = detectors_experiment.Experiment('m', ('d', 'train'), ('d', 'test'), [])
+        fit, scored = detectors_experiment.Sets(Source(), 4, 1).fit_and_in(experiment)
+        self.assertAllEqual(fit[:, 0, 0, 0], range(4))  # The first --num-fit-images.
+        self.assertAllEqual(scored[:, 0, 0, 0], range(100, 110))  # All of the test set.
+        fit, scored = detectors_experiment.Sets(Source(), 4, 1, fit_on_held_out=True).fit_and_in(
+            experiment)
+        self.assertAllEqual(fit[:, 0, 0, 0], range(100, 105))  # Disjoint halves.
+        self.assertAllEqual(scored[:, 0, 0, 0], range(105, 110))
+        self.assertEqual(loaded, [('d', 'train'), ('d', 'test'), ('d', 'test')])
+
+
 class AtPublishedFitTest(tf.test.TestCase):
 
     def test_each_set_moves_by_its_gap_to_the_paper(self):

@@ -159,8 +159,10 @@ def experiments(source: common.Source) -> List[Experiment]:
 class Sets:
     """The image arrays of the run, loaded once each."""
 
-    def __init__(self, source: common.Source, num_fit: int, num_synthetic: int):
+    def __init__(self, source: common.Source, num_fit: int, num_synthetic: int,
+                 fit_on_held_out: bool = False):
         self.source, self.num_fit, self.num_synthetic = source, num_fit, num_synthetic
+        self.fit_on_held_out = fit_on_held_out
         self._cache: Dict[str, np.ndarray] = {}
 
     def _load(self, name: str, split: str) -> np.ndarray:
@@ -170,9 +172,12 @@ class Sets:
         return self._cache[key]
 
     def fit_and_in(self, experiment: Experiment) -> Tuple[np.ndarray, np.ndarray]:
-        """Training images to fit on, and the in-distribution test images."""
-        if self.source.samples:  # No training split: halves of the test sample.
-            images = self._load(experiment.in_set[0], 'test')
+        """Training images to fit on, and the in-distribution test images; or the
+        first half of the in-distribution test images to fit on and the second to
+        score (the embedded samples have no training split; `fit_on_held_out`)."""
+        if self.source.samples or self.fit_on_held_out:
+            images = self._load(*((experiment.in_set[0], 'test') if self.source.samples
+                                  else experiment.in_set))
             half = len(images) // 2
             return images[:half], images[half:]
         name, split = experiment.train
@@ -557,9 +562,14 @@ def main(argv=None):
                         'gradient norms) and <model>_python.json (with the Python-only lengths) '
                         '(default: saved_models/designs/, written by '
                         'tfp_ood.experiments.detector_search)')
+    p.add_argument('--fit-on-held-out', action='store_true',
+                   help='fit on the first half of each in-distribution test set and score the '
+                        'second, as on the embedded samples, instead of fitting on training '
+                        'images: the shipped models trained on every training image they '
+                        'have, and score those as more typical than images they have not seen')
     args = p.parse_args(argv)
     source = common.Source(args)
-    sets = Sets(source, args.num_fit_images, args.num_synthetic)
+    sets = Sets(source, args.num_fit_images, args.num_synthetic, args.fit_on_held_out)
     rows, figures, ablations, fits = [], {}, [], []
     shutil.rmtree(os.path.join(args.out, 'tensorboard'), ignore_errors=True)  # This run's own.
     for experiment in experiments(source):
@@ -570,7 +580,9 @@ def main(argv=None):
         raise ValueError('No model to score: none of the shipped models is in --models-dir.')
     note = source.note() + (' The fitted detectors fit on the first half of each '
                             'in-distribution sample and score the second.'
-                            if source.samples else '')
+                            if source.samples else ' The fitted detectors fit on the first '
+                            'half of each in-distribution test set and every detector scores '
+                            'the second (--fit-on-held-out).' if args.fit_on_held_out else '')
     write(rows, figures, args.out, note.strip(), ablations, fits)
     print('AUROC of each detector (higher is better; 0.5 is chance), the published figure '
           'in parentheses; every row is in detectors.md:\n')
