@@ -216,7 +216,7 @@ def validation_images(source, model, n: int, held_out: Optional[str] = None) -> 
     made from its next `n`, and the first `n` training images are a set of
     their own (`training_images`, reported only: how far a design tells the
     images the model trained on from ones it has not seen)."""
-    sets = common.validation_sets(source, model.image_shape, n)
+    sets = common.validation_sets(source, model.image_shape, n, more=True)
     in_name = common.VALIDATION[tuple(model.image_shape)][0]
     if held_out:
         sets['training_images'] = sets['in']
