@@ -142,6 +142,51 @@ class ExamplesTest(tf.test.TestCase):
         self.assertIn('pass --data-dir', run.stderr)
 
     @pytest.mark.slow
+    def test_likelihood_path_of_two_vaes_beside_a_tiny_flow(self):
+        from tfp_ood.config import VAEConfig
+        from tfp_ood.experiments import likelihood_path
+        models_dir = self.create_tempdir().full_path
+        images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+        _export_tiny(os.path.join(models_dir, 'glow_cifar10'), 'glow', (32, 32, 3), images)
+        vaes = []
+        for latent in (2, 6):
+            vae = models.from_config(dict(family='vae', **VAEConfig.named(
+                'tiny', (32, 32, 3), latent_dim=latent).to_dict()))
+            vaes.append(export.export(vae, os.path.join(models_dir, f'vae{latent}')))
+        out = self.create_tempdir().full_path
+        run = _script('likelihood_path', '--models-dir', models_dir, '--data-dir', self.data,
+                      '--num-images', '8', '--num-fit-images', '24', '--out', out,
+                      '--no-progress', '--vae', vaes[1], '--vae', vaes[0])
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        with open(os.path.join(out, 'likelihood_path.json')) as f:
+            result = json.load(f)
+        self.assertEqual(result['vaes'], {'vae6': 6, 'vae2': 2})
+        sets = ['uniform_noise', 'cifar10_gray', 'fashion_mnist_resized', 'fashion_mnist_color',
+                *shifts.SHIFTS]
+        self.assertEqual(result['sets'], sets)
+        self.assertEqual(set(result['alone']['vae2']), set(likelihood_path.STATISTICS))
+        # LPath's pair: the small latent's encoder, the large latent's decoder.
+        pair = result['designs']['pair: vae2 encoder, vae6 decoder, copod']
+        self.assertEqual(pair['statistics'], [
+            'vae2_posterior_loc_norm', 'vae2_posterior_log_scale_mean',
+            'vae6_decoder_residual_norm', 'vae6_decoder_std_norm'])
+        self.assertAlmostEqual(pair['mean_auroc'], np.mean(list(pair['aurocs'].values())))
+        self.assertLen(result['designs'], 3 * len(likelihood_path.ESTIMATORS))
+        for pool, chosen in result['search'].items():  # No gradient norm: one pass.
+            self.assertFalse([s for s in chosen['statistics'] if s.endswith('_grad_norm')])
+            self.assertEqual(chosen['vae_statistics'],
+                             [s for s in chosen['statistics'] if s.startswith('vae')])
+        self.assertEqual(list(result['search']), ['exportable', 'python'])
+        with open(os.path.join(out, 'likelihood_path.md')) as f:
+            self.assertIn('| pair: vae2 encoder, vae6 decoder, ledoit_wolf |', f.read())
+        # A flow is not a VAE.
+        run = _script('likelihood_path', '--models-dir', models_dir, '--data-dir', self.data,
+                      '--num-images', '8', '--out', out, '--no-progress', '--vae',
+                      os.path.join(models_dir, 'glow_cifar10'))
+        self.assertEqual(run.returncode, 2)
+        self.assertIn('not a VAE', run.stderr)
+
+    @pytest.mark.slow
     def test_detector_search_on_a_tiny_flow(self):
         models_dir = self.create_tempdir().full_path
         images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
