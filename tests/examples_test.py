@@ -176,7 +176,11 @@ class ExamplesTest(tf.test.TestCase):
             self.assertFalse([s for s in chosen['statistics'] if s.endswith('_grad_norm')])
             self.assertEqual(chosen['vae_statistics'],
                              [s for s in chosen['statistics'] if s.startswith('vae')])
-        self.assertEqual(list(result['search']), ['exportable', 'python'])
+        self.assertEqual(list(result['search']), ['exportable'])
+        cache, = glob.glob(os.path.join(out, 'statistics_glow_cifar10_*.npz'))
+        with np.load(cache) as saved:  # The flow's one-pass statistics only: no gradients.
+            self.assertIn('fit/level0_log_pz', saved.files)
+            self.assertFalse([k for k in saved.files if k.endswith('_grad_norm')])
         with open(os.path.join(out, 'likelihood_path.md')) as f:
             self.assertIn('| pair: vae2 encoder, vae6 decoder, ledoit_wolf |', f.read())
         # A flow is not a VAE.

@@ -150,11 +150,13 @@ POOLS = {'exportable': '', 'gradients': '_gradients', 'python': '_python'}
 ESTIMATES = ('loco_bits', 'wavelet_bits', 'wavelet_rgb_bits')
 
 
-def statistics_of(model, images: np.ndarray, progress: bool = False) -> dict:
+def statistics_of(model, images: np.ndarray, progress: bool = False,
+                  gradients: bool = True) -> dict:
     """Every candidate statistic of `images`: the model's terms and statistics
-    (with its gradient norms), the image statistics and the Python-only codec
-    lengths, `{name: [N] float64}`."""
-    out = evaluate.score(model, images, progress=progress, statistics=_statistics(model)).scores
+    (with its gradient norms, unless not `gradients`), the image statistics and
+    the Python-only codec lengths, `{name: [N] float64}`."""
+    out = evaluate.score(model, images, progress=progress,
+                         statistics=_statistics(model) if gradients else True).scores
     out = {k: np.asarray(v, np.float64) for k, v in out.items()
            if k not in ('dequant_const', 'bits_per_dim')}
     out.update(image_statistics.image_statistics_array(
@@ -176,13 +178,15 @@ def _save(path: str, stats: dict) -> None:
     os.replace(path + '.partial.npz', path)
 
 
-def cached_statistics(path: str, model, sets: dict, progress: bool) -> dict:
+def cached_statistics(path: str, model, sets: dict, progress: bool,
+                      gradients: bool = True) -> dict:
     """`statistics_of` every set, kept in `path` so that a second search (another
     tolerance, another estimator) or an interrupted one does not recompute them.
     A cache from before a validation set, an image statistic or the model's
     gradient norms were added gains them, computed alone (the gradient norms
     with `model`; pass `None` for no model); sets in the cache that `sets` does
-    not name are kept there and left out of the result."""
+    not name are kept there and left out of the result. Without `gradients`, sets
+    computed here have no gradient norms (a later call with them adds them)."""
     stats = {}
     if os.path.exists(path):
         with np.load(path) as saved:
@@ -191,19 +195,19 @@ def cached_statistics(path: str, model, sets: dict, progress: bool) -> dict:
                 stats.setdefault(set_name, {})[statistic] = saved[key]
     for k, images in sets.items():  # A set at a time: nothing lost if interrupted.
         if k not in stats:
-            stats[k] = statistics_of(model, images, progress)
+            stats[k] = statistics_of(model, images, progress, gradients)
             _save(path, stats)
             continue
         missing = sorted(set(image_statistics.IMAGE_STATISTICS) - set(stats[k]))
-        gradients = sorted(set(() if model is None else model.gradient_statistic_names)
-                           - set(stats[k]))
+        missing_gradients = sorted(set(() if model is None or not gradients
+                                       else model.gradient_statistic_names) - set(stats[k]))
         if missing:
             stats[k].update(image_statistics.image_statistics_array(images, missing))
-        if gradients:
+        if missing_gradients:
             scores = evaluate.score(model, images, name=k, progress=progress,
                                     statistics='gradients').scores
-            stats[k].update({g: np.asarray(scores[g], np.float64) for g in gradients})
-        if missing or gradients:
+            stats[k].update({g: np.asarray(scores[g], np.float64) for g in missing_gradients})
+        if missing or missing_gradients:
             _save(path, stats)
     return {k: stats[k] for k in sets}
 
@@ -255,7 +259,8 @@ def score(row: dict, criterion: str, sets) -> float:
 
 
 def search_model(model, stats: dict, progress: bool = True, rule_tolerance: float = 0.02,
-                 criterion: str = 'detection_rate', detectable_auroc: float = 0.8) -> dict:
+                 criterion: str = 'detection_rate', detectable_auroc: float = 0.8,
+                 only_pools: Optional[tuple] = None) -> dict:
     """Every estimator's selection in each pool, the references, and the winners.
 
     Statistics are chosen on the first half of every validation set and every
@@ -269,7 +274,10 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
     statistic detects (vertical flips: 0.60-0.77 on the shipped Glows) the
     differences between designs are as large as a design's change from one
     half of the set to the other, and choosing on them traded away what
-    designs do detect."""
+    designs do detect.
+
+    `only_pools`: search only these pools of `POOLS` (default: every pool the
+    statistics allow)."""
     train = stats['fit']
     choose_sets, rank_sets = _halves(stats)
     choose_in, rank_in = choose_sets.pop('in'), rank_sets.pop('in')
@@ -324,6 +332,8 @@ def search_model(model, stats: dict, progress: bool = True, rule_tolerance: floa
         result['reference'][name] = with_the_rule(dict(row, score=score(row, criterion, used)),
                                                   first_halves(names, estimator))
     for pool, candidates in pools.items():
+        if only_pools is not None and pool not in only_pools:
+            continue
         rows = []
         for estimator in ESTIMATORS:
             if estimator in SEARCHED:

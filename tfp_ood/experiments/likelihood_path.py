@@ -16,7 +16,9 @@ pairs), on the same images:
   latent's encoder statistics, the larger's decoder statistics), under COPOD
   and a Ledoit-Wolf Gaussian;
 - the detector search with every VAE statistic added to the flow's one-pass
-  pool: whether a VAE statistic would be chosen beside the flow's.
+  pool (the statistics TensorFlow computes in one pass; the search's
+  `exportable` pool): whether a VAE statistic would be chosen beside the
+  flow's.
 
 The VAEs are scored at the posterior mean, one encoder and one decoder pass
 per image (a copy with one importance sample, so the K-sample `elbo` and the
@@ -83,9 +85,8 @@ def analyse(flow, stats: dict, vaes: dict, progress: bool = True) -> dict:
     `stats`: `{set: {statistic: [N]}}` with the flow's and every VAE's statistics
     (a 'fit' set, an 'in' set and the validation OOD sets); `vaes`: `{prefix:
     latent size}`."""
-    choose, rank = detector_search._halves(stats)
+    _, rank = detector_search._halves(stats)  # Ranked on the second halves, as the search.
     rank_in = rank.pop('in')
-    choose.pop('in')
     train = stats['fit']
     ood = [k for k in rank if k != 'training_images']
     result = {'sets': list(rank), 'vaes': vaes, 'alone': {}, 'designs': {}}
@@ -106,10 +107,14 @@ def analyse(flow, stats: dict, vaes: dict, progress: bool = True) -> dict:
             result['designs'][f'{label}, {estimator}'] = {
                 'statistics': names, 'aurocs': {k: m['auroc'] for k, m in metrics.items()},
                 'mean_auroc': _means(metrics, ood)}
-    # The search, the flow's one-pass statistics and every VAE statistic in a pool.
-    one_pass = {name: {k: v for k, v in s.items() if not k.endswith(GRADIENT_SUFFIX)}
+    # The search, the flow's one-pass statistics and every VAE statistic in a pool
+    # (TensorFlow statistics: no gradient norm, no Python-only length).
+    python_only = {f'{c}_bits' for c in detector_search.PYTHON_CODECS}
+    one_pass = {name: {k: v for k, v in s.items()
+                       if not k.endswith(GRADIENT_SUFFIX) and k not in python_only}
                 for name, s in stats.items()}
-    search = detector_search.search_model(flow, one_pass, progress=progress)
+    search = detector_search.search_model(flow, one_pass, progress=progress,
+                                          only_pools=('exportable',))
     result['search'] = {
         pool: {'design': p['chosen']['design'], 'score': p['chosen']['score'],
                'statistics': p['chosen']['statistics'],
@@ -182,9 +187,9 @@ def main(argv=None):
                  if args.held_out_split else f'train[{3 * n}:{3 * n + args.num_fit_images}]')
     sets['fit'] = data.images_array(source.load(in_name, fit_split, capped=False))
     os.makedirs(args.out, exist_ok=True)
-    stats = detector_search.cached_statistics(
+    stats = detector_search.cached_statistics(  # No gradient norm is read here.
         os.path.join(args.out, f'statistics_{args.flow}_{n}_{fit_split}.npz'), flow, sets,
-        args.progress)
+        args.progress, gradients=False)
     for prefix, vae in vaes.items():
         for name, extra in vae_statistics(vae, sets, prefix, args.progress).items():
             stats[name].update(extra)
