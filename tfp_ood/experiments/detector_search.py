@@ -233,6 +233,26 @@ def validation_images(source, model, n: int, held_out: Optional[str] = None) -> 
     return sets
 
 
+def search_statistics(source, model, name: str, n: int, num_fit_images: int,
+                      held_out: Optional[str], out: str, progress: bool,
+                      gradients: bool = True):
+    """`(sets, stats, fit_split)`: the validation images (`validation_images`)
+    and the fit images, and their statistics, cached in
+    `out/statistics_<name>_<n>_<fit split>.npz` (`cached_statistics`), so that
+    every program that reads the search's validation sets shares one cache."""
+    sets = validation_images(source, model, n, held_out)
+    in_name = common.VALIDATION[tuple(model.image_shape)][0]
+    fit_split = (f'{held_out}[{2 * n}:{2 * n + num_fit_images}]' if held_out
+                 else f'train[{3 * n}:{3 * n + num_fit_images}]')
+    # All of the fit split: --num-images caps the validation sets, not the fit.
+    sets['fit'] = data.images_array(source.load(in_name, fit_split, capped=False))
+    print(f'{name}: fit on {in_name}/{fit_split}, {n} images per validation set', flush=True)
+    os.makedirs(out, exist_ok=True)
+    stats = cached_statistics(os.path.join(out, f'statistics_{name}_{n}_{fit_split}.npz'),
+                              model, sets, progress, gradients)
+    return sets, stats, fit_split
+
+
 def _expand(names, statistics: dict) -> list:
     levels = sorted(k for k in statistics if k.startswith('level') and k.count('_') == 2
                     and k.endswith(('_log_pz', '_log_det')) and '_step' not in k)
@@ -496,16 +516,8 @@ def main(argv=None):
     for name in args.models:
         model = export.restore(os.path.join(args.models_dir, name))
         n = args.num_images or 2000
-        sets = validation_images(source, model, n, args.held_out_split)
-        in_name = common.VALIDATION[tuple(model.image_shape)][0]
-        fit_split = (f'{args.held_out_split}[{2 * n}:{2 * n + args.num_fit_images}]'
-                     if args.held_out_split else f'train[{3 * n}:{3 * n + args.num_fit_images}]')
-        # All of the fit split: --num-images caps the validation sets, not the fit.
-        sets['fit'] = data.images_array(source.load(in_name, fit_split, capped=False))
-        print(f'{name}: fit on {in_name}/{fit_split}, {n} images per validation set',
-              flush=True)
-        stats = cached_statistics(os.path.join(args.out, f'statistics_{name}_{n}_{fit_split}.npz'),
-                                  model, sets, args.progress)
+        _, stats, fit_split = search_statistics(source, model, name, n, args.num_fit_images,
+                                                args.held_out_split, args.out, args.progress)
         results[name] = dict(search_model(model, stats, progress=args.progress,
                                           rule_tolerance=args.rule_tolerance,
                                           criterion=args.criterion,

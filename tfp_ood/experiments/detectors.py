@@ -176,8 +176,7 @@ class Sets:
         first half of the in-distribution test images to fit on and the second to
         score (the embedded samples have no training split; `fit_on_held_out`)."""
         if self.source.samples or self.fit_on_held_out:
-            images = self._load(*((experiment.in_set[0], 'test') if self.source.samples
-                                  else experiment.in_set))
+            images = self._load(*experiment.in_set)  # The samples': (name, 'test').
             half = len(images) // 2
             return images[:half], images[half:]
         name, split = experiment.train

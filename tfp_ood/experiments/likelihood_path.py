@@ -36,13 +36,12 @@ reuses the flow's statistics that search computed
 """
 
 import argparse
-import dataclasses
 import json
 import os
 
 import numpy as np
 
-from tfp_ood import data, evaluate, export, selection
+from tfp_ood import evaluate, export, models, selection
 from tfp_ood.experiments import common, detector_search
 from tfp_ood.models.base import GRADIENT_SUFFIX
 from tfp_ood.models.vae import VAE
@@ -57,12 +56,13 @@ ESTIMATORS = ('copod', 'ledoit_wolf')
 
 
 def one_pass_vae(path: str) -> VAE:
-    """The VAE exported at `path`, rebuilt to score with one importance sample."""
-    saved = export.restore(path)
-    if not isinstance(saved, VAE):
-        raise ValueError(f'{path} holds a {type(saved).__name__}, not a VAE.')
+    """The VAE exported at `path`, built from its configuration with one
+    importance sample, its weights read in."""
+    config = export.read_metadata(path)['model']
+    if config.get('family') != 'vae':
+        raise ValueError(f'{path} holds a {config.get("family")} model, not a VAE.')
     return export.read_variables(
-        VAE(dataclasses.replace(saved.config, num_importance_samples=1)), path)
+        models.from_config(dict(config, num_importance_samples=1)), path)
 
 
 def vae_statistics(vae: VAE, sets: dict, prefix: str, progress: bool) -> dict:
@@ -181,14 +181,8 @@ def main(argv=None):
                              f'{flow.image_shape}.')
         vaes[os.path.basename(os.path.normpath(path))] = vae
     n = args.num_images or 2000
-    sets = detector_search.validation_images(source, flow, n, args.held_out_split)
-    in_name = common.VALIDATION[tuple(flow.image_shape)][0]
-    fit_split = (f'{args.held_out_split}[{2 * n}:{2 * n + args.num_fit_images}]'
-                 if args.held_out_split else f'train[{3 * n}:{3 * n + args.num_fit_images}]')
-    sets['fit'] = data.images_array(source.load(in_name, fit_split, capped=False))
-    os.makedirs(args.out, exist_ok=True)
-    stats = detector_search.cached_statistics(  # No gradient norm is read here.
-        os.path.join(args.out, f'statistics_{args.flow}_{n}_{fit_split}.npz'), flow, sets,
+    sets, stats, fit_split = detector_search.search_statistics(  # No gradient norm is read.
+        source, flow, args.flow, n, args.num_fit_images, args.held_out_split, args.out,
         args.progress, gradients=False)
     for prefix, vae in vaes.items():
         for name, extra in vae_statistics(vae, sets, prefix, args.progress).items():
