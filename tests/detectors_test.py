@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import stats
 
 import tfp_ood
-from tfp_ood import detectors, export, image_statistics, models
+from tfp_ood import detectors, estimators, export, image_statistics, models
 from tfp_ood.config import GlowConfig
 from tfp_ood.models import DensityModel
 
@@ -559,6 +559,56 @@ class RegistryTest(tf.test.TestCase):
             detectors.named('density_of_states_levels', model)
 
 
+def _tiny_vae(shape=(8, 8, 3), num_importance_samples=4):
+    vae = models.from_config(dict(family='vae', **models.VAEConfig.named(
+        'tiny', shape, num_importance_samples=num_importance_samples).to_dict()))
+    vae.log_prob(_images(2, shape=shape))  # Builds the networks.
+    for v in vae.trainable_variables:  # Away from initialisation, so images differ.
+        v.assign_add(0.3 * tf.random.stateless_normal(v.shape, seed=[5, 6]))
+    return vae
+
+
+class LikelihoodPathTest(tf.test.TestCase):
+
+    def test_copod_over_a_vaes_four_statistics_read_in_one_pass(self):
+        directory = self.create_tempdir().full_path
+        vae = _tiny_vae()
+        model_dir = export.export(vae, os.path.join(directory, 'vae'))
+        train, images = _images(64, shape=(8, 8, 3)), _images(24, shape=(8, 8, 3), seed=3)
+        detector = detectors.named('likelihood_path', vae).fit(train)
+        self.assertEqual(detector.statistics, detectors.LIKELIHOOD_PATH)
+        self.assertEqual(detector.estimator, 'copod')
+        # By hand: each statistic from the VAE's own statistics, standardised by
+        # the fit images' mean and deviation, under scikit-learn-checked COPOD.
+
+        def four(x):
+            scores = tfp_ood.score(vae, x, statistics=True, progress=False).scores
+            return np.stack([np.asarray(scores[k], np.float64)
+                             for k in detectors.LIKELIHOOD_PATH], axis=1)
+        fit = four(train)
+        mean, scale = fit.mean(axis=0), fit.std(axis=0)
+        copod = estimators.ESTIMATORS['copod']().fit((fit - mean) / scale)
+        expected = copod.score((four(images) - mean) / scale).numpy()
+        self.assertAllClose(detector.score(images).ood_score, expected, rtol=1e-6)
+        # The fitted detector rebuilds the VAE with one importance sample (one pass of
+        # each network, not four decoder passes); the statistics do not depend on it.
+        fitted = detectors.fit_detector('likelihood_path', [model_dir], train, images)
+        self.assertEqual(fitted.detector.models[0].config.num_importance_samples, 1)
+        self.assertAllClose(fitted.detect(images).ood_score, expected, rtol=1e-5)
+        path = fitted.save(os.path.join(directory, 'lpath.json'))
+        self.assertAllClose(detectors.load_detector(path).detect(images).ood_score, expected,
+                            rtol=1e-5)
+        # Other models have no encoder or decoder to read.
+        with self.assertRaisesRegex(ValueError, 'likelihood_path reads a VAE'):
+            detectors.named('likelihood_path', _Gaussian(128., 40.))
+        with self.assertRaisesRegex(ValueError, 'only a VAE takes num_importance_samples'):
+            glow = models.from_config(dict(family='glow', **GlowConfig.named(
+                'tiny', (8, 8, 3)).to_dict()))
+            glow.initialize(train)
+            export.restore(export.export(glow, os.path.join(directory, 'glow')),
+                           num_importance_samples=1)
+
+
 class ShippedDetectorsTest(tf.test.TestCase):
     """The shipped fits, read by this version, score real images as the
     SavedModels exported from them do (their graphs were traced when they
@@ -633,6 +683,10 @@ class ExportedDetectorTest(tf.test.TestCase):
         names = ('density_of_states_levels', 'input_complexity')  # KDE and codec in-graph.
         fits = [detectors.fit_detector(name, [model_dir], train[:64], train[64:])
                 for name in names]
+        # COPOD over a VAE's encoder and decoder statistics, the VAE in one pass.
+        vae_dir = export.export(_tiny_vae(), os.path.join(directory, 'vae'))
+        names += ('likelihood_path',)
+        fits.append(detectors.fit_detector('likelihood_path', [vae_dir], train[:64], train[64:]))
         paths = [fitted.export(os.path.join(directory, f'detector_{name}'))
                  for name, fitted in zip(names, fits)]
         all_outputs = run_plain_tensorflow(self, paths, os.path.join(directory, 'x.npz'))

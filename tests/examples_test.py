@@ -188,7 +188,7 @@ class ExamplesTest(tf.test.TestCase):
                       '--num-images', '8', '--out', out, '--no-progress', '--vae',
                       os.path.join(models_dir, 'glow_cifar10'))
         self.assertEqual(run.returncode, 2)
-        self.assertIn('not a VAE', run.stderr)
+        self.assertIn('holds a glow model; only a VAE', run.stderr)
 
     @pytest.mark.slow
     def test_detector_search_on_a_tiny_flow(self):
@@ -494,8 +494,8 @@ class DetectorsExampleTest(tf.test.TestCase):
     def test_detectors_table_on_the_samples(self):
         out = self.create_tempdir().full_path
         # Without the rows that read the gradient norms (the slowest; below on a tiny flow).
-        run = _script('detectors', '--models', 'glow_cifar10', '--num-images', '100',
-                      '--num-synthetic', '50', '--out', out, '--no-progress',
+        run = _script('detectors', '--models', 'glow_cifar10', 'vae_cifar10', '--num-images',
+                      '100', '--num-synthetic', '50', '--out', out, '--no-progress',
                       '--skip', 'gradient_norms', 'density_of_states_selected_gradients',
                       'density_of_states_selected_python')
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
@@ -516,6 +516,15 @@ class DetectorsExampleTest(tf.test.TestCase):
         self.assertIn(('density_of_states_selected', 'svhn_cropped', 1), found)
         self.assertFalse({'gradient_norms', 'density_of_states_selected_python'}
                          & {r['detector'] for r in rows})
+        # The VAE's column: the likelihood path alone, beside its published figure.
+        vae_rows = [r for r in rows if r['model'] == 'vae_cifar10']
+        self.assertEqual({r['detector'] for r in vae_rows}, {'likelihood_path'})
+        self.assertEqual(len(vae_rows), 5)
+        lpath = next(r for r in vae_rows if r['out'] == 'svhn_cropped')
+        self.assertEqual(lpath['published_auroc'], 0.99)
+        self.assertIn('LPath', lpath['published_source'])
+        self.assertNotIn('likelihood_path', {r['detector'] for r in rows
+                                             if r['model'] == 'glow_cifar10'})
         raw = next(r for r in rows if r['detector'] == 'raw_likelihood'
                    and r['out'] == 'svhn_cropped')
         self.assertEqual(raw['published_auroc'], 0.063)

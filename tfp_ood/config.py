@@ -382,6 +382,8 @@ DETECTORS: Dict[str, str] = {
     'density_of_states_selected': 'the statistics, codecs and estimator of a design (--design)',
     'gradient_norms': 'after Dauncey et al.: a Gaussian over the log-norms of each image\'s '
                       'log-likelihood gradient per group of parameters',
+    'likelihood_path': 'after Huang et al. (LPath): COPOD over four statistics of a VAE\'s '
+                       'encoder and decoder (VAEs)',
 }
 DETECTOR_NAMES = tuple(DETECTORS)
 #: The density of states whose statistics and estimator a design names: what

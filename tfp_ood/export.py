@@ -358,7 +358,8 @@ def load(path: str) -> SavedModelAdapter:
     return SavedModelAdapter(path)
 
 
-def restore(path: str, precision: Optional[str] = None) -> DensityModel:
+def restore(path: str, precision: Optional[str] = None,
+            num_importance_samples: Optional[int] = None) -> DensityModel:
     """Rebuilds the exported tfp_ood model, with its trained weights.
 
     The model is constructed from the configuration in the metadata asset and
@@ -370,14 +371,25 @@ def restore(path: str, precision: Optional[str] = None) -> DensityModel:
       precision: where a flow's networks compute (`'float32'` or
         `'bfloat16'`); the variables are float32 either way.
         Default value: the precision the model was exported in.
+      num_importance_samples: for a VAE, the draws its log-likelihood
+        averages over instead of the exported number; its encoder's and
+        decoder's statistics at the posterior mean do not depend on it, so
+        one makes them a single pass of each network.
 
     Raises:
       FileNotFoundError, ValueError: `path` is not a tfp_ood export, or its
-        variables do not match the model its configuration describes.
+        variables do not match the model its configuration describes, or
+        `num_importance_samples` is given for a model that is not a VAE.
     """
     metadata = read_metadata(path)
+    config = metadata['model']
+    if num_importance_samples is not None:
+        if config.get('family') != 'vae':
+            raise InputError(f'{path} holds a {config.get("family")} model; only a VAE takes '
+                             f'num_importance_samples.')
+        config = dict(config, num_importance_samples=int(num_importance_samples))
     return read_variables(models.from_config(
-        metadata['model'], precision or metadata.get('precision', 'float32')), path)
+        config, precision or metadata.get('precision', 'float32')), path)
 
 
 def read_variables(model: DensityModel, path: str) -> DensityModel:

@@ -45,16 +45,17 @@ from tfp_ood.detectors.fitted import (FIT_FORMAT, FittedDetector, fit_detector, 
                                       model_identity)
 from tfp_ood.detectors.ratio import LikelihoodRatio
 from tfp_ood.detectors.raw import RawLikelihood
-from tfp_ood.detectors.registry import (DETECTORS, FLOW_DETECTOR_NAMES, check_design, named,
-                                        read_design)
+from tfp_ood.detectors.registry import (DETECTORS, FLOW_DETECTOR_NAMES, LIKELIHOOD_PATH,
+                                        ONE_PASS, check_design, named, read_design)
 from tfp_ood.detectors.typicality import Typicality
 from tfp_ood.detectors.waic import WAIC
 
 __all__ = [
     'CODECS', 'Calibration', 'Compressor', 'DETECTORS', 'DETECTOR_NAMES', 'DensityOfStates',
     'Detector', 'DetectorScores', 'ESTIMATORS', 'FIT_FORMAT', 'FLOW_DETECTOR_NAMES',
-    'FittedDetector', 'InputComplexity', 'LikelihoodRatio', 'NotFittedError', 'RawLikelihood',
-    'SELECTED', 'Typicality', 'WAIC', 'calibrate', 'check_design', 'codecs', 'compressed_bits',
+    'FittedDetector', 'InputComplexity', 'LIKELIHOOD_PATH', 'LikelihoodRatio', 'NotFittedError',
+    'ONE_PASS', 'RawLikelihood', 'SELECTED', 'Typicality', 'WAIC', 'calibrate', 'check_design',
+    'codecs', 'compressed_bits',
     'detector_metrics', 'fit_detector', 'load_detector', 'minimum_validation_images',
     'model_identity', 'named', 'read_design',
 ]

@@ -19,7 +19,8 @@ from tfp_ood.errors import InputError
 from tfp_ood.models.base import DensityModel
 from tfp_ood.terms import LOG_DET, LOG_PROB, LOG_PZ, is_level_term
 
-__all__ = ['DETECTORS', 'FLOW_DETECTOR_NAMES', 'check_design', 'named', 'read_design']
+__all__ = ['DETECTORS', 'FLOW_DETECTOR_NAMES', 'LIKELIHOOD_PATH', 'ONE_PASS', 'check_design',
+           'named', 'read_design']
 
 Factory = Callable[..., Detector]
 
@@ -98,6 +99,28 @@ def _every_level(codec, estimator: str, name: str) -> Factory:
     return factory
 
 
+#: The likelihood path's statistics (`VAE.statistics`): the encoder's two (the
+#: posterior mean's norm, the posterior's mean log standard deviation), then the
+#: decoder's two (the image's distance from its decoded mean, the norm of the
+#: decoded standard deviations).
+LIKELIHOOD_PATH = ('posterior_loc_norm', 'posterior_log_scale_mean', 'decoder_residual_norm',
+                   'decoder_std_norm')
+
+
+def _likelihood_path(model, **unused):
+    if not set(LIKELIHOOD_PATH) <= set(model.statistic_names):
+        raise InputError(f'likelihood_path reads a VAE\'s encoder and decoder statistics '
+                         f'({", ".join(LIKELIHOOD_PATH)}); {type(model).__name__} has none '
+                         f'(restore a VAE with tfp_ood.export.restore, not load).')
+    return DensityOfStates(model, LIKELIHOOD_PATH, estimator='copod')
+
+
+#: The detectors that read a VAE's statistics at its posterior mean and not its
+#: log-likelihood: `fit_detector` and `load_detector` rebuild the VAE with one
+#: importance sample (one pass of each network, not K decoder passes).
+ONE_PASS = ('likelihood_path',)
+
+
 def _gradient_norms(model, **unused):
     names = model.gradient_statistic_names
     if not names:
@@ -126,6 +149,7 @@ DETECTORS: Dict[str, Factory] = {
     **{name: _every_level(*design, name) for name, design in _LEVEL_DESIGNS.items()},
     SELECTED: _selected,
     'gradient_norms': _gradient_norms,
+    'likelihood_path': _likelihood_path,
 }
 
 

@@ -41,7 +41,7 @@ import os
 
 import numpy as np
 
-from tfp_ood import evaluate, export, models, selection
+from tfp_ood import detectors, evaluate, export, selection
 from tfp_ood.experiments import common, detector_search
 from tfp_ood.models.base import GRADIENT_SUFFIX
 from tfp_ood.models.vae import VAE
@@ -50,19 +50,14 @@ from tfp_ood.models.vae import VAE
 STATISTICS = ('posterior_loc_norm', 'posterior_log_scale_mean', 'posterior_kl',
               'reconstruction_log_prob', 'decoder_residual_norm', 'decoder_std_norm')
 #: LPath's statistics: the encoder's two, then the decoder's two.
-ENCODER = ('posterior_loc_norm', 'posterior_log_scale_mean')
-DECODER = ('decoder_residual_norm', 'decoder_std_norm')
+ENCODER, DECODER = detectors.LIKELIHOOD_PATH[:2], detectors.LIKELIHOOD_PATH[2:]
 ESTIMATORS = ('copod', 'ledoit_wolf')
 
 
 def one_pass_vae(path: str) -> VAE:
-    """The VAE exported at `path`, built from its configuration with one
-    importance sample, its weights read in."""
-    config = export.read_metadata(path)['model']
-    if config.get('family') != 'vae':
-        raise ValueError(f'{path} holds a {config.get("family")} model, not a VAE.')
-    return export.read_variables(
-        models.from_config(dict(config, num_importance_samples=1)), path)
+    """The VAE exported at `path` with one importance sample: its statistics
+    in one encoder and one decoder pass."""
+    return export.restore(path, num_importance_samples=1)
 
 
 def vae_statistics(vae: VAE, sets: dict, prefix: str, progress: bool) -> dict:
