@@ -305,9 +305,11 @@ class _Scorer:
 
     def __init__(self, args, model, gradients: bool = False, statistics: bool = False):
         self.args, self.model = args, model
-        # The model's statistics along its computation (always a flow's), and
-        # its gradient norms if a detector reads them.
-        self.statistics = ('gradients' if gradients else True) if statistics else False
+        # The model's statistics along its computation (a flow's always, another
+        # model's if a detector reads them), and a flow's gradient norms if a
+        # detector reads them.
+        self.statistics = ('gradients' if gradients else True) if (
+            model.is_flow or statistics) else False
         self.cache: Dict[Tuple[int, str], dict] = {}
 
     def _terms(self, m, name, images):
@@ -337,8 +339,7 @@ def run_experiment(args, experiment: Experiment, sets: Sets, rows: list, figures
     typicality = {m: detectors.Typicality(model, batch_size=m)
                   for m in (() if experiment.only else TYPICALITY_M)}
     needs = [d.needs_statistics for d in single.values()]
-    scores_of = _Scorer(args, model, gradients='gradients' in needs,
-                        statistics=model.is_flow or any(needs))
+    scores_of = _Scorer(args, model, gradients='gradients' in needs, statistics=any(needs))
     for detector in list(single.values()) + list(typicality.values()):
         if detector.needs_fit:
             scores_of(detector, 'fit', fit_images, fit=True)
