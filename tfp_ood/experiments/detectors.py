@@ -4,7 +4,9 @@ the published AUROCs.
 Scores each detector of `tfp_ood.detectors` under each shipped model it
 applies to, for CIFAR-10 test (in) against SVHN test, constant images, uniform
 noise and grayscale CIFAR-10 and SVHN; FashionMNIST test against MNIST test;
-and the reverse pair, SVHN held out against CIFAR-10 test. Writes to --out
+and the reverse pair, SVHN held out against CIFAR-10 test. Under the VAE only
+the likelihood path is scored (at the posterior mean, one pass of each
+network; the other detectors would need its 100-sample likelihood). Writes to --out
 `detectors.csv`, `detectors.md` and `detectors.json` (AUROC, AUPR-in, AUPR-out
 and FPR at 95% TPR per row, with the published AUROC beside ours where there
 is one), `summary.md` (the AUROCs on the paper's pairs in one table, then
