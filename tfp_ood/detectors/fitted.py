@@ -110,7 +110,7 @@ def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
                          f'likelihood_ratio: foreground, background); got {len(model_dirs)}.')
     if not 0. < true_positive_rate <= 1.:
         raise InputError(f'true_positive_rate must be in (0, 1]; got {true_positive_rate}.')
-    models = [_load_model(d, name) for d in model_dirs]
+    models = [load_model(d, name) for d in model_dirs]
     shape = models[0].image_shape
     fit_images = as_array(fit_images, shape, f'{name} fit images')
     validation_images = as_array(validation_images, shape, f'{name} validation images')
@@ -166,7 +166,7 @@ def _check_validation(fit_images: np.ndarray, validation_images: np.ndarray,
                       UserWarning, stacklevel=3)
 
 
-def _load_model(path: str, detector: str) -> DensityModel:
+def load_model(path: str, detector: Optional[str] = None) -> DensityModel:
     """A flow rebuilt from its weights (for every per-level term); a VAE that
     `detector` reads at its posterior mean only (`ONE_PASS`) rebuilt with one
     importance sample; other models as their SavedModel."""
@@ -279,7 +279,7 @@ def load_detector(path: str) -> FittedDetector:
     folder = os.path.dirname(os.path.abspath(path))
     model_dirs = [os.path.normpath(os.path.join(folder, d)) for d in record['models']]
     _check_models(record, model_dirs, path)
-    models = [_load_model(d, record['detector']) for d in model_dirs]
+    models = [load_model(d, record['detector']) for d in model_dirs]
     design = record.get('design')
     try:
         detector = named(record['detector'], models[0], models[1] if len(models) > 1 else None,

@@ -44,7 +44,7 @@ import numpy as np
 
 from tfp_ood import (data, detectors, evaluate, export, image_statistics, plotting, report,
                      summaries)
-from tfp_ood.config import is_flow_family
+from tfp_ood.detectors import fitted
 from tfp_ood.experiments import common
 
 TYPICALITY_M = (1, 2, 5, 10, 25)
@@ -252,10 +252,8 @@ def _models(args, experiment: Experiment):
     family, its background model and ensemble members (where shipped)."""
     path = os.path.join(args.models_dir, experiment.model)
     family = export.read_metadata(path)['model']['family']
-    if experiment.only and set(experiment.only) <= set(detectors.ONE_PASS):
-        model = export.restore(path, num_importance_samples=1)
-    else:
-        model = export.restore(path) if is_flow_family(family) else export.load(path)
+    # As a fitted detector loads it (the VAE in one pass for the likelihood path).
+    model = fitted.load_model(path, experiment.only[0] if experiment.only else None)
     background_path = os.path.join(args.models_dir, f'background_{experiment.model}')
     background = export.load(background_path) if os.path.isdir(background_path) else None
     members = []

@@ -54,12 +54,6 @@ ENCODER, DECODER = detectors.LIKELIHOOD_PATH[:2], detectors.LIKELIHOOD_PATH[2:]
 ESTIMATORS = ('copod', 'ledoit_wolf')
 
 
-def one_pass_vae(path: str) -> VAE:
-    """The VAE exported at `path` with one importance sample: its statistics
-    in one encoder and one decoder pass."""
-    return export.restore(path, num_importance_samples=1)
-
-
 def vae_statistics(vae: VAE, sets: dict, prefix: str, progress: bool) -> dict:
     """`{set: {'<prefix>_<statistic>': [N]}}` for the statistics of `STATISTICS`."""
     out = {}
@@ -170,7 +164,7 @@ def main(argv=None):
     flow = export.restore(os.path.join(args.models_dir, args.flow))
     vaes = {}  # Every VAE checked before any image is scored.
     for path in args.vae:
-        vae = one_pass_vae(path)
+        vae = export.restore(path, num_importance_samples=1)  # One pass of each network.
         if tuple(vae.image_shape) != tuple(flow.image_shape):
             raise ValueError(f'{path} models {vae.image_shape} images, {args.flow} '
                              f'{flow.image_shape}.')
