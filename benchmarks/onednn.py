@@ -8,16 +8,17 @@ child process with the setting fixed; children with it off and on alternate
 for `--rounds` rounds (so background load hits both alike), and each figure
 is the median over the rounds, with its spread. Measured, in images/s:
 
-- `savedmodel_score`: the shipped `saved_models/glow_cifar10` loaded with
-  plain `tf.saved_model.load`, its `serving_default` on 1,000 embedded
-  CIFAR-10 test images (batches of 250), what a user without tfp_ood runs;
+- `savedmodel_score`: the shipped `saved_models/glow_cifar10` (or the flow
+  exported at `--model-dir`) loaded with plain `tf.saved_model.load`, its
+  `serving_default` on 1,000 embedded CIFAR-10 test images (batches of
+  250), what a user without tfp_ood runs;
 - `python_score`: the same model restored as a Python `FlowModel`
   (`tfp_ood.export.restore`), its traced `score_batch` on the same images;
 - `python_train`: `fit`'s traced training step of a fresh Glow
   (`--train-config`, default `cpu`) at batch 64.
 
     python benchmarks/onednn.py --json benchmarks/results/onednn.json   # ~5 min
-    python benchmarks/onednn.py --rounds 1 --images 64 --json /tmp/o.json  # tests
+    python benchmarks/onednn.py --rounds 1 --images 64 --json /tmp/o.json
 """
 
 import argparse
@@ -29,6 +30,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_GLOW = os.path.join(REPO, 'saved_models', 'glow_cifar10')
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ('0', '1')  # TF_ENABLE_ONEDNN_OPTS: off, on.
 TASKS = ('savedmodel_score', 'python_score', 'python_train')
@@ -47,13 +49,13 @@ def _timed(fn, batches: int, min_seconds: float) -> float:
             return elapsed / calls
 
 
-def child(num_images: int, train_batch: int, train_config: str, min_seconds: float) -> dict:
+def child(num_images: int, train_batch: int, train_config: str, min_seconds: float,
+          model_dir: str = SHIPPED_GLOW) -> dict:
     """images/s of each task, in this process (oneDNN as the environment says)."""
     import tensorflow as tf
 
     from tfp_ood import data, export
 
-    model_dir = os.path.join(REPO, 'saved_models', 'glow_cifar10')
     images = data.images_array(data.load('cifar10', 'test', source='samples'),
                                limit=num_images)
     batch = min(250, len(images))
@@ -85,7 +87,7 @@ def _run_child(setting: str, args) -> dict:
     run = subprocess.run([sys.executable, os.path.abspath(__file__), '--child',
                           '--images', str(args.images), '--train-batch', str(args.train_batch),
                           '--train-config', args.train_config,
-                          '--min-seconds', str(args.min_seconds)],
+                          '--min-seconds', str(args.min_seconds), '--model-dir', args.model_dir],
                          env=env, capture_output=True, text=True, timeout=1800)
     if run.returncode != 0:
         raise RuntimeError(f'child with TF_ENABLE_ONEDNN_OPTS={setting} failed:\n'
@@ -106,7 +108,7 @@ def measure(args, log=print) -> dict:
             rounds[setting].append(row)
             log(f'round {r + 1}/{args.rounds}, oneDNN {"on" if setting == "1" else "off"}: '
                 + ', '.join(f'{t} {row[t]:.1f}' for t in TASKS) + ' images/s')
-    result = {'machine': machine.machine(), 'rounds': args.rounds,
+    result = {'machine': machine.machine(), 'rounds': args.rounds, 'model_dir': args.model_dir,
               'num_images': args.images, 'train_batch': args.train_batch,
               'train_config': args.train_config, 'tasks': {}}
     result['machine'].pop('TF_ENABLE_ONEDNN_OPTS')  # Set per child.
@@ -132,6 +134,8 @@ def main(argv=None) -> dict:
     p.add_argument('--train-batch', type=int, default=64)
     p.add_argument('--train-config', default='cpu',
                    help="the Glow config whose training step is timed (default 'cpu')")
+    p.add_argument('--model-dir', default=SHIPPED_GLOW,
+                   help='the exported 32x32x3 flow scored (default: the shipped glow_cifar10)')
     p.add_argument('--min-seconds', type=float, default=5.,
                    help='each timing lasts at least this long')
     p.add_argument('--json', default=None, help='write the results here')
@@ -140,7 +144,8 @@ def main(argv=None) -> dict:
     if args.rounds < 1 or args.images < 1 or args.train_batch < 1:
         p.error('--rounds, --images and --train-batch must be positive')
     if args.child:
-        print(json.dumps(child(args.images, args.train_batch, args.train_config, args.min_seconds)))
+        print(json.dumps(child(args.images, args.train_batch, args.train_config, args.min_seconds,
+                               args.model_dir)))
         return {}
     result = measure(args)
     if args.json:
