@@ -5,25 +5,6 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-
-def _share_the_cores():
-    """Each of N xdist workers gets 1/N of the cores for TensorFlow's kernels.
-
-    TensorFlow sizes its intra-op pool (and oneDNN its OpenMP pool) to every core
-    of the machine, so two workers on two cores each run two threads a core. One
-    thread per worker was faster (quick tier, two runs each, Intel Xeon with AMX:
-    101 / 97 s against 108 / 103 s; docs/performance.md). Child processes
-    inherit the setting; a value already in the environment is kept.
-    """
-    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
-    if workers > 1:
-        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
-        for name in ('TF_NUM_INTRAOP_THREADS', 'OMP_NUM_THREADS'):
-            os.environ.setdefault(name, threads)
-
-
-_share_the_cores()
-
 from absl import flags  # noqa: E402
 
 # absl's TestCase helpers (create_tempdir) read flags that pytest never parses.
