@@ -108,7 +108,8 @@ def measure(args, log=print) -> dict:
             rounds[setting].append(row)
             log(f'round {r + 1}/{args.rounds}, oneDNN {"on" if setting == "1" else "off"}: '
                 + ', '.join(f'{t} {row[t]:.1f}' for t in TASKS) + ' images/s')
-    result = {'machine': machine.machine(), 'rounds': args.rounds, 'model_dir': args.model_dir,
+    result = {'machine': machine.machine(), 'rounds': args.rounds,
+              'model_dir': os.path.relpath(os.path.abspath(args.model_dir), REPO),
               'num_images': args.images, 'train_batch': args.train_batch,
               'train_config': args.train_config, 'tasks': {}}
     result['machine'].pop('TF_ENABLE_ONEDNN_OPTS')  # Set per child.

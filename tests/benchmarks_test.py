@@ -379,7 +379,7 @@ class OneDnnBenchmarkTest(tf.test.TestCase):
         result = onednn.main(['--rounds', '1', '--images', '8', '--train-batch', '2',
                               '--train-config', 'tiny', '--min-seconds', '0', '--json', path,
                               '--model-dir', model_dir])
-        self.assertEqual(result['model_dir'], model_dir)
+        self.assertEqual(result['model_dir'], os.path.relpath(model_dir, onednn.REPO))
         with open(path) as f:
             self.assertEqual(json.load(f), json.loads(json.dumps(result)))
         self.assertEqual(set(result['tasks']), set(onednn.TASKS))
