@@ -110,7 +110,7 @@ def fit_detector(name: str, model_dirs: Sequence[str], fit_images: Images,
                          f'likelihood_ratio: foreground, background); got {len(model_dirs)}.')
     if not 0. < true_positive_rate <= 1.:
         raise InputError(f'true_positive_rate must be in (0, 1]; got {true_positive_rate}.')
-    models = [load_model(d, name) for d in model_dirs]
+    models = [load_model(d, (name,)) for d in model_dirs]
     shape = models[0].image_shape
     fit_images = as_array(fit_images, shape, f'{name} fit images')
     validation_images = as_array(validation_images, shape, f'{name} validation images')
@@ -166,12 +166,12 @@ def _check_validation(fit_images: np.ndarray, validation_images: np.ndarray,
                       UserWarning, stacklevel=3)
 
 
-def load_model(path: str, detector: Optional[str] = None) -> DensityModel:
+def load_model(path: str, detectors: Sequence[str] = ()) -> DensityModel:
     """A flow rebuilt from its weights (for every per-level term); a VAE that
-    `detector` reads at its posterior mean only (`ONE_PASS`) rebuilt with one
-    importance sample; other models as their SavedModel."""
+    every one of `detectors` reads at its posterior mean only (`ONE_PASS`)
+    rebuilt with one importance sample; other models as their SavedModel."""
     family = export.read_metadata(path)['model'].get('family')
-    if detector in ONE_PASS and family == 'vae':
+    if detectors and set(detectors) <= set(ONE_PASS) and family == 'vae':
         return export.restore(path, num_importance_samples=1)
     return export.restore(path) if is_flow_family(family) else export.load(path)
 
@@ -279,7 +279,7 @@ def load_detector(path: str) -> FittedDetector:
     folder = os.path.dirname(os.path.abspath(path))
     model_dirs = [os.path.normpath(os.path.join(folder, d)) for d in record['models']]
     _check_models(record, model_dirs, path)
-    models = [load_model(d, record['detector']) for d in model_dirs]
+    models = [load_model(d, (record['detector'],)) for d in model_dirs]
     design = record.get('design')
     try:
         detector = named(record['detector'], models[0], models[1] if len(models) > 1 else None,

@@ -253,7 +253,7 @@ def _models(args, experiment: Experiment):
     path = os.path.join(args.models_dir, experiment.model)
     family = export.read_metadata(path)['model']['family']
     # As a fitted detector loads it (the VAE in one pass for the likelihood path).
-    model = fitted.load_model(path, experiment.only[0] if experiment.only else None)
+    model = fitted.load_model(path, experiment.only or ())
     background_path = os.path.join(args.models_dir, f'background_{experiment.model}')
     background = export.load(background_path) if os.path.isdir(background_path) else None
     members = []
