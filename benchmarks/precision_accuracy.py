@@ -62,9 +62,11 @@ def restored(model_dir: str, setting: str) -> FlowModel:
 
 def accuracy(model_dir: str, images: Dict[str, np.ndarray], progress: bool = False) -> Dict:
     """Per setting: per-image |bits/dim| against float32 on each set, and the AUROC."""
-    scores = {s: {name: evaluate.score(restored(model_dir, s), x, name=name,
-                                       progress=progress).scores
-                  for name, x in images.items()} for s in SETTINGS}
+    scores = {}
+    for setting in SETTINGS:  # Restored and traced once per setting, for both sets.
+        model = restored(model_dir, setting)
+        scores[setting] = {name: evaluate.score(model, x, name=name, progress=progress).scores
+                           for name, x in images.items()}
     out = {}
     for setting, per_set in scores.items():
         row = {'auroc': metrics.ood_metrics(-per_set['cifar10']['log_prob'],
