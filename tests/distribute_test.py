@@ -175,7 +175,6 @@ class TwoWorkersTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        from tfp_ood import export, models
         cls.dir = tempfile.mkdtemp(prefix='distribute_test_')
         cls.data = os.path.join(cls.dir, 'data')
         os.makedirs(cls.data)
@@ -184,16 +183,6 @@ class TwoWorkersTest(tf.test.TestCase):
             np.savez(os.path.join(cls.data, f'cifar10_{split}.npz'),
                      images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
                      labels=np.arange(n, dtype=np.int64))  # Labels tell the order.
-        model = models.named_model('glow', 'tiny', (32, 32, 3))
-        with np.load(os.path.join(cls.data, 'cifar10_train.npz')) as f:
-            model.initialize(f['images'][:64])
-        cls.model_dir = export.export(model, os.path.join(cls.dir, 'glow'))
-        cls.fit = os.path.join(cls.dir, 'detector.json')
-        code, _, err = _run('fit-detector', '--detector', 'density_of_states_terms',
-                            '--model-dir', cls.model_dir, '--dataset', 'cifar10',
-                            '--fit-split', 'train[:64]', '--validation-split', 'test[:60]',
-                            '--output', cls.fit, '--data-dir', cls.data)
-        assert code == 0, err
 
     @classmethod
     def tearDownClass(cls):
@@ -220,10 +209,23 @@ class TwoWorkersTest(tf.test.TestCase):
         return results
 
     def test_score_and_detect_across_two_workers_equal_one_process(self):
+        # The model and detector here, not in setUpClass: the two tests of the class
+        # run on different xdist workers, and only this one needs them.
+        from tfp_ood import export, models
+        model = models.named_model('glow', 'tiny', (32, 32, 3))
+        with np.load(os.path.join(self.data, 'cifar10_train.npz')) as f:
+            model.initialize(f['images'][:64])
+        model_dir = export.export(model, os.path.join(self.create_tempdir().full_path, 'glow'))
+        fit = os.path.join(self.create_tempdir().full_path, 'detector.json')
+        code, _, err = _run('fit-detector', '--detector', 'density_of_states_terms',
+                            '--model-dir', model_dir, '--dataset', 'cifar10',
+                            '--fit-split', 'train[:64]', '--validation-split', 'test[:60]',
+                            '--output', fit, '--data-dir', self.data)
+        self.assertEqual(code, 0, err)
         inputs = ['--dataset', 'cifar10', '--split', 'test', '--data-dir', self.data,
                   '--batch-size', 50]
         outs = [os.path.join(self.work, name) for name in ('one', 'two')]
-        results = self._one_and_two(['score', '--model-dir', self.model_dir, *inputs], outs)
+        results = self._one_and_two(['score', '--model-dir', model_dir, *inputs], outs)
         self.assertIn('150 images', results[0][1])
         with np.load(os.path.join(outs[0], 'scores.npz')) as one, \
                 np.load(os.path.join(outs[1], 'scores.npz')) as two:
@@ -235,7 +237,7 @@ class TwoWorkersTest(tf.test.TestCase):
         outs = [os.path.join(self.work, name) for name in ('detect_one', 'detect_two')]
         inputs.remove('--batch-size')
         inputs.remove(50)
-        self._one_and_two(['detect', '--detector', self.fit, *inputs], outs)
+        self._one_and_two(['detect', '--detector', fit, *inputs], outs)
         with np.load(os.path.join(outs[0], 'detections.npz')) as one, \
                 np.load(os.path.join(outs[1], 'detections.npz')) as two:
             _assert_same_arrays(self, one, two)
