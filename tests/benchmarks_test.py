@@ -364,36 +364,6 @@ class AutotuneBenchmarkTest(tf.test.TestCase):
         self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
 
 
-class VaeLikelihoodBenchmarkTest(tf.test.TestCase):
-
-    def test_fused_and_plain_pair_up_and_agree(self):
-        from tfp_ood.models import vae
-        bench = scripts.load('benchmarks/vae_likelihood.py')
-        untouched = vae._categorical_image_log_prob
-        model = vae.VAE(vae.VAEConfig(latent_dim=4, filters=4, num_importance_samples=3))
-        functions = bench._log_weights_functions(model)
-        self.assertIs(vae._categorical_image_log_prob, untouched)  # Patched only to trace.
-        compiled = {name: any(f.attr['_XlaMustCompile'].b
-                              for f in fn.graph.as_graph_def().library.function)
-                    for name, fn in functions.items()}
-        self.assertEqual(compiled, {'fused': True, 'plain': False})
-
-        path = os.path.join(self.create_tempdir().full_path, 'vae.json')
-        result = bench.main(['--config', 'tiny', '--images', '6', '--batch-size', '4',
-                             '--rounds', '2', '--json', path])
-        with open(path) as f:
-            self.assertEqual(json.load(f), json.loads(json.dumps(result)))
-        row = result['score']
-        self.assertLen(row['fused_over_plain_per_round'], 2)
-        for (fused, plain), ratio in zip(zip(row['fused_per_round'], row['plain_per_round']),
-                                         row['fused_over_plain_per_round']):
-            self.assertGreater(plain, 0)
-            self.assertAlmostEqual(ratio, fused / plain)
-        # The same numbers up to float32 rounding of sums over 3,072 pixel channels.
-        self.assertLess(row['max_abs_log_weight_difference'], 1e-5 * row['max_abs_log_weight'])
-        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
-
-
 class OneDnnBenchmarkTest(tf.test.TestCase):
 
     @pytest.mark.slow

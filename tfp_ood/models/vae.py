@@ -258,21 +258,6 @@ class VAE(DensityModel):
         return tf.cast(self.likelihood(z).sample(seed=seed), tf.uint8)
 
 
-@tf.function(jit_compile=True, autograph=False)
-def _categorical_image_log_prob(logits, k):
-    """`sum(logits[k] - logsumexp(logits))` over each image's pixel channels.
-
-    The cost of each of a VAE's K importance samples. Picking `logits[k]` is
-    about twice as fast as `tfd.Categorical`'s log-softmax, which writes out
-    every normalised logit; XLA fuses the log-sum-exp's max, subtraction,
-    exponential and sum into one pass over the 256 logits of each channel
-    (`benchmarks/vae_likelihood.py`).
-    """
-    picked = tf.gather(logits, k[..., tf.newaxis], batch_dims=len(logits.shape) - 1)
-    log_probs = picked[..., 0] - tf.reduce_logsumexp(logits, axis=-1)
-    return tf.reduce_sum(log_probs, axis=[-3, -2, -1])
-
-
 class _Categorical(tfd.Independent):
     """256-way categoricals per pixel channel over uint8 images."""
 
@@ -280,9 +265,14 @@ class _Categorical(tfd.Independent):
         super().__init__(tfd.Categorical(logits=logits), reinterpreted_batch_ndims=3)
 
     def _log_prob(self, k):
+        # logit[k] - logsumexp(logits), summed over the image: about twice as fast
+        # as tfd.Categorical's log_softmax, which writes out every normalised
+        # logit. This is the cost of each of the K importance samples.
         logits = self.distribution.logits
         k = tf.broadcast_to(tf.cast(k, tf.int32), tf.shape(logits)[:-1])
-        return _categorical_image_log_prob(logits, k)
+        picked = tf.gather(logits, k[..., tf.newaxis], batch_dims=len(logits.shape) - 1)
+        log_probs = picked[..., 0] - tf.reduce_logsumexp(logits, axis=-1)
+        return tf.reduce_sum(log_probs, axis=[-3, -2, -1])
 
     def pixel_mean_and_stddev(self):
         """The mean and standard deviation of each pixel channel's level (0-255)."""
