@@ -37,10 +37,10 @@ def _run(*argv):
     return code, out.getvalue(), err.getvalue()
 
 
-def _train_args(workdir, data_dir, steps):
+def _train_args(workdir, data_dir, steps, eval_every=100):
     return ['train', '--config', 'tiny', '--dataset', 'cifar10', '--workdir', workdir,
             '--steps', steps, '--batch-size', 16, '--checkpoint-every', 10,
-            '--eval-every', 100, '--num-eval-images', 32, '--data-dir', data_dir,
+            '--eval-every', eval_every, '--num-eval-images', 32, '--data-dir', data_dir,
             '--no-progress']
 
 
@@ -296,10 +296,16 @@ def _latest_step(workdir):
     return int(path.rsplit('-', 1)[1]) if path else 0
 
 
+# Steps of the run KillAndResumeTest stops three times: each stop comes within a
+# step or two of a checkpoint (every 10), so about 30 are used before the last run.
+STEPS = 120
+
+
 class KillAndResumeTest(tf.test.TestCase):
+    """A training run stopped three ways, then resumed to its last step."""
 
     def _start(self, workdir, data):
-        args = _train_args(workdir, data, 300)
+        args = _train_args(workdir, data, STEPS, eval_every=STEPS // 3)
         argv = [sys.executable, '-m', 'tfp_ood.cli'] + [str(a) for a in args]
         return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True,
@@ -334,7 +340,7 @@ class KillAndResumeTest(tf.test.TestCase):
             self.assertEqual(provenance['stop_reason'], f'stopped by {sig.name}')
             self.assertGreater(provenance['steps'], stopped_at)
             stopped_at = provenance['steps']
-            self.assertLess(stopped_at, 300)
+            self.assertLess(stopped_at, STEPS)
             self.assertEqual(_latest_step(workdir), stopped_at)
 
         process = self._start(workdir, directory)
@@ -343,17 +349,17 @@ class KillAndResumeTest(tf.test.TestCase):
         process.communicate(timeout=60)
         killed_at = _latest_step(workdir)
         self.assertGreaterEqual(killed_at, seen)
-        self.assertLess(killed_at, 300)
+        self.assertLess(killed_at, STEPS)
 
         process = self._start(workdir, directory)
         out, err = process.communicate(timeout=300)
         self.assertEqual(process.returncode, 0, err[-2000:])
-        self.assertIn('completed at step 300', out)
+        self.assertIn(f'completed at step {STEPS}', out)
         self.assertIn(f'Resuming {workdir} from ckpt-{killed_at}.', out)  # Even --no-progress.
         with open(os.path.join(workdir, 'history.jsonl')) as f:
             steps = [json.loads(line)['step'] for line in f]
-        self.assertEqual(steps, [100, 200, 300])
-        self.assertEqual(_latest_step(workdir), 300)
+        self.assertEqual(steps, [STEPS // 3, 2 * STEPS // 3, STEPS])
+        self.assertEqual(_latest_step(workdir), STEPS)
 
 
 if __name__ == '__main__':
