@@ -128,16 +128,15 @@ def validation_metrics(estimator: str, train: np.ndarray, held_out: np.ndarray,
     # the greedy search's thousands of evaluations do not pay TensorFlow's
     # per-call cost once per set; in blocks of SCORE_ROWS rows, which bound a
     # KDE's [rows, training images] matrices.
-    values = np.concatenate([held_out, *shifted.values()], axis=0)
-    standardised = (values - mean) / scale
+    sets = [held_out, *shifted.values()]
+    standardised = (np.concatenate(sets, axis=0) - mean) / scale
     ok = np.all(np.isfinite(standardised), axis=1)
-    scores = np.full(len(values), np.inf)
-    finite = standardised[ok]
-    scores[ok] = np.concatenate(
-        [density.score(finite[i:i + SCORE_ROWS]).numpy()
-         for i in range(0, len(finite), SCORE_ROWS)] or [np.zeros(0)])
-    ends = np.cumsum([len(held_out)] + [len(v) for v in shifted.values()])
-    in_scores, *shifted_scores = np.split(scores, ends[:-1])
+    scores = np.full(len(standardised), np.inf)
+    if ok.any():
+        rows = standardised[ok]
+        scores[ok] = np.concatenate([density.score(rows[i:i + SCORE_ROWS]).numpy()
+                                     for i in range(0, len(rows), SCORE_ROWS)])
+    in_scores, *shifted_scores = np.split(scores, np.cumsum([len(v) for v in sets])[:-1])
     out = {}
     for k, shifted_score in zip(shifted, shifted_scores):
         metrics = auroc_and_fpr(in_scores, shifted_score, nonfinite='most_ood')
