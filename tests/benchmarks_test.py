@@ -364,6 +364,28 @@ class AutotuneBenchmarkTest(tf.test.TestCase):
         self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
 
 
+class VaeLikelihoodBenchmarkTest(tf.test.TestCase):
+
+    @pytest.mark.slow(minutes=0.3)
+    def test_passes_and_the_whole_batch_pair_up_and_agree(self):
+        vae_likelihood = scripts.load('benchmarks/vae_likelihood.py')
+        path = os.path.join(self.create_tempdir().full_path, 'vae_likelihood.json')
+        result = vae_likelihood.main(['--config', 'tiny', '--images', '3', '--batch-size', '2',
+                                      '--rounds', '2', '--rows', '2', '--json', path])
+        with open(path) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(result)))
+        self.assertEqual(result['decode_rows'], 5)  # A 32 x 32 x 3 image's 256 logits each.
+        row = result['score']
+        for passes, whole, ratio in zip(row['passes_per_round'], row['whole_batch_per_round'],
+                                        row['passes_over_whole_batch_per_round']):
+            self.assertGreater(whole, 0)
+            self.assertAlmostEqual(ratio, passes / whole)
+        self.assertLen(row['rows_2_per_round'], 2)
+        # The same log-weights whichever way they are decoded, to float32 rounding.
+        self.assertLess(row['max_abs_log_weight_difference'], 1e-6 * row['max_abs_log_weight'])
+        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+
+
 class OneDnnBenchmarkTest(tf.test.TestCase):
 
     @pytest.mark.slow

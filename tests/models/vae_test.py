@@ -2,10 +2,13 @@
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 from absl.testing import parameterized
 
-from tfp_ood.models import VAE, VAEConfig
-from tfp_ood.models.vae import discretized_logistic_log_prob
+from tfp_ood.models import VAE, VAEConfig, vae
+from tfp_ood.models.vae import DECODE_BYTES, discretized_logistic_log_prob
+
+tfd = tfp.distributions
 
 SHAPE = (8, 8, 3)
 VARIANTS = (('ConvCategorical', 'conv_categorical'), ('RealNVPEncoder', 'rnvp_encoder'))
@@ -63,6 +66,63 @@ class VAETest(tf.test.TestCase, parameterized.TestCase):
             per_value = discretized_logistic_log_prob(values, likelihood._loc,
                                                       likelihood._log_scale)
         self.assertAllClose(tf.reduce_logsumexp(per_value, axis=0), np.zeros(SHAPE), atol=1e-4)
+
+    @parameterized.named_parameters(*VARIANTS)
+    def test_log_weights_are_tfps_per_draw_in_passes_of_any_size(self, variant):
+        # Each draw's log-weight from TFP's own distributions, one draw of the
+        # whole batch at a time: the package decodes the K x batch draws in
+        # passes of `decode_rows` (padding the last), which must not matter.
+        model = _model(variant, k=7)
+        images = _images(5)
+        eps = tf.random.stateless_normal([7, model.config.latent_dim], seed=[4, 2])
+        q = model.posterior(images)
+        base = q if model._flow is None else q.distribution
+        expected = []
+        for k in range(7):
+            z = base.loc + base.scale.diag * eps[k]
+            z = z if model._flow is None else model._flow.forward(z)
+            params = model.decoder(z)
+            if variant == 'conv_categorical':
+                log_px = tfd.Independent(tfd.Categorical(logits=params), 3).log_prob(images)
+            else:
+                log_px = tf.reduce_sum(discretized_logistic_log_prob(
+                    images, params[..., 0], tf.clip_by_value(params[..., 1], -7., 3.)),
+                    axis=[1, 2, 3])
+            expected.append(log_px + model.prior.log_prob(z) - q.log_prob(z))
+        for rows in (1, 3, 35, 36, 1000):  # 35 = K x batch; 36 and 1000 pad.
+            model.decode_rows = rows
+            self.assertAllClose(model._log_weights(images, eps), expected, rtol=1e-5,
+                                msg=f'decode_rows={rows}')
+
+    def test_decode_rows_keep_the_largest_output_within_the_budget(self):
+        for shape, likelihood in (((32, 32, 3), 'categorical'), ((32, 32, 3), 'logistic'),
+                                  ((28, 28, 1), 'categorical')):
+            model = VAE(VAEConfig.named('tiny', shape, likelihood=likelihood))
+            per_row = 4 * max(np.prod(layer.output_shape[1:]) for layer in model.decoder.layers)
+            self.assertLessEqual(model.decode_rows * per_row, DECODE_BYTES)
+            self.assertGreater((model.decode_rows + 1) * per_row, DECODE_BYTES)
+        # 256 logits for each of a CIFAR-10 image's 3,072 pixel channels: 5 a pass.
+        self.assertEqual(VAE(VAEConfig.named('tiny', (32, 32, 3))).decode_rows, 5)
+
+    def test_categorical_log_prob_survives_logits_far_above_the_pixels(self):
+        # A logit 200 above the image's own overflows exp(logit - logit[k]): the
+        # batch is recomputed with the maximum subtracted, finite and exact.
+        logits = np.random.default_rng(1).normal(size=(2,) + SHAPE + (256,)).astype(np.float32)
+        images = _images(2)
+        far = logits.copy()
+        far[1, 0, 0, 0, (int(images[1, 0, 0, 0]) + 1) % 256] = 200.
+        for values in (logits, far):
+            ours = vae._Categorical(tf.constant(values)).log_prob(images)
+            tfps = tfd.Independent(tfd.Categorical(logits=values), 3).log_prob(images)
+            self.assertAllClose(ours, tfps, rtol=1e-6)
+            self.assertTrue(np.all(np.isfinite(ours)))
+        # And its gradient is TFP's, as training uses it.
+        x = tf.constant(logits)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = vae._Categorical(x).log_prob(images)
+            tfps = tfd.Independent(tfd.Categorical(logits=x), 3).log_prob(images)
+        self.assertAllClose(tape.gradient(ours, x), tape.gradient(tfps, x), atol=1e-6)
 
     def test_discretized_logistic_is_stable_and_normalised(self):
         k = np.arange(256, dtype=np.float32)[:, None]
