@@ -20,8 +20,8 @@ rounds' ratios) and the largest difference between the two log-weights. With
 of those values (the sweep that chose `DECODE_BYTES`).
 
     python benchmarks/vae_likelihood.py                                  # ~2 min
-    python benchmarks/vae_likelihood.py --images 100 --rounds 5 --rows 1 2 3 5 8 12 20 \
-        --json benchmarks/results/vae_likelihood.json           # ~6 min, the committed figures
+    python benchmarks/vae_likelihood.py --images 60 --rounds 5 --rows 1 2 5 8 12 \
+        --json benchmarks/results/vae_likelihood.json           # ~7 min, the committed figures
     python benchmarks/vae_likelihood.py --config tiny --images 4 --rounds 1          # tests
 
 `--config` scores an untrained VAE of that size instead of the SavedModel of

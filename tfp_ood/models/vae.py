@@ -42,12 +42,14 @@ __all__ = ['DECODE_BYTES', 'LIKELIHOODS', 'VAE', 'VAEConfig', 'VAE_CONFIG_NAMES'
 _MAX_LOG_SCALE = 3.0
 
 #: Bytes of the decoder's largest output per pass when scoring: the K draws of
-#: a batch are decoded in passes of this size (5 draws of a CIFAR-10 image's
-#: 256 logits per pixel channel), so that the output and the log-likelihood's
-#: intermediates stay in the cache. Decoding each draw's whole batch at once
-#: (20 CIFAR-10 images, 63 MB of logits a pass) scored at 0.6 times the speed
-#: on a 2-core Xeon (`benchmarks/vae_likelihood.py`).
-DECODE_BYTES = 16 * 2 ** 20
+#: a batch are decoded in passes of at most this size (3 draws of a CIFAR-10
+#: image's 256 logits per pixel channel, 9.4 MB), so that the output and the
+#: log-likelihood's intermediates stay in the CPU's cache. On a 2-core Xeon
+#: (`benchmarks/vae_likelihood.py`), decoding each draw's whole batch at once
+#: (20 images, 63 MB of logits) scored at 0.6 times the speed; 3 and 5 draws a
+#: pass were equally fast and 8 slower again, so the budget keeps clear of
+#: that edge for CPUs with less cache.
+DECODE_BYTES = 10 * 2 ** 20
 
 
 def discretized_logistic_log_prob(k, loc, log_scale):
