@@ -70,6 +70,24 @@ class EvaluateTest(tf.test.TestCase):
             self.assertAllClose(score(self.model, data_, progress=False).log_prob,
                                 direct['log_prob'], rtol=1e-5)
 
+    def test_identical_images_are_scored_once_with_each_ones_own_scores(self):
+        from unittest import mock
+        distinct = _uint8(4, seed=5)
+        images = distinct[[0, 1, 0, 2, 2, 2, 3, 0, 1]]  # Repeats within and across batches.
+        alone = [score(self.model, image[None], progress=False) for image in images]
+        scored, real = [], self.model.score_batch
+        with mock.patch.object(self.model, 'score_batch',
+                               lambda batch: scored.append(len(batch)) or real(batch)):
+            result = score(self.model, images, batch_size=5, progress=False)
+        self.assertEqual(scored, [3, 4])  # Distinct images of [0 1 0 2 2] and [2 3 0 1].
+        for key in ('log_prob', 'log_pz', 'log_det', 'bits_per_dim'):
+            self.assertAllClose(result.scores[key], [a.scores[key][0] for a in alone],
+                                rtol=1e-5, atol=1e-3)
+        # Statistics (arrays of any rank per image) follow their images too.
+        stats = score(self.model, images, batch_size=5, progress=False, statistics=True)
+        for key, value in stats.scores.items():
+            self.assertAllClose(value, value[[0, 1, 0, 3, 3, 3, 6, 0, 1]], rtol=1e-6, msg=key)
+
     def test_xla_scores_equal_plain_scores(self):
         images = _uint8(21)
         plain = score(self.model, images, batch_size=8, progress=False)

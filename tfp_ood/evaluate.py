@@ -209,6 +209,20 @@ def _distributed(score_batch, strategy: tf.distribute.Strategy):
     return run
 
 
+def _score_distinct(score_batch, images: tf.Tensor) -> Dict[str, np.ndarray]:
+    """`score_batch(images)` as arrays, each distinct image of the batch scored once
+    (a score is a function of the image alone): a set of constant images, say,
+    costs one image a batch."""
+    batch = images.numpy()
+    rows = np.ascontiguousarray(batch.reshape(len(batch), -1))
+    _, first, inverse = np.unique(rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))),
+                                  return_index=True, return_inverse=True)
+    if len(first) == len(batch):
+        return {k: v.numpy() for k, v in score_batch(images).items()}
+    scores = score_batch(tf.constant(batch[first]))
+    return {k: v.numpy()[inverse.reshape(-1)] for k, v in scores.items()}
+
+
 def score(model: DensityModel,
           data: Union[tf.data.Dataset, np.ndarray, tf.Tensor],
           name: str = 'data',
@@ -227,7 +241,7 @@ def score(model: DensityModel,
         batched or not; or a uint8 array `[N, H, W, C]`.
       name: what is scored, for messages, plots and tables.
       batch_size: images per call of the traced function. Scores do not
-        depend on it.
+        depend on it; identical images within a batch are scored once.
         Default value: `256`.
       progress: show a progress bar (stderr).
         Default value: `True`.
@@ -287,7 +301,8 @@ def score(model: DensityModel,
             for images, batch_labels in ds:
                 if strategy is not None:
                     batch_labels = strategy.gather(batch_labels, axis=0)
-                chunks.append({k: v.numpy() for k, v in score_batch(images).items()})
+                chunks.append(_score_distinct(score_batch, images) if strategy is None else
+                              {k: v.numpy() for k, v in score_batch(images).items()})
                 labels.append(batch_labels.numpy())
                 bar.update(len(batch_labels))
         except tf.errors.InvalidArgumentError as e:  # ensure_shape above.
