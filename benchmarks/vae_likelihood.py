@@ -43,10 +43,10 @@ def whole_batch_log_weights(model):
     the categorical's log-probability with the maximum subtracted."""
     import tensorflow as tf
 
-    def log_prob(params, images):
+    def log_prob(z, images):
         if model.config.likelihood != 'categorical':
-            return model.likelihood(params).log_prob(images)
-        logits = model.decoder(params)
+            return model.likelihood(z).log_prob(images)
+        logits = model.decoder(z)
         k = tf.cast(images, tf.int32)[..., tf.newaxis]
         picked = tf.gather(logits, k, batch_dims=len(logits.shape) - 1)[..., 0]
         return tf.reduce_sum(picked - tf.reduce_logsumexp(logits, axis=-1), axis=[-3, -2, -1])
