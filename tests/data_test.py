@@ -170,6 +170,42 @@ class EmbeddedSamplesTest(tf.test.TestCase):
         full, _ = data.load_arrays('svhn_cropped', 'test[8000:10000]', data_dir=shared)
         self.assertAllEqual(sample, full)
 
+    def test_build_writes_each_slice_and_its_manifest(self):
+        # `python -m tfp_ood.samples DATA_DIR` on small stand-ins for the full arrays.
+        import hashlib
+        import subprocess
+        import sys
+        source, out = self.create_tempdir().full_path, self.create_tempdir().full_path
+        rng = np.random.default_rng(0)
+        arrays = {}
+        for name, (_, stop) in samples.SAMPLES.items():
+            arrays[name] = (rng.integers(0, 256, (stop + 3, 2, 2, 1), dtype=np.uint8),
+                            rng.integers(0, 10, stop + 3))
+            np.savez(os.path.join(source, f'{name}_test.npz'), images=arrays[name][0],
+                     labels=arrays[name][1])
+        manifest = samples.build(source, out)
+        with open(os.path.join(out, 'manifest.json')) as f:
+            self.assertEqual(json.load(f), manifest)
+        for name, (start, stop) in samples.SAMPLES.items():
+            with open(os.path.join(source, f'{name}_test.npz'), 'rb') as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            self.assertEqual(manifest[name], {
+                'file': f'{name}_test.npz', 'source': f'{name}_test.npz',
+                'source_sha256': digest, 'indices': [start, stop],
+                'shape': [stop - start, 2, 2, 1]})
+            with np.load(os.path.join(out, f'{name}_test.npz')) as f:
+                self.assertAllEqual(f['images'], arrays[name][0][start:stop])
+                self.assertAllEqual(f['labels'], arrays[name][1][start:stop])
+        # A source too short for its slice is named.
+        np.savez(os.path.join(source, 'svhn_cropped_test.npz'),
+                 images=np.zeros((9000, 2, 2, 1), np.uint8), labels=np.zeros(9000))
+        with self.assertRaisesRegex(data.InputError, 'has 9000 images; need 10000'):
+            samples.build(source, out)
+        run = subprocess.run([sys.executable, '-m', 'tfp_ood.samples'], capture_output=True,
+                             text=True, timeout=60)
+        self.assertEqual(run.returncode, 1)
+        self.assertIn('usage: python -m tfp_ood.samples DATA_DIR', run.stderr)
+
 
 class SyntheticTest(tf.test.TestCase):
 

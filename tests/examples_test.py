@@ -39,6 +39,11 @@ def _write(directory, name, split, n, shape):
              labels=rng.integers(0, 10, n).astype(np.int64))
 
 
+def _images_of(directory, name, split):
+    with np.load(os.path.join(directory, f'{name}_{split}.npz')) as f:
+        return f['images'].astype(np.float64)
+
+
 def _tiny(directory, out, *extra):
     return ['--retrain', '--config', 'tiny', '--steps', '2', '--batch-size', '8',
             '--data-dir', directory, '--out', out, '--workdir', os.path.join(out, 'runs'),
@@ -114,8 +119,7 @@ class ExamplesTest(tf.test.TestCase):
         with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
             cifar_svhn.main(['--reverse', '--models', 'glow_cifar10'])
 
-    @pytest.mark.slow
-    def test_background_search_on_tiny_models(self):
+    def test_background_search_on_tiny_models(self):  # About 6 s: in the quick tier.
         models_dir = self.create_tempdir().full_path
         images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
         for name, seed in (('fg', 0), ('bg_a', 1), ('bg_b', 2)):
@@ -702,7 +706,106 @@ class PublishedTablesTest(tf.test.TestCase):
         self.assertIn('density_of_states_selected', detectors_experiment.summary_table(rows))
 
 
+class LikelihoodPathPartsTest(tf.test.TestCase):
+    """The quick tier's check of the likelihood-path script (its whole run, on two
+    VAEs and a flow, is ExamplesTest's slow test)."""
+
+    def test_vae_statistics_are_the_evaluators_under_the_vaes_prefix(self):
+        from tfp_ood.config import VAEConfig
+        from tfp_ood.experiments import likelihood_path
+        vae = models.from_config(dict(family='vae', **VAEConfig.named(
+            'tiny', (8, 8, 3), num_importance_samples=1).to_dict()))
+        rng = np.random.default_rng(0)
+        sets = {'in': rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8),
+                'uniform_noise': rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)}
+        stats = likelihood_path.vae_statistics(vae, sets, 'vae4', progress=False)
+        self.assertEqual(list(stats), ['in', 'uniform_noise'])
+        for name, images in sets.items():
+            self.assertEqual(sorted(stats[name]),
+                             sorted(f'vae4_{k}' for k in likelihood_path.STATISTICS))
+            direct = vae.statistics(images)
+            for k in likelihood_path.STATISTICS:
+                self.assertEqual(stats[name][f'vae4_{k}'].dtype, np.float64)
+                self.assertAllClose(stats[name][f'vae4_{k}'], direct[k], rtol=1e-5, msg=k)
+
+    def test_markdown_tables_and_the_refused_samples(self):
+        from tfp_ood.experiments import likelihood_path
+        sets = ['training_images', 'uniform_noise']
+        result = {
+            'sets': sets, 'vaes': {'vae2': 2},
+            'alone': {'vae2': {k: {s: 0.25 for s in sets}
+                               for k in ('posterior_kl', 'decoder_std_norm')}},
+            'designs': {'vae2: LPath four, copod': {'aurocs': {'training_images': 0.5,
+                                                               'uniform_noise': 0.875},
+                                                    'mean_auroc': 0.875}},
+            'search': {'exportable': {'design': 'd', 'score': 0.5, 'statistics': ['a', 'vae2_b'],
+                                      'vae_statistics': ['vae2_b']}}}
+        text = likelihood_path.markdown(result)
+        self.assertIn('VAEs (latent size): vae2 (2).', text)
+        self.assertIn('| set | posterior_kl | decoder_std_norm |', text)
+        self.assertIn('| uniform_noise | 0.250 | 0.250 |', text)
+        # The mean is over the OOD sets only (training images are not one).
+        self.assertIn('| design | training_images | uniform_noise | mean over the 1 OOD sets |',
+                      text)
+        self.assertIn('| vae2: LPath four, copod | 0.500 | 0.875 | 0.875 |', text)
+        self.assertIn('- exportable: chosen d (score 0.5000): a, vae2_b; VAE statistics chosen: '
+                      'vae2_b.', text)
+        # The validation sets are training images: the embedded samples are refused
+        # before any model is read.
+        with self.assertRaisesRegex(ValueError, 'pass --data-dir'):
+            likelihood_path.main(['--vae', 'no_such_vae', '--models-dir', 'no_such_dir'])
+
+
 class AnalysisExampleTest(tf.test.TestCase):
+
+    def test_without_models_the_statistics_and_curves_are_reported_and_the_rest_skipped(self):
+        # The quick tier's run of the whole script: no model to trace (the models'
+        # analyses are below, on tiny models), every other part and its outputs.
+        data_dir = self.create_tempdir().full_path
+        for name, split, n, shape in (('cifar10', 'test', 12, (32, 32, 3)),
+                                      ('svhn_cropped', 'test', 10, (32, 32, 3)),
+                                      ('mnist', 'test', 8, (28, 28, 1))):
+            _write(data_dir, name, split, n, shape)
+        models_dir = self.create_tempdir().full_path
+        with open(os.path.join(models_dir, 'glow_cifar10_history.jsonl'), 'w') as f:
+            for step, bpd_in, bpd_out in ((100, 5.0, 4.0), (200, 4.0, 4.5)):
+                f.write(json.dumps({'step': step, 'cifar10/test[:2000]/bits_per_dim': bpd_in,
+                                    'svhn_cropped/test[:2000]/bits_per_dim': bpd_out}) + '\n')
+        out = self.create_tempdir().full_path
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            results = analysis.main(['--data-dir', data_dir, '--models-dir', models_dir,
+                                     '--out', out, '--no-progress'])
+        # The sets that are missing are named, not fatal.
+        self.assertIn('statistics: fashion_mnist/test skipped', err.getvalue())
+        self.assertIn('graying: no colour model in --models-dir; skipped', err.getvalue())
+        with open(os.path.join(out, 'analysis.json')) as f:
+            saved = json.load(f)
+        self.assertEqual(sorted(saved['statistics']),
+                         ['cifar10/test', 'mnist/test', 'svhn_cropped/test'])
+        images = _images_of(data_dir, 'cifar10', 'test') / 255.
+        cifar = saved['statistics']['cifar10/test']
+        self.assertEqual(cifar['num_images'], 12)
+        self.assertAllClose(cifar['mean'], images.mean(axis=(0, 1, 2)), atol=1e-5)
+        self.assertEqual(saved['skipped'], ['second_order', 'graying', 'ensemble'])
+        curve = saved['training_curves']['glow_cifar10']
+        self.assertEqual((curve['steps'], curve['bpd_in'], curve['bpd_out']),
+                         ([100, 200], [5.0, 4.0], [4.0, 4.5]))
+        self.assertFalse(curve['out_more_likely_throughout'])  # Not at step 200.
+        self.assertIn('| glow_cifar10 | cifar10/test[:2000] | svhn_cropped/test[:2000] | 2 | NO '
+                      '| 5.000 / 4.000 (step 100) | 4.000 / 4.500 (step 200) |',
+                      results['markdown'])
+        self.assertIn('Skipped: second_order; graying; ensemble', results['markdown'])
+        for name in ('channel_statistics', 'variance_maps_colour', 'variance_maps_gray',
+                     'curves_glow_cifar10'):
+            self.assertTrue(os.path.exists(os.path.join(out, f'{name}.png')), name)
+        from tensorboard.backend.event_processing import event_accumulator
+        events = event_accumulator.EventAccumulator(os.path.join(out, 'tensorboard'))
+        events.Reload()
+        tags = events.Tags()['tensors']
+        self.assertIn('statistics/cifar10/test/channel0_mean', tags)
+        self.assertIn('training/glow_cifar10/cifar10/test[:2000]', tags)
+        self.assertIn('figures/curves_glow_cifar10', tags)
 
     @pytest.mark.slow
     def test_analysis_on_tiny_models(self):
