@@ -710,7 +710,7 @@ class LikelihoodPathPartsTest(tf.test.TestCase):
     """The quick tier's check of the likelihood-path script (its whole run, on two
     VAEs and a flow, is ExamplesTest's slow test)."""
 
-    def test_vae_statistics_are_the_evaluators_under_the_vaes_prefix(self):
+    def test_vae_statistics_are_the_models_own_under_its_prefix(self):
         from tfp_ood.config import VAEConfig
         from tfp_ood.experiments import likelihood_path
         vae = models.from_config(dict(family='vae', **VAEConfig.named(
