@@ -1,7 +1,10 @@
 """Tests of the data layer: local arrays, TFDS (mocked), splits, synthetic data."""
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -172,9 +175,6 @@ class EmbeddedSamplesTest(tf.test.TestCase):
 
     def test_build_writes_each_slice_and_its_manifest(self):
         # `python -m tfp_ood.samples DATA_DIR` on small stand-ins for the full arrays.
-        import hashlib
-        import subprocess
-        import sys
         source, out = self.create_tempdir().full_path, self.create_tempdir().full_path
         rng = np.random.default_rng(0)
         arrays = {}

@@ -209,6 +209,10 @@ def _distributed(score_batch, strategy: tf.distribute.Strategy):
     return run
 
 
+def _arrays(scores: Dict[str, tf.Tensor]) -> Dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in scores.items()}
+
+
 def _score_distinct(score_batch, images: tf.Tensor) -> Dict[str, np.ndarray]:
     """`score_batch(images)` as arrays, each distinct image of the batch scored once
     (a score is a function of the image alone): a set of constant images, say,
@@ -218,7 +222,7 @@ def _score_distinct(score_batch, images: tf.Tensor) -> Dict[str, np.ndarray]:
     _, first, inverse = np.unique(rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))),
                                   return_index=True, return_inverse=True)
     if len(first) == len(batch):
-        return {k: v.numpy() for k, v in score_batch(images).items()}
+        return _arrays(score_batch(images))
     scores = score_batch(tf.constant(batch[first]))
     return {k: v.numpy()[inverse.reshape(-1)] for k, v in scores.items()}
 
@@ -302,7 +306,7 @@ def score(model: DensityModel,
                 if strategy is not None:
                     batch_labels = strategy.gather(batch_labels, axis=0)
                 chunks.append(_score_distinct(score_batch, images) if strategy is None else
-                              {k: v.numpy() for k, v in score_batch(images).items()})
+                              _arrays(score_batch(images)))
                 labels.append(batch_labels.numpy())
                 bar.update(len(batch_labels))
         except tf.errors.InvalidArgumentError as e:  # ensure_shape above.
