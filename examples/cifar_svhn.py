@@ -39,8 +39,9 @@ def main(argv=None):
                         help='training images to score (local arrays or TFDS only)')
     parser.add_argument('--models', nargs='+', choices=[name for name, _ in CIFAR_MODELS],
                         help='score only these CIFAR-10 models (default: every shipped one; '
-                             'scores are deterministic, so a model scored alone gets the '
-                             'numbers it gets in the full run)')
+                             'an image\'s score does not depend on what else is scored, so a '
+                             'model scored alone gets the full run\'s numbers, up to the last '
+                             'float32 bit that threaded kernels may round differently)')
     args = parser.parse_args(argv)
     if args.reverse and args.models:
         parser.error('--models picks among the CIFAR-10 models; --reverse scores glow_svhn')
