@@ -140,8 +140,8 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
     """Scores every dataset under every model (with matching image shape).
 
     Args:
-      models: `{name: model}`; a `Deferred` model is made in the thread that
-        scores it.
+      models: `{name: model}`; a `Deferred` model is made, once, in the
+        thread that scores its first set.
       max_images: `{model_name: n}`: score only the first `n` images of each
         set under that model (for models whose scoring is expensive, such as
         a VAE's importance-weighted estimate with K decoder passes per image).
