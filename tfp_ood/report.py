@@ -116,7 +116,7 @@ class Row:
 
 class Deferred:
     """A model made when it is first needed: `score_all` restores it in the thread
-    that scores it, so that building one model's Python objects (seconds for a
+    that scores its first set, so that building one model's Python objects (seconds for a
     SavedModel's weights and networks) overlaps the scoring of another."""
 
     def __init__(self, make: Callable[[], DensityModel]):
