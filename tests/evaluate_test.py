@@ -6,7 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_ood import data
-from tfp_ood.config import GlowConfig
+from tfp_ood import export, models
+from tfp_ood.config import GlowConfig, VAEConfig
 from tfp_ood.evaluate import ScoreResult, score
 from tfp_ood.metrics import ood_metrics
 from tfp_ood.models import DensityModel, FlowModel
@@ -94,6 +95,27 @@ class EvaluateTest(tf.test.TestCase):
         xla = score(self.model, images, batch_size=8, progress=False, jit_compile=True)
         for key in ('log_prob', 'log_pz', 'log_det', 'bits_per_dim'):
             self.assertAllClose(xla.scores[key], plain.scores[key], rtol=1e-5, atol=1e-3)
+
+    def test_a_model_xla_cannot_compile_is_named_not_taken_for_a_shape_error(self):
+        # A restored VAE decodes in passes whose number XLA cannot know when it
+        # compiles. Before, this read "expected images of shape [8, 8, 3]".
+        vae = models.from_config(dict(family='vae', **VAEConfig.named(
+            'tiny', SHAPE, num_importance_samples=2).to_dict()))
+        vae.log_prob(_uint8(1))  # Builds the networks.
+        vae = export.load(export.export(vae, os.path.join(self.create_tempdir(), 'vae')))
+        with self.assertRaisesRegex(ValueError, r'x: XLA cannot compile the scoring of \w+ '
+                                                r'\(.*Range.*\); score it without jit_compile'):
+            score(vae, _uint8(3), name='x', progress=False, jit_compile=True)
+        self.assertEqual(score(vae, _uint8(3), progress=False).num_images, 3)
+
+    def test_a_models_own_error_is_raised_as_it_is(self):
+        class _Failing(DensityModel):
+            def log_prob_terms(self, images, noise=None):
+                mean = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3])
+                return {'log_prob': tf.debugging.check_numerics(mean / 0. - mean / 0., 'broken')}
+
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'broken'):
+            score(_Failing(SHAPE, name='failing'), _uint8(2), progress=False)
 
     def test_synthetic_and_grayscale_datasets(self):
         result = score(self.model, data.grayscale(data.constant_images(128, SHAPE, 3)),

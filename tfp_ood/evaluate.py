@@ -209,6 +209,25 @@ def _distributed(score_batch, strategy: tf.distribute.Strategy):
     return run
 
 
+def _first_line(message: str) -> str:
+    return next((line.strip() for line in message.splitlines() if line.strip()), message)
+
+
+def _batches(ds, name: str, image_shape):
+    """The batches of `ds`; its own check of each image's shape failing
+    (`tf.ensure_shape` in `as_image_dataset`) is the caller's error, named."""
+    iterator = iter(ds)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as e:
+            raise InputError(f'{name}: expected images of shape {list(image_shape)}; the '
+                             f'dataset holds another ({_first_line(e.message)}).') from None
+        yield batch
+
+
 def _arrays(scores: Dict[str, tf.Tensor]) -> Dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in scores.items()}
 
@@ -255,6 +274,9 @@ def score(model: DensityModel,
         (`model.xla_score_batch`); equal up to float rounding. Slower than
         the plain graph for every Glow size on the 2-core development CPU
         (`benchmarks/run.py`), so off by default; measure it on your hardware.
+        A model XLA cannot compile (a VAE restored from a SavedModel, whose
+        number of decoding passes XLA cannot know) is an `InputError` naming
+        it.
         Default value: `False`.
       strategy: a `tf.distribute.Strategy` to score with, as training uses
         one (`MirroredStrategy` over local GPUs, `MultiWorkerMirroredStrategy`
@@ -301,17 +323,20 @@ def score(model: DensityModel,
     interval = 1.0 if sys.stderr.isatty() else 30.0
     with tqdm(total=num_images if num_images >= 0 else None, desc=f'scoring {name}',
               unit='img', disable=not progress, leave=False, mininterval=interval) as bar:
-        try:
-            for images, batch_labels in ds:
-                if strategy is not None:
-                    batch_labels = strategy.gather(batch_labels, axis=0)
+        for images, batch_labels in _batches(ds, name, model.image_shape):
+            if strategy is not None:
+                batch_labels = strategy.gather(batch_labels, axis=0)
+            try:
                 chunks.append(_score_distinct(score_batch, images) if strategy is None else
                               _arrays(score_batch(images)))
-                labels.append(batch_labels.numpy())
-                bar.update(len(batch_labels))
-        except tf.errors.InvalidArgumentError as e:  # ensure_shape above.
-            raise InputError(f'{name}: expected images of shape {list(model.image_shape)}; the '
-                             f'dataset holds another ({e.message.splitlines()[0]}).') from None
+            except tf.errors.InvalidArgumentError as e:
+                if not jit_compile:  # A bug: as it is.
+                    raise
+                raise InputError(f'{name}: XLA cannot compile the scoring of '
+                                 f'{model_name or model.name} ({_first_line(e.message)}); '
+                                 f'score it without jit_compile.') from None
+            labels.append(batch_labels.numpy())
+            bar.update(len(batch_labels))
     if not chunks:
         raise InputError(f'{name}: the dataset is empty; nothing to score.')
     scores = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
