@@ -330,8 +330,9 @@ def score(model: DensityModel,
                 chunks.append(_score_distinct(score_batch, images) if strategy is None else
                               _arrays(score_batch(images)))
             except tf.errors.InvalidArgumentError as e:
-                if not jit_compile:  # A bug: as it is.
-                    raise
+                if not (jit_compile and ('tf2xla' in e.message
+                                         or 'XLA compilation' in e.message)):
+                    raise  # The model's own error: as it is.
                 raise InputError(f'{name}: XLA cannot compile the scoring of '
                                  f'{model_name or model.name} ({_first_line(e.message)}); '
                                  f'score it without jit_compile.') from None
