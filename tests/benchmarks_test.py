@@ -383,6 +383,31 @@ class VaeLikelihoodBenchmarkTest(tf.test.TestCase):
         self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
 
 
+class SchedulingBenchmarkTest(tf.test.TestCase):
+
+    @pytest.mark.slow(minutes=0.2)
+    def test_per_set_and_per_model_rounds_pair_up_and_agree(self):
+        scheduling = scripts.load('benchmarks/scheduling.py')
+        path = os.path.join(self.create_tempdir().full_path, 'scheduling.json')
+        result = scheduling.main(['--config', 'tiny', '--images', '4', '--rounds', '2',
+                                  '--models', 'glow_cifar10', 'vae_cifar10', '--json', path])
+        with open(path) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(result)))
+        self.assertEqual(result['models'], ['glow_cifar10', 'vae_cifar10'])
+        self.assertEqual(result['max_images'], {'vae_cifar10': 1})  # A quarter of 4.
+        self.assertEqual(result['sets'], ['cifar10/test', 'svhn_cropped/test', 'constant_128',
+                                          'uniform_noise', 'cifar10/test (gray)',
+                                          'svhn_cropped/test (gray)'])
+        self.assertLen(result['per_set_over_per_model_per_round'], 2)
+        for new, old, ratio in zip(result['per_set_per_round'], result['per_model_per_round'],
+                                   result['per_set_over_per_model_per_round']):
+            self.assertGreater(old, 0)
+            self.assertAlmostEqual(ratio, new / old)
+        # The same numbers whichever way the work is handed out, to float32 rounding.
+        self.assertLess(result['max_abs_bpd_difference'], 1e-5)
+        self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+
+
 class OneDnnBenchmarkTest(tf.test.TestCase):
 
     @pytest.mark.slow

@@ -96,32 +96,6 @@ class ReportTest(tf.test.TestCase):
             for term, values in result.scores.items():
                 self.assertAllEqual(values, runs[1][key].scores[term], msg=f'{key} {term}')
 
-    def test_a_thread_done_with_its_model_takes_the_next_set_of_another(self):
-        # The first set of the slow model waits until a second one of its sets has
-        # started: only in another thread, once that thread has scored the fast
-        # model's only set. Handed out a model at a time, it would never start.
-        import threading
-        from unittest import mock
-        ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(4), 'label': np.zeros(4)})
-        slow_calls, second_started, real = [], threading.Event(), report.score
-
-        def score(model, data, name, **kwargs):
-            if kwargs['model_name'] == 'slow':
-                slow_calls.append((name, threading.current_thread()))
-                if len(slow_calls) == 2:
-                    second_started.set()
-                elif len(slow_calls) == 1 and not second_started.wait(120):
-                    raise AssertionError('no other thread took a set of the slow model')
-            return real(model, data, name=name, **kwargs)
-
-        with mock.patch.object(report, 'score', score):
-            results = report.score_all({'slow': self.model, 'fast': self.model},
-                                       {'x': ds, 'y': ds.take(2), 'z': ds.take(3)},
-                                       progress=False, max_images={'slow': 4})
-        self.assertEqual([name for name, _ in slow_calls], ['x', 'y', 'z'])
-        self.assertNotEqual(slow_calls[0][1], slow_calls[1][1])
-        self.assertEqual(list(results), [(m, s) for m in ('slow', 'fast') for s in 'xyz'])
-
     def test_a_deferred_model_is_made_once_in_the_thread_that_scores_it(self):
         import threading
         ds = tf.data.Dataset.from_tensor_slices({'image': _uint8(6), 'label': np.zeros(6)})

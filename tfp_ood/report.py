@@ -116,7 +116,7 @@ class Row:
 
 class Deferred:
     """A model made when it is first needed: `score_all` restores it in the thread
-    that scores its first set, so that building one model's Python objects (seconds for a
+    that scores it, so that building one model's Python objects (seconds for a
     SavedModel's weights and networks) overlaps the scoring of another."""
 
     def __init__(self, make: Callable[[], DensityModel]):
@@ -140,8 +140,8 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
     """Scores every dataset under every model (with matching image shape).
 
     Args:
-      models: `{name: model}`; a `Deferred` model is made, once, in the
-        thread that scores its first set.
+      models: `{name: model}`; a `Deferred` model is made in the thread that
+        scores it.
       max_images: `{model_name: n}`: score only the first `n` images of each
         set under that model (for models whose scoring is expensive, such as
         a VAE's importance-weighted estimate with K decoder passes per image).
@@ -156,53 +156,52 @@ def score_all(models: Mapping[str, Union[DensityModel, Deferred]],
     max_images = max_images or {}
     stop = threading.Event()  # Set when the caller is interrupted: no new set starts.
 
-    def score_set(model_name: str, set_name: str) -> Optional[ScoreResult]:
-        if stop.is_set():
-            return None
-        model = models[model_name]
+    def score_model(model_name: str) -> Dict[Tuple[str, str], ScoreResult]:
+        model, results = models[model_name], {}
         if isinstance(model, Deferred):  # Restored here, while the other thread scores.
             model = model.get()
-        ds = datasets[set_name]
-        if tuple(ds.element_spec['image'].shape) != model.image_shape:
-            return None
         kept = set((statistics or {}).get(model_name, ()))
         gradients = bool(kept & set(model.gradient_statistic_names))
-        if max_images.get(model_name):
-            ds = ds.take(max_images[model_name])
-        result = score(model, ds, name=set_name, batch_size=batch_size,
-                       progress=progress, model_name=model_name,
-                       statistics='gradients' if gradients else bool(kept))
-        if kept:  # Only the statistics asked for (a flow has dozens).
-            dropped = set(model.statistic_names + model.gradient_statistic_names) - kept
-            result.scores = {k: v for k, v in result.scores.items() if k not in dropped}
-        if out_dir:
-            os.makedirs(os.path.join(out_dir, 'scores'), exist_ok=True)
-            result.save(os.path.join(out_dir, 'scores',
-                                     f'{slug(model_name)}__{slug(set_name)}.npz'))
-        return result
+        # A flow has dozens.
+        dropped = set(model.statistic_names + model.gradient_statistic_names) - kept
+        for set_name, ds in datasets.items():
+            if stop.is_set():
+                break
+            image_shape = tuple(ds.element_spec['image'].shape)
+            if image_shape != model.image_shape:
+                continue
+            if max_images.get(model_name):
+                ds = ds.take(max_images[model_name])
+            result = score(model, ds, name=set_name, batch_size=batch_size,
+                           progress=progress, model_name=model_name,
+                           statistics='gradients' if gradients else bool(kept))
+            if kept:  # Only the statistics asked for.
+                result.scores = {k: v for k, v in result.scores.items() if k not in dropped}
+            results[(model_name, set_name)] = result
+            if out_dir:
+                os.makedirs(os.path.join(out_dir, 'scores'), exist_ok=True)
+                result.save(os.path.join(out_dir, 'scores',
+                                         f'{slug(model_name)}__{slug(set_name)}.npz'))
+        return results
 
-    # Two sets at a time: TensorFlow runs them side by side (each image's numbers
-    # do not depend on it), filling the cores that one model's small ops, tracing
-    # and Python leave idle. The work is handed out a set at a time, so that a
-    # thread that finishes early takes the next set of whichever model is left
-    # rather than idling while the other scores the slowest model alone. The
-    # expensive models (those limited to `max_images`) come first, and the models
-    # are taken `SCORING_THREADS` at a time with their sets interleaved, so that
-    # the threads mostly score (and restore) different models at once.
+    # Two models at a time: TensorFlow runs them side by side (each image's
+    # numbers do not depend on it), filling the cores that one model's small
+    # ops, tracing and Python leave idle. The expensive models (those limited
+    # to `max_images`) start first, so that no long one runs alone at the end.
+    # Handing out (model, set) pairs instead, so that a thread done with its
+    # model takes the next set of another, was no faster on the main job's work:
+    # two threads on one model take longer than on two (benchmarks/scheduling.py).
     order = sorted(models, key=lambda name: not max_images.get(name))
-    tasks = [(model_name, set_name)
-             for i in range(0, len(order), SCORING_THREADS)
-             for set_name in datasets
-             for model_name in order[i:i + SCORING_THREADS]]
     pool = concurrent.futures.ThreadPoolExecutor(SCORING_THREADS)
     try:
-        done = dict(zip(tasks, pool.map(lambda task: score_set(*task), tasks)))
+        done = dict(zip(order, pool.map(score_model, order)))
+        per_model = [done[name] for name in models]
     except BaseException:  # Ctrl-C or an error: the other thread ends after its set.
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-    return {(m, s): done[m, s] for m in models for s in datasets if done[m, s] is not None}
+    return {key: result for results in per_model for key, result in results.items()}
 
 
 def bpd_rows(results: Mapping[Tuple[str, str], ScoreResult],
