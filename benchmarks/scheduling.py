@@ -70,13 +70,13 @@ def _work(config: str, images: int, names):
     import numpy as np
     import tensorflow as tf
     from tfp_ood import analysis, data, export, models
-    from tfp_ood.experiments.common import SLOW_FAMILY_IMAGES
+    from tfp_ood.experiments.common import NUM_SYNTHETIC, SLOW_FAMILY_IMAGES
     if config == 'shipped':
         loaded = {name: export.load(os.path.join(REPO, 'saved_models', name))
                   for name, _ in MODELS if name in names}
         sets = {f'{name}/test': data.load(name, 'test', source='samples')
                 for name in ('cifar10', 'svhn_cropped')}
-        synthetic = 1000
+        synthetic = NUM_SYNTHETIC
         limits = {family: samples for family, (samples, _) in SLOW_FAMILY_IMAGES.items()}
     else:
         rng = np.random.default_rng(0)

@@ -36,6 +36,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # with AMX under background load; CIFAR-10 still the less likely set under
 # both, as on the full sets). `None`: every image.
 SLOW_FAMILY_IMAGES = {'pixelcnn': (250, None), 'vae': (20, 1000)}
+# Constant and uniform-noise images the examples score (`--num-synthetic`).
+NUM_SYNTHETIC = 1000
 
 
 # Where an experiment's images come from. There is no 'auto' here: without a
@@ -82,7 +84,7 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p.add_argument('--steps', type=int, default=10000, help='training steps for --retrain')
     p.add_argument('--batch-size', type=int, default=64, help='training batch for --retrain')
     p.add_argument('--workdir', default='runs', help='run directories for --retrain')
-    p.add_argument('--num-synthetic', type=int, default=1000,
+    p.add_argument('--num-synthetic', type=int, default=NUM_SYNTHETIC,
                    help='constant and random images to score')
     return p
 
