@@ -51,14 +51,31 @@ def machine_class(flags) -> str:
     return 'other'
 
 
+def cpuid_masked(flags) -> bool:
+    """Whether CPUID hides the AVX-512 that /proc/cpuinfo lists from this process
+    (run by benchmarks/avx2_only.py): NumPy reads its CPU's features with CPUID."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as seen
+    except ImportError:  # NumPy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as seen
+    return 'avx512f' in flags and not seen.get('AVX512F', True)
+
+
 def machine() -> Dict:
-    """The CPU (model, class, instruction sets), core count, oneDNN setting and versions."""
+    """The CPU (model, class, instruction sets) as this process sees it, core
+    count, oneDNN setting and versions."""
     flags = cpu_flags()
+    masked = cpuid_masked(flags)
+    if masked:  # What TensorFlow and oneDNN see, and the CPU underneath.
+        real, flags = machine_class(flags), [f for f in flags
+                                             if not f.startswith(('avx512', 'amx'))]
     out = {'cpu': cpu_model(), 'class': machine_class(flags),
            'instruction_sets': [s for s in INSTRUCTION_SETS if s in flags],
            'cpus': os.cpu_count(), 'platform': platform.platform(),
            'python': sys.version.split()[0],
            'TF_ENABLE_ONEDNN_OPTS': os.environ.get('TF_ENABLE_ONEDNN_OPTS')}
+    if masked:
+        out['cpuid_masked'] = f'AVX2-only CPUID (benchmarks/avx2_only.py) on an {real} CPU'
     if 'tensorflow' in sys.modules:
         import tensorflow as tf
         from tensorflow.python.util import _pywrap_util_port

@@ -6,7 +6,10 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from unittest import mock
@@ -473,3 +476,63 @@ class StartupBenchmarkTest(tf.test.TestCase):
         self.assertAlmostEqual(result['legacy_over_default'],
                                result['legacy_seconds'] / result['default_seconds'])
         self.assertIn(result['machine']['class'], ('AMX', 'AVX-512', 'AVX2', 'other'))
+
+
+def _can_mask_cpuid():
+    """Why benchmarks/avx2_only.py cannot run here, or '' when it can."""
+    if 'cpuid_fault' not in machine.cpu_flags():
+        return 'the CPU cannot make CPUID fault (no cpuid_fault in /proc/cpuinfo)'
+    if not (shutil.which('gcc') or shutil.which('cc')):
+        return 'no C compiler'
+    return ''
+
+
+@pytest.mark.skipif(bool(_can_mask_cpuid()), reason=_can_mask_cpuid() or 'runs')
+class Avx2OnlyTest(tf.test.TestCase):
+    """benchmarks/avx2_only.py: a command sees an AVX2-only CPU, all else as without it."""
+
+    def _masked(self, code, *flags):
+        return subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'avx2_only.py'),
+                               *flags, '--', sys.executable, *code], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+
+    def test_children_see_avx2_without_avx512_and_faults_reach_the_programs_handler(self):
+        seen = self._masked(['-c', (
+            'import json, subprocess, sys\n'
+            'from numpy._core._multiarray_umath import __cpu_features__ as f\n'
+            'sys.path.insert(0, "benchmarks")\n'
+            'import machine\n'
+            'child = subprocess.run([sys.executable, "-c", "from numpy._core._multiarray_umath '
+            'import __cpu_features__ as f; print(f[\'AVX512F\'])"], capture_output=True, '
+            'text=True).stdout.strip()\n'
+            'print(json.dumps({"numpy": {k: f[k] for k in ("AVX2", "FMA3", "AVX512F")}, '
+            '"machine": machine.machine(), "child_avx512f": child}))')])
+        self.assertEqual(seen.returncode, 0, seen.stderr)
+        seen = json.loads(seen.stdout)
+        real = machine.cpu_flags()
+        self.assertEqual(seen['numpy'], {'AVX2': 'avx2' in real, 'FMA3': 'fma' in real,
+                                         'AVX512F': False})
+        self.assertEqual(seen['child_avx512f'], 'False')  # Inherited by what it starts.
+        self.assertFalse(machine.cpuid_masked(real))  # This process sees the CPU as it is.
+        if 'avx512f' in real:
+            self.assertEqual(seen['machine']['class'], 'AVX2')
+            self.assertNotIn('avx512f', seen['machine']['instruction_sets'])
+            self.assertIn(f'on an {machine.machine_class(real)} CPU',
+                          seen['machine']['cpuid_masked'])
+        # A real segmentation fault still reaches the program's handler (Python's
+        # faulthandler here) and ends the process as it would without the mask.
+        crash = self._masked(['-X', 'faulthandler', '-c', 'import ctypes; ctypes.string_at(0)'])
+        self.assertEqual(crash.returncode, -11, crash.stderr)
+        self.assertIn('Fatal Python error: Segmentation fault', crash.stderr)
+        self.assertEqual(self._masked(['-c', 'raise SystemExit(7)']).returncode, 7)
+
+    @pytest.mark.slow(minutes=0.1)
+    def test_tensorflow_leaves_onednn_off_by_itself_as_on_an_avx2_only_cpu(self):
+        check = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'avx2_only.py'),
+                                '--check'], cwd=REPO, capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='0'))
+        self.assertEqual(check.returncode, 0, check.stderr)
+        self.assertIn('NumPy sees: AVX2 FMA3\n', check.stdout)
+        self.assertIn('TensorFlow leaves oneDNN off by itself', check.stdout)
+        # TensorFlow's own start-up notice lists what it found beyond its build: AVX2 and FMA.
+        self.assertRegex(check.stderr, r'To enable the following instructions: AVX2 FMA, in')

@@ -26,9 +26,15 @@ import tensorflow as tf
 from tfp_ood import cli, distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# What two workers may differ from one process by (measured on a 2-core Xeon:
-# the log-likelihood terms bit for bit, their sum within one float32 ulp).
+# What two workers may differ from one process by. The per-image terms and
+# statistics: a float32 ulp or two, where a worker's batch holds other images
+# than the one process's (bit for bit on a 2-core Xeon with AVX-512; within two
+# ulps with oneDNN's AVX2 kernels, which round a batch of one image differently,
+# under benchmarks/avx2_only.py). A detector's score is a distance under a
+# covariance fitted on few images, which multiplies that by its conditioning:
+# 8.6e-6 apart measured there, so 1e-4.
 SCORE_RTOL = 1e-6
+DETECTOR_SCORE_RTOL = 1e-4
 
 
 def _free_ports(n):
@@ -98,11 +104,14 @@ def _clean(test, results):
 
 
 def _assert_same_arrays(test, one, two):
-    """The same keys, exact non-float arrays, floats within SCORE_RTOL."""
+    """The same keys, exact non-float arrays, floats within SCORE_RTOL (a
+    detector's score and density within DETECTOR_SCORE_RTOL)."""
     test.assertEqual(sorted(one.files), sorted(two.files))
     for key in one.files:
         if one[key].dtype.kind == 'f':
-            np.testing.assert_allclose(two[key], one[key], rtol=SCORE_RTOL, err_msg=key)
+            derived = key in ('ood_score', 'component_log_density')  # The detector's own.
+            rtol = DETECTOR_SCORE_RTOL if derived else SCORE_RTOL
+            np.testing.assert_allclose(two[key], one[key], rtol=rtol, err_msg=key)
         else:
             np.testing.assert_array_equal(two[key], one[key], err_msg=key)
 

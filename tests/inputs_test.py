@@ -186,8 +186,16 @@ class FolderTest(tf.test.TestCase):
                     scores.append(detector.score(images))
                     if images is lazy:
                         self.assertLessEqual(max(largest), 9)  # 7, 7 + a remainder of 2, or 8.
-                self.assertAllClose(scores[0].ood_score, scores[1].ood_score, rtol=1e-6)
+                # The model's numbers within two float32 ulps (oneDNN's AVX2 kernels
+                # round a batch of one image differently: 1.1e-7 apart measured under
+                # benchmarks/avx2_only.py, bit for bit with AVX-512); the density and
+                # the score, under a covariance fitted on 8 images, within what its
+                # conditioning makes of that (3.1e-6 apart there).
                 self.assertEqual(set(scores[0].components), set(scores[1].components))
+                for name, component in scores[0].components.items():
+                    self.assertAllClose(component, scores[1].components[name], atol=0,
+                                        rtol=1e-4 if name == 'log_density' else 3e-7, msg=name)
+                self.assertAllClose(scores[0].ood_score, scores[1].ood_score, rtol=1e-4)
             self.assertEqual(base.chunks(np.zeros(30), 3),
                              [(0, 6), (6, 12), (12, 18), (18, 24), (24, 30)])
             self.assertEqual(base.chunks(np.zeros(13), 3), [(0, 6), (6, 13)])
