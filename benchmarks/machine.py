@@ -54,10 +54,7 @@ def machine_class(flags) -> str:
 def cpuid_masked(flags) -> bool:
     """Whether CPUID hides the AVX-512 that /proc/cpuinfo lists from this process
     (run by benchmarks/avx2_only.py): NumPy reads its CPU's features with CPUID."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as seen
-    except ImportError:  # NumPy 1.x
-        from numpy.core._multiarray_umath import __cpu_features__ as seen
+    from numpy._core._multiarray_umath import __cpu_features__ as seen
     return 'avx512f' in flags and not seen.get('AVX512F', True)
 
 
