@@ -102,11 +102,9 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
 
 sighandler_t signal(int sig, sighandler_t handler) {
   if (sig != SIGSEGV || !installed) {
-    struct sigaction act = {0}, old;
-    act.sa_handler = handler;
-    act.sa_flags = SA_RESTART;
-    sigemptyset(&act.sa_mask);
-    return sigaction(sig, &act, &old) == 0 ? old.sa_handler : SIG_ERR;
+    static sighandler_t (*real_signal)(int, sighandler_t);
+    if (!real_signal) real_signal = dlsym(RTLD_NEXT, "signal");
+    return real_signal(sig, handler);
   }
   sighandler_t previous = chained.sa_handler;
   chained.sa_handler = handler;
